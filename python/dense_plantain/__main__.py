@@ -1,0 +1,3 @@
+from dense_plantain.cli import main
+
+main()
