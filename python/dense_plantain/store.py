@@ -1,0 +1,184 @@
+"""Capture files: the boundary between the capture (GPU) and the analysis (CPU).
+
+A capture file is a safetensors file with
+
+* ``a`` and ``b``: float32 ``[pairs x units]``, the unit values under conditions A and B, rows
+  in pair order, columns in layout order;
+* metadata key ``dense_plantain``: a JSON object. Required: ``format`` (= 1) and ``blocks``
+  (``[{"name": "joint[0]", "n_units": 192}, ...]`` in unit order, summing to the unit count).
+  Written by ``dense-plantain capture`` and read when present: ``layout``, ``readouts`` and
+  ``steps`` (per-unit labels, see ``units``), ``pairs`` (ids and prompt texts), ``probe``,
+  ``model``, ``settings``, ``versions``, ``started``, ``finished``, and ``partial`` (true while a
+  capture is unfinished; ``n_pairs_total`` then says how many pairs the run will have).
+
+Other tools may write such files; ``read_capture`` accepts any file with ``a``, ``b`` and
+``blocks``. Writes are atomic: the file appears under its final name whole, or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dense_plantain.errors import CaptureFileError
+from dense_plantain.units import Layout
+
+FORMAT = 1
+META_KEY = "dense_plantain"
+
+
+@dataclass
+class Capture:
+    """A capture file in memory."""
+
+    path: Path | None
+    a: np.ndarray  # float32 [pairs x units]
+    b: np.ndarray  # float32 [pairs x units]
+    meta: dict[str, Any]
+    layout: Layout
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def n_units(self) -> int:
+        return int(self.a.shape[1])
+
+    @property
+    def pair_ids(self) -> list[str]:
+        pairs = self.meta.get("pairs")
+        if isinstance(pairs, list) and len(pairs) == self.n_pairs:
+            return [str(p.get("id", i)) if isinstance(p, dict) else str(p) for i, p in enumerate(pairs)]
+        return [f"#{i}" for i in range(self.n_pairs)]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.meta.get("partial", False))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_capture(path: str | os.PathLike, a: np.ndarray, b: np.ndarray, meta: dict[str, Any]) -> Path:
+    """Write a capture file atomically. ``meta`` must hold ``blocks``; ``format`` is set here."""
+    from safetensors.numpy import save
+
+    path = Path(path)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"a and b must be [pairs x units] of one shape, got {a.shape} and {b.shape}")
+    meta = {"format": FORMAT, **meta}
+    meta["format"] = FORMAT
+    layout = Layout.from_metadata(meta)  # raises ValueError on a malformed description
+    if layout.n_units != a.shape[1]:
+        raise ValueError(f"blocks sum to {layout.n_units} units but the arrays have {a.shape[1]}")
+    data = save({"a": a, "b": b}, metadata={META_KEY: json.dumps(meta, separators=(",", ":"))})
+    atomic_write_bytes(path, data)
+    return path
+
+
+def _fail(path: Path, what: str, fix: str) -> CaptureFileError:
+    return CaptureFileError(f"{path}: {what}. {fix}")
+
+
+def read_capture(path: str | os.PathLike, *, allow_partial: bool = False, check_finite: bool = True) -> Capture:
+    """Read and validate a capture file; every problem is a ``CaptureFileError`` naming the file.
+
+    An unfinished capture (``partial``) is refused unless ``allow_partial``: finish it with
+    ``dense-plantain capture --resume``.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise _fail(path, "no such file", "Check the path, or run `dense-plantain capture` to make one")
+    if path.is_dir():
+        raise _fail(path, "is a folder, not a capture file", "Pass the .safetensors file itself")
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            header = fh.metadata() or {}
+            keys = set(fh.keys())
+            missing = {"a", "b"} - keys
+            if missing:
+                raise _fail(path, f"has no tensor {' or '.join(sorted(missing))!r} (it has {sorted(keys)})",
+                            "A capture file holds condition A as 'a' and condition B as 'b', [pairs x units]")
+            a = fh.get_tensor("a")
+            b = fh.get_tensor("b")
+    except CaptureFileError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
+        raise _fail(path, f"is not a readable safetensors file ({err})",
+                    "It may be truncated or corrupt; capture it again (or --resume an unfinished run)") from None
+    raw = header.get(META_KEY)
+    if raw is None:
+        raise _fail(path, f"has no '{META_KEY}' metadata",
+                    "Add a JSON object with at least {\"format\": 1, \"blocks\": [...]} under that key")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise _fail(path, f"its '{META_KEY}' metadata is not valid JSON ({err})", "Rewrite the metadata") from None
+    if not isinstance(meta, dict):
+        raise _fail(path, f"its '{META_KEY}' metadata is not a JSON object", "Rewrite the metadata")
+    if meta.get("format", FORMAT) != FORMAT:
+        raise _fail(path, f"has capture format {meta.get('format')!r}; this dense-plantain reads format {FORMAT}",
+                    "Upgrade dense-plantain or capture again")
+    if a.ndim != 2 or b.ndim != 2:
+        raise _fail(path, f"'a' and 'b' must be 2-D [pairs x units], got shapes {a.shape} and {b.shape}",
+                    "Rewrite the file with one row per pair")
+    if a.shape != b.shape:
+        raise _fail(path, f"'a' has shape {a.shape} but 'b' has {b.shape}",
+                    "Both conditions need one row per pair and the same units")
+    try:
+        layout = Layout.from_metadata(meta)
+    except ValueError as err:
+        raise _fail(path, f"its unit layout is malformed: {err}", "Fix 'blocks' in the metadata") from None
+    if layout.n_units != a.shape[1]:
+        raise _fail(path, f"'blocks' sum to {layout.n_units} units but 'a' and 'b' have {a.shape[1]} columns",
+                    "The blocks must list every unit, in column order")
+    cap = Capture(path=path, a=np.asarray(a, dtype=np.float32), b=np.asarray(b, dtype=np.float32),
+                  meta=meta, layout=layout)
+    if cap.partial and not allow_partial:
+        total = meta.get("n_pairs_total", "?")
+        raise _fail(path, f"is an unfinished capture ({cap.n_pairs} of {total} pairs)",
+                    "Finish it with `dense-plantain capture ... --resume`, which continues from these pairs")
+    if check_finite:
+        check_values(cap)
+    return cap
+
+
+def check_values(cap: Capture) -> None:
+    """Refuse NaN or infinite values, naming the first bad pair, condition and unit."""
+    names = None
+    for cond in ("a", "b"):
+        x = getattr(cap, cond)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            i, j = (int(v) for v in np.argwhere(bad)[0])
+            names = names or cap.layout.unit_names()
+            raise _fail(
+                cap.path or Path("<capture>"),
+                f"{int(bad.sum())} non-finite value(s); the first is {x[i, j]} at pair {cap.pair_ids[i]!r} "
+                f"(row {i}), condition {cond.upper()}, unit {j} ({names[j]})",
+                "Capture again (in float32 if bf16/fp16 overflowed: --dtype float32), or drop that pair",
+            )
