@@ -375,12 +375,13 @@ class _Layout:
 def _bundled_dirs() -> list[Path]:
     """Folders that may hold the bundled ``*.toml`` sets, most specific first.
 
-    An installed wheel carries them inside the package (``dense_plantain/prompts/``, placed there
-    by the maturin ``include`` rule in pyproject.toml); a source checkout or editable install
-    finds the repository's top-level ``prompts/`` folder two levels above this file.
+    The repository keeps them in its top-level ``prompts/`` folder. ``dense_plantain/prompt_sets``
+    is a symlink to that folder in a checkout (so editable installs see it) and a real folder in
+    an installed wheel (the maturin ``include`` rule in pyproject.toml copies the files there).
+    The top-level folder is also tried, for checkouts where the symlink did not survive.
     """
     here = Path(__file__).resolve().parent
-    return [here / "prompts", here.parent.parent / "prompts"]
+    return [here / "prompt_sets", here.parent.parent / "prompts"]
 
 
 def bundled_prompts() -> dict[str, Path]:
