@@ -389,7 +389,8 @@ def bundled_prompts() -> dict[str, Path]:
     for folder in _bundled_dirs():
         files = sorted(folder.glob("*.toml")) if folder.is_dir() else []
         if files:
-            return {f.stem: f for f in files}
+            # Resolved, so a checkout reports prompts/NAME.toml rather than the symlinked path.
+            return {f.stem: f.resolve() for f in files}
     return {}
 
 

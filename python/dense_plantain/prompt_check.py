@@ -1,0 +1,570 @@
+"""`dense-plantain prompts check`: format errors plus a report of lexical confounds.
+
+A probe is meant to differ between conditions in one property only. Two things can leak other
+differences in: the prompts' lengths (single-stream blocks pool text and image tokens, so a
+condition that is systematically longer shifts those units for a reason unrelated to the
+concept) and the wording of parts that should be shared (a "held constant" subject that is
+phrased differently in A and B). This module measures both; `find_problems` in
+`dense_plantain.prompts` supplies the hard format errors.
+
+Token counts follow the pipeline: the prompt text alone, without padding or special tokens.
+Flux2KleinPipeline wraps each prompt in the text encoder's chat template first; that adds the
+same tokens to A and B, so it cancels in every A-versus-B difference and the raw counts are what
+matters. With a real tokenizer the report also counts the templated length, because the pipeline
+truncates at 512 tokens.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dense_plantain.errors import ModelLoadError
+from dense_plantain.prompts import Pair, Problem, Probe, find_problems
+
+__all__ = [
+    "ALPHA",
+    "PIPELINE_MAX_TOKENS",
+    "CheckReport",
+    "TokenCounter",
+    "approximate_token_count",
+    "check_probe",
+    "load_token_counter",
+    "render_report",
+]
+
+#: Significance level of the two length tests (paired t-test, exact sign test).
+ALPHA = 0.05
+
+#: Flux2KleinPipeline pads and truncates the templated prompt to this many tokens by default.
+PIPELINE_MAX_TOKENS = 512
+
+# See approximate_token_count: a space before a digit, a digit, a run of up to 10 letters, or any
+# other visible character is one piece.
+_APPROX_PIECES = re.compile(r"\s(?=\d)|[^\W\d_]{1,10}|\d|[^\w\s]|_")
+_WORDS = re.compile(r"[\w'’-]+|[^\w\s]")
+
+
+# --- token counting ------------------------------------------------------------------------
+
+
+def approximate_token_count(text: str) -> int:
+    """A tokenizer-free estimate of a prompt's token count (used when no tokenizer is given).
+
+    The rule mimics Qwen's byte-level BPE on English text: each run of letters costs one token
+    per started 10 letters (common words are single tokens in the 151k-entry vocabulary), each
+    punctuation mark or symbol one token, each digit one token (the pre-tokenizer splits numbers
+    into digits) and a space before a number one more (it is split off on its own). Other
+    whitespace is free. Rare words, which BPE splits into pieces, are undercounted by one or two
+    tokens each, so a condition that uses rarer words (unusual verbs, jargon) looks shorter than
+    it is. Use it to spot gross imbalance; confirm with ``--tokenizer``.
+    """
+    return len(_APPROX_PIECES.findall(text))
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """How prompts are counted, and what to call that method in a report."""
+
+    description: str
+    #: True when counts come from a real tokenizer, False for the approximation.
+    exact: bool
+    count: Callable[[str], int]
+    #: Length of the prompt after the tokenizer's chat template, when it has one.
+    templated_count: Callable[[str], int] | None = None
+
+
+def load_token_counter(spec: str | None) -> TokenCounter:
+    """The counter for ``--tokenizer SPEC``; the approximation when SPEC is None.
+
+    SPEC may be a pipeline folder (the tokenizer is read from its ``tokenizer/`` subfolder), a
+    tokenizer folder, a ``tokenizer.json`` file, or a hub id already in the local cache. Nothing
+    is downloaded.
+    """
+    if spec is None:
+        return TokenCounter(
+            description="approximate count (no --tokenizer given): 1 token per started 10 letters of a word, "
+            "per punctuation mark, per digit and per space before a number",
+            exact=False,
+            count=approximate_token_count,
+        )
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        return _counter_from_tokenizer_json(path)
+    tokenizer, where = _load_auto_tokenizer(spec, path)
+    return _counter_from_transformers(tokenizer, where)
+
+
+def _counter_from_tokenizer_json(path: Path) -> TokenCounter:
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as err:  # the tokenizers library raises bare Exceptions for bad files
+        raise ModelLoadError(f"{path} is not a tokenizer.json the tokenizers library can read: {err}") from None
+    return TokenCounter(
+        description=f"tokenizers file {path} (no chat template applied)",
+        exact=True,
+        count=lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids),
+    )
+
+
+def _load_auto_tokenizer(spec: str, path: Path):
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as err:  # pragma: no cover - transformers is a dependency
+        raise ModelLoadError(f"--tokenizer needs the transformers package ({err}).") from None
+
+    if path.is_dir():
+        # A pipeline saved with save_pretrained keeps its tokenizer in a subfolder.
+        subfolders = ["tokenizer"] if (path / "tokenizer").is_dir() else [""]
+        source = str(path)
+    elif path.exists():
+        raise ModelLoadError(f"--tokenizer {spec}: expected a folder, a tokenizer.json file or a hub id.")
+    elif _looks_like_path(spec):
+        raise ModelLoadError(
+            f"--tokenizer {spec}: no such file or folder. Pass a pipeline folder saved with save_pretrained, "
+            "a tokenizer folder, a tokenizer.json, or a hub id (owner/name) already in the local cache."
+        )
+    else:
+        subfolders = ["tokenizer", ""]  # a hub id: a pipeline repo first, then a tokenizer repo
+        source = spec
+    failures = []
+    for subfolder in subfolders:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, subfolder=subfolder, local_files_only=True)
+        except Exception as err:  # transformers raises OSError, ValueError, ... depending on what is missing
+            failures.append(f"{source}{'/' + subfolder if subfolder else ''}: {str(err).splitlines()[0]}")
+            continue
+        return tokenizer, f"{source}{'/' + subfolder if subfolder else ''}"
+    raise ModelLoadError(
+        f"could not load a tokenizer from {spec!r} without downloading ("
+        + "; ".join(failures)
+        + "). Pass a pipeline folder saved with save_pretrained, a tokenizer folder, a tokenizer.json, "
+        "or a hub id that is already in the local Hugging Face cache; or leave out --tokenizer to use "
+        "the approximate count."
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else that does not exist is a bad path."""
+    return Path(spec).is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def _counter_from_transformers(tokenizer, where: str) -> TokenCounter:
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    templated = None
+    if getattr(tokenizer, "chat_template", None):
+
+        def templated(text: str) -> int:
+            # The same call Flux2KleinPipeline makes before it pads to max_sequence_length.
+            chat = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+            )
+            return len(tokenizer(chat)["input_ids"])
+
+    name = type(tokenizer).__name__
+    return TokenCounter(description=f"{name} from {where}", exact=True, count=count, templated_count=templated)
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+@dataclass
+class PairReport:
+    id: str
+    line: int
+    tokens_a: int
+    tokens_b: int
+    #: Word spans that differ, as (span in A, span in B); one side may be empty.
+    changes: list[tuple[str, str]]
+    #: For each checked held-constant field: "both", "missing in a", "missing in b",
+    #: "missing in a and b", or "not given" (the pair lacks the field).
+    held: dict[str, str]
+    templated_a: int | None = None
+    templated_b: int | None = None
+
+    @property
+    def diff(self) -> int:
+        return self.tokens_b - self.tokens_a
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "id": self.id,
+            "line": self.line,
+            "tokens_a": self.tokens_a,
+            "tokens_b": self.tokens_b,
+            "diff_b_minus_a": self.diff,
+            "changes": [{"a": a, "b": b} for a, b in self.changes],
+            "held_constant": dict(self.held),
+        }
+        if self.templated_a is not None:
+            out["templated_tokens_a"] = self.templated_a
+            out["templated_tokens_b"] = self.templated_b
+        return out
+
+
+@dataclass
+class LengthBalance:
+    """Do the conditions differ systematically in token count? Two tests, either one flags it."""
+
+    n: int
+    mean_a: float
+    mean_b: float
+    mean_diff: float
+    mean_abs_diff: float
+    max_abs_diff: int
+    max_abs_diff_id: str | None
+    t: float | None
+    p_t: float | None
+    n_longer_b: int
+    n_longer_a: int
+    n_equal: int
+    p_sign: float | None
+    systematic: bool
+
+    RULE = (
+        f"flagged when a two-sided paired t-test on the per-pair token differences (B - A) gives "
+        f"p < {ALPHA}, or a two-sided exact sign test (ties dropped) gives p < {ALPHA}"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        if out["t"] is not None and not math.isfinite(out["t"]):
+            # Every pair differs by the same non-zero amount: strict JSON has no infinity.
+            out["t"] = None
+            out["all_differences_equal"] = True
+        out["rule"] = self.RULE
+        return out
+
+
+@dataclass
+class CheckReport:
+    path: Path
+    errors: list[Problem]
+    warnings: list[str] = field(default_factory=list)
+    probe: Probe | None = None
+    counter: TokenCounter | None = None
+    pairs: list[PairReport] = field(default_factory=list)
+    length: LengthBalance | None = None
+    #: Words that occur only on one side of the differing spans, counted over pairs.
+    words_only_a: list[tuple[str, int]] = field(default_factory=list)
+    words_only_b: list[tuple[str, int]] = field(default_factory=list)
+    checked_fields: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        probe = self.probe
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "errors": [e.to_dict() for e in self.errors],
+            "warnings": list(self.warnings),
+            "probe": None
+            if probe is None
+            else {
+                "name": probe.name,
+                "label_a": probe.label_a,
+                "label_b": probe.label_b,
+                "base_model": probe.base_model,
+                "held_constant": probe.held_constant,
+                "sha256": probe.sha256,
+                "n_pairs": len(probe.pairs),
+            },
+            "tokenizer": None
+            if self.counter is None
+            else {
+                "description": self.counter.description,
+                "exact": self.counter.exact,
+                "note": "counts are of the prompt text alone, unpadded, without special tokens; the "
+                "pipeline's chat template adds the same tokens to A and B, so differences are exact",
+            },
+            "checked_fields": list(self.checked_fields),
+            "length": None if self.length is None else self.length.to_dict(),
+            "words_only_a": [{"word": w, "pairs": n} for w, n in self.words_only_a],
+            "words_only_b": [{"word": w, "pairs": n} for w, n in self.words_only_b],
+            "pairs": [p.to_dict() for p in self.pairs],
+        }
+
+
+def check_probe(path: str | Path, counter: TokenCounter | None = None) -> CheckReport:
+    """Run every check on a prompt file. Format errors and confound warnings go in the report;
+    only an unreadable or missing file raises (`PromptFileError`)."""
+    probe, problems = find_problems(path)
+    report = CheckReport(path=Path(path), errors=problems, probe=probe)
+    if probe is None or not probe.pairs:
+        return report
+    report.counter = counter = counter or load_token_counter(None)
+    report.checked_fields = _checked_fields(probe)
+
+    for pair in probe.pairs:
+        entry = PairReport(
+            id=pair.id,
+            line=pair.line,
+            tokens_a=counter.count(pair.a),
+            tokens_b=counter.count(pair.b),
+            changes=word_changes(pair.a, pair.b),
+            held={name: _held_status(pair.fields.get(name), pair.a, pair.b) for name in report.checked_fields},
+        )
+        if counter.templated_count is not None:
+            entry.templated_a = counter.templated_count(pair.a)
+            entry.templated_b = counter.templated_count(pair.b)
+        report.pairs.append(entry)
+
+    report.length = length_balance(report.pairs)
+    report.words_only_a, report.words_only_b = _side_words(report.pairs)
+    report.warnings = _warnings(report)
+    return report
+
+
+def _checked_fields(probe: Probe) -> list[str]:
+    """The declared held-constant fields; without a declaration, every field but ``note``."""
+    if probe.held_constant:
+        return list(probe.held_constant)
+    seen: dict[str, None] = {}
+    for pair in probe.pairs:
+        for name in pair.fields:
+            if name != "note":
+                seen.setdefault(name, None)
+    return list(seen)
+
+
+def _held_status(value: str | None, a: str, b: str) -> str:
+    if value is None:
+        return "not given"
+    in_a, in_b = value in a, value in b
+    if in_a and in_b:
+        return "both"
+    missing = [side for side, found in (("a", in_a), ("b", in_b)) if not found]
+    return "missing in " + " and ".join(missing)
+
+
+def word_changes(a: str, b: str, max_spans: int = 2) -> list[tuple[str, str]]:
+    """The word spans that differ between two prompts, as (span in A, span in B).
+
+    Spans come from a longest-match word diff. When the prompts differ in more than
+    ``max_spans`` places (a whole clause rewritten, where a word-level alignment only finds
+    scattered coincidences like "the"), the result is the one span from the first difference to
+    the last, which is what a reader wants to see.
+    """
+    words_a, words_b = _WORDS.findall(a), _WORDS.findall(b)
+    matcher = difflib.SequenceMatcher(a=words_a, b=words_b, autojunk=False)
+    spans = [(i1, i2, j1, j2) for op, i1, i2, j1, j2 in matcher.get_opcodes() if op != "equal"]
+    if len(spans) > max_spans:
+        spans = [(spans[0][0], spans[-1][1], spans[0][2], spans[-1][3])]
+    return [(_join(words_a[i1:i2]), _join(words_b[j1:j2])) for i1, i2, j1, j2 in spans]
+
+
+def _join(words: list[str]) -> str:
+    return re.sub(r" ([^\w\s])", r"\1", " ".join(words))
+
+
+def _side_words(pairs: list[PairReport], top: int = 12) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    only_a: Counter[str] = Counter()
+    only_b: Counter[str] = Counter()
+    for pair in pairs:
+        in_a = {w.lower() for span, _ in pair.changes for w in _WORDS.findall(span) if w[0].isalnum()}
+        in_b = {w.lower() for _, span in pair.changes for w in _WORDS.findall(span) if w[0].isalnum()}
+        only_a.update(in_a - in_b)
+        only_b.update(in_b - in_a)
+    return only_a.most_common(top), only_b.most_common(top)
+
+
+def length_balance(pairs: list[PairReport]) -> LengthBalance:
+    """Mean and largest token-count differences, and whether they look systematic."""
+    diffs = [p.diff for p in pairs]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    worst = max(pairs, key=lambda p: abs(p.diff))
+    t, p_t = _paired_t(diffs)
+    longer_b = sum(d > 0 for d in diffs)
+    longer_a = sum(d < 0 for d in diffs)
+    p_sign = _sign_test(longer_b, longer_a)
+    systematic = (p_t is not None and p_t < ALPHA) or (p_sign is not None and p_sign < ALPHA)
+    return LengthBalance(
+        n=n,
+        mean_a=sum(p.tokens_a for p in pairs) / n,
+        mean_b=sum(p.tokens_b for p in pairs) / n,
+        mean_diff=mean,
+        mean_abs_diff=sum(abs(d) for d in diffs) / n,
+        max_abs_diff=abs(worst.diff),
+        max_abs_diff_id=worst.id if worst.diff else None,
+        t=t,
+        p_t=p_t,
+        n_longer_b=longer_b,
+        n_longer_a=longer_a,
+        n_equal=n - longer_b - longer_a,
+        p_sign=p_sign,
+        systematic=systematic,
+    )
+
+
+def _paired_t(diffs: list[int]) -> tuple[float | None, float | None]:
+    """Two-sided one-sample t-test of the differences against zero.
+
+    Undefined (None) below two pairs or when every difference is zero. When every difference is
+    the same non-zero number the spread is zero and the imbalance is as systematic as it gets:
+    t is infinite and p is 0.
+    """
+    n = len(diffs)
+    if n < 2:
+        return None, None
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    if var == 0:
+        return (None, None) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    from scipy.stats import t as student_t
+
+    t = mean / math.sqrt(var / n)
+    return t, float(2 * student_t.sf(abs(t), n - 1))
+
+
+def _sign_test(n_pos: int, n_neg: int) -> float | None:
+    """Exact two-sided binomial sign test, ties already dropped; None with no untied pairs."""
+    m = n_pos + n_neg
+    if m == 0:
+        return None
+    k = min(n_pos, n_neg)
+    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2**m
+    return min(1.0, 2 * tail)
+
+
+def _warnings(report: CheckReport) -> list[str]:
+    probe, length, out = report.probe, report.length, []
+    assert probe is not None and length is not None
+    if length.systematic:
+        longer = probe.label_b if length.mean_diff > 0 else probe.label_a
+        counted = "" if report.counter and report.counter.exact else (
+            " by the approximate count; rare words that BPE splits are undercounted, so confirm with "
+            "--tokenizer (a pipeline folder or cached hub id) before rewording"
+        )
+        out.append(
+            f"lexical confound: condition {longer!r} is systematically longer (mean B - A = "
+            f"{length.mean_diff:+.2f} tokens, {_fmt_p(length.p_t, 't-test')}, {_fmt_p(length.p_sign, 'sign test')})"
+            f"{counted}. Single-block values pool text tokens, so a length difference can masquerade as the "
+            "concept; rebalance the wording, or report text-token and image-token statistics separately."
+        )
+    for pair in report.pairs:
+        for name, status in pair.held.items():
+            if status == "not given":
+                out.append(f"pair {pair.id!r} (line {pair.line}): held-constant field {name!r} is not given.")
+            elif status != "both":
+                source = _source_pair(probe, pair.id)
+                value = source.fields[name]
+                folded = value.casefold()
+                hint = ""
+                if folded in source.a.casefold() and folded in source.b.casefold():
+                    hint = " (it does appear with different capitalisation)"
+                out.append(
+                    f"pair {pair.id!r} (line {pair.line}): {name} {value!r} is {status} verbatim{hint}; "
+                    "a held-constant field must appear word for word in both prompts."
+                )
+        if pair.templated_a is not None:
+            longest = max(pair.templated_a, pair.templated_b or 0)
+            if longest > PIPELINE_MAX_TOKENS:
+                out.append(
+                    f"pair {pair.id!r} (line {pair.line}): {longest} tokens after the chat template; the "
+                    f"pipeline truncates at {PIPELINE_MAX_TOKENS}, so the end of the prompt is never seen."
+                )
+    return out
+
+
+def _source_pair(probe: Probe, pair_id: str) -> Pair:
+    return next(p for p in probe.pairs if p.id == pair_id)
+
+
+def _fmt_p(p: float | None, what: str) -> str:
+    if p is None:
+        return f"{what} undefined"
+    return f"{what} p = {p:.2g}" if p >= 1e-4 else f"{what} p < 1e-4"
+
+
+# --- human-readable output -----------------------------------------------------------------
+
+
+def render_report(report: CheckReport, console=None) -> None:
+    """Print the report with rich: errors first, then the per-pair table and the summary."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console()
+    probe = report.probe
+    title = f"[bold]{escape(str(report.path))}[/bold]"
+    if probe is not None:
+        title += f"  probe [cyan]{escape(probe.name)}[/cyan]: A = {escape(probe.label_a)!s}, B = {escape(probe.label_b)!s}"
+    console.print(title)
+
+    if report.errors:
+        console.print(f"[bold red]{len(report.errors)} error(s)[/bold red]")
+        for problem in report.errors:
+            console.print(f"  [red]error[/red] {escape(str(problem))}")
+
+    if report.pairs:
+        counter = report.counter
+        assert counter is not None and report.length is not None
+        kind = "[green]real tokenizer[/green]" if counter.exact else "[yellow]approximation[/yellow]"
+        console.print(f"tokens: {kind}, {escape(counter.description)}")
+        console.print(
+            "[dim]counts are the prompt text alone, unpadded; the pipeline's chat template adds the same "
+            "tokens to A and B, so it cancels in B - A[/dim]"
+        )
+        table = Table(show_lines=False, header_style="bold", pad_edge=False)
+        table.add_column("id", no_wrap=True)
+        table.add_column("line", justify="right")
+        table.add_column("tok A", justify="right")
+        table.add_column("tok B", justify="right")
+        table.add_column("B-A", justify="right")
+        table.add_column("differs (A -> B)", ratio=1)
+        if report.checked_fields:
+            table.add_column("held", no_wrap=True)
+        for pair in report.pairs:
+            changes = "; ".join(f"[red]{escape(_clip(a))}[/red] -> [green]{escape(_clip(b))}[/green]" for a, b in pair.changes)
+            row = [escape(pair.id), str(pair.line or ""), str(pair.tokens_a), str(pair.tokens_b), f"{pair.diff:+d}", changes]
+            if report.checked_fields:
+                bad = [name for name, status in pair.held.items() if status != "both"]
+                row.append("[green]ok[/green]" if not bad else "[yellow]" + escape(", ".join(bad)) + "[/yellow]")
+            table.add_row(*row)
+        console.print(table)
+
+        length = report.length
+        console.print(
+            f"length: mean A {length.mean_a:.1f}, mean B {length.mean_b:.1f} tokens; B - A mean {length.mean_diff:+.2f}, "
+            f"mean |B - A| {length.mean_abs_diff:.2f}, max |B - A| {length.max_abs_diff}"
+            + (f" ({escape(length.max_abs_diff_id)})" if length.max_abs_diff_id else "")
+        )
+        console.print(
+            f"        B longer in {length.n_longer_b}, A longer in {length.n_longer_a}, equal in {length.n_equal}; "
+            f"{_fmt_p(length.p_t, 'paired t-test')}"
+            + (f" (t = {length.t:.2f})" if length.t is not None and math.isfinite(length.t) else "")
+            + f", {_fmt_p(length.p_sign, 'sign test')}"
+        )
+        console.print(f"[dim]        rule: {escape(LengthBalance.RULE)}[/dim]")
+        if report.words_only_a or report.words_only_b:
+            console.print(
+                "words only in A: " + escape(", ".join(f"{w} ({n})" for w, n in report.words_only_a[:8]) or "-")
+            )
+            console.print(
+                "words only in B: " + escape(", ".join(f"{w} ({n})" for w, n in report.words_only_b[:8]) or "-")
+            )
+
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}")
+
+    n_pairs = len(probe.pairs) if probe is not None else 0
+    verdict = "[bold red]FAILED[/bold red]" if report.errors else "[bold green]OK[/bold green]"
+    console.print(f"{verdict}: {n_pairs} valid pair(s), {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
