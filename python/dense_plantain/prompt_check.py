@@ -349,17 +349,24 @@ def _held_status(value: str | None, a: str, b: str) -> str:
     return "missing in " + " and ".join(missing)
 
 
-def word_changes(a: str, b: str, max_spans: int = 2) -> list[tuple[str, str]]:
+def word_changes(a: str, b: str, max_spans: int = 2, min_anchor: int = 3) -> list[tuple[str, str]]:
     """The word spans that differ between two prompts, as (span in A, span in B).
 
-    Spans come from a longest-match word diff. When the prompts differ in more than
-    ``max_spans`` places (a whole clause rewritten, where a word-level alignment only finds
-    scattered coincidences like "the"), the result is the one span from the first difference to
-    the last, which is what a reader wants to see.
+    Spans come from a longest-match word diff. A rewritten clause shares scattered small words
+    with its replacement ("the", "on"), which would cut it into fragments; so two spans are
+    merged unless at least ``min_anchor`` shared words separate them, and when more than
+    ``max_spans`` spans remain, the result is the one span from the first difference to the last.
     """
     words_a, words_b = _WORDS.findall(a), _WORDS.findall(b)
     matcher = difflib.SequenceMatcher(a=words_a, b=words_b, autojunk=False)
-    spans = [(i1, i2, j1, j2) for op, i1, i2, j1, j2 in matcher.get_opcodes() if op != "equal"]
+    spans: list[tuple[int, int, int, int]] = []
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        if spans and i1 - spans[-1][1] < min_anchor:
+            spans[-1] = (spans[-1][0], i2, spans[-1][2], j2)
+        else:
+            spans.append((i1, i2, j1, j2))
     if len(spans) > max_spans:
         spans = [(spans[0][0], spans[-1][1], spans[0][2], spans[-1][3])]
     return [(_join(words_a[i1:i2]), _join(words_b[j1:j2])) for i1, i2, j1, j2 in spans]

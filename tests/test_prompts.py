@@ -1,0 +1,491 @@
+"""Prompt files: the loader, the bundled sets, `prompts check` and its confound report.
+
+Expected numbers come from outside the code under test: line numbers are found by searching the
+crafted text, token counts by calling the `tokenizers` library directly or by hand, and the
+length tests by scipy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+
+from dense_plantain.errors import ModelLoadError, PromptFileError
+from dense_plantain.prompt_check import (
+    approximate_token_count,
+    check_probe,
+    load_token_counter,
+    word_changes,
+)
+from dense_plantain.prompts import bundled_path, bundled_prompts, find_problems, load_probe
+
+BUNDLED = ["dense-plantain", "dense-plantain-apose-control", "ghost-plantain", "counterfact-plantain"]
+
+
+def write(tmp_path: Path, text: str, name: str = "probe.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def line_of(path: Path, needle: str, occurrence: int = 1) -> int:
+    """1-based line of the n-th line containing needle, found independently of the loader."""
+    hits = [i for i, line in enumerate(path.read_text().splitlines(), start=1) if needle in line]
+    return hits[occurrence - 1]
+
+
+def problems_text(path: Path) -> str:
+    with pytest.raises(PromptFileError) as caught:
+        load_probe(path)
+    return str(caught.value)
+
+
+THREE_PAIRS = """
+[[pairs]]
+id = "cup"
+a = "A red cup on a table."
+b = "A blue cup on a table."
+
+[[pairs]]
+id = "car"
+a = "A red car in a street."
+b = "A blue car in a street."
+
+[[pairs]]
+id = "kite"
+a = "A red kite over a beach."
+b = "A blue kite over a beach."
+"""
+
+
+# --- the bundled sets ----------------------------------------------------------------------
+
+
+def test_bundled_sets_are_found():
+    found = bundled_prompts()
+    assert sorted(found) == sorted(BUNDLED)
+    for name, path in found.items():
+        assert path.is_file() and path.name == f"{name}.toml"
+    assert bundled_path("ghost-plantain.toml") == found["ghost-plantain"]
+    with pytest.raises(PromptFileError, match="no bundled prompt set named 'nope'"):
+        bundled_path("nope")
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_set_passes_check(name):
+    report = check_probe(bundled_path(name))
+    assert report.errors == [], [str(e) for e in report.errors]
+    probe = report.probe
+    assert probe.name == name
+    assert len(probe.pairs) == 25
+    assert probe.thesis and len(probe.thesis.split()) > 40
+    assert probe.label_a != probe.label_b
+    assert probe.base_model == "black-forest-labs/FLUX.2-klein-base-4B"
+    # Every declared held-constant field is present and verbatim in both prompts of every pair.
+    assert probe.held_constant
+    for pair in probe.pairs:
+        for field in probe.held_constant:
+            assert pair.fields[field] in pair.a and pair.fields[field] in pair.b, (pair.id, field)
+    assert all(status == "both" for pair in report.pairs for status in pair.held.values())
+
+
+def test_dense_main_and_control_are_matched():
+    main, control = load_probe(bundled_path("dense-plantain")), load_probe(bundled_path("dense-plantain-apose-control"))
+    assert [p.id for p in main.pairs] == [p.id for p in control.pairs]
+    for m, c in zip(main.pairs, control.pairs):
+        assert m.fields["subject"] == c.fields["subject"] and m.fields["setting"] == c.fields["setting"]
+        assert m.b == c.b  # the same expressive pose, character for character
+        assert "T-pose" in m.a and "A-pose" in c.a and "45 degrees" in c.a
+
+    def pose_clause(pair, text):
+        return text.replace(pair.fields["subject"], "").replace(pair.fields["setting"], "")
+
+    # A is one fixed T-pose clause; B is a different expressive pose in every pair.
+    assert len({pose_clause(p, p.a) for p in main.pairs}) == 1
+    assert len({pose_clause(p, p.b) for p in main.pairs}) == 25
+    assert len({p.fields["subject"] for p in main.pairs}) == 25
+    assert len({p.fields["setting"] for p in main.pairs}) == 25
+
+
+def test_bundled_sets_keep_a_and_b_close_in_length():
+    for name in BUNDLED:
+        probe = load_probe(bundled_path(name))
+        for pair in probe.pairs:
+            assert abs(len(pair.a.split()) - len(pair.b.split())) <= 4, (name, pair.id)
+
+
+# --- the loader ------------------------------------------------------------------------------
+
+
+def test_minimal_file_loads_with_defaults(tmp_path):
+    path = write(tmp_path, THREE_PAIRS, "colours.toml")
+    probe = load_probe(path)
+    assert probe.name == "colours"
+    assert (probe.label_a, probe.label_b) == ("A", "B")
+    assert probe.thesis is None and probe.base_model is None
+    assert probe.held_constant == [] and probe.raw == {}
+    assert [p.id for p in probe.pairs] == ["cup", "car", "kite"]
+    assert [p.line for p in probe.pairs] == [line_of(path, "[[pairs]]", k) for k in (1, 2, 3)]
+    assert probe.pairs[1].a == "A red car in a street."
+    assert probe.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    record = json.loads(json.dumps(probe.to_dict()))
+    assert record["n_pairs"] == 3 and record["pairs"][2]["b"] == "A blue kite over a beach."
+    assert record["sha256"] == probe.sha256
+
+
+def test_probe_table_and_fields(tmp_path):
+    path = write(
+        tmp_path,
+        '''
+        [probe]
+        name = "colour"
+        thesis = """
+        Two lines
+        of thesis.
+        """
+        label_a = "red"
+        label_b = "blue"
+        held_constant = ["object"]
+        '''
+        + THREE_PAIRS.replace('id = "cup"', 'id = "cup"\nobject = "cup"\nnote = "anything"'),
+    )
+    probe = load_probe(path)
+    assert probe.name == "colour" and probe.thesis == "Two lines of thesis."
+    assert (probe.label_a, probe.label_b, probe.held_constant) == ("red", "blue", ["object"])
+    assert probe.raw["label_a"] == "red"
+    assert probe.pairs[0].fields == {"object": "cup", "note": "anything"}
+
+
+@pytest.mark.parametrize(
+    "case, text, needle, occurrence, pair_id, message",
+    [
+        (
+            "invalid TOML",
+            THREE_PAIRS.replace('b = "A blue car in a street."', 'b = "A blue car in a street.'),
+            'b = "A blue car in a street.',
+            1,
+            None,
+            "not valid TOML",
+        ),
+        ("missing field", THREE_PAIRS.replace('b = "A blue car in a street."\n', ""), "[[pairs]]", 2, "car", "missing field 'b'"),
+        ("duplicate id", THREE_PAIRS.replace('id = "kite"', 'id = "cup"'), "[[pairs]]", 3, "cup", "duplicate id"),
+        ("empty prompt", THREE_PAIRS.replace('a = "A red kite over a beach."', 'a = "  "'), 'a = "  "', 1, "kite", "empty prompt 'a'"),
+        ("a equals b", THREE_PAIRS.replace('b = "A blue cup on a table."', 'b = "A red cup on a table."'), 'b = "A red cup on a table."', 1, "cup", "identical"),
+        ("unknown pair key", THREE_PAIRS.replace('id = "car"', 'id = "car"\nsubjet = "car"'), "subjet", 1, "car", "probably a typo for 'subject'"),
+        ("non-string id", THREE_PAIRS.replace('id = "car"', "id = 7"), "id = 7", 1, "7", "id must be a string"),
+        ("unknown probe key", '[probe]\nlable_a = "red"\n' + THREE_PAIRS, "lable_a", 1, None, "probably a typo for 'label_a'"),
+        ("unknown top-level key", 'pair = 1\n' + THREE_PAIRS, "pair = 1", 1, None, "unknown top-level key 'pair'"),
+    ],
+)
+def test_each_error_names_file_line_and_pair(tmp_path, case, text, needle, occurrence, pair_id, message):
+    path = write(tmp_path, text)
+    expected_line = line_of(path, needle, occurrence)
+    rendered = problems_text(path)
+    assert message in rendered, rendered
+    location = f"{path}:{expected_line}"
+    assert location in rendered, (location, rendered)
+    if pair_id is not None:
+        assert f"(pair '{pair_id}')" in rendered
+    # find_problems returns the same problem as data.
+    _, problems = find_problems(path)
+    assert any(p.line == expected_line and message in p.message for p in problems)
+
+
+def test_too_few_pairs(tmp_path):
+    path = write(tmp_path, THREE_PAIRS.split("[[pairs]]\nid = \"kite\"")[0])
+    assert "only 2 pair(s)" in problems_text(path)
+
+
+def test_no_pairs_and_missing_file(tmp_path):
+    path = write(tmp_path, '[probe]\nname = "x"\n')
+    assert "no [[pairs]] tables" in problems_text(path)
+    with pytest.raises(PromptFileError, match="does not exist"):
+        load_probe(tmp_path / "absent.toml")
+
+
+def test_all_problems_are_reported_together(tmp_path):
+    text = THREE_PAIRS.replace('id = "kite"', 'id = "cup"').replace('a = "A red car in a street."', 'a = ""')
+    _, problems = find_problems(write(tmp_path, text))
+    messages = " | ".join(p.message for p in problems)
+    assert "duplicate id" in messages and "empty prompt 'a'" in messages
+
+
+def test_a_broken_pair_cannot_hide_a_duplicate(tmp_path):
+    # The first "cup" is itself invalid (a == b); the clash must still be reported.
+    text = THREE_PAIRS.replace('b = "A blue cup on a table."', 'b = "A red cup on a table."').replace('id = "kite"', 'id = "cup"')
+    path = write(tmp_path, text)
+    rendered = problems_text(path)
+    assert "duplicate id; also used at line 1" in rendered
+
+
+# --- token counting --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # A | T | - | pose | , | <space before 4> | 4 | 5 | degrees | .
+        ("A T-pose, 45 degrees.", 10),
+        # extraordinarily = 15 letters = 2 pieces of at most 10 letters
+        ("extraordinarily tall", 3),
+        # 9 and 10 letters are still one piece each
+        ("including everything", 2),
+        ("", 0),
+        ("  spaced   out  ", 2),
+    ],
+)
+def test_approximate_count_by_hand(text, expected):
+    assert approximate_token_count(text) == expected
+
+
+def _bpe_pipeline_folder(tmp_path: Path, corpus: list[str], chat_template: str | None = None) -> Path:
+    """A pipeline-shaped folder whose tokenizer/ is a small byte-level BPE trained here."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    pattern = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(pattern), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    if chat_template:
+        wrapped.chat_template = chat_template
+    folder = tmp_path / "pipeline"
+    wrapped.save_pretrained(folder / "tokenizer")
+    (folder / "model_index.json").write_text("{}")
+    return folder
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_report_counts_match_direct_tokenization(tmp_path):
+    from tokenizers import Tokenizer
+
+    probe_path = bundled_path("counterfact-plantain")
+    probe = load_probe(probe_path)
+    corpus = [text for pair in load_probe(bundled_path("dense-plantain")).pairs for text in (pair.a, pair.b)]
+    folder = _bpe_pipeline_folder(tmp_path, corpus, CHATML)
+
+    report = check_probe(probe_path, load_token_counter(str(folder)))
+    assert report.counter.exact and "pipeline/tokenizer" in report.counter.description
+
+    direct = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
+    count = lambda text: len(direct.encode(text, add_special_tokens=False).ids)  # noqa: E731
+    a = [count(p.a) for p in probe.pairs]
+    b = [count(p.b) for p in probe.pairs]
+    assert [p.tokens_a for p in report.pairs] == a
+    assert [p.tokens_b for p in report.pairs] == b
+
+    diffs = [y - x for x, y in zip(a, b)]
+    length = report.length
+    assert length.mean_diff == pytest.approx(sum(diffs) / len(diffs))
+    assert length.mean_abs_diff == pytest.approx(sum(map(abs, diffs)) / len(diffs))
+    assert length.max_abs_diff == max(map(abs, diffs))
+    ttest = stats.ttest_rel(b, a)
+    assert length.t == pytest.approx(ttest.statistic) and length.p_t == pytest.approx(ttest.pvalue)
+    positive, negative = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    assert (length.n_longer_b, length.n_longer_a) == (positive, negative)
+    assert length.p_sign == pytest.approx(stats.binomtest(positive, positive + negative, 0.5).pvalue)
+    assert length.systematic == (ttest.pvalue < 0.05 or length.p_sign < 0.05)
+
+    # The chat template adds the same number of tokens to A and B (the claim that makes raw counts
+    # the right thing to compare), and that number is what the template's own text costs.
+    overheads = {p.templated_a - p.tokens_a for p in report.pairs} | {p.templated_b - p.tokens_b for p in report.pairs}
+    assert len(overheads) == 1 and overheads.pop() > 0
+
+
+def test_tokenizer_json_file_and_plain_tokenizer_folder(tmp_path):
+    from tokenizers import Tokenizer
+
+    folder = _bpe_pipeline_folder(tmp_path, ["a red cup on a table", "a blue kite over a beach"])
+    path = write(tmp_path, THREE_PAIRS)
+    direct = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
+    expected = [len(direct.encode(pair.a, add_special_tokens=False).ids) for pair in load_probe(path).pairs]
+    for spec in (folder / "tokenizer" / "tokenizer.json", folder / "tokenizer"):
+        report = check_probe(path, load_token_counter(str(spec)))
+        assert [p.tokens_a for p in report.pairs] == expected
+
+
+def test_unloadable_tokenizer_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file or folder"):
+        load_token_counter(str(tmp_path / "missing" / "folder"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="without downloading"):
+        load_token_counter(str(tmp_path / "empty"))
+
+
+# --- the confound report ---------------------------------------------------------------------
+
+
+def _pairs_file(tmp_path, pairs, probe=""):
+    body = probe
+    for pair_id, a, b, extra in pairs:
+        body += f'\n[[pairs]]\nid = "{pair_id}"\n{extra}a = "{a}"\nb = "{b}"\n'
+    return write(tmp_path, body)
+
+
+def test_systematic_length_difference_is_flagged(tmp_path):
+    pairs = [(f"p{i}", f"A photo of item {i}.", f"A photo of item {i} seen from far away, very clearly.", "") for i in range(6)]
+    report = check_probe(_pairs_file(tmp_path, pairs))
+    assert report.length.systematic and report.length.mean_diff > 0
+    assert any(w.startswith("lexical confound") and "approximate count" in w for w in report.warnings)
+
+
+def test_balanced_lengths_are_not_flagged(tmp_path):
+    report = check_probe(write(tmp_path, THREE_PAIRS))
+    assert report.length.mean_diff == 0 and report.length.max_abs_diff == 0
+    assert report.length.p_t is None and report.length.p_sign is None
+    assert not report.length.systematic and report.warnings == []
+
+
+def test_constant_difference_is_systematic(tmp_path):
+    # Every pair one token longer in B: zero spread, so t is infinite and the rule must fire.
+    pairs = [(f"p{i}", f"A cup number {i}", f"A cup number {i}.", "") for i in range(4)]
+    report = check_probe(_pairs_file(tmp_path, pairs))
+    assert report.length.systematic and report.length.p_t == 0.0
+    assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["length"]["all_differences_equal"] is True
+
+
+def test_held_constant_verbatim_check(tmp_path):
+    probe = '[probe]\nheld_constant = ["subject", "setting"]\n'
+    pairs = [
+        ("ok", "A tall man standing, in a park.", "A tall man sitting, in a park.", 'subject = "A tall man"\nsetting = "in a park"\n'),
+        ("reworded", "A tall man standing, in a park.", "A big man sitting, in a park.", 'subject = "A tall man"\nsetting = "in a park"\n'),
+        ("case", "a tall man standing, in a park.", "A tall man sitting, in a park.", 'subject = "A tall man"\nsetting = "in a park"\n'),
+        ("absent", "A tall man standing, in a park.", "A tall man sitting, in a park.", 'subject = "A tall man"\n'),
+    ]
+    report = check_probe(_pairs_file(tmp_path, pairs, probe))
+    assert report.errors == []
+    held = {p.id: p.held for p in report.pairs}
+    assert held["ok"] == {"subject": "both", "setting": "both"}
+    assert held["reworded"]["subject"] == "missing in b" and held["reworded"]["setting"] == "both"
+    assert held["case"]["subject"] == "missing in a"
+    assert held["absent"]["setting"] == "not given"
+    warnings = "\n".join(report.warnings)
+    assert "pair 'reworded'" in warnings and "missing in b verbatim;" in warnings
+    assert "pair 'case'" in warnings and "different capitalisation" in warnings
+    assert "pair 'absent'" in warnings and "'setting' is not given" in warnings
+    assert "pair 'ok'" not in warnings
+
+
+def test_undeclared_fields_are_checked_too(tmp_path):
+    pairs = [(f"p{i}", f"A dog {i} in the snow.", f"A cat {i} on the snow.", 'setting = "in the snow"\nnote = "x"\n') for i in range(3)]
+    report = check_probe(_pairs_file(tmp_path, pairs))
+    assert report.checked_fields == ["setting"]
+    assert all(p.held["setting"] == "missing in b" for p in report.pairs)
+
+
+def test_word_changes():
+    assert word_changes("A red cup on a table.", "A blue cup on a table.") == [("red", "blue")]
+    assert word_changes("A cup.", "A big cup.") == [("", "big")]
+    # A rewritten clause comes back as one span, not scattered word matches.
+    changes = word_changes("He stands, arms out to the sides, feet together.", "He kneels on the floor with one hand on the knee.")
+    assert len(changes) == 1 and changes[0][0].startswith("stands") and changes[0][1].endswith("knee")
+
+
+def test_report_lists_condition_words():
+    report = check_probe(bundled_path("ghost-plantain"))
+    only_a = dict(report.words_only_a)
+    only_b = dict(report.words_only_b)
+    assert only_a["visible"] == 25 and only_a["only"] == 25
+    assert only_b["entire"] == 25 and only_b["hidden"] == 25
+    assert "bicycle" not in only_a and "bicycle" not in only_b
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def _cli(*args):
+    from dense_plantain.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_cli_check_json_parses(tmp_path):
+    result = _cli("prompts", "check", str(bundled_path("dense-plantain")), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["ok"] is True and data["errors"] == []
+    assert data["probe"]["name"] == "dense-plantain" and data["probe"]["n_pairs"] == 25
+    assert data["tokenizer"]["exact"] is False and "approximate" in data["tokenizer"]["description"]
+    first = load_probe(bundled_path("dense-plantain")).pairs[0]
+    assert data["pairs"][0]["tokens_a"] == approximate_token_count(first.a)
+    assert data["pairs"][0]["held_constant"] == {"subject": "both", "setting": "both"}
+    assert "rule" in data["length"]
+
+
+def test_cli_check_errors_exit_1_with_json(tmp_path):
+    path = write(tmp_path, THREE_PAIRS.replace('id = "kite"', 'id = "cup"'))
+    result = _cli("prompts", "check", str(path), "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.output)
+    assert data["ok"] is False
+    assert data["errors"][0]["pair_id"] == "cup" and data["errors"][0]["line"] == line_of(path, "[[pairs]]", 3)
+
+
+def test_cli_check_human_output(tmp_path):
+    result = _cli("prompts", "check", "ghost-plantain")  # a bundled name works as FILE
+    assert result.exit_code == 0, result.output
+    assert "approximation" in result.output and "OK: 25 valid pair(s)" in result.output
+    broken = write(tmp_path, THREE_PAIRS.replace('id = "car"', 'id = "car"\nsettting = "x"'))
+    result = _cli("prompts", "check", str(broken))
+    assert result.exit_code == 1
+    flat = re.sub(r"\s+", "", result.output)  # rich wraps long lines at the console width
+    assert "probablyatypofor'setting'" in flat
+    assert f"{broken}:{line_of(broken, 'settting')}(pair'car')" in flat
+
+
+def test_cli_strict_and_missing_file(tmp_path):
+    pairs = [(f"p{i}", f"A photo of item {i}.", f"A photo of item {i} seen from far away, very clearly.", "") for i in range(6)]
+    path = _pairs_file(tmp_path, pairs)
+    assert _cli("prompts", "check", str(path)).exit_code == 0
+    assert _cli("prompts", "check", str(path), "--strict").exit_code == 1
+    missing = _cli("prompts", "check", str(tmp_path / "absent.toml"))
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_cli_help_and_list():
+    result = _cli("prompts", "check", "--help")
+    assert result.exit_code == 0 and "--tokenizer" in result.output and "sign test" in result.output
+    listing = _cli("prompts", "list")
+    assert listing.exit_code == 0 and "dense-plantain" in listing.output
+
+
+# --- packaging -------------------------------------------------------------------------------
+
+
+def test_wheel_include_rule_reaches_the_bundled_sets():
+    """In a checkout, the package's prompt_sets symlink and the maturin include rule must agree.
+
+    maturin's include globs keep a file's path relative to the project root or python-source,
+    so the wheel can carry prompts/*.toml inside the package only through this symlink.
+    """
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    link = root / "python" / "dense_plantain" / "prompt_sets"
+    if not (root / "pyproject.toml").is_file() or not link.exists():
+        pytest.skip("not a source checkout")
+    assert link.resolve() == (root / "prompts").resolve()
+    assert sorted(p.stem for p in link.glob("*.toml")) == sorted(BUNDLED)
+    include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["maturin"]["include"]
+    assert {"path": "dense_plantain/prompt_sets/*.toml", "format": "wheel"} in include
+    assert {"path": "prompts/*.toml", "format": "sdist"} in include
