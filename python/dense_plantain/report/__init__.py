@@ -1,0 +1,63 @@
+"""Rendering results: tables (markdown, console), figures, results.json/units.csv, the model card.
+
+``write_results(result, DIR)`` writes a results folder whole or not at all (see ``folder`` for the
+overwrite policy); ``write_card(record, README)`` writes the model card. Modules, one idea each:
+``cells`` (how numbers are written), ``tables``, ``figures``, ``records`` (JSON and CSV),
+``folder`` (atomic output folder), ``card`` (the README).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from dense_plantain.analysis import AnalysisResult
+from dense_plantain.errors import DensePlantainError
+from dense_plantain.report import card, figures, records, tables
+from dense_plantain.report.folder import OutputFolderError, current_umask, check_out_dir, write_folder
+from dense_plantain.report.records import ResultsFileError, load_results
+
+__all__ = ["OutputFolderError", "ResultsFileError", "check_card_path", "check_out_dir", "load_results",
+           "write_card", "write_results"]
+
+
+def write_results(result: AnalysisResult, out: str | Path, *, force: bool = False) -> list[Path]:
+    """Write results.json, units.csv, results.md and the figures into ``out``; return their paths."""
+    record = result.to_json()
+
+    def fill(folder: Path) -> None:
+        (folder / records.RESULTS_JSON).write_text(records.results_json_text(record), encoding="utf-8")
+        (folder / records.UNITS_CSV).write_text(records.units_csv_text(result), encoding="utf-8")
+        (folder / "results.md").write_text(tables.results_markdown(record), encoding="utf-8")
+        figures.write_figures(result, folder)
+
+    return write_folder(Path(out), fill, force=force)
+
+
+def check_card_path(out: str | Path, force: bool = False) -> None:
+    """Refuse to replace a README that ``report`` did not write, unless ``force``."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputFolderError(f"{out} is a folder; --out takes the README file to write, e.g. {out / 'README.md'}")
+    if out.exists() and not force:
+        try:
+            ours = card.MARKER in out.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            ours = False
+        if not ours:
+            raise OutputFolderError(f"{out} exists and was not written by `dense-plantain report`; nothing was "
+                                    "written. Choose another --out, or pass --force to replace it")
+
+
+def write_card(record: Mapping[str, Any], out: str | Path, *, force: bool = False, license: str = "apache-2.0",
+               base_model: str | None = None) -> Path:
+    """Write the model card for a results record to ``out`` atomically."""
+    from dense_plantain.store import atomic_write_bytes
+
+    out = Path(out)
+    check_card_path(out, force)
+    text = card.model_card(record, license=license, base=base_model)
+    atomic_write_bytes(out, text.encode("utf-8"))
+    os.chmod(out, 0o666 & ~current_umask())  # the temporary file was private; a README is for sharing
+    return out

@@ -1,0 +1,202 @@
+"""How the numbers of a results record are written: one place, so that results.md, the console
+table and the model card always say the same thing the same way.
+
+Everything here reads the ``results.json`` dict (``AnalysisResult.to_json()``), so a card made
+from a results folder and one made straight from a capture cannot differ.
+
+A ratio is ``observed count / null p99``. When the null p99 is 0 there is no ratio: at least 99%
+of the null permutations had no unit over the threshold, and dividing by zero would say
+"infinitely significant". The cell then says ``null p99 = 0`` and gives the largest count any
+null permutation reached (``null_max``), which is the honest bound the null offers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+MD_PIPE = "\\|"
+#: Readable names for token regions.
+REGION_NAMES = {"image": "image tokens", "text": "text tokens", "all": "text + image tokens pooled"}
+KIND_NAMES = {"attention": "attention", "mlp": "MLP"}
+
+
+def number(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
+
+
+def threshold_value(x: float) -> str:
+    """3.0 -> "3", 0.8 -> "0.8"."""
+    return f"{x:g}"
+
+
+def threshold_label(th: Mapping[str, Any]) -> str:
+    """"|t| > 3"."""
+    return f"|{th['metric']}| > {threshold_value(th['threshold'])}"
+
+
+def metric_label(th: Mapping[str, Any]) -> str:
+    """"Units with |d| > 0.8 (large)"."""
+    large = " (large)" if th["metric"] == "d" and th["threshold"] == 0.8 else ""
+    return f"Units with {threshold_label(th)}{large}"
+
+
+def count_cell(th: Mapping[str, Any]) -> str:
+    """"8,263 (50.6%)"."""
+    return f"{th['count']:,} ({100.0 * th['fraction']:.1f}%)"
+
+
+def ratio_text(ratio: float) -> str:
+    """Like the cards: "6.2×" below 10, "659×" and "1,489×" above, two digits below 1."""
+    if ratio >= 10:
+        return f"{ratio:,.0f}×"
+    if ratio >= 1:
+        return f"{ratio:.1f}×"
+    return f"{ratio:.2g}×"
+
+
+def significance_cell(th: Mapping[str, Any]) -> str:
+    """The Significance column: the ratio to the null p99, or why there is none."""
+    if th.get("null_p99") is None:
+        return "— (no null run)"
+    if th.get("ratio") is not None:
+        return f"{ratio_text(th['ratio'])} empirical null p99"
+    if th["count"] == 0:
+        return "null p99 = 0, observed 0"
+    return f"null p99 = 0 (null max {th['null_max']:,}): no ratio"
+
+
+def short_significance(th: Mapping[str, Any]) -> str:
+    """The ratio alone, for the narrow per-group tables."""
+    if th.get("null_p99") is None:
+        return ""
+    if th.get("ratio") is not None:
+        return ratio_text(th["ratio"])
+    return f"p99 = 0, max {th['null_max']:,}"
+
+
+def group_cell(th: Mapping[str, Any]) -> str:
+    extra = short_significance(th)
+    return count_cell(th) + (f" · {extra}" if extra else "")
+
+
+def any_zero_p99(res: Mapping[str, Any]) -> bool:
+    rows = list(res["thresholds"]) + [th for g in res.get("groups", []) for th in g["thresholds"]]
+    return any(th.get("null_p99") == 0 for th in rows)
+
+
+def zero_p99_note(res: Mapping[str, Any]) -> str:
+    p = res["null"]["n_permutations"]
+    return (f"A ratio divides the observed count by the 99th percentile of that count over the {p:,} null "
+            "permutations. Where the percentile is 0, at least 99% of the permutations left every unit under "
+            "the threshold and a ratio would be infinite, so the cell gives the largest count any null "
+            "permutation reached (null max) instead.")
+
+
+def p_value(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return f"{p:.3g}"
+
+
+def split_half_cells(sh: Mapping[str, Any]) -> tuple[str, str]:
+    """(value, significance) for the split-half row."""
+    if sh.get("median") is None:
+        return "—", sh.get("note") or "not computed"
+    return f"{sh['median']:.3f}", f"[{sh['q25']:.2f}, {sh['q75']:.2f}] IQR"
+
+
+def max_t_cells(res: Mapping[str, Any]) -> tuple[str, str]:
+    if res.get("max_abs_t") is None:
+        return "—", "—"
+    unit = res.get("max_abs_t_unit") or ""
+    p = res.get("max_abs_t_p_maxT")
+    return f"{res['max_abs_t']:.2f}", f"{unit}, max-statistic p = {p_value(p)}"
+
+
+def block_line(b: Mapping[str, Any], pipe: str = MD_PIPE) -> str:
+    """"single[0]: max|t|=22.45, 283/768 units at |t|>3, median |d|=0.45"."""
+    abs_t = f"{pipe}t{pipe}"
+    return (f"{b['block']}: max{abs_t}={number(b['max_abs_t'])}, {b['n_t_gt3']:,}/{b['n_units']:,} units at "
+            f"{abs_t}>3, median {pipe}d{pipe}={number(b['median_abs_d'])}")
+
+
+def group_name(g: Mapping[str, Any]) -> str:
+    names = KIND_NAMES if g["axis"] == "kind" else REGION_NAMES
+    return names.get(g["group"], g["group"])
+
+
+def title(res: Mapping[str, Any]) -> str:
+    c = res["conditions"]
+    if res["design"] == "paired":
+        return f"{c.get('probe') or 'probe'}: {c['b']} vs {c['a']}"
+    c1, c2 = c["capture_1"], c["capture_2"]
+    return f"{c1.get('probe') or 'capture 1'} vs {c2.get('probe') or 'capture 2'}: contrast of contrasts"
+
+
+def contrast_sentence(res: Mapping[str, Any]) -> str:
+    """What was subtracted from what, in words."""
+    c = res["conditions"]
+    m = res["n_units"]
+    layout = res["layout"]["name"]
+    if res["design"] == "paired":
+        return (f"Per unit, {c['b']} (B) minus {c['a']} (A) over {res['n_pairs']} pairs; "
+                f"{m:,} units, {layout} layout.")
+    c1, c2 = c["capture_1"], c["capture_2"]
+    what = (f"({c1['b']} − {c1['a']}) − ({c2['b']} − {c2['a']})")
+    if res["design"] == "contrast-paired":
+        how = f"paired over {res['n_pairs']} matched pairs"
+    else:
+        n1, n2 = res["group_sizes"]
+        how = f"Welch's t over {n1} and {n2} pairs (the captures do not share pairs)"
+    return f"Per unit, {what}: {how}; {m:,} units, {layout} layout."
+
+
+def null_description(res: Mapping[str, Any]) -> str:
+    nl = res["null"]
+    p = nl["n_permutations"]
+    if nl["method"] == "sign-flip":
+        n = res["n_pairs"]
+        if nl["mode"] == "exact":
+            return (f"all {p:,} distinct sign patterns of the {n} pair differences (exact; 2^(n−1), because "
+                    "flipping every sign leaves |t| unchanged)")
+        return f"{p:,} random sign patterns of the {n} pair differences (Monte Carlo, seed {nl['seed']})"
+    n1, n2 = res["group_sizes"]
+    if nl["mode"] == "exact":
+        return f"all {p:,} ways to assign the {n1 + n2} differences to the two captures ({n1} and {n2}; exact)"
+    return (f"{p:,} random reassignments of the {n1 + n2} differences to the two captures "
+            f"(Monte Carlo, seed {nl['seed']})")
+
+
+def methods_paragraph(res: Mapping[str, Any]) -> str:
+    """A short methods paragraph generated from the record's settings."""
+    s, sh = res["settings"], res["split_half"]
+    n = res["n_pairs"]
+    if res["design"] == "contrast-welch":
+        n1, n2 = res["group_sizes"]
+        test = ("Each capture gives one difference B − A per pair; per unit, Welch's t compares the two sets of "
+                f"differences ({n1} and {n2}), with Welch–Satterthwaite degrees of freedom, and Cohen's d is the "
+                "mean difference over the pooled SD (d_s).")
+        null_kind = "The null shuffles which capture each difference belongs to"
+    else:
+        subject = "pair difference B − A" if res["design"] == "paired" else "pair's difference of differences"
+        test = (f"Per unit, the {subject} was tested with a paired t ({n - 1} df); Cohen's d is d_z, "
+                "the mean difference over its SD (so d = t/√n).")
+        null_kind = "The null flips the sign of each pair's difference"
+    null = (f"{null_kind}: {null_description(res)}. Each permutation records how many units pass each threshold "
+            f"and the largest |t|. Significance is the observed count over the 99th percentile of its null counts "
+            f"(numpy.percentile, linear interpolation).")
+    fwer = ("In units.csv, p is the two-sided parametric p of the t distribution, q the Benjamini–Hochberg "
+            "q-value over those p, and p_maxT the max-statistic (family-wise) p from the null's largest |t|.")
+    if sh.get("median") is not None:
+        halves = ("both captures' pairs" if res["design"] == "contrast-welch" else "the pairs")
+        split = (f"Split-half consistency: {sh['n_splits']} random splits of {halves} into halves "
+                 f"(seed {s['seed']}), Pearson r across units between the two halves' t.")
+    else:
+        split = f"Split-half consistency was {sh.get('note') or 'not computed'}."
+    groups = ""
+    if res.get("groups"):
+        groups = (" The attention/MLP and token-region tables use their own null runs over just their units "
+                  "(same seed)." if s.get("group_nulls") else
+                  " The attention/MLP and token-region tables give counts only (group nulls were switched off).")
+    return " ".join([test, null, fwer, split]) + groups

@@ -1,0 +1,129 @@
+"""The three figures of a results folder, drawn with matplotlib's Agg canvas (no display).
+
+* ``abs_t_by_block.png``: |t| of every unit in layout order, blocks marked along the axis,
+  attention and MLP units in different colours, the |t| = 3 and 5 lines drawn.
+* ``null_counts.png``: per threshold, the null distribution of the count of units over it, with
+  the observed count and the null p99 marked.
+* ``split_half_r.png``: the split-half r over random splits, median and IQR marked.
+
+They take an `AnalysisResult`, because they need per-unit and per-permutation arrays that
+results.json does not keep.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from dense_plantain.analysis import AnalysisResult
+from dense_plantain.report import cells
+
+FILES = ("abs_t_by_block.png", "null_counts.png", "split_half_r.png")
+KIND_COLOURS = {"attention": "#1f77b4", "mlp": "#ff7f0e", "unknown": "#555555"}
+OBSERVED = "#d62728"
+DPI = 120
+
+
+def write_figures(result: AnalysisResult, folder: Path) -> list[Path]:
+    folder = Path(folder)
+    res = result.to_json()
+    paths = [folder / name for name in FILES]
+    _save(abs_t_by_block(result, res), paths[0])
+    _save(null_counts(result, res), paths[1])
+    _save(split_half(result, res), paths[2])
+    return paths
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=DPI, format="png")
+
+
+def abs_t_by_block(result: AnalysisResult, res: dict) -> Figure:
+    layout = result.layout
+    labels = layout.labels()
+    abs_t = np.nan_to_num(result.abs_t, nan=0.0, posinf=0.0)
+    x = np.arange(layout.n_units)
+    fig = Figure(figsize=(14, 5), layout="constrained")
+    ax = fig.add_subplot()
+    for kind in ("attention", "mlp", "unknown"):
+        mask = labels["kind"] == kind
+        if mask.any():
+            name = "units" if kind == "unknown" else cells.KIND_NAMES[kind] + " units"
+            ax.scatter(x[mask], abs_t[mask], s=3, lw=0, color=KIND_COLOURS[kind], rasterized=True,
+                       label=f"{name} ({int(mask.sum()):,})")
+    for b in layout.blocks[1:]:
+        ax.axvline(b.start - 0.5, color="#bbbbbb", lw=0.6, zorder=0)
+    for level, style in ((3.0, "--"), (5.0, ":")):
+        ax.axhline(level, color="#333333", lw=0.9, ls=style, label=f"|t| = {level:g}")
+    centres = [b.start + b.n_units / 2 for b in layout.blocks]
+    names = [b.name for b in layout.blocks]
+    step = max(1, len(names) // 40)
+    ax.set_xticks(centres[::step], names[::step], rotation=90, fontsize=7)
+    ax.set_xlim(-0.5, layout.n_units - 0.5)
+    ax.set_ylim(0, max(6.0, float(abs_t.max()) * 1.05))
+    ax.set_ylabel("|t|")
+    ax.set_xlabel(f"unit, in layout order ({layout.name} layout); grey lines separate blocks")
+    ax.set_title(f"|t| per unit — {cells.title(res)} (n = {res['n_pairs']})", loc="left")
+    ax.legend(loc="upper right", fontsize=8, markerscale=3, framealpha=0.9)
+    return fig
+
+
+def null_counts(result: AnalysisResult, res: dict) -> Figure:
+    rows = result.thresholds
+    fig = Figure(figsize=(5 * len(rows), 4), layout="constrained")
+    axes = fig.subplots(1, len(rows), squeeze=False)[0]
+    mode = "exact" if result.null_exact else "Monte Carlo"
+    for ax, th, row in zip(axes, rows, res["thresholds"]):
+        counts = np.asarray(th.null_counts)
+        # The null's range: up to well past its p99, but not out to a lone extreme permutation,
+        # which would squash the bulk into one bar. Clipped permutations land in the last bar.
+        top = int(min(counts.max(), max(np.ceil(2.5 * th.null_p99), np.percentile(counts, 99.5)) + 1))
+        clipped = int((counts > top).sum())
+        shown = np.minimum(counts, top)
+        width = max(1, int(np.ceil((top + 1) / 50)))  # whole counts per bar, so no bar is half empty
+        edges = np.arange(-0.5, top + width + 0.5, width)
+        label = f"null ({result.null_permutations:,} permutations, {mode})"
+        if clipped:
+            label += f"\n{clipped:,} above {top:,} drawn in the last bar (max {int(counts.max()):,})"
+        ax.hist(shown, bins=edges, color="#7f7f7f", label=label)
+        ax.axvline(th.null_p99, color="black", ls="--", lw=1, label=f"null p99 = {th.null_p99:,.4g}")
+        null_right = top + 0.5 + max(1.0, 0.05 * top)
+        if th.count <= 2 * null_right:
+            ax.axvline(th.count, color=OBSERVED, lw=2, label=f"observed = {th.count:,}")
+            ax.set_xlim(-0.5, max(null_right, th.count * 1.05 + 1))
+        else:
+            # Far beyond the null: drawing both to scale would squash the null into one bar.
+            right = null_right * 1.35
+            ax.set_xlim(-0.5, right)
+            ax.annotate(f"observed = {th.count:,}\n(off scale, to the right)", xy=(1.0, 0.6),
+                        xycoords="axes fraction", xytext=(0.62, 0.6), textcoords="axes fraction",
+                        color=OBSERVED, ha="center", va="center", fontsize=9,
+                        arrowprops={"arrowstyle": "-|>", "color": OBSERVED, "lw": 2})
+        ax.set_xlabel(f"units with {cells.threshold_label(row)}")
+        ax.set_ylabel("permutations")
+        ax.set_title(f"{cells.threshold_label(row)}: {cells.significance_cell(row)}", fontsize=10, loc="left")
+        ax.legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"Observed count vs null counts — {cells.title(res)}", fontsize=11)
+    return fig
+
+
+def split_half(result: AnalysisResult, res: dict) -> Figure:
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    sh = res["split_half"]
+    r = result.split_half.r[np.isfinite(result.split_half.r)]
+    if not r.size:
+        ax.text(0.5, 0.5, f"Split-half r {sh.get('note') or 'not computed'}", ha="center", va="center",
+                wrap=True, transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    ax.hist(r, bins=min(30, max(5, r.size // 3)), color="#2ca02c", alpha=0.8)
+    ax.axvspan(sh["q25"], sh["q75"], color="#2ca02c", alpha=0.15, label=f"IQR [{sh['q25']:.2f}, {sh['q75']:.2f}]")
+    ax.axvline(sh["median"], color="black", lw=1.5, label=f"median r = {sh['median']:.3f}")
+    ax.set_xlabel("Pearson r across units between the two halves' t")
+    ax.set_ylabel("splits")
+    ax.set_title(f"Split-half consistency over {sh['n_splits']} random splits", loc="left", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig

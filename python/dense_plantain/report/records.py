@@ -1,0 +1,84 @@
+"""The machine-readable outputs: ``results.json`` (the record) and ``units.csv`` (one row per unit)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dense_plantain.analysis import RESULTS_FORMAT, AnalysisResult
+from dense_plantain.errors import DensePlantainError
+
+RESULTS_JSON = "results.json"
+UNITS_CSV = "units.csv"
+UNITS_COLUMNS = ("unit", "block", "name", "kind", "head", "slice", "region", "step",
+                 "mean_diff", "t", "d", "df", "p", "p_maxT", "q")
+
+
+class ResultsFileError(DensePlantainError):
+    """A results folder or results.json is missing, unreadable or not dense-plantain's."""
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy: numpy scalars to Python, non-finite floats to null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def results_json_text(record: dict[str, Any]) -> str:
+    return json.dumps(_plain(record), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def units_csv_text(result: AnalysisResult) -> str:
+    labels = result.layout.labels()
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(UNITS_COLUMNS)
+
+    def num(x: float) -> str:
+        return format(float(x), ".10g")
+
+    for j in range(result.n_units):
+        writer.writerow([
+            j, labels["block"][j], labels["name"][j], labels["kind"][j], int(labels["head"][j]),
+            int(labels["slice"][j]), labels["region"][j], int(labels["step"][j]),
+            num(result.mean_diff[j]), num(result.t[j]), num(result.d[j]), num(result.df[j]),
+            num(result.p[j]), num(result.p_maxT[j]), num(result.q[j]),
+        ])
+    return buf.getvalue()
+
+
+def load_results(folder: str | Path) -> dict[str, Any]:
+    """Read ``results.json`` from a results folder (or the file itself), checking it is ours."""
+    folder = Path(folder)
+    path = folder if folder.is_file() else folder / RESULTS_JSON
+    if not path.exists():
+        raise ResultsFileError(f"{path}: no such file. Pass a folder written by `dense-plantain analyze` "
+                               "(or `compare`), or a capture file to analyse first")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultsFileError(f"{path}: cannot be read as JSON ({err}). Run `dense-plantain analyze` again") from None
+    if not isinstance(record, dict) or "dense_plantain_results" not in record:
+        raise ResultsFileError(f"{path}: not a dense-plantain results record (no 'dense_plantain_results' key)")
+    if record["dense_plantain_results"] != RESULTS_FORMAT:
+        raise ResultsFileError(f"{path}: results format {record['dense_plantain_results']!r}; this dense-plantain "
+                               f"reads format {RESULTS_FORMAT}. Run `dense-plantain analyze` again")
+    return record

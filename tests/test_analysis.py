@@ -1,0 +1,257 @@
+"""analysis.analyze against independent computations: scipy, a brute-force sign-flip enumeration."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from dense_plantain import analysis, store
+from dense_plantain.errors import AnalysisError, CaptureFileError
+from synthetic_captures import correlated_pairs, paired_t, probe_meta, small_layout, write
+
+PLANTED = {"joint[1]": 1.6, "single[2]": 1.1}
+
+
+@pytest.fixture
+def an_layout():
+    return small_layout()
+
+
+@pytest.fixture
+def an_capture(tmp_path, an_layout):
+    """12 pairs: Monte Carlo null (2^11 > 1000 permutations)."""
+    a, b = correlated_pairs(an_layout, 12, planted=PLANTED, seed=1)
+    return write(tmp_path / "twelve.safetensors", a, b, an_layout, **probe_meta(12))
+
+
+@pytest.fixture
+def an_capture10(tmp_path, an_layout):
+    """10 pairs: 512 distinct sign patterns, small enough for the exact null and a brute force."""
+    a, b = correlated_pairs(an_layout, 10, planted=PLANTED, seed=2)
+    return write(tmp_path / "ten.safetensors", a, b, an_layout, **probe_meta(10))
+
+
+def _diff(path):
+    cap = store.read_capture(path)
+    return cap.b.astype(np.float64) - cap.a.astype(np.float64), cap
+
+
+def _brute_force_sign_flips(diff: np.ndarray):
+    """Every sign pattern with the first pair fixed at +1, t recomputed from scratch each time."""
+    n, m = diff.shape
+    t_counts, d_counts, max_t = [], [], []
+    for rest in itertools.product((1.0, -1.0), repeat=n - 1):
+        flipped = diff * np.array((1.0,) + rest)[:, None]
+        t = paired_t(flipped)
+        d = flipped.mean(axis=0) / flipped.std(axis=0, ddof=1)
+        t_counts.append([(np.abs(t) > 3).sum(), (np.abs(t) > 5).sum()])
+        d_counts.append((np.abs(d) > 0.8).sum())
+        max_t.append(np.abs(t).max())
+    return np.array(t_counts), np.array(d_counts), np.array(max_t)
+
+
+def test_per_unit_t_d_p_match_scipy(an_capture):
+    result = analysis.analyze(an_capture, permutations=200, splits=20)
+    diff, cap = _diff(an_capture)
+    ref = sps.ttest_rel(cap.b.astype(np.float64), cap.a.astype(np.float64), axis=0)
+    np.testing.assert_allclose(result.t, ref.statistic, rtol=1e-9)
+    np.testing.assert_allclose(result.p, ref.pvalue, rtol=1e-7)
+    np.testing.assert_allclose(result.d, diff.mean(0) / diff.std(0, ddof=1), rtol=1e-9)
+    np.testing.assert_allclose(result.mean_diff, diff.mean(0), rtol=1e-9)
+
+
+def test_counts_and_max_t_match_scipy(an_capture):
+    record = analysis.analyze(an_capture, permutations=200, splits=20).to_json()
+    diff, cap = _diff(an_capture)
+    t = sps.ttest_rel(cap.b.astype(np.float64), cap.a.astype(np.float64), axis=0).statistic
+    d = diff.mean(0) / diff.std(0, ddof=1)
+    expected = {("t", 3.0): (np.abs(t) > 3).sum(), ("t", 5.0): (np.abs(t) > 5).sum(),
+                ("d", 0.8): (np.abs(d) > 0.8).sum()}
+    got = {(row["metric"], row["threshold"]): row["count"] for row in record["thresholds"]}
+    assert got == {k: int(v) for k, v in expected.items()}
+    for row in record["thresholds"]:
+        assert row["fraction"] == pytest.approx(row["count"] / t.size)
+    assert record["max_abs_t"] == pytest.approx(np.abs(t).max(), rel=1e-9)
+    assert record["n_pairs"] == 12 and record["n_units"] == t.size
+    # The planted effects are there: without them the count would sit near zero.
+    assert got[("t", 3.0)] >= 8
+
+
+def test_top_blocks_match_a_loop_over_blocks(an_capture, an_layout):
+    record = analysis.analyze(an_capture, permutations=200, splits=20).to_json()
+    diff, cap = _diff(an_capture)
+    t = sps.ttest_rel(cap.b.astype(np.float64), cap.a.astype(np.float64), axis=0).statistic
+    d = diff.mean(0) / diff.std(0, ddof=1)
+    names = an_layout.labels()["block"]
+    expected = []
+    for block in dict.fromkeys(names):
+        sel = names == block
+        expected.append((block, np.abs(t[sel]).max(), int((np.abs(t[sel]) > 3).sum()), int(sel.sum()),
+                         np.median(np.abs(d[sel]))))
+    expected.sort(key=lambda row: -row[1])
+    got = record["top_blocks"]
+    assert [row["block"] for row in got] == [row[0] for row in expected]
+    for row, (block, max_t, n3, n_units, med_d) in zip(got, expected):
+        assert row["max_abs_t"] == pytest.approx(max_t, rel=1e-9)
+        assert (row["n_t_gt3"], row["n_units"]) == (n3, n_units)
+        assert row["median_abs_d"] == pytest.approx(med_d, rel=1e-9)
+    assert {row["block"] for row in got[:2]} == set(PLANTED)
+
+
+def test_exact_null_p99_and_fwer_match_brute_force(an_capture10):
+    result = analysis.analyze(an_capture10, permutations=1000, splits=10, group_nulls=False)
+    record = result.to_json()
+    assert record["null"]["mode"] == "exact" and record["null"]["n_permutations"] == 2**9
+    diff, _ = _diff(an_capture10)
+    t_counts, d_counts, max_t = _brute_force_sign_flips(diff)
+    columns = [t_counts[:, 0], t_counts[:, 1], d_counts]
+    for row, counts in zip(record["thresholds"], columns):
+        assert row["null_p99"] == pytest.approx(np.percentile(counts, 99))
+        assert row["null_max"] == counts.max()
+        if row["null_p99"] > 0:
+            assert row["ratio"] == pytest.approx(row["count"] / np.percentile(counts, 99))
+    # Exact max-statistic p: the share of all patterns (the observed one included) at least as extreme.
+    abs_t = np.abs(paired_t(diff))
+    expected = (max_t[None, :] >= abs_t[:, None] - 1e-9).mean(axis=1)
+    np.testing.assert_allclose(result.p_maxT, expected, atol=1.5 / 2**9)
+
+
+def test_zero_p99_gives_no_ratio(tmp_path):
+    """One unit with a huge, steady effect next to two noise units: only the observed sign
+    pattern pushes a unit past |t| > 5, so the null p99 of that count is 0 and its max is 1."""
+    n = 10
+    rng = np.random.default_rng(5)
+    a = rng.normal(10, 1, size=(n, 3)).astype(np.float32)
+    b = (a + rng.normal(0, 1, size=a.shape)).astype(np.float32)
+    b[:, 0] = a[:, 0] + 5.0 + rng.normal(0, 0.05, size=n)
+    path = store.write_capture(tmp_path / "steady.safetensors", a, b, {"blocks": [{"name": "only", "n_units": 3}]})
+    record = analysis.analyze(path, permutations=1000, splits=10).to_json()
+    diff, _ = _diff(path)
+    t_counts, _, _ = _brute_force_sign_flips(diff)
+    assert np.percentile(t_counts[:, 1], 99) == 0  # the premise, checked independently
+    row = next(r for r in record["thresholds"] if r["metric"] == "t" and r["threshold"] == 5.0)
+    assert row["count"] == 1
+    assert row["null_p99"] == 0 and row["ratio"] is None
+    assert row["null_max"] == t_counts[:, 1].max() >= 1
+    json.dumps(record, allow_nan=False)  # no Infinity or NaN slipped in
+
+
+def test_q_values_match_scipy_bh(an_capture):
+    result = analysis.analyze(an_capture, permutations=100, splits=10)
+    _, cap = _diff(an_capture)
+    p = sps.ttest_rel(cap.b.astype(np.float64), cap.a.astype(np.float64), axis=0).pvalue
+    np.testing.assert_allclose(result.q, sps.false_discovery_control(p, method="bh"), rtol=1e-9)
+
+
+def test_split_half_summary_matches_recomputed_halves(an_capture):
+    result = analysis.analyze(an_capture, permutations=100, splits=30, seed=4)
+    diff, _ = _diff(an_capture)
+    assignments = result.split_half.assignments
+    assert assignments.shape == (30, 12)
+    assert set(assignments.sum(axis=1)) <= {6}
+    r = [sps.pearsonr(paired_t(diff[half]), paired_t(diff[~half])).statistic for half in assignments]
+    sh = result.to_json()["split_half"]
+    assert sh["n_splits"] == 30
+    assert sh["median"] == pytest.approx(np.median(r), rel=1e-6)
+    assert sh["q25"] == pytest.approx(np.percentile(r, 25), rel=1e-6)
+    assert sh["q75"] == pytest.approx(np.percentile(r, 75), rel=1e-6)
+
+
+def test_group_tables_count_attention_mlp_and_regions(an_capture10, an_layout):
+    result = analysis.analyze(an_capture10, permutations=1000, splits=10)
+    labels = an_layout.labels()
+    diff, _ = _diff(an_capture10)
+    t = paired_t(diff)
+    groups = {(g["axis"], g["group"]): g for g in result.to_json()["groups"]}
+    assert set(groups) == {("kind", "attention"), ("kind", "mlp"), ("region", "image"), ("region", "all")}
+    for (axis, name), g in groups.items():
+        sel = labels[axis] == name
+        assert g["n_units"] == int(sel.sum())
+        row = g["thresholds"][0]
+        assert row["count"] == int((np.abs(t[sel]) > 3).sum())
+        # Each group's null is its own: the brute-force count over just its units.
+        t_counts, _, _ = _brute_force_sign_flips(diff[:, sel])
+        assert row["null_p99"] == pytest.approx(np.percentile(t_counts[:, 0], 99))
+
+
+def test_foreign_capture_with_only_blocks_gets_the_overall_table(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 10)).astype(np.float32)
+    b = (a + rng.normal(size=a.shape) + np.r_[np.full(4, 2.0), np.zeros(6)]).astype(np.float32)
+    path = store.write_capture(tmp_path / "foreign.safetensors", a, b,
+                               {"blocks": [{"name": "early", "n_units": 4}, {"name": "late", "n_units": 6}]})
+    record = analysis.analyze(path, permutations=100, splits=10).to_json()
+    assert record["groups"] == []
+    assert [row["block"] for row in record["top_blocks"]][0] == "early"
+    assert record["layout"]["labelled"] is False
+    assert record["conditions"] == {"probe": "foreign", "a": "A", "b": "B"}
+
+
+def test_record_has_settings_versions_and_provenance(an_capture):
+    record = analysis.analyze(an_capture, permutations=150, seed=7, splits=12).to_json()
+    assert record["settings"]["permutations"] == 150 and record["seed"] == 7
+    assert record["settings"]["splits"] == 12 and record["split_half"]["n_splits"] == 12
+    assert record["null"] == {**record["null"], "method": "sign-flip", "mode": "monte-carlo", "n_permutations": 150,
+                              "seed": 7}
+    assert {"dense_plantain", "numpy", "scipy", "python"} <= set(record["versions"])
+    (source,) = record["sources"]
+    assert source["sha256"] == hashlib.sha256(an_capture.read_bytes()).hexdigest()
+    meta = source["metadata"]
+    assert meta["probe"]["label_b"] == "expressive pose" and len(meta["pairs"]) == 12
+    assert "readouts" not in meta  # per-unit detail stays in units.csv / the layout summary
+    assert record["conditions"] == {"probe": "synthetic-pose", "a": "T-pose", "b": "expressive pose"}
+
+
+def test_forced_exact_and_forced_monte_carlo(an_capture10):
+    exact = analysis.analyze(an_capture10, permutations=10, exact=True, splits=5, group_nulls=False)
+    assert exact.null_exact and exact.null_permutations == 2**9
+    mc = analysis.analyze(an_capture10, permutations=64, exact=False, splits=5, group_nulls=False)
+    assert not mc.null_exact and mc.null_permutations == 64
+    # Monte Carlo max-statistic p can never be below 1 / (P + 1).
+    assert mc.p_maxT.min() >= 1 / 65 - 1e-12
+
+
+def test_progress_reaches_the_total_over_all_null_runs(an_capture10):
+    calls = []
+    analysis.analyze(an_capture10, permutations=1000, splits=5, progress=lambda done, total: calls.append((done, total)))
+    totals = {total for _, total in calls}
+    assert totals == {5 * 2**9}  # the full null plus attention, MLP, image and pooled-region nulls
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] <= 5 * 2**9
+    assert done[-1] > 4 * 2**9  # the last run reported too
+
+
+def test_too_few_pairs_is_an_analysis_error(tmp_path, an_layout):
+    a, b = correlated_pairs(an_layout, 2)
+    path = write(tmp_path / "two.safetensors", a, b, an_layout)
+    with pytest.raises(AnalysisError, match=r"two\.safetensors.*only 2 pair"):
+        analysis.analyze(path)
+
+
+def test_nan_names_pair_and_unit(tmp_path, an_layout):
+    a, b = correlated_pairs(an_layout, 5)
+    b[3, 17] = np.nan
+    path = write(tmp_path / "nan.safetensors", a, b, an_layout, **probe_meta(5))
+    with pytest.raises(CaptureFileError, match=r"nan\.safetensors.*pair-03.*unit 17"):
+        analysis.analyze(path)
+
+
+def test_three_pairs_run_without_split_half(tmp_path, an_layout):
+    a, b = correlated_pairs(an_layout, 3, planted=PLANTED)
+    path = write(tmp_path / "three.safetensors", a, b, an_layout)
+    record = analysis.analyze(path).to_json()
+    assert record["split_half"]["median"] is None and "4 pairs" in record["split_half"]["note"]
+    assert record["null"]["mode"] == "exact" and record["null"]["n_permutations"] == 4
+
+
+def test_bh_q_handles_nan_and_matches_scipy():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=50) ** 3
+    q = analysis.bh_q(np.r_[p, np.nan])
+    np.testing.assert_allclose(q[:-1], sps.false_discovery_control(p), rtol=1e-12)
+    assert np.isnan(q[-1])

@@ -1,0 +1,195 @@
+"""compare: the contrast of contrasts, matched (paired) and unmatched (Welch + label shuffles)."""
+
+from __future__ import annotations
+
+import itertools
+from math import comb
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scipy import stats as sps
+
+from dense_plantain import analysis, store, welch
+from dense_plantain.cli import main
+from dense_plantain.errors import AnalysisError
+from synthetic_captures import SMALL_SHAPE, correlated_pairs, probe_meta, small_layout, write
+from dense_plantain import units
+
+
+@pytest.fixture
+def cmp_layout():
+    return small_layout()
+
+
+@pytest.fixture
+def cmp_matched(tmp_path, cmp_layout):
+    """Two probes over the same 12 subjects: T-pose vs expressive, A-pose vs expressive."""
+    ids = [f"subject-{i}" for i in range(12)]
+    a1, b1 = correlated_pairs(cmp_layout, 12, planted={"joint[1]": 1.5, "single[0]": 0.8}, seed=11)
+    a2, b2 = correlated_pairs(cmp_layout, 12, planted={"single[0]": 0.8}, seed=12)
+    p1 = write(tmp_path / "tpose.safetensors", a1, b1, cmp_layout, **probe_meta(12, ids=ids, name="tpose"))
+    p2 = write(tmp_path / "apose.safetensors", a2, b2, cmp_layout,
+               **probe_meta(12, ids=ids, name="apose", label_a="A-pose"))
+    return p1, p2
+
+
+@pytest.fixture
+def cmp_unmatched(tmp_path, cmp_layout):
+    """Different subjects and different numbers of pairs."""
+    a1, b1 = correlated_pairs(cmp_layout, 9, planted={"joint[0]": 3.0}, seed=21)
+    a2, b2 = correlated_pairs(cmp_layout, 7, seed=22)
+    p1 = write(tmp_path / "one.safetensors", a1, b1, cmp_layout, **probe_meta(9, name="one"))
+    p2 = write(tmp_path / "two.safetensors", a2, b2, cmp_layout,
+               **probe_meta(7, ids=[f"other-{i}" for i in range(7)], name="two"))
+    return p1, p2
+
+
+def _diffs(*paths):
+    out = []
+    for path in paths:
+        cap = store.read_capture(path)
+        out.append(cap.b.astype(np.float64) - cap.a.astype(np.float64))
+    return out
+
+
+def _welch_t(x1, x2):
+    return sps.ttest_ind(x1, x2, equal_var=False, axis=0).statistic
+
+
+def test_matched_is_a_paired_t_of_the_difference_of_differences(cmp_matched):
+    result = analysis.compare(*cmp_matched, permutations=200, splits=10)
+    assert result.design == "contrast-paired" and result.n_pairs == 12
+    d1, d2 = _diffs(*cmp_matched)
+    ref = sps.ttest_rel(d1, d2, axis=0)
+    np.testing.assert_allclose(result.t, ref.statistic, rtol=1e-9)
+    np.testing.assert_allclose(result.p, ref.pvalue, rtol=1e-7)
+    dd = d1 - d2
+    np.testing.assert_allclose(result.d, dd.mean(0) / dd.std(0, ddof=1), rtol=1e-9)
+    record = result.to_json()
+    assert record["top_blocks"][0]["block"] == "joint[1]"  # the effect only the first probe has
+    assert record["null"]["method"] == "sign-flip"
+    assert [s["role"] for s in record["sources"]] == ["capture_1", "capture_2"]
+
+
+def test_unmatched_is_welch_on_the_two_samples_of_differences(cmp_unmatched):
+    result = analysis.compare(*cmp_unmatched, permutations=300, splits=10)
+    assert result.design == "contrast-welch" and result.group_sizes == (9, 7)
+    d1, d2 = _diffs(*cmp_unmatched)
+    ref = sps.ttest_ind(d1, d2, equal_var=False, axis=0)
+    np.testing.assert_allclose(result.t, ref.statistic, rtol=1e-9)
+    np.testing.assert_allclose(result.p, ref.pvalue, rtol=1e-7)
+    pooled = np.sqrt((8 * d1.var(0, ddof=1) + 6 * d2.var(0, ddof=1)) / 14)
+    np.testing.assert_allclose(result.d, (d1.mean(0) - d2.mean(0)) / pooled, rtol=1e-9)
+    np.testing.assert_allclose(result.q, sps.false_discovery_control(ref.pvalue), rtol=1e-9)
+    record = result.to_json()
+    assert record["null"]["method"] == "label-shuffle" and record["null"]["mode"] == "monte-carlo"
+    assert record["top_blocks"][0]["block"] == "joint[0]"
+
+
+def _brute_force_shuffles(x1, x2, groups):
+    """For each choice of group-1 rows: counts over the thresholds and max |t|, via scipy."""
+    rows = np.concatenate([x1, x2])
+    t_counts, d_counts, max_t = [], [], []
+    for chosen in groups:
+        mask = np.zeros(len(rows), dtype=bool)
+        mask[list(chosen)] = True
+        g1, g2 = rows[mask], rows[~mask]
+        t = _welch_t(g1, g2)
+        n1, n2 = len(g1), len(g2)
+        pooled = np.sqrt(((n1 - 1) * g1.var(0, ddof=1) + (n2 - 1) * g2.var(0, ddof=1)) / (n1 + n2 - 2))
+        d = (g1.mean(0) - g2.mean(0)) / pooled
+        t_counts.append([(np.abs(t) > 3).sum(), (np.abs(t) > 5).sum()])
+        d_counts.append([(np.abs(d) > 0.8).sum()])
+        max_t.append(np.abs(t).max())
+    return np.array(t_counts), np.array(d_counts), np.array(max_t)
+
+
+@pytest.fixture
+def cmp_tiny():
+    rng = np.random.default_rng(3)
+    x1 = rng.normal(size=(5, 6)) + np.r_[2.5, 2.5, 0, 0, 0, 0]
+    x2 = rng.normal(size=(4, 6))
+    return x1, x2
+
+
+def test_exact_label_shuffle_null_matches_a_loop_over_all_labellings(cmp_tiny):
+    x1, x2 = cmp_tiny
+    null = welch.label_shuffle_null(x1, x2, exact=True)
+    assert null.exact and null.n_permutations == comb(9, 5) == 126
+    t_counts, d_counts, max_t = _brute_force_shuffles(x1, x2, itertools.combinations(range(9), 5))
+    np.testing.assert_array_equal(null.t_counts, t_counts)
+    np.testing.assert_array_equal(null.d_counts, d_counts)
+    np.testing.assert_allclose(null.max_abs_t, max_t, rtol=1e-9)
+    # Exact max-statistic p: share of all labellings (the observed one included) at least as extreme.
+    abs_t = np.abs(_welch_t(x1, x2))
+    expected = (max_t[None, :] >= abs_t[:, None] - 1e-9).mean(axis=1)
+    np.testing.assert_allclose(welch.fwer_p(abs_t, null), expected)
+
+
+def test_monte_carlo_label_shuffles_follow_the_documented_draws(cmp_tiny, monkeypatch):
+    x1, x2 = cmp_tiny
+    rng = np.random.default_rng(9)
+    draws = np.argsort(rng.random((40, 9)), axis=1, kind="stable")[:, :5]
+    t_counts, _, max_t = _brute_force_shuffles(x1, x2, draws)
+    null = welch.label_shuffle_null(x1, x2, permutations=40, exact=False, seed=9)
+    np.testing.assert_array_equal(null.t_counts, t_counts)
+    np.testing.assert_allclose(null.max_abs_t, max_t, rtol=1e-9)
+    # Chunking changes memory, not the answer.
+    monkeypatch.setattr(welch, "_CHUNK_ELEMENTS", 6 * 3)
+    again = welch.label_shuffle_null(x1, x2, permutations=40, exact=False, seed=9)
+    np.testing.assert_array_equal(again.t_counts, null.t_counts)
+    abs_t = np.abs(_welch_t(x1, x2))
+    expected = (1 + (max_t[None, :] >= abs_t[:, None] - 1e-9).sum(axis=1)) / 41
+    np.testing.assert_allclose(welch.fwer_p(abs_t, null), expected)
+
+
+def test_compare_exact_welch_null_p99_matches_brute_force(tmp_path):
+    """Through compare: 4 + 4 pairs give 70 labellings, fewer than --permutations: exact."""
+    blocks = {"blocks": [{"name": "b0", "n_units": 3}, {"name": "b1", "n_units": 3}]}
+    rng = np.random.default_rng(4)
+    a1, a2 = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+    b1 = a1 + rng.normal(size=(4, 6)) + np.r_[3, 3, 3, 0, 0, 0]
+    b2 = a2 + rng.normal(size=(4, 6))
+    p1 = store.write_capture(tmp_path / "x.safetensors", a1, b1, blocks)
+    p2 = store.write_capture(tmp_path / "y.safetensors", a2, b2, blocks)
+    record = analysis.compare(p1, p2, permutations=1000, splits=10).to_json()
+    assert record["design"] == "contrast-welch"  # no pair ids: nothing says the pairs match
+    assert record["null"]["mode"] == "exact" and record["null"]["n_permutations"] == 70
+    d1, d2 = _diffs(p1, p2)
+    t_counts, d_counts, _ = _brute_force_shuffles(d1, d2, itertools.combinations(range(8), 4))
+    for row, counts in zip(record["thresholds"], [t_counts[:, 0], t_counts[:, 1], d_counts[:, 0]]):
+        assert row["null_p99"] == pytest.approx(np.percentile(counts, 99))
+    assert record["split_half"]["median"] is not None
+
+
+def test_pairing_can_be_forced(cmp_matched, cmp_unmatched):
+    forced = analysis.compare(*cmp_matched, pairing="unmatched", permutations=50, splits=5)
+    assert forced.design == "contrast-welch"
+    with pytest.raises(AnalysisError, match=r"one\.safetensors has 9 pairs.*two\.safetensors has 7"):
+        analysis.compare(*cmp_unmatched, pairing="matched")
+
+
+def test_different_layouts_are_refused_naming_both_files(tmp_path, cmp_matched):
+    other = units.build_layout(units.ModelShape(**{**SMALL_SHAPE.__dict__, "n_single": 2}))
+    a, b = correlated_pairs(other, 12)
+    path = write(tmp_path / "shorter.safetensors", a, b, other)
+    with pytest.raises(AnalysisError, match=r"do not share a unit layout.*tpose\.safetensors.*shorter\.safetensors"):
+        analysis.compare(cmp_matched[0], path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["compare", str(cmp_matched[0]), str(path), "--out", str(out)])
+    assert res.exit_code != 0
+    assert "shorter.safetensors" in res.output and "layout" in res.output
+    assert not out.exists()
+
+
+def test_compare_cli_writes_the_results_folder(tmp_path, cmp_matched):
+    out = tmp_path / "contrast"
+    res = CliRunner().invoke(main, ["compare", *map(str, cmp_matched), "--out", str(out), "--permutations", "100",
+                                    "--splits", "10"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert {"results.json", "units.csv", "results.md", "abs_t_by_block.png", "null_counts.png",
+            "split_half_r.png"} == names
+    md = (out / "results.md").read_text()
+    assert "(expressive pose − T-pose) − (expressive pose − A-pose)" in md
