@@ -149,3 +149,140 @@ def prompts_check(ctx: click.Context, file: str, tokenizer: str | None, as_json:
 
 
 # --- analyze, report, compare ------------------------------------------------------------
+
+
+def _analysis_options(fn):
+    """Options shared by analyze and compare (the report command uses their defaults)."""
+    options = [
+        click.option("--out", "-o", "out", required=True, type=click.Path(),
+                     help="Results folder to write (results.json, units.csv, results.md, figures). Written whole "
+                          "or not at all; a previous results folder is replaced, any other non-empty folder "
+                          "needs --force."),
+        click.option("--permutations", default=1000, show_default=True, type=click.IntRange(min=1),
+                     help="Null permutations (Monte Carlo), and the limit below which the null is exact."),
+        click.option("--exact/--monte-carlo", "exact", default=None,
+                     help="Force an exact (enumerated) or a Monte Carlo null. Default: exact when the number of "
+                          "distinct permutations is at most --permutations."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of the null and the splits."),
+        click.option("--splits", default=100, show_default=True, type=click.IntRange(min=1),
+                     help="Random split-half splits."),
+        click.option("--group-nulls/--no-group-nulls", default=True, show_default=True,
+                     help="Run the null again for the attention / MLP units and each token region, so their "
+                          "tables have their own null p99 (about one extra null run per partition)."),
+        click.option("--force", is_flag=True,
+                     help="Write into a non-empty --out that is not a results folder (only our files are replaced)."),
+        click.option("--quiet", "-q", is_flag=True, help="No table or progress bar; just the paths written."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_with_progress(quiet: bool, work):
+    """Call ``work(progress)`` with a rich progress bar for the null runs (on stderr)."""
+    if quiet:
+        return work(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("null permutations"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("null", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return work(progress)
+
+
+def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
+    from dense_plantain import report
+    from dense_plantain.report.tables import print_results
+
+    paths = report.write_results(result, out, force=force)
+    if not quiet:
+        print_results(result.to_json())
+    click.echo(f"wrote {paths[0].parent}: " + ", ".join(p.name for p in paths))
+
+
+@main.command()
+@click.argument("capture", type=click.Path())
+@_analysis_options
+def analyze(capture: str, out: str, permutations: int, exact: bool | None, seed: int, splits: int,
+            group_nulls: bool, force: bool, quiet: bool) -> None:
+    """Test every unit of CAPTURE for a B - A difference; write a results folder.
+
+    \b
+    Per unit: paired t, Cohen's d (d_z), parametric p, Benjamini-Hochberg q, and the
+    max-statistic p from a sign-flip null. Counts of units over |t| > 3, |t| > 5 and
+    |d| > 0.8 are set against the null's 99th percentile; where that percentile is 0
+    the table says so and gives the null's largest count instead of a ratio.
+    """
+    from dense_plantain import analysis, report
+    from dense_plantain.store import read_capture
+
+    report.check_out_dir(out, force)
+    cap = read_capture(capture)
+    result = _run_with_progress(quiet, lambda progress: analysis.analyze(
+        cap, permutations=permutations, exact=exact, seed=seed, splits=splits, group_nulls=group_nulls,
+        progress=progress))
+    _write_and_show(result, out, force, quiet)
+
+
+@main.command()
+@click.argument("capture_1", type=click.Path())
+@click.argument("capture_2", type=click.Path())
+@_analysis_options
+@click.option("--pairing", type=click.Choice(["auto", "matched", "unmatched"]), default="auto", show_default=True,
+              help="matched: paired t of diff1 - diff2 (same pairs, same order); unmatched: Welch's t with a "
+                   "label-shuffle null. auto: matched when both captures list the same pair ids in order.")
+def compare(capture_1: str, capture_2: str, out: str, permutations: int, exact: bool | None, seed: int,
+            splits: int, group_nulls: bool, force: bool, quiet: bool, pairing: str) -> None:
+    """The contrast of contrasts: (B1 - A1) - (B2 - A2), per unit.
+
+    \b
+    For example (expressive - T-pose) vs (expressive - A-pose): which units respond to
+    the T-pose contrast beyond what a matched control contrast explains. Both captures
+    must share a unit layout. Writes the same results folder as analyze.
+    """
+    from dense_plantain import analysis, report
+    from dense_plantain.store import read_capture
+
+    report.check_out_dir(out, force)
+    cap1, cap2 = read_capture(capture_1), read_capture(capture_2)
+    result = _run_with_progress(quiet, lambda progress: analysis.compare(
+        cap1, cap2, pairing=pairing, permutations=permutations, exact=exact, seed=seed, splits=splits,
+        group_nulls=group_nulls, progress=progress))
+    _write_and_show(result, out, force, quiet)
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@click.option("--out", "-o", "out", required=True, type=click.Path(),
+              help="The model card to write, e.g. README.md. A file that report did not write needs --force.")
+@click.option("--license", "license_", default="apache-2.0", show_default=True,
+              help="License in the card's front matter.")
+@click.option("--base-model", default=None,
+              help="Hub id for the front matter's base_model (default: the captured model when it is a Hub id).")
+@click.option("--force", is_flag=True, help="Replace an existing file that report did not write.")
+def report(source: str, out: str, license_: str, base_model: str | None, force: bool) -> None:
+    """Write a Hub model card (README.md) from a results folder or a capture file.
+
+    SOURCE is a folder written by analyze/compare (its results.json is read), or a
+    capture file, which is analysed first with the default settings (1,000 permutations,
+    seed 0, 100 splits; run analyze and pass its folder for other settings).
+    """
+    import os
+
+    from dense_plantain import analysis
+    from dense_plantain import report as reporting
+    from dense_plantain.store import read_capture
+
+    reporting.check_card_path(out, force)
+    if os.path.isdir(source):
+        record = reporting.load_results(source)
+    else:
+        cap = read_capture(source)
+        record = _run_with_progress(False, lambda progress: analysis.analyze(cap, progress=progress)).to_json()
+    reporting.write_card(record, out, force=force, license=license_, base_model=base_model)
+    click.echo(f"wrote {out}")
