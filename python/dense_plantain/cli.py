@@ -145,7 +145,142 @@ def prompts_check(ctx: click.Context, file: str, tokenizer: str | None, as_json:
 # --- units (layouts) ---------------------------------------------------------------------
 
 
+@main.command()
+@click.option("--model", "model", default="black-forest-labs/FLUX.2-klein-base-4B", show_default=True,
+              metavar="MODEL",
+              help="Hub id, pipeline folder, transformer folder, transformer config .json, or a bundled config "
+                   "(klein-4b). Only the transformer config is read; no weights.")
+@click.option("--layout", type=click.Choice(["plantain", "heads"]), default="plantain", show_default=True)
+@click.option("--names", is_flag=True, help="Also list every unit's name, in unit order.")
+def units(model: str, layout: str, names: bool) -> None:
+    """Show a model's unit layout: blocks, unit counts, attention vs MLP, token regions.
+
+    \b
+    plantain  16-column slices of each attention output projection's input
+              (the published cards' "heads"; comparable with their tables)
+    heads     true attention heads (RMS over head_dim columns), image and text
+              tokens apart, single-block MLP activations apart
+    """
+    from dense_plantain.capture.layout_table import print_layout
+    from dense_plantain.capture.model import load_transformer_config
+    from dense_plantain.errors import ModelLoadError
+    from dense_plantain.units import build_layout
+
+    config, where = load_transformer_config(model)
+    try:
+        lay = build_layout(config, layout)
+    except ValueError as err:
+        raise ModelLoadError(f"{where}: this config does not give a {layout} layout: {err}.") from None
+    print_layout(lay, where, names=names)
+
+
 # --- capture, make-tiny-model, demo ------------------------------------------------------
+
+
+def _parse_steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(s) for s in text.replace(" ", "").split(",") if s != "")
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of step indices, e.g. 0,1,2") from None
+    if not steps:
+        raise click.BadParameter("give at least one step index, e.g. 0")
+    return steps
+
+
+@main.command()
+@click.option("--model", default="black-forest-labs/FLUX.2-klein-base-4B", show_default=True, metavar="MODEL",
+              help="Hub id (downloaded by diffusers) or a local Flux2KleinPipeline folder.")
+@click.option("--prompts", "prompts_file", required=True, metavar="FILE",
+              help="Prompt file (TOML with [[pairs]] id/a/b), or the name of a bundled set (`prompts list`).")
+@click.option("--out", required=True, type=click.Path(), metavar="CAPTURE.safetensors",
+              help="Capture file to write (atomically). Unfinished work goes to CAPTURE.partial.safetensors.")
+@click.option("--layout", type=click.Choice(["plantain", "heads"]), default="plantain", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the initial noise, shared by every prompt.")
+@click.option("--height", default=1024, show_default=True, type=int, help="Image height (a multiple of 16).")
+@click.option("--width", default=1024, show_default=True, type=int, help="Image width (a multiple of 16).")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
+              show_default=True, help="auto: bfloat16 on a GPU, float32 on the CPU.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Prompts per forward pass. Values do not depend on it; lower it if the GPU runs out of memory.")
+@click.option("--image", type=click.Path(), default=None, metavar="REF.png",
+              help="Condition every prompt on this reference image (its tokens join the image tokens).")
+@click.option("--steps", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Denoising steps of the run (the protocol uses 1).")
+@click.option("--capture-steps", default="0", show_default=True, metavar="0,1,...",
+              help="Which denoising steps to capture; units then carry the step (@step<k>).")
+@click.option("--resume", is_flag=True, help="Continue an unfinished capture of --out (same settings required).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out (and discard an unfinished capture).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def capture(model: str, prompts_file: str, out: str, layout: str, seed: int, height: int, width: int, device: str,
+            dtype: str, batch_size: int, image: str | None, steps: int, capture_steps: str, resume: bool,
+            force: bool, quiet: bool) -> None:
+    """Run every prompt pair through FLUX.2 [klein]; write one value per unit per prompt.
+
+    \b
+    Protocol: one denoising step, guidance 1.0, 512 text tokens, and the same
+    initial noise for every prompt (the pipeline's own single-prompt draw with
+    torch.Generator("cpu").manual_seed(SEED)), so A and B differ only in text.
+    Pre-hooks on every attention output projection reduce its input to unit
+    values on the GPU (see `dense-plantain units`).
+    \b
+    Finished pairs are saved after every batch; after a crash or Ctrl-C, run the
+    same command with --resume.
+    """
+    from pathlib import Path
+
+    from dense_plantain.capture.run import CaptureSettings, run_capture
+    from dense_plantain.prompts import bundled_prompts
+
+    path = Path(prompts_file)
+    if not path.exists() and prompts_file in bundled_prompts():
+        path = bundled_prompts()[prompts_file]
+    settings = CaptureSettings(layout=layout, seed=seed, height=height, width=width, steps=steps,
+                               capture_steps=_parse_steps(capture_steps), image=image)
+    result = run_capture(model, path, out, settings=settings, device=device, dtype=dtype, batch_size=batch_size,
+                         resume=resume, force=force, show_progress=not quiet)
+    resumed = f", {result.resumed_from} of them from the unfinished run" if result.resumed_from else ""
+    click.echo(f"wrote {result.path}: {result.n_pairs} pairs x {result.n_units:,} units ({layout} layout{resumed}) "
+               f"in {result.seconds:.1f} s")
+
+
+@main.command("make-tiny-model")
+@click.argument("folder", type=click.Path())
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the random weights.")
+@click.option("--force", is_flag=True, help="Replace an existing non-empty FOLDER.")
+def make_tiny_model_cmd(folder: str, seed: int, force: bool) -> None:
+    """Write a tiny FLUX.2 [klein] pipeline with random weights to FOLDER (a few MB, offline).
+
+    Same classes and block structure as Klein 4B (5 joint + 20 single blocks), narrow widths
+    (4 heads x 16, 340 plantain units). Loads with Flux2KleinPipeline.from_pretrained and
+    works as --model anywhere. The weights are random: use it to try the tool, not to learn
+    anything about FLUX.2.
+    """
+    from dense_plantain.capture.tiny import make_tiny_model
+    from dense_plantain.errors import ModelLoadError
+
+    try:
+        path = make_tiny_model(folder, seed, overwrite=force)
+    except FileExistsError:
+        raise ModelLoadError(f"{folder} exists and is not empty; pass --force to replace it.") from None
+    click.echo(f"wrote a tiny random Flux2KleinPipeline to {path}")
+
+
+@main.command()
+@click.option("--out", "out", default="dense-plantain-demo", show_default=True, type=click.Path(),
+              help="Folder for the demo's capture file and results.")
+@click.option("--batch-size", default=10, show_default=True, type=click.IntRange(min=1))
+def demo(out: str, batch_size: int) -> None:
+    """The whole flow on a tiny random model, on the CPU, in about a minute.
+
+    Builds (once, in the cache folder) a tiny FLUX.2 [klein] pipeline with random weights,
+    captures the bundled dense-plantain pairs at 64x64, and analyses the capture. The weights
+    are random, so the numbers show the machinery working, not a finding about FLUX.2.
+    """
+    from dense_plantain.capture.demo import run_demo
+
+    run_demo(out, batch_size=batch_size)
 
 
 # --- analyze, report, compare ------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""Capture: prompts through FLUX.2 [klein], one number per unit per prompt.
+
+Public API:
+
+* ``capture_prompts(pipe, prompts, ...) -> UnitValues``: notebooks; an already-loaded
+  ``Flux2KleinPipeline`` and a list of prompts give float32 ``[prompts x units]`` plus the layout.
+* ``run_capture(model, prompts_file, out, ...)``: the ``dense-plantain capture`` command (pairs,
+  batches, partial files, resume, provenance).
+* ``install_unit_hooks(transformer, layout) -> UnitHooks``: the hooks alone, on a bare
+  ``Flux2Transformer2DModel`` (benchmarks): forward, then ``hooks.end()`` (device tensor) or
+  ``hooks.collect()`` (numpy), ``hooks.remove()``.
+* ``load_pipeline``, ``load_transformer_config``: model loading (hub id or folder), configs.
+* ``build_tiny_pipeline``, ``make_tiny_model``, ``cached_tiny_model``: tiny random pipelines.
+
+Heavy imports (torch, diffusers) happen inside the functions, so importing this package is cheap.
+"""
+
+from dense_plantain.capture.hooks import UnitHooks, install_unit_hooks, plan_reductions
+from dense_plantain.capture.model import (
+    DEFAULT_MODEL,
+    KLEIN_4B_CONFIG,
+    LoadedModel,
+    load_pipeline,
+    load_transformer_config,
+    resolve_model,
+)
+from dense_plantain.capture.run import (
+    CaptureResult,
+    CaptureSettings,
+    UnitValues,
+    capture_prompts,
+    initial_noise,
+    partial_path,
+    run_capture,
+)
+from dense_plantain.capture.tiny import build_tiny_pipeline, cached_tiny_model, make_tiny_model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "KLEIN_4B_CONFIG",
+    "CaptureResult",
+    "CaptureSettings",
+    "LoadedModel",
+    "UnitHooks",
+    "UnitValues",
+    "build_tiny_pipeline",
+    "cached_tiny_model",
+    "capture_prompts",
+    "initial_noise",
+    "install_unit_hooks",
+    "load_pipeline",
+    "load_transformer_config",
+    "make_tiny_model",
+    "partial_path",
+    "plan_reductions",
+    "resolve_model",
+    "run_capture",
+]

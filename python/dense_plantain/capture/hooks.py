@@ -1,0 +1,252 @@
+"""Forward pre-hooks that turn hooked activations into unit values, on the device.
+
+A unit is the root mean square of a group of columns of a hooked input over a region of
+tokens (see ``units``). The hooks read each readout's module input as it enters the module and
+reduce it at once with one fused call,
+
+    torch.linalg.vector_norm(x.unflatten(-1, (G, w)), dim=(1, 3), dtype=torch.float32)
+
+which accumulates the sum of squares in float32 straight from a bf16/fp16 activation (PyTorch's
+norm kernels cast on load: no float32 copy and no squared tensor is materialised) in one pass,
+giving ``[batch, G]`` norms; RMS = norm / sqrt(tokens * w). Readouts of one module that share a
+token region and a group width and sit side by side in its columns are merged into one call
+(plantain single blocks: the 192 attention and 576 MLP slices are one norm over 768 groups).
+
+Results go into one float32 ``[batch, units]`` buffer on the activation's device. Nothing in a
+hook synchronises or copies to the host; ``UnitHooks.collect`` makes the batch's single
+device-to-host copy.
+
+Steps: a pre-hook on the transformer itself counts its forwards since the batch began (forward
+0 = denoising step 0, ...) and remembers the text length (the single-stream input is text
+tokens first, then image tokens). Only the layout's steps are reduced.
+
+For benchmarks on a bare ``Flux2Transformer2DModel``::
+
+    hooks = install_unit_hooks(transformer, layout)
+    out = transformer(**inputs); values = hooks.end()   # device tensor, no sync
+    ...
+    hooks.remove()
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dense_plantain.units import Layout, Readout
+
+#: Which tokens a hooked module sees. Joint blocks keep the streams apart (image tokens through
+#: ``to_out.0``, text tokens through ``to_add_out``); single blocks see ``[text | image]``.
+_IMAGE_STREAM = re.compile(r"^transformer_blocks\.\d+\.attn\.to_out\.0$")
+_TEXT_STREAM = re.compile(r"^transformer_blocks\.\d+\.attn\.to_add_out$")
+_JOINT_STREAM = re.compile(r"^single_transformer_blocks\.\d+\.attn\.to_out$")
+
+
+def module_stream(module: str) -> str:
+    """``image``, ``text`` or ``joint`` (text then image tokens) for a hooked module path."""
+    if _IMAGE_STREAM.match(module):
+        return "image"
+    if _TEXT_STREAM.match(module):
+        return "text"
+    if _JOINT_STREAM.match(module):
+        return "joint"
+    raise ValueError(
+        f"module {module!r} is not an attention output projection of a Flux2 transformer; readouts can hook "
+        "transformer_blocks.<i>.attn.to_out.0, transformer_blocks.<i>.attn.to_add_out and "
+        "single_transformer_blocks.<i>.attn.to_out"
+    )
+
+
+def _check_region(module: str, region: str) -> None:
+    stream = module_stream(module)
+    if stream != "joint" and region not in ("all", stream):
+        raise ValueError(f"module {module} sees only {stream} tokens; a readout there cannot pool region {region!r}")
+
+
+@dataclass
+class Reduction:
+    """One fused norm over a run of equal column groups of one module's input."""
+
+    region: str
+    col_start: int
+    group_width: int
+    n_groups: int = 0
+    #: Where the groups go in the unit buffer: (first group, first unit, number of groups).
+    segments: list[tuple[int, int, int]] = field(default_factory=list)
+
+    @property
+    def col_stop(self) -> int:
+        return self.col_start + self.n_groups * self.group_width
+
+    def add(self, readout: Readout, unit_start: int) -> None:
+        last = self.segments[-1] if self.segments else None
+        if last and last[1] + last[2] == unit_start:
+            self.segments[-1] = (last[0], last[1], last[2] + readout.n_groups)
+        else:
+            self.segments.append((self.n_groups, unit_start, readout.n_groups))
+        self.n_groups += readout.n_groups
+
+
+def plan_reductions(layout: Layout) -> dict[int, dict[str, list[Reduction]]]:
+    """step -> module path -> fused reductions, merging what can share one norm call."""
+    plan: dict[int, dict[str, list[Reduction]]] = {}
+    unit = 0
+    for r in layout.readouts:
+        _check_region(r.module, r.region)
+        reductions = plan.setdefault(r.step, {}).setdefault(r.module, [])
+        for red in reductions:
+            if red.region == r.region and red.group_width == r.group_width and red.col_stop == r.col_start:
+                red.add(r, unit)
+                break
+        else:
+            red = Reduction(r.region, r.col_start, r.group_width)
+            red.add(r, unit)
+            reductions.append(red)
+        unit += r.n_groups
+    return plan
+
+
+class UnitHooks:
+    """Hooks on one transformer that fill a ``[batch, units]`` buffer per batch (see module doc).
+
+    Use ``install()``/``remove()`` (or ``with``). Each batch begins at the transformer's first
+    forward after ``end()`` (or an explicit ``begin()``); ``end()`` returns the device buffer
+    without synchronising, ``collect()`` returns it as a numpy array (one device-to-host copy).
+    Units not written (a captured step the batch never reached) stay NaN.
+    """
+
+    def __init__(self, transformer: Any, layout: Layout):
+        if not layout.has_labels():
+            raise ValueError("this layout has no readouts (it was read from a foreign capture file)")
+        self.transformer = transformer
+        self.layout = layout
+        self.plan = plan_reductions(layout)
+        modules = dict(transformer.named_modules())
+        missing = sorted({m for per_step in self.plan.values() for m in per_step if m not in modules})
+        if missing:
+            raise ValueError(
+                f"layout {layout.name!r} hooks {len(missing)} module(s) this transformer does not have, "
+                f"e.g. {missing[0]}: the layout was built for a different model config"
+            )
+        self._modules = {m: modules[m] for per_step in self.plan.values() for m in per_step}
+        self._handles: list[Any] = []
+        self._buffer = None
+        self._open = False
+        self._step = -1
+        self._active: dict[str, list[Reduction]] | None = None
+        #: Tokens of the last forward: text, and image (generated + reference) tokens.
+        self.n_text = 0
+        self.n_image = 0
+        #: Transformer forwards seen in the current/last batch, and which steps were reduced.
+        self.forwards = 0
+        self.steps_captured: list[int] = []
+
+    # --- installation ------------------------------------------------------------------------
+    def install(self) -> UnitHooks:
+        if self._handles:
+            return self
+        self._handles.append(self.transformer.register_forward_pre_hook(self._on_transformer, with_kwargs=True))
+        for path, module in self._modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(path), with_kwargs=True))
+        return self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> UnitHooks:
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    # --- batches -----------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Start a new batch: the next transformer forward is step 0."""
+        self._buffer = None
+        self._open = True
+        self._step = -1
+        self._active = None
+        self.forwards = 0
+        self.steps_captured = []
+
+    def end(self):
+        """Close the batch and return its ``[batch, units]`` float32 buffer, still on the device."""
+        if self._buffer is None:
+            raise RuntimeError("no transformer forward ran since the batch began; nothing was captured")
+        self._open = False
+        self._active = None
+        return self._buffer
+
+    def collect(self) -> np.ndarray:
+        """``end()`` plus the one device-to-host copy: float32 numpy ``[batch, units]``."""
+        return self.end().cpu().numpy()
+
+    # --- the hooks ---------------------------------------------------------------------------
+    def _on_transformer(self, module, args, kwargs) -> None:
+        import torch
+
+        if not self._open:
+            self.begin()
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        self._step += 1
+        self.forwards += 1
+        self.n_text = int(text.shape[1])
+        self.n_image = int(hidden.shape[1])
+        if self._buffer is None:
+            self._buffer = torch.full(
+                (hidden.shape[0], self.layout.n_units), float("nan"), dtype=torch.float32, device=hidden.device
+            )
+        self._active = self.plan.get(self._step)
+        if self._active is not None:
+            self.steps_captured.append(self._step)
+
+    def _make_hook(self, path: str):
+        stream = module_stream(path)
+
+        def hook(module, args, kwargs):
+            active = self._active
+            if active is None:
+                return None
+            reductions = active.get(path)
+            if reductions is None:
+                return None
+            x = args[0] if args else kwargs["input"]
+            self._reduce(x, stream, reductions)
+            return None
+
+        return hook
+
+    def _reduce(self, x, stream: str, reductions: list[Reduction]) -> None:
+        import torch
+
+        buf = self._buffer
+        n_text = self.n_text
+        for red in reductions:
+            if stream == "joint" and red.region == "text":
+                xr = x[:, :n_text]
+            elif stream == "joint" and red.region == "image":
+                xr = x[:, n_text:]
+            else:
+                xr = x
+            cols = xr[..., red.col_start : red.col_stop].unflatten(-1, (red.n_groups, red.group_width))
+            norms = torch.linalg.vector_norm(cols, dim=(1, 3), dtype=torch.float32)
+            scale = 1.0 / math.sqrt(xr.shape[1] * red.group_width)
+            for first_group, first_unit, n in red.segments:
+                src = norms if n == red.n_groups else norms[:, first_group : first_group + n]
+                torch.mul(src, scale, out=buf[:, first_unit : first_unit + n])
+
+
+def install_unit_hooks(transformer: Any, layout: Layout) -> UnitHooks:
+    """Install unit hooks on a ``Flux2Transformer2DModel`` (bare or inside a pipeline)."""
+    return UnitHooks(transformer, layout).install()
