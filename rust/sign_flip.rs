@@ -432,45 +432,74 @@ impl Prepared {
     }
 }
 
-/// Partial sums of one group for units `u0 .. u0 + w`: entry `e` is the sum, in pair order, of
-/// the group's values with pair `first_pair + b` negated where bit `b` of `e` is set.
-/// `at(e, u)` gives the flat index of entry `e` of unit `u` (byte- or unit-major layouts).
+/// Partial sums of the `bits` pairs from `first_pair`, for units `u0 .. u0 + w`: entry `e` is
+/// the sum, in pair order, of those pairs' values with pair `first_pair + b` negated where bit
+/// `b` of `e` is set. Byte-major layout: `table[e * w + u]`.
 #[inline(always)]
-fn build_group_table(
-    prep: &Prepared,
-    group: Group,
-    u0: usize,
-    w: usize,
-    table: &mut [f64],
-    at: impl Fn(usize, usize) -> usize,
-) {
-    if group.bits == 0 {
-        for u in 0..w {
-            table[at(0, u)] = 0.0;
-        }
+fn build_byte_major(prep: &Prepared, first_pair: usize, bits: usize, u0: usize, w: usize, table: &mut [f64]) {
+    if bits == 0 {
+        table[..w].fill(0.0);
         return;
     }
-    let x = &prep.pair(group.first_pair)[u0..u0 + w];
-    for (u, &v) in x.iter().enumerate() {
-        table[at(0, u)] = v;
-        table[at(1, u)] = -v;
+    let x = &prep.pair(first_pair)[u0..u0 + w];
+    for u in 0..w {
+        table[u] = x[u];
+        table[w + u] = -x[u];
     }
-    for b in 1..group.bits {
-        let x = &prep.pair(group.first_pair + b)[u0..u0 + w];
+    for b in 1..bits {
+        let x = &prep.pair(first_pair + b)[u0..u0 + w];
         let half = 1usize << b;
-        for e in 0..half {
-            for (u, &v) in x.iter().enumerate() {
-                let kept = table[at(e, u)];
-                table[at(e + half, u)] = kept - v;
-                table[at(e, u)] = kept + v;
+        let (kept, flipped) = table.split_at_mut(half * w);
+        for (src, dst) in kept.chunks_exact_mut(w).zip(flipped.chunks_exact_mut(w)) {
+            for ((s, d), &v) in src.iter_mut().zip(dst.iter_mut()).zip(x) {
+                let old = *s;
+                *d = old - v;
+                *s = old + v;
+            }
+        }
+    }
+}
+
+/// The same sums, unit-major: `table[u * stride + e]` (same arithmetic, so the same bits).
+#[inline(always)]
+fn build_unit_major(
+    prep: &Prepared,
+    first_pair: usize,
+    bits: usize,
+    u0: usize,
+    w: usize,
+    stride: usize,
+    table: &mut [f64],
+) {
+    for (u, t) in table.chunks_exact_mut(stride).take(w).enumerate() {
+        if bits == 0 {
+            t[0] = 0.0;
+            continue;
+        }
+        let v = prep.pair(first_pair)[u0 + u];
+        t[0] = v;
+        t[1] = -v;
+        for b in 1..bits {
+            let v = prep.pair(first_pair + b)[u0 + u];
+            let half = 1usize << b;
+            let (kept, flipped) = t.split_at_mut(half);
+            for (s, d) in kept.iter_mut().zip(&mut flipped[..half]) {
+                let old = *s;
+                *d = old - v;
+                *s = old + v;
             }
         }
     }
 }
 
 /// The hot loops, compiled once per instruction set and chosen at run time.
+///
+/// Every variant does the same IEEE float64 operations (adds, multiplies, compares, maxima; no
+/// fused multiply-adds), so they give the same bits; only the counting of compare masks differs.
 mod kernels {
     use super::*;
+    #[cfg(target_arch = "x86_64")]
+    use std::arch::x86_64::*;
 
     #[derive(Debug, Clone, Copy, PartialEq)]
     pub(super) enum Isa {
@@ -479,8 +508,13 @@ mod kernels {
         Baseline,
     }
 
-    /// The best instruction set of this CPU; `DENSE_PLANTAIN_SIMD=baseline|avx2|avx512` lowers it
-    /// (tests use that to check that every variant gives the same bits).
+    /// Instruction-set tags for the generic kernels.
+    const BASELINE: u8 = 0;
+    const AVX2: u8 = 1;
+    const AVX512: u8 = 2;
+
+    /// The best instruction set of this CPU; `DENSE_PLANTAIN_SIMD=baseline|avx2` lowers it (tests
+    /// use that to check that every variant gives the same bits).
     pub(super) fn isa() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
@@ -503,12 +537,14 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     fn detect() -> Isa {
+        let popcnt = is_x86_feature_detected!("popcnt");
         if is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512dq")
             && is_x86_feature_detected!("avx512vl")
+            && popcnt
         {
             Isa::Avx512
-        } else if is_x86_feature_detected!("avx2") {
+        } else if is_x86_feature_detected!("avx2") && popcnt {
             Isa::Avx2
         } else {
             Isa::Baseline
@@ -520,14 +556,15 @@ mod kernels {
         Isa::Baseline
     }
 
-    macro_rules! dispatch_k {
-        ($f:ident, $k:expr, $($arg:expr),*) => {
+    /// Calls `$f::<G.., K>` with K (the last generic) = the number of thresholds, 0 ..= MAX_K.
+    macro_rules! with_k {
+        ($k:expr, $f:ident::<$($g:tt),*>, ($($arg:expr),*)) => {
             match $k {
-                0 => $f::<0>($($arg),*),
-                1 => $f::<1>($($arg),*),
-                2 => $f::<2>($($arg),*),
-                3 => $f::<3>($($arg),*),
-                _ => $f::<4>($($arg),*),
+                0 => $f::<$($g),*, 0>($($arg),*),
+                1 => $f::<$($g),*, 1>($($arg),*),
+                2 => $f::<$($g),*, 2>($($arg),*),
+                3 => $f::<$($g),*, 3>($($arg),*),
+                _ => $f::<$($g),*, 4>($($arg),*),
             }
         };
     }
@@ -540,10 +577,20 @@ mod kernels {
         counts: &mut [u32],
         max_ratio: &mut [f64],
     ) {
-        dispatch_k!(exact_k, ratios.len(), prep, ratios, start, end, counts, max_ratio)
+        match isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: isa() checked that the CPU has these features.
+            Isa::Avx512 => unsafe { exact_avx512(prep, ratios, start, end, counts, max_ratio) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { exact_avx2(prep, ratios, start, end, counts, max_ratio) },
+            _ => with_k!(ratios.len(), exact_impl::<BASELINE, 8>, (prep, ratios, start, end, counts, max_ratio)),
+        }
     }
 
-    fn exact_k<const K: usize>(
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
+    unsafe fn exact_avx512(
         prep: &Prepared,
         ratios: &[f64],
         start: u64,
@@ -551,41 +598,20 @@ mod kernels {
         counts: &mut [u32],
         max_ratio: &mut [f64],
     ) {
-        let thr: [f64; K] = ratios.try_into().unwrap();
-        match isa() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: isa() checked the CPU has these features.
-            Isa::Avx512 => unsafe { exact_avx512::<K>(prep, &thr, start, end, counts, max_ratio) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { exact_avx2::<K>(prep, &thr, start, end, counts, max_ratio) },
-            _ => exact_impl::<K, 4>(prep, &thr, start, end, counts, max_ratio),
-        }
+        with_k!(ratios.len(), exact_impl::<AVX512, 32>, (prep, ratios, start, end, counts, max_ratio))
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-    unsafe fn exact_avx512<const K: usize>(
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn exact_avx2(
         prep: &Prepared,
-        thr: &[f64; K],
+        ratios: &[f64],
         start: u64,
         end: u64,
         counts: &mut [u32],
         max_ratio: &mut [f64],
     ) {
-        exact_impl::<K, 32>(prep, thr, start, end, counts, max_ratio)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn exact_avx2<const K: usize>(
-        prep: &Prepared,
-        thr: &[f64; K],
-        start: u64,
-        end: u64,
-        counts: &mut [u32],
-        max_ratio: &mut [f64],
-    ) {
-        exact_impl::<K, 8>(prep, thr, start, end, counts, max_ratio)
+        with_k!(ratios.len(), exact_impl::<AVX2, 8>, (prep, ratios, start, end, counts, max_ratio))
     }
 
     pub(super) fn monte_carlo(
@@ -595,172 +621,308 @@ mod kernels {
         counts: &mut [u32],
         max_ratio: &mut [f64],
     ) {
-        dispatch_k!(monte_carlo_k, ratios.len(), prep, ratios, patterns, counts, max_ratio)
+        match isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: isa() checked that the CPU has these features.
+            Isa::Avx512 => unsafe { mc_avx512(prep, ratios, patterns, counts, max_ratio) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { mc_avx2(prep, ratios, patterns, counts, max_ratio) },
+            _ => mc_groups::<BASELINE>(prep, ratios, patterns, counts, max_ratio),
+        }
     }
 
-    fn monte_carlo_k<const K: usize>(
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
+    unsafe fn mc_avx512(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
+        mc_groups::<AVX512>(prep, ratios, patterns, counts, max_ratio)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt")]
+    unsafe fn mc_avx2(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
+        mc_groups::<AVX2>(prep, ratios, patterns, counts, max_ratio)
+    }
+
+    /// Picks the Monte Carlo kernel for the number of groups (1 to 4 unrolled, more looped).
+    #[inline(always)]
+    fn mc_groups<const V: u8>(
         prep: &Prepared,
         ratios: &[f64],
         patterns: &[u8],
         counts: &mut [u32],
         max_ratio: &mut [f64],
     ) {
-        let thr: [f64; K] = ratios.try_into().unwrap();
-        match isa() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: isa() checked the CPU has these features.
-            Isa::Avx512 => unsafe { mc_avx512::<K>(prep, &thr, patterns, counts, max_ratio) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { mc_avx2::<K>(prep, &thr, patterns, counts, max_ratio) },
-            _ => mc_impl::<K>(prep, &thr, patterns, counts, max_ratio),
+        let k = ratios.len();
+        match prep.groups.len() {
+            1 => with_k!(k, mc_impl::<V, 1>, (prep, ratios, patterns, counts, max_ratio)),
+            2 => with_k!(k, mc_impl::<V, 2>, (prep, ratios, patterns, counts, max_ratio)),
+            3 => with_k!(k, mc_impl::<V, 3>, (prep, ratios, patterns, counts, max_ratio)),
+            4 => with_k!(k, mc_impl::<V, 4>, (prep, ratios, patterns, counts, max_ratio)),
+            _ => with_k!(k, mc_impl::<V, 0>, (prep, ratios, patterns, counts, max_ratio)),
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-    unsafe fn mc_avx512<const K: usize>(
-        prep: &Prepared,
-        thr: &[f64; K],
-        patterns: &[u8],
-        counts: &mut [u32],
-        max_ratio: &mut [f64],
-    ) {
-        mc_impl::<K>(prep, thr, patterns, counts, max_ratio)
+    /// Lookup tables of one block of units for exact mode.
+    struct BlockTables {
+        /// Unit-major sums of the low group: `low[u * stride + a]`, zero past 2^bits.
+        low: Vec<f64>,
+        stride: usize,
+        /// Unit-major sums of the low group's top pairs (those choosing the leaf), per leaf.
+        leaf_offset: Vec<f64>,
+        n_leaf: usize,
+        leaf_bits: usize,
+        /// Sum of |x| over the pairs swept inside a leaf, and over the whole low group.
+        leaf_radius: Vec<f64>,
+        radius: Vec<f64>,
+        /// Byte-major sums of each high group.
+        high: Vec<Vec<f64>>,
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn mc_avx2<const K: usize>(
-        prep: &Prepared,
-        thr: &[f64; K],
-        patterns: &[u8],
-        counts: &mut [u32],
-        max_ratio: &mut [f64],
-    ) {
-        mc_impl::<K>(prep, thr, patterns, counts, max_ratio)
+    impl BlockTables {
+        fn new(prep: &Prepared, ub: usize, stride: usize, leaf_bits: usize) -> Self {
+            let low = prep.groups[0];
+            let n_leaf = 1usize << (low.bits - leaf_bits);
+            BlockTables {
+                low: vec![0.0; ub * stride],
+                stride,
+                leaf_offset: vec![0.0; ub * n_leaf],
+                n_leaf,
+                leaf_bits,
+                leaf_radius: vec![0.0; ub],
+                radius: vec![0.0; ub],
+                high: prep.groups[1..].iter().map(|g| vec![0.0; (1usize << g.bits) * ub]).collect(),
+            }
+        }
+
+        #[inline(always)]
+        fn build(&mut self, prep: &Prepared, u0: usize, w: usize) {
+            let low = prep.groups[0];
+            build_unit_major(prep, low.first_pair, low.bits, u0, w, self.stride, &mut self.low);
+            let top_first = low.first_pair + self.leaf_bits;
+            let top_bits = low.bits - self.leaf_bits;
+            build_unit_major(prep, top_first, top_bits, u0, w, self.n_leaf, &mut self.leaf_offset);
+            self.leaf_radius[..w].fill(0.0);
+            for b in 0..self.leaf_bits {
+                for (r, &v) in self.leaf_radius[..w].iter_mut().zip(&prep.pair(low.first_pair + b)[u0..u0 + w]) {
+                    *r += v.abs();
+                }
+            }
+            self.radius[..w].copy_from_slice(&self.leaf_radius[..w]);
+            for b in 0..top_bits {
+                for (r, &v) in self.radius[..w].iter_mut().zip(&prep.pair(top_first + b)[u0..u0 + w]) {
+                    *r += v.abs();
+                }
+            }
+            for (g, table) in prep.groups[1..].iter().zip(self.high.iter_mut()) {
+                build_byte_major(prep, g.first_pair, g.bits, u0, w, table);
+            }
+        }
+
+        /// B for high-byte value `h`: pair 0 plus the high groups, added in group order.
+        #[inline(always)]
+        fn base(&self, prep: &Prepared, u0: usize, w: usize, h: u64, out: &mut [f64]) {
+            out[..w].copy_from_slice(&prep.pair(0)[u0..u0 + w]);
+            for (gi, (g, table)) in prep.groups[1..].iter().zip(&self.high).enumerate() {
+                let byte = ((h >> (GROUP_BITS * gi)) & ((1u64 << g.bits) - 1)) as usize;
+                for (b, &v) in out[..w].iter_mut().zip(&table[byte * w..(byte + 1) * w]) {
+                    *b += v;
+                }
+            }
+        }
     }
 
-    /// Exact mode over patterns `start .. end` (one task): unit blocks outside, high bytes
-    /// inside, the 256 low-byte patterns swept `A` at a time over the units not skipped.
     #[inline(always)]
-    fn exact_impl<const K: usize, const A: usize>(
+    fn max_if_skipped(bound: f64, reach: f64, skip: f64) -> f64 {
+        let kept = if reach <= skip { reach } else { f64::NEG_INFINITY };
+        if kept > bound {
+            kept
+        } else {
+            bound
+        }
+    }
+
+    /// Exact mode over patterns `start .. end` (one task).
+    ///
+    /// Round 1: unit blocks outside, high-byte values `h` inside. Units whose `|B| + R` cannot
+    /// reach the skip level are dropped for the whole `h`; the rest are filtered again per leaf
+    /// (`A` consecutive low-byte patterns) with `|B + P_leaf| + R_leaf`, and each leaf is swept
+    /// over its own units, one lane per pattern. Round 2 revisits the (block, h) whose skipped
+    /// units could hold a pattern's max (only when no unit reached the skip level there).
+    #[inline(always)]
+    fn exact_impl<const V: u8, const A: usize, const K: usize>(
         prep: &Prepared,
-        thr: &[f64; K],
+        ratios: &[f64],
         start: u64,
         end: u64,
         counts: &mut [u32],
         max_ratio: &mut [f64],
     ) {
+        let thr: [f64; K] = ratios.try_into().unwrap();
         let low = prep.groups[0];
-        let high = &prep.groups[1..];
         let n_low = 1usize << low.bits;
-        let stride = n_low.div_ceil(A) * A;
+        let stride = n_low.max(A);
+        let leaf_bits = (A.trailing_zeros() as usize).min(low.bits);
         let ub = EXACT_UNIT_BLOCK.min(prep.m_pad);
-        let mut low_table = vec![0.0f64; ub * stride];
-        let mut radius = vec![0.0f64; ub];
-        let mut high_tables: Vec<Vec<f64>> = high.iter().map(|g| vec![0.0; (1 << g.bits) * ub]).collect();
-        let mut base = vec![0.0f64; ub];
-        let mut bound = vec![0.0f64; ub];
-        let mut active_unit: Vec<u32> = Vec::with_capacity(ub);
-        let mut active_base: Vec<f64> = Vec::with_capacity(ub);
+        let n_blocks = prep.m_pad.div_ceil(ub);
         let h_first = start >> low.bits;
-        let h_end = ((end - 1) >> low.bits) + 1;
-        for u0 in (0..prep.m_pad).step_by(ub) {
+        let n_h = ((((end - 1) >> low.bits) + 1) - h_first) as usize;
+        let skip = prep.skip_below;
+        let mut tables = BlockTables::new(prep, ub, stride, leaf_bits);
+        let n_leaf = tables.n_leaf;
+        let mut base = vec![0.0f64; ub];
+        let mut reach = vec![0.0f64; ub];
+        let mut h_units = vec![0u32; ub];
+        let mut h_base = vec![0.0f64; ub];
+        let mut leaf_units = vec![0u32; n_leaf * ub];
+        let mut leaf_base = vec![0.0f64; n_leaf * ub];
+        let mut leaf_len = vec![0usize; n_leaf];
+        let mut leaf_reach = vec![0.0f64; n_leaf];
+        let mut leaf_bound = vec![0.0f64; n_leaf];
+        // Per (block, h): the largest bound on |S| among the units skipped there (-inf: none).
+        let mut skipped = vec![f64::NEG_INFINITY; n_blocks * n_h];
+        let a_range = |h: u64| {
+            let j_base = h << low.bits;
+            (start.saturating_sub(j_base) as usize, ((end - j_base) as usize).min(n_low))
+        };
+
+        for (bi, u0) in (0..prep.m_pad).step_by(ub).enumerate() {
             let w = ub.min(prep.m_pad - u0);
-            low_table.fill(0.0);
-            build_group_table(prep, low, u0, w, &mut low_table, |e, u| u * stride + e);
-            radius.fill(0.0);
-            for b in 0..low.bits {
-                for (r, &v) in radius.iter_mut().zip(&prep.pair(low.first_pair + b)[u0..u0 + w]) {
-                    *r += v.abs();
-                }
-            }
-            for (g, table) in high.iter().zip(high_tables.iter_mut()) {
-                build_group_table(prep, *g, u0, w, table, |e, u| e * w + u);
-            }
-            let x0 = &prep.pair(0)[u0..u0 + w];
-            for h in h_first..h_end {
-                // B: the sum over pair 0 and the high pairs, in group order.
-                base[..w].copy_from_slice(x0);
-                for (gi, (g, table)) in high.iter().zip(&high_tables).enumerate() {
-                    let byte = ((h >> (GROUP_BITS * gi)) & ((1 << g.bits) - 1)) as usize;
-                    for (b, &v) in base[..w].iter_mut().zip(&table[byte * w..(byte + 1) * w]) {
-                        *b += v;
+            tables.build(prep, u0, w);
+            for hi in 0..n_h {
+                let h = h_first + hi as u64;
+                tables.base(prep, u0, w, h, &mut base);
+                // Level 1, whole h: |B| + R against the skip level (branch-free).
+                let mut bound_lanes = [f64::NEG_INFINITY; LANES];
+                for ((r, b), rad) in reach[..w]
+                    .chunks_exact_mut(LANES)
+                    .zip(base[..w].chunks_exact(LANES))
+                    .zip(tables.radius[..w].chunks_exact(LANES))
+                {
+                    for l in 0..LANES {
+                        r[l] = b[l].abs() + rad[l];
+                        bound_lanes[l] = max_if_skipped(bound_lanes[l], r[l], skip);
                     }
                 }
-                active_unit.clear();
-                active_base.clear();
-                let mut skipped_bound = f64::NEG_INFINITY;
+                let mut h_len = 0;
                 for u in 0..w {
-                    let reach = base[u].abs() + radius[u];
-                    bound[u] = reach;
-                    if reach > prep.skip_below {
-                        active_unit.push(u as u32);
-                        active_base.push(base[u]);
-                    } else if reach > skipped_bound {
-                        skipped_bound = reach;
+                    h_units[h_len] = u as u32;
+                    h_base[h_len] = base[u];
+                    h_len += (reach[u] > skip) as usize;
+                }
+                // Level 2, per leaf: |B + P_leaf| + R_leaf.
+                leaf_len.fill(0);
+                leaf_bound.fill(f64::NEG_INFINITY);
+                for (&u, &b) in h_units[..h_len].iter().zip(&h_base[..h_len]) {
+                    let u = u as usize;
+                    let offsets = &tables.leaf_offset[u * n_leaf..(u + 1) * n_leaf];
+                    let radius = tables.leaf_radius[u];
+                    for ((r, bound), &offset) in leaf_reach.iter_mut().zip(leaf_bound.iter_mut()).zip(offsets) {
+                        *r = (b + offset).abs() + radius;
+                        *bound = max_if_skipped(*bound, *r, skip);
+                    }
+                    for (q, (len, &r)) in leaf_len.iter_mut().zip(&leaf_reach).enumerate() {
+                        let at = q * ub + *len;
+                        leaf_units[at] = u as u32;
+                        leaf_base[at] = b;
+                        *len += (r > skip) as usize;
                     }
                 }
-                // Squared bound on |S| of every skipped unit, in any low-byte pattern.
-                let skipped_sq = if skipped_bound >= 0.0 {
-                    let b = skipped_bound + SKIP_MARGIN;
-                    b * b
-                } else {
-                    -1.0
-                };
+                let bound = bound_lanes.iter().chain(&leaf_bound).fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                skipped[bi * n_h + hi] = bound;
+                let (a_from, a_to) = a_range(h);
                 let j_base = h << low.bits;
-                let a_from = start.saturating_sub(j_base) as usize;
-                let a_to = ((end - j_base) as usize).min(n_low);
-                let mut a0 = a_from / A * A;
-                while a0 < a_to {
-                    let (mx, cnt) = sweep::<K, A>(&active_unit, &active_base, &low_table, stride, a0, thr);
-                    for l in 0..A {
-                        let a = a0 + l;
-                        if a < a_from || a >= a_to {
-                            continue;
-                        }
-                        let p = (j_base + a as u64 - start) as usize;
+                for (q, &len) in leaf_len.iter().enumerate() {
+                    let a0 = q * A;
+                    if a0 + A <= a_from || a0 >= a_to {
+                        continue;
+                    }
+                    let units = &leaf_units[q * ub..q * ub + len];
+                    let bases = &leaf_base[q * ub..q * ub + len];
+                    let (mx, cnt) = sweep::<V, K, A>(units, bases, &tables.low, stride, a0, &thr);
+                    for l in a_from.max(a0) - a0..(a_to - a0).min(A) {
+                        let p = (j_base + (a0 + l) as u64 - start) as usize;
                         for k in 0..K {
                             counts[p * K + k] += cnt[k][l] as u32;
                         }
-                        let mut best = if mx[l] > max_ratio[p] { mx[l] } else { max_ratio[p] };
-                        if best < skipped_sq {
-                            for u in 0..w {
-                                let reach = bound[u];
-                                if reach <= prep.skip_below {
-                                    let lim = reach + SKIP_MARGIN;
-                                    if lim * lim > best {
-                                        let s = base[u] + low_table[u * stride + a];
-                                        let sq = s * s;
-                                        best = if sq > best { sq } else { best };
-                                    }
-                                }
+                        if mx[l] > max_ratio[p] {
+                            max_ratio[p] = mx[l];
+                        }
+                    }
+                }
+            }
+        }
+
+        // Round 2: the lowest max over each h's patterns, against each block's skipped bound.
+        let mut floor = vec![f64::INFINITY; n_h];
+        for (p, &r) in max_ratio.iter().enumerate() {
+            let hi = (((start + p as u64) >> low.bits) - h_first) as usize;
+            if r < floor[hi] {
+                floor[hi] = r;
+            }
+        }
+        let reach_sq = |bound: f64| {
+            let lim = bound + SKIP_MARGIN;
+            lim * lim
+        };
+        for (bi, u0) in (0..prep.m_pad).step_by(ub).enumerate() {
+            let needs = |hi: usize| {
+                let bound = skipped[bi * n_h + hi];
+                bound >= 0.0 && reach_sq(bound) > floor[hi]
+            };
+            if !(0..n_h).any(needs) {
+                continue;
+            }
+            let w = ub.min(prep.m_pad - u0);
+            tables.build(prep, u0, w);
+            for hi in (0..n_h).filter(|&hi| needs(hi)) {
+                let h = h_first + hi as u64;
+                tables.base(prep, u0, w, h, &mut base);
+                let lim = reach_sq(skipped[bi * n_h + hi]);
+                let (a_from, a_to) = a_range(h);
+                for a in a_from..a_to {
+                    let p = ((h << low.bits) + a as u64 - start) as usize;
+                    let mut best = max_ratio[p];
+                    if best >= lim {
+                        continue;
+                    }
+                    for u in 0..w {
+                        let r = base[u].abs() + tables.radius[u] + SKIP_MARGIN;
+                        if r * r > best {
+                            let s = base[u] + tables.low[u * stride + a];
+                            let sq = s * s;
+                            if sq > best {
+                                best = sq;
                             }
                         }
-                        max_ratio[p] = best;
                     }
-                    a0 += A;
+                    max_ratio[p] = best;
                 }
             }
         }
     }
 
-    /// `A` low-byte patterns from `a0` over the active units: max S^2 and counts above each
+    /// The `A` patterns of one leaf (from `a0`) over its units: max S^2 and counts above each
     /// ratio threshold, one lane per pattern.
     #[inline(always)]
-    fn sweep<const K: usize, const A: usize>(
-        active_unit: &[u32],
-        active_base: &[f64],
-        low_table: &[f64],
+    fn sweep<const V: u8, const K: usize, const A: usize>(
+        units: &[u32],
+        bases: &[f64],
+        low: &[f64],
         stride: usize,
         a0: usize,
         thr: &[f64; K],
     ) -> ([f64; A], [[u64; A]; K]) {
+        #[cfg(target_arch = "x86_64")]
+        if V == AVX512 && A == 32 {
+            // SAFETY: V == AVX512 only inside functions compiled for (and run on) AVX-512.
+            return unsafe { sweep_avx512::<K, A>(units, bases, low, stride, a0, thr) };
+        }
         let mut mx = [0.0f64; A];
         let mut cnt = [[0u64; A]; K];
-        for (&u, &b) in active_unit.iter().zip(active_base) {
+        for (&u, &b) in units.iter().zip(bases) {
             let at = u as usize * stride + a0;
-            let row: &[f64; A] = low_table[at..at + A].try_into().unwrap();
+            let row: &[f64; A] = low[at..at + A].try_into().unwrap();
             let mut sq = [0.0f64; A];
             for l in 0..A {
                 let s = b + row[l];
@@ -771,62 +933,113 @@ mod kernels {
             }
             for k in 0..K {
                 for l in 0..A {
-                    cnt[k][l] += (sq[l] > thr[k]) as u64;
+                    cnt[k][l] = if sq[l] > thr[k] { cnt[k][l] + 1 } else { cnt[k][l] };
                 }
             }
         }
         (mx, cnt)
     }
 
-    /// Monte Carlo over the given patterns (one task): unit blocks outside, permutations inside,
-    /// one lane per unit.
-    #[inline(always)]
-    fn mc_impl<const K: usize>(
-        prep: &Prepared,
+    /// [`sweep`] for 32 patterns in four 512-bit registers, counting with masked adds.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+    #[inline]
+    unsafe fn sweep_avx512<const K: usize, const A: usize>(
+        units: &[u32],
+        bases: &[f64],
+        low: &[f64],
+        stride: usize,
+        a0: usize,
         thr: &[f64; K],
+    ) -> ([f64; A], [[u64; A]; K]) {
+        assert!(A == 32);
+        let mut mx = [_mm512_setzero_pd(); 4];
+        let mut cnt = [[_mm512_setzero_si512(); 4]; K];
+        let t: [__m512d; K] = std::array::from_fn(|k| _mm512_set1_pd(thr[k]));
+        let one = _mm512_set1_epi64(1);
+        for (&u, &b) in units.iter().zip(bases) {
+            let at = u as usize * stride + a0;
+            let row = &low[at..at + 32];
+            let bv = _mm512_set1_pd(b);
+            for v in 0..4 {
+                // SAFETY: row holds 32 values, v * 8 + 8 <= 32.
+                let s = _mm512_add_pd(bv, unsafe { _mm512_loadu_pd(row.as_ptr().add(8 * v)) });
+                let sq = _mm512_mul_pd(s, s);
+                mx[v] = _mm512_max_pd(sq, mx[v]);
+                for k in 0..K {
+                    let above = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(sq, t[k]);
+                    cnt[k][v] = _mm512_mask_add_epi64(cnt[k][v], above, cnt[k][v], one);
+                }
+            }
+        }
+        let mut mx_out = [0.0f64; A];
+        let mut cnt_out = [[0u64; A]; K];
+        for v in 0..4 {
+            // SAFETY: both outputs hold A = 32 values.
+            unsafe {
+                _mm512_storeu_pd(mx_out.as_mut_ptr().add(8 * v), mx[v]);
+                for k in 0..K {
+                    _mm512_storeu_si512(cnt_out[k].as_mut_ptr().add(8 * v).cast(), cnt[k][v]);
+                }
+            }
+        }
+        (mx_out, cnt_out)
+    }
+
+    /// Monte Carlo over the given patterns (one task): unit blocks outside, permutations inside,
+    /// one lane per unit. `NG` is the number of groups (0: any, looped at run time).
+    #[inline(always)]
+    fn mc_impl<const V: u8, const NG: usize, const K: usize>(
+        prep: &Prepared,
+        ratios: &[f64],
         patterns: &[u8],
         counts: &mut [u32],
         max_ratio: &mut [f64],
     ) {
+        let thr: [f64; K] = ratios.try_into().unwrap();
         let g = prep.groups.len();
+        debug_assert!(NG == 0 || NG == g);
         let ub = (MC_TABLE_BUDGET / (8 * 256 * g) / LANES * LANES).clamp(LANES, 512).min(prep.m_pad);
         let plane = 256 * ub;
         let mut tables = vec![0.0f64; g * plane];
         let mut offsets = vec![0usize; g];
         for u0 in (0..prep.m_pad).step_by(ub) {
             let w = ub.min(prep.m_pad - u0);
+            let lanes = w / LANES;
             for (gi, group) in prep.groups.iter().enumerate() {
                 let t = &mut tables[gi * plane..(gi + 1) * plane];
-                build_group_table(prep, *group, u0, w, t, |e, u| e * w + u);
+                build_byte_major(prep, group.first_pair, group.bits, u0, w, t);
             }
-            let x0 = &prep.pair(0)[u0..u0 + w];
+            let (x0, _) = prep.pair(0)[u0..u0 + w].as_chunks::<LANES>();
             for (p, bytes) in patterns.chunks_exact(g).enumerate() {
                 for gi in 0..g {
                     offsets[gi] = gi * plane + bytes[gi] as usize * w;
                 }
+                let row = |gi: usize| &tables[offsets[gi]..offsets[gi] + w].as_chunks::<LANES>().0[..lanes];
+                let low = row(0);
                 let mut mx = [0.0f64; LANES];
-                let mut cnt = [[0u64; LANES]; K];
-                for c in (0..w).step_by(LANES) {
-                    let mut s: [f64; LANES] = x0[c..c + LANES].try_into().unwrap();
-                    for &off in &offsets[1..] {
-                        let row: &[f64; LANES] = tables[off + c..off + c + LANES].try_into().unwrap();
-                        for l in 0..LANES {
-                            s[l] += row[l];
+                let mut cnt = [0u32; K];
+                if NG > 0 {
+                    let highs: [&[[f64; LANES]]; 4] = std::array::from_fn(|i| if i + 1 < NG { row(i + 1) } else { low });
+                    for c in 0..lanes {
+                        let mut s = x0[c];
+                        for high in highs.iter().take(NG - 1) {
+                            for l in 0..LANES {
+                                s[l] += high[c][l];
+                            }
                         }
+                        accumulate::<V, K>(&s, &low[c], &thr, &mut mx, &mut cnt);
                     }
-                    let row: &[f64; LANES] = tables[offsets[0] + c..offsets[0] + c + LANES].try_into().unwrap();
-                    let mut sq = [0.0f64; LANES];
-                    for l in 0..LANES {
-                        let v = s[l] + row[l];
-                        sq[l] = v * v;
-                    }
-                    for l in 0..LANES {
-                        mx[l] = if sq[l] > mx[l] { sq[l] } else { mx[l] };
-                    }
-                    for k in 0..K {
-                        for l in 0..LANES {
-                            cnt[k][l] += (sq[l] > thr[k]) as u64;
+                } else {
+                    for c in 0..lanes {
+                        let mut s = x0[c];
+                        for gi in 1..g {
+                            let high = &row(gi)[c];
+                            for l in 0..LANES {
+                                s[l] += high[l];
+                            }
                         }
+                        accumulate::<V, K>(&s, &low[c], &thr, &mut mx, &mut cnt);
                     }
                 }
                 let mut best = max_ratio[p];
@@ -835,9 +1048,69 @@ mod kernels {
                 }
                 max_ratio[p] = best;
                 for k in 0..K {
-                    counts[p * K + k] += cnt[k].iter().sum::<u64>() as u32;
+                    counts[p * K + k] += cnt[k];
                 }
             }
+        }
+    }
+
+    /// S = B + low for one vector of units: running max of S^2, counts above each threshold.
+    #[inline(always)]
+    fn accumulate<const V: u8, const K: usize>(
+        base: &[f64; LANES],
+        low: &[f64; LANES],
+        thr: &[f64; K],
+        mx: &mut [f64; LANES],
+        cnt: &mut [u32; K],
+    ) {
+        let mut sq = [0.0f64; LANES];
+        for l in 0..LANES {
+            let s = base[l] + low[l];
+            sq[l] = s * s;
+        }
+        for l in 0..LANES {
+            mx[l] = if sq[l] > mx[l] { sq[l] } else { mx[l] };
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: V names the features of the function this is compiled (and run) in.
+            if V == AVX512 {
+                return unsafe { count_avx512(&sq, thr, cnt) };
+            }
+            if V == AVX2 {
+                return unsafe { count_avx2(&sq, thr, cnt) };
+            }
+        }
+        for k in 0..K {
+            cnt[k] += sq.iter().filter(|&&v| v > thr[k]).count() as u32;
+        }
+    }
+
+    /// Counts of lanes above each threshold: one compare to a mask register, then popcount.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
+    #[inline]
+    unsafe fn count_avx512<const K: usize>(sq: &[f64; LANES], thr: &[f64; K], cnt: &mut [u32; K]) {
+        // SAFETY: sq holds 8 values.
+        let v = unsafe { _mm512_loadu_pd(sq.as_ptr()) };
+        for k in 0..K {
+            let above = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(v, _mm512_set1_pd(thr[k]));
+            cnt[k] += (above as u32).count_ones();
+        }
+    }
+
+    /// The same with two 256-bit compares and sign-bit masks.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,popcnt")]
+    #[inline]
+    unsafe fn count_avx2<const K: usize>(sq: &[f64; LANES], thr: &[f64; K], cnt: &mut [u32; K]) {
+        // SAFETY: sq holds 8 values.
+        let (lo, hi) = unsafe { (_mm256_loadu_pd(sq.as_ptr()), _mm256_loadu_pd(sq.as_ptr().add(4))) };
+        for k in 0..K {
+            let t = _mm256_set1_pd(thr[k]);
+            let bits = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(lo, t))
+                | (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(hi, t)) << 4);
+            cnt[k] += (bits as u32).count_ones();
         }
     }
 }
