@@ -256,6 +256,12 @@ def test_ratio_is_written_like_the_published_cards(count, p99, text):
     assert cells.ratio_text(count / p99) == text
 
 
+def test_a_p99_under_one_is_shown_next_to_its_ratio():
+    th = {"metric": "t", "threshold": 5.0, "count": 67, "null_p99": 0.01, "null_max": 1, "ratio": 6700.0}
+    assert cells.significance_cell(th) == "6,700× empirical null p99 (p99 = 0.01)"
+    assert cells.significance_cell({**th, "null_p99": 7.0, "ratio": 67 / 7}) == "9.6× empirical null p99"
+
+
 # --- the output folder policy ------------------------------------------------------------------
 
 

@@ -114,10 +114,19 @@ def _stimuli(res: Mapping[str, Any], i: int, heading: str) -> str:
     return "\n".join(lines)
 
 
-def _scalar_items(mapping: Any) -> list[tuple[str, Any]]:
+#: Capture settings worth a line in the card, in this order, when the capture recorded them.
+CAPTURE_KEYS = ("height", "width", "steps", "capture_steps", "guidance_scale", "seed", "dtype", "text_tokens",
+                "text_encoder_layers", "layout", "device")
+
+
+def _setting_items(mapping: Any) -> list[tuple[str, Any]]:
+    """The known capture settings; for a foreign capture, whatever short scalars it recorded."""
     if not isinstance(mapping, dict):
         return []
-    return [(k, v) for k, v in mapping.items() if isinstance(v, (str, int, float, bool)) or v is None]
+    known = [(k, mapping[k]) for k in CAPTURE_KEYS if mapping.get(k) is not None]
+    if known:
+        return [(k, ", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in known]
+    return [(k, v) for k, v in mapping.items() if isinstance(v, (str, int, float, bool)) and len(str(v)) <= 60]
 
 
 def _capture_lines(res: Mapping[str, Any]) -> list[str]:
@@ -125,10 +134,14 @@ def _capture_lines(res: Mapping[str, Any]) -> list[str]:
     for i, source in enumerate(res.get("sources") or []):
         meta = source.get("metadata") or {}
         label = f"capture {i + 1}" if len(res["sources"]) > 1 else "the capture"
-        model = _model_id(meta) or "not recorded"
-        items = _scalar_items(meta.get("settings"))
+        model_id = _model_id(meta)
+        model = f"`{model_id}`" if model_id else "not recorded"
+        revision = meta["model"].get("revision") if isinstance(meta.get("model"), dict) else None
+        if revision:
+            model += f" at revision `{revision}`"
+        items = _setting_items(meta.get("settings"))
         setting_text = ", ".join(f"{k} = {v}" for k, v in items) if items else "settings not recorded"
-        lines.append(f"- Model for {label}: `{model}`; {setting_text}.")
+        lines.append(f"- Model for {label}: {model}; {setting_text}.")
     return lines
 
 

@@ -60,7 +60,7 @@ def significance_cell(th: Mapping[str, Any]) -> str:
     if th.get("null_p99") is None:
         return "— (no null run)"
     if th.get("ratio") is not None:
-        return f"{ratio_text(th['ratio'])} empirical null p99"
+        return f"{ratio_text(th['ratio'])} empirical null p99" + _small_p99(th)
     if th["count"] == 0:
         return "null p99 = 0, observed 0"
     return f"null p99 = 0 (null max {th['null_max']:,}): no ratio"
@@ -71,8 +71,13 @@ def short_significance(th: Mapping[str, Any]) -> str:
     if th.get("null_p99") is None:
         return ""
     if th.get("ratio") is not None:
-        return ratio_text(th["ratio"])
+        return ratio_text(th["ratio"]) + _small_p99(th)
     return f"p99 = 0, max {th['null_max']:,}"
+
+
+def _small_p99(th: Mapping[str, Any]) -> str:
+    """A p99 under 1 is an interpolation between a 0 and a 1 count: say so, as the ratio balloons."""
+    return f" (p99 = {th['null_p99']:.2g})" if 0 < th["null_p99"] < 1 else ""
 
 
 def group_cell(th: Mapping[str, Any]) -> str:
