@@ -8,7 +8,8 @@ Public API:
   batches, partial files, resume, provenance).
 * ``install_unit_hooks(transformer, layout) -> UnitHooks``: the hooks alone, on a bare
   ``Flux2Transformer2DModel`` (benchmarks): forward, then ``hooks.end()`` (device tensor) or
-  ``hooks.collect()`` (numpy), ``hooks.remove()``.
+  ``hooks.collect()`` (numpy), ``hooks.remove()``. ``random_transformer("klein-4b", ...)`` and
+  ``synthetic_inputs(transformer, ...)`` build the model and one forward's inputs without weights.
 * ``load_pipeline``, ``load_transformer_config``: model loading (hub id or folder), configs.
 * ``build_tiny_pipeline``, ``make_tiny_model``, ``cached_tiny_model``: tiny random pipelines.
 
@@ -22,7 +23,9 @@ from dense_plantain.capture.model import (
     LoadedModel,
     load_pipeline,
     load_transformer_config,
+    random_transformer,
     resolve_model,
+    synthetic_inputs,
 )
 from dense_plantain.capture.run import (
     CaptureResult,
@@ -53,6 +56,8 @@ __all__ = [
     "make_tiny_model",
     "partial_path",
     "plan_reductions",
+    "random_transformer",
     "resolve_model",
     "run_capture",
+    "synthetic_inputs",
 ]

@@ -384,7 +384,10 @@ def load_transformer_config(spec: str | os.PathLike) -> tuple[dict[str, Any], st
             f"{spec!r} is neither an existing file or folder, a Hugging Face model id (owner/name), nor a bundled "
             f"config ({', '.join(CONFIG_ALIASES)})."
         )
-    source = _resolve_hub(spec, "transformer/config.json")
+    try:
+        source = _resolve_hub(spec, "transformer/config.json")
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{err} (The Klein 4B layout needs no download: --model klein-4b.)") from None
     return _transformer_config_file(source.path / "config.json", spec), f"{spec} (transformer/config.json)"
 
 
@@ -400,3 +403,54 @@ def _transformer_config_file(path: Path, spec: str) -> dict[str, Any]:
             f"{spec}: {path} is not a {TRANSFORMER_CLASS} config (missing or non-integer {', '.join(missing)})."
         )
     return config
+
+
+# --- bare transformers (benchmarks) ------------------------------------------------------------
+
+
+def random_transformer(config: dict[str, Any] | str | os.PathLike = "klein-4b", *, device: str = "cpu",
+                       dtype: Any = None, seed: int = 0):
+    """A ``Flux2Transformer2DModel`` with random weights from a config (alias, file or dict).
+
+    Klein 4B in bfloat16 is about 8 GB; the weights are drawn on ``device`` directly.
+    """
+    import torch
+    from diffusers import Flux2Transformer2DModel
+
+    if not isinstance(config, dict):
+        config, _ = load_transformer_config(config)
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = Flux2Transformer2DModel.from_config(config)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def synthetic_inputs(transformer, *, batch_size: int = 1, image_grid: tuple[int, int] = (64, 64),
+                     text_tokens: int = 512, seed: int = 0) -> dict[str, Any]:
+    """Keyword arguments for one transformer forward as the Klein pipeline makes them.
+
+    ``image_grid`` is the packed latent grid: (64, 64) is a 1024x1024 image for Klein (8x VAE,
+    2x2 patches); ``text_tokens`` 512 is the pipeline's padded prompt length. Values are random
+    on the transformer's device and dtype; the step is sigma = 1 (pure noise), as the protocol's.
+    """
+    import torch
+
+    param = next(transformer.parameters())
+    device, dtype = param.device, param.dtype
+    cfg = transformer.config
+    g = torch.Generator("cpu").manual_seed(seed)
+    h, w = image_grid
+    img_ids = torch.cartesian_prod(torch.arange(1), torch.arange(h), torch.arange(w), torch.arange(1))
+    txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(text_tokens))
+    return {
+        "hidden_states": torch.randn(batch_size, h * w, cfg.in_channels, generator=g).to(device, dtype),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, cfg.joint_attention_dim, generator=g).to(device, dtype),
+        "timestep": torch.ones(batch_size, device=device, dtype=dtype),
+        "img_ids": img_ids.unsqueeze(0).expand(batch_size, -1, -1).to(device),
+        "txt_ids": txt_ids.unsqueeze(0).expand(batch_size, -1, -1).to(device),
+        "guidance": None,
+        "return_dict": False,
+    }

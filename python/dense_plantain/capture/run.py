@@ -354,7 +354,9 @@ def _check_resumable(partial: Path, meta: dict, settings_meta: dict, model_meta:
         if old.get(key) != settings_meta.get(key):
             problems.append(f"{key}: unfinished run {old.get(key)!r}, this run {settings_meta.get(key)!r}")
     old_model = meta.get("model") or {}
-    for key in ("id", "revision", "config_sha256"):
+    # A folder may move between runs; its configuration is what must not change.
+    keys = ("config_sha256",) if model_meta.get("source") == "folder" else ("id", "revision", "config_sha256")
+    for key in keys:
         if old_model.get(key) != model_meta.get(key):
             problems.append(f"model {key}: unfinished run {old_model.get(key)!r}, this run {model_meta.get(key)!r}")
     old_probe = meta.get("probe") or {}
