@@ -552,3 +552,12 @@ def test_cli_make_tiny_model(tmp_path):
         assert (tmp_path / "m" / name).read_bytes() == (tiny_dir() / name).read_bytes()
     again = CliRunner().invoke(main, ["make-tiny-model", str(tmp_path / "m")])
     assert again.exit_code == 2 and "--force" in again.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_asking_for_a_missing_gpu_is_a_model_load_error():
+    from dense_plantain.capture.model import choose_device
+
+    with pytest.raises(ModelLoadError, match="--device cuda was asked for, but PyTorch sees no CUDA GPU"):
+        choose_device("cuda")
+    assert choose_device("auto").type in ("cpu", "mps")
