@@ -17,6 +17,7 @@ use std::fmt;
 pub mod paired;
 pub mod rng;
 pub mod sign_flip;
+pub mod simd;
 pub mod split_half;
 pub mod threads;
 

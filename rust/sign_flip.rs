@@ -45,7 +45,6 @@ use crate::paired::ScaledDiffs;
 use crate::rng::{self, Stream};
 use crate::{PairDiffs, StatsError};
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
 /// Largest n for exact enumeration: 2^32 patterns.
 pub const MAX_EXACT_PAIRS: usize = 33;
@@ -54,8 +53,8 @@ pub const MAX_EXACT_PAIRS: usize = 33;
 const GROUP_BITS: usize = 8;
 /// Units are padded with all-zero units to a multiple of this (one vector of f64 lanes).
 const LANES: usize = 8;
-/// Units per block in exact mode (low-byte tables of one block stay in L2).
-const EXACT_UNIT_BLOCK: usize = 256;
+/// Units per block in exact mode (their low-byte tables, 1 MiB, about fill a Zen 4 L2; measured best).
+const EXACT_UNIT_BLOCK: usize = 512;
 /// High-byte values (each 256 patterns) per parallel task in exact mode.
 const EXACT_H_CHUNK: u64 = 256;
 /// Bytes of tables per unit block in Monte Carlo mode (sized for a 1 MiB L2).
@@ -492,69 +491,18 @@ fn build_unit_major(
     }
 }
 
-/// The hot loops, compiled once per instruction set and chosen at run time.
-///
-/// Every variant does the same IEEE float64 operations (adds, multiplies, compares, maxima; no
-/// fused multiply-adds), so they give the same bits; only the counting of compare masks differs.
+/// The hot loops, compiled once per instruction set and chosen at run time ([`crate::simd`]).
 mod kernels {
     use super::*;
     #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::*;
 
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    pub(super) enum Isa {
-        Avx512,
-        Avx2,
-        Baseline,
-    }
+    use crate::simd::{isa, Isa};
 
     /// Instruction-set tags for the generic kernels.
     const BASELINE: u8 = 0;
     const AVX2: u8 = 1;
     const AVX512: u8 = 2;
-
-    /// The best instruction set of this CPU; `DENSE_PLANTAIN_SIMD=baseline|avx2` lowers it (tests
-    /// use that to check that every variant gives the same bits).
-    pub(super) fn isa() -> Isa {
-        static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            let best = detect();
-            match std::env::var("DENSE_PLANTAIN_SIMD").ok().as_deref() {
-                Some("baseline") => Isa::Baseline,
-                Some("avx2") if best != Isa::Baseline => Isa::Avx2,
-                _ => best,
-            }
-        })
-    }
-
-    pub(crate) fn isa_name() -> &'static str {
-        match isa() {
-            Isa::Avx512 => "avx512",
-            Isa::Avx2 => "avx2",
-            Isa::Baseline => "baseline",
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn detect() -> Isa {
-        let popcnt = is_x86_feature_detected!("popcnt");
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512dq")
-            && is_x86_feature_detected!("avx512vl")
-            && popcnt
-        {
-            Isa::Avx512
-        } else if is_x86_feature_detected!("avx2") && popcnt {
-            Isa::Avx2
-        } else {
-            Isa::Baseline
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn detect() -> Isa {
-        Isa::Baseline
-    }
 
     /// Calls `$f::<G.., K>` with K (the last generic) = the number of thresholds, 0 ..= MAX_K.
     macro_rules! with_k {
@@ -1117,7 +1065,7 @@ mod kernels {
 
 /// Which compiled variant of the hot loops this process uses ("avx512", "avx2", "baseline").
 pub fn simd_variant() -> &'static str {
-    kernels::isa_name()
+    crate::simd::isa().name()
 }
 
 #[cfg(test)]

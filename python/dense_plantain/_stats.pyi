@@ -1,0 +1,60 @@
+"""Type stub of the Rust extension ``dense_plantain._stats`` (see ``rust/py.rs``).
+
+Use :mod:`dense_plantain.stats`, which validates input and names what is wrong; these
+functions take C-contiguous float64 ``[pairs x units]`` matrices and raise ``ValueError``.
+"""
+
+import numpy as np
+import numpy.typing as npt
+
+MAX_EXACT_PAIRS: int
+MIN_PAIRS: int
+MIN_SPLIT_PAIRS: int
+THREAD_ENV_VARS: list[str]
+
+def paired(
+    diff: npt.NDArray[np.float64],
+) -> tuple[
+    npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]
+]:
+    """(mean, sd, t, d), one value per unit each."""
+
+def sign_flip_exact(
+    diff: npt.NDArray[np.float64],
+    t_thresholds: list[float],
+    d_thresholds: list[float],
+    start: int,
+    end: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Patterns start..end of the 2^(n-1): counts [len x (t + d thresholds)], max |t| [len]."""
+
+def sign_flip_monte_carlo(
+    diff: npt.NDArray[np.float64],
+    t_thresholds: list[float],
+    d_thresholds: list[float],
+    seed: int,
+    start: int,
+    end: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Monte Carlo permutations start..end of seed: counts and max |t| as for the exact null."""
+
+def monte_carlo_signs(n_pairs: int, seed: int, start: int, end: int) -> npt.NDArray[np.int8]:
+    """+1 / -1 per pair for Monte Carlo permutations start..end, [len x n_pairs]."""
+
+def n_patterns(n_pairs: int) -> int:
+    """2 ** (n_pairs - 1)."""
+
+def abs_t_from_ratio(r: float, n_pairs: int) -> float:
+    """|t| of a unit whose flipped sum S has S^2 / SS = r."""
+
+def split_assignments(n_pairs: int, n_splits: int, seed: int) -> npt.NDArray[np.bool_]:
+    """[n_splits x n_pairs], True for the floor(n/2) pairs of each first half."""
+
+def split_half(diff: npt.NDArray[np.float64], assignments: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """One Pearson r per assignment row."""
+
+def threads() -> int:
+    """Worker threads of this process's statistics pool."""
+
+def simd_variant() -> str:
+    """"avx512", "avx2" or "baseline"."""

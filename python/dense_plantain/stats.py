@@ -1,0 +1,367 @@
+"""Per-unit paired statistics, sign-flip nulls and split-half reliability.
+
+The Python face of the Rust engine ``dense_plantain._stats``. Input is a matrix of paired
+differences ``diff = B - A`` of shape ``[pairs x units]`` (float64, C order: build it with
+:func:`paired_diff`). Everything here is deterministic: the same data, thresholds and seed give
+the same numbers on any machine, for any thread count (``DENSE_PLANTAIN_NUM_THREADS``, else
+``RAYON_NUM_THREADS``) and any chunking of the work.
+
+Conventions
+-----------
+* ``t = mean / (sd / sqrt(n))`` with ``sd`` over ``n - 1``; Cohen's ``d = d_z = mean / sd``.
+* A unit whose ``n`` differences are all exactly equal has ``sd = 0``: ``t = d = 0`` if they
+  are all 0, else ``t = d = +inf`` or ``-inf`` (sign of the difference). The null treats it the
+  same way under every sign pattern (|t| = inf only where all its flipped values agree, i.e. the
+  identity). No statistic here is ever NaN, except a split-half r with nothing to correlate.
+* Sign-flip patterns: pair 0 is never flipped (flipping every pair only negates t); pattern
+  ``j`` flips pair ``i >= 1`` where bit ``i - 1`` of ``j`` is set; pattern 0 is the identity.
+  Exact mode enumerates all ``2 ** (n - 1)`` patterns in that order. Monte Carlo permutation
+  ``i`` draws its pattern from a counter-based hash of ``(seed, i)``
+  (:func:`monte_carlo_signs` shows the signs).
+* Threshold counts are strict: ``|t| > c`` and ``|d| > c``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dense_plantain import _stats
+from dense_plantain.errors import AnalysisError
+
+__all__ = [
+    "MAX_EXACT_PAIRS",
+    "MIN_PAIRS",
+    "MIN_SPLIT_PAIRS",
+    "Paired",
+    "SignFlipNull",
+    "SplitHalf",
+    "StatsInputError",
+    "fwer_p",
+    "monte_carlo_signs",
+    "null_p99",
+    "paired",
+    "paired_diff",
+    "sign_flip_null",
+    "simd_variant",
+    "split_assignments",
+    "split_half",
+    "threads",
+]
+
+MIN_PAIRS: int = _stats.MIN_PAIRS
+"""Fewest pairs any statistic accepts (3)."""
+MIN_SPLIT_PAIRS: int = _stats.MIN_SPLIT_PAIRS
+"""Fewest pairs for split-half reliability (4: two per half)."""
+MAX_EXACT_PAIRS: int = _stats.MAX_EXACT_PAIRS
+"""Most pairs for exact enumeration (33: 2^32 patterns)."""
+
+# Work per call into the engine (pairs x units evaluated), so that progress is reported every
+# half second or so on two cores; exact patterns are much cheaper (most units are skipped).
+_MONTE_CARLO_CHUNK_WORK = 1 << 31
+_EXACT_CHUNK_WORK = 1 << 35
+
+Progress = Callable[[int, int], object]
+
+
+class StatsInputError(AnalysisError, ValueError):
+    """Input the statistics cannot use: says what was wrong, where (pair, unit) and what to do.
+
+    A ``ValueError`` for callers of this module, an ``AnalysisError`` for the CLI.
+    """
+
+
+@dataclass(frozen=True, eq=False)
+class Paired:
+    """Per-unit paired statistics; each array has one float64 value per unit."""
+
+    mean: np.ndarray
+    sd: np.ndarray
+    t: np.ndarray
+    d: np.ndarray
+    n_pairs: int
+
+
+@dataclass(frozen=True, eq=False)
+class SignFlipNull:
+    """The sign-flip null: one row per permutation (or per pattern, in exact mode).
+
+    ``t_counts[i, k]`` is the number of units with |t| > ``t_thresholds[k]`` under permutation
+    ``i``; ``d_counts`` likewise for |d|; ``max_abs_t[i]`` is the largest |t| over units. In
+    exact mode row ``j`` is pattern ``j`` and row 0 the identity (the observed data).
+    """
+
+    t_counts: np.ndarray
+    d_counts: np.ndarray
+    max_abs_t: np.ndarray
+    exact: bool
+    n_permutations: int
+    seed: int
+    t_thresholds: tuple[float, ...]
+    d_thresholds: tuple[float, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class SplitHalf:
+    """Split-half reliability: Pearson r between the two halves' t-maps, one per split.
+
+    ``assignments[k, i]`` is True when pair ``i`` is in the first half (floor(n/2) pairs) of
+    split ``k``.
+    """
+
+    r: np.ndarray
+    assignments: np.ndarray
+
+
+# --- input -----------------------------------------------------------------------------------
+
+
+def paired_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``B - A`` as a C-contiguous float64 ``[pairs x units]`` matrix, after checking the input.
+
+    Refuses (``StatsInputError``, a ``ValueError``): A and B of different shapes, anything but
+    2-D real numbers, fewer than 3 pairs, no units, and any NaN or infinity (named by matrix,
+    pair and unit; a difference that overflows float64 counts too). float32 input is widened
+    to float64 before subtracting.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.shape != b.shape:
+        raise StatsInputError(
+            f"condition A has shape {a.shape} but B has {b.shape}; both must be [pairs x units] "
+            "with the same pairs and units in the same order"
+        )
+    for name, arr in (("A", a), ("B", b)):
+        _check_real(arr, name)
+    _check_shape(a.shape, "A and B")
+    for name, arr in (("A", a), ("B", b)):
+        _check_finite(arr, name)
+    diff = np.subtract(b, a, dtype=np.float64)
+    _check_finite(diff, "B - A")
+    return np.ascontiguousarray(diff)
+
+
+def _as_diff(diff: np.ndarray) -> np.ndarray:
+    arr = np.asarray(diff)
+    _check_real(arr, "diff")
+    _check_shape(arr.shape, "diff")
+    out = np.ascontiguousarray(arr, dtype=np.float64)
+    _check_finite(out, "diff")
+    return out
+
+
+def _check_real(arr: np.ndarray, name: str) -> None:
+    if arr.dtype.kind not in "fiub":
+        raise StatsInputError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+
+
+def _check_shape(shape: tuple[int, ...], name: str) -> None:
+    if len(shape) != 2:
+        raise StatsInputError(f"{name} must be a 2-D [pairs x units] matrix, got shape {shape}")
+    n, m = shape
+    if n < MIN_PAIRS:
+        raise StatsInputError(
+            f"{name} has {n} pair(s); paired statistics need at least {MIN_PAIRS}. Add pairs"
+        )
+    if m == 0:
+        raise StatsInputError(f"{name} has no units (shape {shape}); check the unit layout")
+
+
+def _check_finite(arr: np.ndarray, name: str) -> None:
+    if arr.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        more = int(bad.sum()) - 1
+        also = f" ({more} more non-finite value(s))" if more else ""
+        raise StatsInputError(
+            f"{name} has a non-finite value {arr[i, j]!r} at pair {i}, unit {j}{also}; "
+            "re-capture that pair or drop it"
+        )
+
+
+def _thresholds(values: Sequence[float], kind: str) -> tuple[float, ...]:
+    out = tuple(float(v) for v in values)
+    for v in out:
+        if not (np.isfinite(v) and v >= 0):
+            raise StatsInputError(f"{kind} threshold {v} must be a finite number >= 0")
+    return out
+
+
+def _count(value: int, name: str, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise StatsInputError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise StatsInputError(f"{name} must be an integer, got {value!r}") from None
+    if v < minimum:
+        raise StatsInputError(f"{name} must be at least {minimum}, got {v}")
+    return v
+
+
+def _seed(seed: int) -> int:
+    s = _count(seed, "seed", 0)
+    if s >= 1 << 64:
+        raise StatsInputError(f"seed must be below 2**64, got {s}")
+    return s
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def paired(diff: np.ndarray) -> Paired:
+    """Per-unit mean difference, sd (n - 1), paired t and Cohen's d_z."""
+    diff = _as_diff(diff)
+    mean, sd, t, d = _stats.paired(diff)
+    return Paired(mean=mean, sd=sd, t=t, d=d, n_pairs=diff.shape[0])
+
+
+def sign_flip_null(
+    diff: np.ndarray,
+    t_thresholds: Sequence[float] = (3.0, 5.0),
+    d_thresholds: Sequence[float] = (0.8,),
+    permutations: int = 1000,
+    exact: bool | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> SignFlipNull:
+    """The sign-flip null of the per-unit counts above thresholds and of the max |t|.
+
+    ``exact=None`` enumerates all ``2 ** (n - 1)`` distinct patterns when that is at most
+    ``permutations``, and draws ``permutations`` Monte Carlo patterns otherwise; ``True`` /
+    ``False`` force the choice. ``progress(done, total)`` is called after each chunk of work.
+    Memory is proportional to the number of permutations (the outputs), never to
+    permutations x units.
+    """
+    diff = _as_diff(diff)
+    n, m = diff.shape
+    t_thr = _thresholds(t_thresholds, "t")
+    d_thr = _thresholds(d_thresholds, "d")
+    permutations = _count(permutations, "permutations", 1)
+    seed = _seed(seed)
+    if exact is None:
+        exact = n <= MAX_EXACT_PAIRS and 2 ** (n - 1) <= permutations
+    exact = bool(exact)
+    if exact and n > MAX_EXACT_PAIRS:
+        raise StatsInputError(
+            f"exact enumeration of 2^{n - 1} sign patterns is out of reach ({n} pairs, at most "
+            f"{MAX_EXACT_PAIRS}); use Monte Carlo permutations (exact=False)"
+        )
+    total = 2 ** (n - 1) if exact else permutations
+    work = _EXACT_CHUNK_WORK if exact else _MONTE_CARLO_CHUNK_WORK
+    chunk = int(min(max(1 << 12, work // m), 1 << 24))
+    columns = len(t_thr) + len(d_thr)
+    counts = np.empty((total, columns), dtype=np.int64)
+    max_abs_t = np.empty(total, dtype=np.float64)
+    for start in range(0, total, chunk):
+        end = min(total, start + chunk)
+        if exact:
+            c, mx = _stats.sign_flip_exact(diff, list(t_thr), list(d_thr), start, end)
+        else:
+            c, mx = _stats.sign_flip_monte_carlo(diff, list(t_thr), list(d_thr), seed, start, end)
+        counts[start:end] = c
+        max_abs_t[start:end] = mx
+        if progress is not None:
+            progress(end, total)
+    return SignFlipNull(
+        t_counts=np.ascontiguousarray(counts[:, : len(t_thr)]),
+        d_counts=np.ascontiguousarray(counts[:, len(t_thr) :]),
+        max_abs_t=max_abs_t,
+        exact=exact,
+        n_permutations=total,
+        seed=seed,
+        t_thresholds=t_thr,
+        d_thresholds=d_thr,
+    )
+
+
+def null_p99(counts: np.ndarray) -> float:
+    """The 99th percentile of one null count distribution (numpy's default linear rule).
+
+    It can be 0 (fewer than 1% of permutations put any unit above the threshold); a ratio
+    observed / p99 is then undefined, and callers should report the observed count and the
+    null's p99 = 0 rather than divide.
+    """
+    arr = np.asarray(counts)
+    if arr.ndim != 1 or arr.size == 0:
+        raise StatsInputError(f"null counts must be a non-empty 1-D array, got shape {arr.shape}")
+    return float(np.percentile(arr, 99))
+
+
+def fwer_p(abs_t_obs: np.ndarray, null: SignFlipNull) -> np.ndarray:
+    """Max-statistic family-wise p-value per unit.
+
+    Monte Carlo: ``(1 + #{i: max_abs_t[i] >= |t_obs|}) / (P + 1)``.
+    Exact: ``#{patterns j, identity included: max_abs_t[j] >= |t_obs|} / 2**(n-1)``, what
+    MNE-Python's exact ``permutation_t_test`` returns. The identity (row 0) is counted for
+    every unit without comparing: its max |t| is the observed max, which is >= every |t_obs| of
+    the same data, and counting it directly keeps rounding from ever giving p = 0.
+    ``abs_t_obs`` must come from the diff the null was built on (signs are dropped).
+    """
+    x = np.abs(np.asarray(abs_t_obs, dtype=np.float64))
+    if np.isnan(x).any():
+        raise StatsInputError("abs_t_obs has NaN values; |t| from stats.paired is never NaN")
+    null_max = np.asarray(null.max_abs_t, dtype=np.float64)
+    if null_max.shape != (null.n_permutations,):
+        raise StatsInputError(
+            f"the null has {null_max.shape} max |t| values for {null.n_permutations} permutations"
+        )
+    if null.exact:
+        rest = np.sort(null_max[1:])
+        at_least = rest.size - np.searchsorted(rest, x, side="left")
+        return (1.0 + at_least) / null.n_permutations
+    ordered = np.sort(null_max)
+    at_least = ordered.size - np.searchsorted(ordered, x, side="left")
+    return (1.0 + at_least) / (null.n_permutations + 1)
+
+
+def split_assignments(n_pairs: int, n_splits: int, seed: int) -> np.ndarray:
+    """``[n_splits x n_pairs]`` booleans, True for the floor(n/2) pairs of each first half.
+
+    Split ``k`` depends only on ``(n_pairs, seed, k)``: asking for more splits keeps the first.
+    """
+    n_pairs = _count(n_pairs, "n_pairs", MIN_SPLIT_PAIRS)
+    n_splits = _count(n_splits, "n_splits", 1)
+    return _stats.split_assignments(n_pairs, n_splits, _seed(seed))
+
+
+def split_half(diff: np.ndarray, n_splits: int = 100, seed: int = 0) -> SplitHalf:
+    """Split-half reliability of the per-unit t-map over ``n_splits`` random halvings.
+
+    Per split: t per unit in each half, then Pearson r across units. Units with an infinite t
+    in either half (all of that half's differences equal, non-zero) are left out of that split;
+    r is NaN if fewer than two units remain or a half's t-map is constant. Needs 4 pairs.
+    """
+    diff = _as_diff(diff)
+    n = diff.shape[0]
+    if n < MIN_SPLIT_PAIRS:
+        raise StatsInputError(
+            f"split-half reliability needs at least {MIN_SPLIT_PAIRS} pairs (2 per half), got {n}"
+        )
+    assignments = split_assignments(n, n_splits, seed)
+    r = _stats.split_half(diff, assignments)
+    return SplitHalf(r=r, assignments=assignments)
+
+
+def monte_carlo_signs(n_pairs: int, seed: int, start: int, end: int) -> np.ndarray:
+    """The signs (+1 / -1, int8 ``[end - start x n_pairs]``) of Monte Carlo permutations
+    ``start .. end`` of ``seed``: each pair's difference is multiplied by its sign."""
+    n_pairs = _count(n_pairs, "n_pairs", MIN_PAIRS)
+    start = _count(start, "start", 0)
+    end = _count(end, "end", start)
+    return _stats.monte_carlo_signs(n_pairs, _seed(seed), start, end)
+
+
+def threads() -> int:
+    """Worker threads of the statistics pool in this process (for provenance)."""
+    return int(_stats.threads())
+
+
+def simd_variant() -> str:
+    """The instruction set the hot loops run with here: "avx512", "avx2" or "baseline"."""
+    return str(_stats.simd_variant())

@@ -1,0 +1,60 @@
+//! Which vector instructions the hot loops use, chosen once per process at run time.
+//!
+//! The hot loops are written once (plain Rust over fixed-size arrays, plus a few AVX-512 / AVX2
+//! intrinsics for compare masks) and compiled once per instruction set; a wheel built for
+//! generic x86-64 then runs at full width on the machine it lands on. Every variant performs the
+//! same IEEE float64 operations (no fused multiply-adds), so all give the same bits.
+//! `DENSE_PLANTAIN_SIMD=baseline|avx2` lowers the choice (tests use that to compare variants).
+
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Baseline,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Baseline => "baseline",
+        }
+    }
+}
+
+/// The instruction set of this process's hot loops.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = detect();
+        match std::env::var("DENSE_PLANTAIN_SIMD").ok().as_deref() {
+            Some("baseline") => Isa::Baseline,
+            Some("avx2") if best != Isa::Baseline => Isa::Avx2,
+            _ => best,
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Isa {
+    let popcnt = is_x86_feature_detected!("popcnt");
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512dq")
+        && is_x86_feature_detected!("avx512vl")
+        && popcnt
+    {
+        Isa::Avx512
+    } else if is_x86_feature_detected!("avx2") && popcnt {
+        Isa::Avx2
+    } else {
+        Isa::Baseline
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Isa {
+    Isa::Baseline
+}
