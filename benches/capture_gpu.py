@@ -135,6 +135,8 @@ class RivalHooks:
 
 
 def bench_transformer(model, layout, device: str, batches, warmup: int, repeats: int) -> dict:
+    """Plain vs hooked forwards, interleaved (plain, hooked, hooked, plain, ...) so that clock or
+    contention drift hits both alike; the overhead is the median of per-repeat ratios."""
     rows = {}
     hooks = install_unit_hooks(model, layout)
     hooks.remove()
@@ -151,11 +153,34 @@ def bench_transformer(model, layout, device: str, batches, warmup: int, repeats:
                 model(**inputs)
                 hooks.collect()  # the batch's one device-to-host copy
 
-        plain_ms = cuda_median_ms(plain, warmup, repeats)
+        def timed(fn) -> float:
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            return start.elapsed_time(stop)
+
         plain_mem = peak_extra_mib(plain)
+        for _ in range(warmup):
+            plain()
+        plain_times, capture_times = [], []
+        for i in range(repeats):
+            order = (False, True) if i % 2 == 0 else (True, False)
+            for hooked in order:
+                if hooked:
+                    hooks.install()
+                    try:
+                        if not capture_times and i == 0:
+                            for _ in range(warmup):
+                                ours()
+                        capture_times.append(timed(ours))
+                    finally:
+                        hooks.remove()
+                else:
+                    plain_times.append(timed(plain))
         hooks.install()
         try:
-            capture_ms = cuda_median_ms(ours, warmup, repeats)
             capture_mem = peak_extra_mib(ours)
             with torch.inference_mode():
                 hooks.begin()
@@ -163,18 +188,93 @@ def bench_transformer(model, layout, device: str, batches, warmup: int, repeats:
                 values = hooks.collect()
         finally:
             hooks.remove()
-        plain_ms_again = cuda_median_ms(plain, 1, repeats)  # drift check: plain timed twice
+        ratios = [c / p for p, c in zip(plain_times, capture_times)]
+        plain_ms, capture_ms = statistics.median(plain_times), statistics.median(capture_times)
         rows[batch] = dict(
-            plain_ms=plain_ms, plain_ms_again=plain_ms_again, capture_ms=capture_ms,
-            overhead=capture_ms / plain_ms - 1.0,
+            plain_ms=plain_ms, capture_ms=capture_ms, overhead=statistics.median(ratios) - 1.0,
+            overhead_of_medians=capture_ms / plain_ms - 1.0,
+            plain_ms_spread=[min(plain_times), max(plain_times)], capture_ms_spread=[min(capture_times), max(capture_times)],
             plain_peak_mib=plain_mem, capture_peak_mib=capture_mem, extra_peak_mib=capture_mem - plain_mem,
             units=int(values.shape[1]), finite=bool(np.isfinite(values).all()),
             value_range=[float(values.min()), float(values.max())],
         )
-        print(f"batch {batch}: plain {plain_ms:.2f} ms (again {plain_ms_again:.2f}), capture {capture_ms:.2f} ms "
-              f"-> overhead {100 * rows[batch]['overhead']:+.2f} %, extra peak {capture_mem - plain_mem:.1f} MiB, "
+        print(f"batch {batch}: plain {plain_ms:.2f} ms [{min(plain_times):.1f}, {max(plain_times):.1f}], capture "
+              f"{capture_ms:.2f} ms [{min(capture_times):.1f}, {max(capture_times):.1f}] -> overhead (median of "
+              f"paired ratios) {100 * rows[batch]['overhead']:+.2f} %, extra peak {capture_mem - plain_mem:.2f} MiB, "
               f"units {values.shape[1]}, finite {rows[batch]['finite']}", flush=True)
     return rows
+
+
+def bench_reduction(model, layout, device: str, batches, repeats: int) -> dict:
+    """The fused reduction alone on the real hooked shapes: time per forward's worth of hooks,
+    its own peak memory (a float32 copy of the activation would show here), and the floor set by
+    reading each activation once at the measured copy bandwidth."""
+    from dense_plantain.capture.hooks import UnitHooks
+
+    hooks = UnitHooks(model, layout)
+    plan = hooks.plan[0]
+    joint = next(p for p in plan if p.startswith("transformer_blocks"))
+    single = next(p for p in plan if p.startswith("single"))
+    inner = model.config.num_attention_heads * model.config.attention_head_dim
+    mlp = int(inner * model.config.mlp_ratio)
+    n_img, n_txt = (HEIGHT // 16) * (WIDTH // 16), TEXT_TOKENS
+    out = {}
+    for batch in batches:
+        xj = torch.randn(batch, n_img, inner, device=device, dtype=torch.bfloat16)
+        xs = torch.randn(batch, n_txt + n_img, inner + mlp, device=device, dtype=torch.bfloat16)
+        hooks.n_text = n_txt
+        hooks._buffer = torch.empty(batch, layout.n_units, device=device, dtype=torch.float32)
+
+        def one_forward_of_hooks():
+            for _ in range(model.config.num_layers):
+                hooks._reduce(xj, "image", plan[joint])
+            for _ in range(model.config.num_single_layers):
+                hooks._reduce(xs, "joint", plan[single])
+
+        ms = cuda_median_ms(one_forward_of_hooks, 3, repeats)
+        mem = peak_extra_mib(lambda: hooks._reduce(xs, "joint", plan[single]))
+        nbytes = model.config.num_layers * xj.numel() * 2 + model.config.num_single_layers * xs.numel() * 2
+        copy_src = torch.empty(nbytes // 2, device=device, dtype=torch.bfloat16)
+        copy_ms = cuda_median_ms(lambda: copy_src.clone(), 3, repeats)
+        read_floor_ms = copy_ms / 2  # a clone reads and writes each byte once
+        out[batch] = dict(ms=ms, read_floor_ms=read_floor_ms, bytes_read=nbytes, peak_mib_single_block=mem,
+                          activation_mib_single_block=xs.numel() * 2 / 2**20)
+        print(f"reduction alone, batch {batch}: {ms:.2f} ms per forward's hooks ({nbytes / 1e9:.2f} GB read; "
+              f"read floor {read_floor_ms:.2f} ms); peak extra memory of one single-block reduction "
+              f"{mem:.2f} MiB (activation itself {xs.numel() * 2 / 2**20:.0f} MiB)", flush=True)
+        del xj, xs, copy_src
+    return out
+
+
+def gpu_health(device: str) -> dict:
+    """Clocks and the two ceilings, measured now (matmul rate, copy bandwidth)."""
+    import subprocess
+
+    query = "clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu,utilization.gpu,clocks_throttle_reasons.active"
+    smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    mm_ms = cuda_median_ms(lambda: a @ b, 3, 10)
+    big = torch.empty(2**30, device=device, dtype=torch.bfloat16)
+    cp_ms = cuda_median_ms(lambda: big.clone(), 3, 10)
+    out = dict(nvidia_smi=smi, matmul_tflops=2 * 8192**3 / mm_ms / 1e9, copy_tb_s=2 * big.numel() * 2 / cp_ms / 1e9)
+    print(f"gpu: {smi}; bf16 matmul {out['matmul_tflops']:.0f} TFLOP/s; copy {out['copy_tb_s']:.2f} TB/s", flush=True)
+    return out
+
+
+def profile_plain(model, device: str, batch: int, path: Path) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    inputs = transformer_inputs(model, batch, device)
+    with torch.inference_mode():
+        model(**inputs)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            model(**inputs)
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+    path.write_text(table)
+    print("\n".join(table.splitlines()[:20]), flush=True)
 
 
 def bench_rivals(model, layout, device: str, warmup: int, repeats: int, plain_ms: float) -> dict:
@@ -243,6 +343,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="profile one plain forward at batch 2")
     args = parser.parse_args()
     device = "cuda"
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
@@ -251,6 +352,7 @@ def main() -> None:
     import diffusers
     import transformers
 
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = build_transformer(device)
     layout = build_layout(model.config, "plantain")
@@ -258,6 +360,10 @@ def main() -> None:
     print(f"transformer: {n_params / 1e9:.3f} B parameters (random bf16), built in {time.perf_counter() - t0:.1f} s; "
           f"plantain units {layout.n_units}", flush=True)
     batches = [int(b) for b in args.batches.split(",")]
+    health = gpu_health(device)
+    if args.profile:
+        profile_plain(model, device, 2, args.out.with_suffix(".profile.txt"))
+    reduction = bench_reduction(model, layout, device, batches, args.repeats)
     rows = bench_transformer(model, layout, device, batches, args.warmup, args.repeats)
     rivals = bench_rivals(model, layout, device, args.warmup, args.repeats, rows[batches[0]]["plain_ms"])
 
@@ -278,11 +384,11 @@ def main() -> None:
         extra_peak_mib=max(r["extra_peak_mib"] for r in rows.values()),
         units=b1["units"], all_finite=all(r["finite"] for r in rows.values()),
         by_batch={str(b): r for b, r in rows.items()}, rivals_batch1=rivals,
+        reduction_alone={str(b): r for b, r in reduction.items()}, gpu_health=health,
         e2e_25_pairs_s=min((r["seconds"] for r in e2e.values()), default=None),
         e2e_by_batch={str(b): r for b, r in e2e.items()},
         text_encoder="full-size Qwen3-4B config, random bf16 weights, project's tiny BPE tokenizer (512-token padding)",
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("\n| batch | plain ms | capture ms | overhead | extra peak MiB |")
     print("|---|---|---|---|---|")
