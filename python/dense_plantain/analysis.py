@@ -56,18 +56,20 @@ class Threshold:
     count: int
     n_units: int
     null_counts: np.ndarray | None = field(default=None, repr=False)  # int64 [P]; None: no null run
+    # Summaries of the null, computed once (an exact null has 2^(n-1) rows); None without a null.
+    null_p99: float | None = field(init=False, default=None)
+    null_max: int | None = field(init=False, default=None)
+    null_median: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.null_counts is not None:
+            self.null_p99 = float(np.percentile(self.null_counts, 99))
+            self.null_max = int(self.null_counts.max())
+            self.null_median = float(np.median(self.null_counts))
 
     @property
     def fraction(self) -> float:
         return self.count / self.n_units if self.n_units else float("nan")
-
-    @property
-    def null_p99(self) -> float | None:
-        return None if self.null_counts is None else float(np.percentile(self.null_counts, 99))
-
-    @property
-    def null_max(self) -> int | None:
-        return None if self.null_counts is None else int(self.null_counts.max())
 
     @property
     def ratio(self) -> float | None:
@@ -84,7 +86,7 @@ class Threshold:
             "fraction": self.fraction,
             "null_p99": self.null_p99,
             "null_max": self.null_max,
-            "null_median": None if self.null_counts is None else float(np.median(self.null_counts)),
+            "null_median": self.null_median,
             "ratio": self.ratio,
         }
 
@@ -320,13 +322,13 @@ def _paired_result(stats, diff: np.ndarray, layout: Layout, *, design: str, sett
     p_max[np.isnan(t)] = np.nan
     groups = _groups(layout, t, d, settings["group_nulls"], null_of)
 
-    if n >= 4:
+    if n >= stats.MIN_SPLIT_PAIRS:
         sh = stats.split_half(diff, n_splits=settings["splits"], seed=settings["seed"])
         split = SplitHalfSummary(np.asarray(sh.r, dtype=np.float64), settings["splits"],
                                  assignments=np.asarray(sh.assignments, dtype=bool))
     else:
         split = SplitHalfSummary(np.empty(0), settings["splits"], note=f"not computed: {n} pairs cannot be split "
-                                 "into two halves of at least 2 (needs 4 pairs)")
+                                 f"into two halves of at least 2 (needs {stats.MIN_SPLIT_PAIRS} pairs)")
     return _result(design, layout, n, (n,), np.asarray(res.mean, dtype=np.float64), t, d, df, p, p_max,
                    _threshold_rows(t, d, null), groups, split, "sign-flip", null, settings,
                    conditions, sources)

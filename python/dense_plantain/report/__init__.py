@@ -30,7 +30,7 @@ def write_results(result: AnalysisResult, out: str | Path, *, force: bool = Fals
         (folder / records.RESULTS_JSON).write_text(records.results_json_text(record), encoding="utf-8")
         (folder / records.UNITS_CSV).write_text(records.units_csv_text(result), encoding="utf-8")
         (folder / "results.md").write_text(tables.results_markdown(record), encoding="utf-8")
-        figures.write_figures(result, folder)
+        figures.write_figures(result, folder, record)
 
     return write_folder(Path(out), fill, force=force)
 

@@ -26,9 +26,10 @@ OBSERVED = "#d62728"
 DPI = 120
 
 
-def write_figures(result: AnalysisResult, folder: Path) -> list[Path]:
+def write_figures(result: AnalysisResult, folder: Path, res: dict | None = None) -> list[Path]:
+    """Draw the three figures into ``folder``; ``res`` is ``result.to_json()`` when the caller has it."""
     folder = Path(folder)
-    res = result.to_json()
+    res = res if res is not None else result.to_json()
     paths = [folder / name for name in FILES]
     _save(abs_t_by_block(result, res), paths[0])
     _save(null_counts(result, res), paths[1])
