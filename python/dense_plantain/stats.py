@@ -63,6 +63,7 @@ MAX_EXACT_PAIRS: int = _stats.MAX_EXACT_PAIRS
 # half second or so on two cores; exact patterns are much cheaper (most units are skipped).
 _MONTE_CARLO_CHUNK_WORK = 1 << 31
 _EXACT_CHUNK_WORK = 1 << 35
+_CHUNK_LIMITS = (1 << 12, 1 << 24)
 
 Progress = Callable[[int, int], object]
 
@@ -139,7 +140,8 @@ def paired_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     _check_shape(a.shape, "A and B")
     for name, arr in (("A", a), ("B", b)):
         _check_finite(arr, name)
-    diff = np.subtract(b, a, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, by pair and unit
+        diff = np.subtract(b, a, dtype=np.float64)
     _check_finite(diff, "B - A")
     return np.ascontiguousarray(diff)
 
@@ -179,7 +181,7 @@ def _check_finite(arr: np.ndarray, name: str) -> None:
         more = int(bad.sum()) - 1
         also = f" ({more} more non-finite value(s))" if more else ""
         raise StatsInputError(
-            f"{name} has a non-finite value {arr[i, j]!r} at pair {i}, unit {j}{also}; "
+            f"{name} has a non-finite value {float(arr[i, j])} at pair {i}, unit {j}{also}; "
             "re-capture that pair or drop it"
         )
 
@@ -254,7 +256,7 @@ def sign_flip_null(
         )
     total = 2 ** (n - 1) if exact else permutations
     work = _EXACT_CHUNK_WORK if exact else _MONTE_CARLO_CHUNK_WORK
-    chunk = int(min(max(1 << 12, work // m), 1 << 24))
+    chunk = int(min(max(_CHUNK_LIMITS[0], work // m), _CHUNK_LIMITS[1]))
     columns = len(t_thr) + len(d_thr)
     counts = np.empty((total, columns), dtype=np.int64)
     max_abs_t = np.empty(total, dtype=np.float64)

@@ -1,0 +1,473 @@
+"""Tests of the statistics engine (dense_plantain.stats over the Rust extension).
+
+Every number is checked against an independent computation: scipy's paired t-test, a numpy
+brute force over sign patterns (flip the raw differences, two-pass sd), MNE-Python's exact
+permutation t-test, or a numpy re-implementation of split-half reliability.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from dense_plantain import stats
+from dense_plantain.errors import AnalysisError
+
+# Not 3 and 5: a constant unit's |t| under a pattern is sqrt((n-1) k^2 / (n^2 - k^2)), which is
+# exactly 5 for n = 12, k = 10 (and 3 for n = 8); at such exact ties a float brute force may land
+# on either side of the threshold, while the engine (closed form) says "not above".
+T_THR = (2.0, 3.2, 4.7)
+D_THR = (0.8, 1.5)
+
+
+# --- independent references ------------------------------------------------------------------
+
+
+def brute_null(diff: np.ndarray, signs: np.ndarray, t_thr=T_THR, d_thr=D_THR):
+    """Counts and max |t| for each row of ``signs`` ([P x n] of +-1), by flipping the raw
+    differences and recomputing t two-pass, with the documented sd = 0 convention."""
+    n = diff.shape[0]
+    y = signs[:, :, None].astype(np.float64) * diff[None, :, :]
+    mean = y.mean(axis=1)
+    sd = np.sqrt(((y - mean[:, None, :]) ** 2).sum(axis=1) / (n - 1))
+    constant = (y == y[:, :1, :]).all(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.abs(mean / (sd / np.sqrt(n)))
+    t = np.where(constant, np.where(y[:, 0, :] == 0, 0.0, np.inf), t)
+    d = t / np.sqrt(n)
+    t_counts = np.zeros((t.shape[0], len(t_thr)), dtype=np.int64)
+    d_counts = np.zeros((t.shape[0], len(d_thr)), dtype=np.int64)
+    for k, c in enumerate(t_thr):
+        t_counts[:, k] = (t > c).sum(axis=1)
+    for k, c in enumerate(d_thr):
+        d_counts[:, k] = (d > c).sum(axis=1)
+    return t_counts, d_counts, t.max(axis=1)
+
+
+def exact_signs(n: int) -> np.ndarray:
+    """All 2^(n-1) patterns in the documented order: bit i-1 of j flips pair i."""
+    j = np.arange(2 ** (n - 1))[:, None]
+    bits = (j >> np.arange(n - 1)[None, :]) & 1
+    return np.concatenate([np.ones((j.size, 1), dtype=np.int64), 1 - 2 * bits], axis=1)
+
+
+def probe_like(n: int, m: int, seed: int) -> np.ndarray:
+    """Differences with shared pair factors (correlated units) and effects on a third of units."""
+    rng = np.random.default_rng(seed)
+    effect = np.where(np.arange(m) % 3 == 0, rng.normal(0, 0.8, m), 0.0)
+    factor = rng.normal(size=(n, (m + 15) // 16)).repeat(16, axis=1)[:, :m]
+    return effect + 0.6 * factor + 0.8 * rng.normal(size=(n, m))
+
+
+def run_python(code: str, env_extra: dict[str, str], timeout: float = 120) -> str:
+    env = {**os.environ, **env_extra}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+# --- paired statistics -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 1), (5, 7), (25, 300), (12, 2049)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_paired_matches_scipy(shape, dtype):
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    a = rng.normal(3.0, 1.0, size=shape).astype(dtype)
+    b = (a + rng.normal(0.4, 1.0, size=shape)).astype(dtype)
+    diff = stats.paired_diff(a, b)
+    assert diff.dtype == np.float64 and diff.flags.c_contiguous
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    np.testing.assert_array_equal(diff, b64 - a64)
+    res = stats.paired(diff)
+    ref = scipy.stats.ttest_rel(b64, a64, axis=0)
+    n = shape[0]
+    np.testing.assert_allclose(res.t, ref.statistic, rtol=1e-11)
+    np.testing.assert_allclose(res.d, ref.statistic / np.sqrt(n), rtol=1e-11)
+    np.testing.assert_allclose(res.mean, (b64 - a64).mean(axis=0), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(res.sd, (b64 - a64).std(axis=0, ddof=1), rtol=1e-12)
+    assert res.n_pairs == n
+
+
+def test_paired_handles_huge_and_tiny_magnitudes():
+    rng = np.random.default_rng(1)
+    base = rng.normal(1.0, 1.0, size=(6, 4))
+    for scale in (1e300, 1e-300):
+        res = stats.paired(base * scale)
+        ref = scipy.stats.ttest_1samp(base, 0.0, axis=0)
+        np.testing.assert_allclose(res.t, ref.statistic, rtol=1e-11)
+        np.testing.assert_allclose(res.mean / scale, base.mean(axis=0), rtol=1e-12)
+
+
+# --- exact null ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [8, 9, 10, 11, 12])
+def test_exact_null_matches_brute_force(n):
+    diff = probe_like(n, 61, seed=n)
+    diff[:, 5] = 0.0  # all-zero unit: t = 0 under every pattern
+    diff[:, 9] = 0.5  # constant unit: |t| = inf at the identity, finite elsewhere
+    null = stats.sign_flip_null(diff, T_THR, D_THR, permutations=10, exact=True)
+    assert null.exact and null.n_permutations == 2 ** (n - 1)
+    t_counts, d_counts, max_t = brute_null(diff, exact_signs(n))
+    np.testing.assert_array_equal(null.t_counts, t_counts)
+    np.testing.assert_array_equal(null.d_counts, d_counts)
+    assert null.max_abs_t[0] == np.inf and max_t[0] == np.inf
+    np.testing.assert_allclose(null.max_abs_t[1:], max_t[1:], rtol=1e-9)
+
+
+def test_exact_null_without_degenerate_units_and_no_thresholds():
+    n = 10
+    diff = probe_like(n, 33, seed=4)
+    null = stats.sign_flip_null(diff, t_thresholds=(), d_thresholds=(), permutations=2 ** 9)
+    assert null.exact and null.t_counts.shape == (512, 0) and null.d_counts.shape == (512, 0)
+    _, _, max_t = brute_null(diff, exact_signs(n))
+    np.testing.assert_allclose(null.max_abs_t, max_t, rtol=1e-9)
+
+
+def test_exact_fwer_p_matches_mne():
+    mne_stats = pytest.importorskip("mne.stats")
+    n = 10
+    diff = probe_like(n, 40, seed=7)
+    null = stats.sign_flip_null(diff, permutations=2 ** (n - 1))
+    assert null.exact
+    p = stats.fwer_p(np.abs(stats.paired(diff).t), null)
+    t_obs, p_mne, h0 = mne_stats.permutation_t_test(diff, n_permutations=2**n, tail=0, verbose=False)
+    np.testing.assert_allclose(np.sort(null.max_abs_t), h0, rtol=1e-9)
+    np.testing.assert_array_equal(p, p_mne)
+    np.testing.assert_allclose(stats.paired(diff).t, t_obs, rtol=1e-9)
+
+
+# --- Monte Carlo null ----------------------------------------------------------------------------
+
+
+def test_monte_carlo_matches_brute_force_on_its_own_signs():
+    n, m = 25, 150
+    diff = probe_like(n, m, seed=11)
+    diff[:, 3] = -2.0
+    null = stats.sign_flip_null(diff, T_THR, D_THR, permutations=300, seed=42)
+    assert not null.exact and null.n_permutations == 300 and null.seed == 42
+    signs = stats.monte_carlo_signs(n, 42, 0, 300)
+    assert signs.shape == (300, n) and set(np.unique(signs)) <= {-1, 1} and (signs[:, 0] == 1).all()
+    t_counts, d_counts, max_t = brute_null(diff, signs)
+    np.testing.assert_array_equal(null.t_counts, t_counts)
+    np.testing.assert_array_equal(null.d_counts, d_counts)
+    finite = np.isfinite(max_t)
+    np.testing.assert_array_equal(np.isfinite(null.max_abs_t), finite)
+    np.testing.assert_allclose(null.max_abs_t[finite], max_t[finite], rtol=1e-9)
+
+
+def test_monte_carlo_signs_are_fair_coins():
+    signs = stats.monte_carlo_signs(25, 3, 0, 20000)[:, 1:]
+    flips = (signs == -1).mean(axis=0)
+    assert np.all(np.abs(flips - 0.5) < 5 * np.sqrt(0.25 / 20000))
+    # Pairs flip independently: correlations between columns near 0.
+    corr = np.corrcoef(signs.T.astype(float))
+    assert np.abs(corr[np.triu_indices(24, 1)]).max() < 5 / np.sqrt(20000)
+
+
+def test_monte_carlo_approaches_the_exact_null():
+    n, m, perms = 12, 200, 20000
+    diff = probe_like(n, m, seed=5)
+    exact = stats.sign_flip_null(diff, T_THR, D_THR, permutations=perms, exact=True)
+    mc = stats.sign_flip_null(diff, T_THR, D_THR, permutations=perms, exact=False, seed=9)
+    assert exact.exact and not mc.exact
+    series = [(exact.max_abs_t, mc.max_abs_t)]
+    series += [(exact.t_counts[:, k], mc.t_counts[:, k]) for k in range(len(T_THR))]
+    series += [(exact.d_counts[:, 0], mc.d_counts[:, 0])]
+    for ref, sample in series:
+        for q in (10, 50, 90, 99):
+            x = np.percentile(ref, q)
+            f = np.mean(ref <= x)
+            tol = 5 * np.sqrt(f * (1 - f) / perms) + 1e-12
+            assert abs(np.mean(sample <= x) - f) <= tol, (q, x)
+    for k in range(len(T_THR)):  # p99 of counts within sampling error (checked above) and close
+        assert abs(stats.null_p99(mc.t_counts[:, k]) - stats.null_p99(exact.t_counts[:, k])) <= max(
+            2.0, 0.15 * stats.null_p99(exact.t_counts[:, k]))
+
+
+def test_same_seed_same_null_other_seed_other_null():
+    diff = probe_like(20, 100, seed=1)
+    a = stats.sign_flip_null(diff, permutations=500, seed=7)
+    b = stats.sign_flip_null(diff, permutations=500, seed=7)
+    c = stats.sign_flip_null(diff, permutations=500, seed=8)
+    np.testing.assert_array_equal(a.t_counts, b.t_counts)
+    np.testing.assert_array_equal(a.max_abs_t, b.max_abs_t)
+    assert not np.array_equal(a.max_abs_t, c.max_abs_t)
+
+
+def test_chunking_and_ranges_do_not_change_results(monkeypatch):
+    diff = probe_like(16, 300, seed=2)
+    whole_mc = stats.sign_flip_null(diff, permutations=3000, seed=1)
+    whole_exact = stats.sign_flip_null(diff, permutations=2**15, exact=True)
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(stats, "_CHUNK_LIMITS", (700, 700))
+    part_mc = stats.sign_flip_null(diff, permutations=3000, seed=1, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(700, 3000), (1400, 3000), (2100, 3000), (2800, 3000), (3000, 3000)]
+    monkeypatch.setattr(stats, "_CHUNK_LIMITS", (5000, 5000))
+    part_exact = stats.sign_flip_null(diff, permutations=2**15, exact=True)
+    for part, whole in ((part_mc, whole_mc), (part_exact, whole_exact)):
+        np.testing.assert_array_equal(part.t_counts, whole.t_counts)
+        np.testing.assert_array_equal(part.d_counts, whole.d_counts)
+        np.testing.assert_array_equal(part.max_abs_t, whole.max_abs_t)
+    from dense_plantain import _stats
+
+    full_c, full_mx = _stats.sign_flip_monte_carlo(diff, [3.0, 5.0], [0.8], 1, 0, 3000)
+    np.testing.assert_array_equal(full_c[:, :2], whole_mc.t_counts)
+    for lo, hi in ((0, 1234), (1234, 2999), (2999, 3000), (5, 5)):
+        c, mx = _stats.sign_flip_monte_carlo(diff, [3.0, 5.0], [0.8], 1, lo, hi)
+        np.testing.assert_array_equal(c, full_c[lo:hi])
+        np.testing.assert_array_equal(mx, full_mx[lo:hi])
+    for lo, hi in ((0, 777), (777, 20000), (20000, 32768)):
+        c, mx = _stats.sign_flip_exact(diff, [3.0, 5.0], [0.8], lo, hi)
+        np.testing.assert_array_equal(c[:, :2], whole_exact.t_counts[lo:hi])
+        np.testing.assert_array_equal(mx, whole_exact.max_abs_t[lo:hi])
+
+
+NULL_SCRIPT = """
+import json, numpy as np
+from dense_plantain import stats
+rng = np.random.default_rng(3)
+diff = rng.normal(0.2, 1.0, size=(25, 1500)) + rng.normal(size=(25, 1)) * 0.5
+mc = stats.sign_flip_null(diff, permutations=5000, seed=11)
+ex = stats.sign_flip_null(stats.paired_diff(np.zeros((14, 800)), diff[:14, :800]), permutations=2**13)
+sh = stats.split_half(diff, n_splits=20, seed=4)
+print(json.dumps({
+    "threads": stats.threads(), "simd": stats.simd_variant(),
+    "mc": [mc.t_counts.tolist(), mc.d_counts.tolist(), mc.max_abs_t.tolist()],
+    "ex": [ex.t_counts.tolist(), ex.max_abs_t.tolist()], "sh": sh.r.tolist(),
+}))
+"""
+
+
+def test_bit_identical_across_thread_counts_and_instruction_sets():
+    runs = {}
+    for threads in ("1", "2"):
+        runs[threads] = json.loads(run_python(NULL_SCRIPT, {"DENSE_PLANTAIN_NUM_THREADS": threads}))
+        assert runs[threads]["threads"] == int(threads)
+    runs["rayon"] = json.loads(run_python(NULL_SCRIPT, {"DENSE_PLANTAIN_NUM_THREADS": "",
+                                                        "RAYON_NUM_THREADS": "3"}))
+    assert runs["rayon"]["threads"] == 3
+    for simd in ("baseline", "avx2"):
+        runs[simd] = json.loads(run_python(NULL_SCRIPT, {"DENSE_PLANTAIN_SIMD": simd}))
+    assert runs["baseline"]["simd"] == "baseline"
+    ref = runs["1"]
+    for name, other in runs.items():
+        for key in ("mc", "ex", "sh"):
+            assert other[key] == ref[key], (name, key)
+
+
+def test_pool_survives_fork():
+    code = """
+    import os, sys, numpy as np
+    from dense_plantain import stats
+    diff = np.random.default_rng(0).normal(size=(25, 400))
+    before = stats.sign_flip_null(diff, permutations=2000, seed=1)
+    pid = os.fork()
+    if pid == 0:
+        after = stats.sign_flip_null(diff, permutations=2000, seed=1)
+        ok = np.array_equal(before.max_abs_t, after.max_abs_t) and stats.threads() == 2
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+    """
+    run_python(code, {"DENSE_PLANTAIN_NUM_THREADS": "2"}, timeout=60)
+
+
+def test_many_permutations_run_in_bounded_memory():
+    # 2 million permutations over 40 units: outputs only (the engine streams permutations).
+    diff = probe_like(25, 40, seed=8)
+    null = stats.sign_flip_null(diff, t_thresholds=(3.0,), d_thresholds=(), permutations=2_000_000, seed=2)
+    assert null.t_counts.shape == (2_000_000, 1) and np.isfinite(null.max_abs_t).all()
+    signs = stats.monte_carlo_signs(25, 2, 1_999_900, 2_000_000)
+    t_counts, _, max_t = brute_null(diff, signs, t_thr=(3.0,), d_thr=())
+    np.testing.assert_array_equal(null.t_counts[-100:], t_counts)
+    np.testing.assert_allclose(null.max_abs_t[-100:], max_t, rtol=1e-9)
+
+
+# --- summaries of the null -------------------------------------------------------------------------
+
+
+def test_null_p99_is_the_linear_percentile():
+    assert stats.null_p99(np.arange(101)) == 99.0
+    assert stats.null_p99(np.arange(100)) == pytest.approx(98.01)
+    assert stats.null_p99(np.zeros(1000, dtype=np.int64)) == 0.0
+
+
+def _fake_null(max_abs_t, exact):
+    max_abs_t = np.asarray(max_abs_t, dtype=np.float64)
+    return stats.SignFlipNull(np.zeros((max_abs_t.size, 0), np.int64), np.zeros((max_abs_t.size, 0), np.int64),
+                              max_abs_t, exact, max_abs_t.size, 0, (), ())
+
+
+def test_fwer_p_formulas():
+    mc = _fake_null([1.0, 2.0, 3.0, 4.0], exact=False)
+    # (1 + #{max >= x}) / (P + 1)
+    np.testing.assert_allclose(stats.fwer_p([0.5, 2.0, 2.5, 4.0, 9.0, -3.0], mc), [5 / 5, 4 / 5, 3 / 5, 2 / 5, 1 / 5, 3 / 5])
+    ex = _fake_null([9.0, 1.0, 2.0, 3.0], exact=True)  # row 0 = identity (the observed max)
+    # #{patterns incl. identity: max >= x} / 2^(n-1)
+    np.testing.assert_allclose(stats.fwer_p([0.5, 2.0, 2.5, 9.0], ex), [4 / 4, 3 / 4, 2 / 4, 1 / 4])
+
+
+def test_monte_carlo_fwer_p_counts_exceedances():
+    diff = probe_like(25, 200, seed=3)
+    null = stats.sign_flip_null(diff, permutations=999, seed=5)
+    t = np.abs(stats.paired(diff).t)
+    expected = (1 + (null.max_abs_t[None, :] >= t[:, None]).sum(axis=1)) / 1000
+    np.testing.assert_array_equal(stats.fwer_p(t, null), expected)
+
+
+def test_auto_exact_choice():
+    diff = probe_like(11, 10, seed=0)
+    assert stats.sign_flip_null(diff, permutations=1024).exact
+    assert stats.sign_flip_null(diff, permutations=1024).n_permutations == 1024
+    assert not stats.sign_flip_null(diff, permutations=1023).exact
+    assert stats.sign_flip_null(diff, permutations=10, exact=True).n_permutations == 1024
+
+
+# --- split-half ------------------------------------------------------------------------------------
+
+
+def numpy_split_half(diff: np.ndarray, assignments: np.ndarray) -> np.ndarray:
+    out = []
+    for row in assignments:
+        ts = []
+        for half in (diff[row], diff[~row]):
+            k = half.shape[0]
+            ts.append(half.mean(axis=0) / (half.std(axis=0, ddof=1) / np.sqrt(k)))
+        out.append(np.corrcoef(ts[0], ts[1])[0, 1])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("n", [4, 7, 25])
+def test_split_half_matches_numpy(n):
+    diff = probe_like(n, 500, seed=n)
+    sh = stats.split_half(diff, n_splits=30, seed=2)
+    assert sh.assignments.shape == (30, n) and sh.assignments.dtype == bool
+    assert (sh.assignments.sum(axis=1) == n // 2).all()
+    np.testing.assert_allclose(sh.r, numpy_split_half(diff, sh.assignments), rtol=1e-10, atol=1e-12)
+
+
+def test_split_assignments_are_seeded_and_stable():
+    a = stats.split_assignments(25, 100, 0)
+    np.testing.assert_array_equal(a[:10], stats.split_assignments(25, 10, 0))
+    assert not np.array_equal(a, stats.split_assignments(25, 100, 1))
+    assert len({row.tobytes() for row in a}) > 95  # distinct splits
+    # Each pair lands in the first half about 12/25 of the time.
+    freq = stats.split_assignments(25, 4000, 5).mean(axis=0)
+    assert np.all(np.abs(freq - 12 / 25) < 5 * np.sqrt(0.25 / 4000))
+
+
+def test_split_half_leaves_out_infinite_t():
+    diff = probe_like(8, 60, seed=1)
+    diff[:, 7] = 1.5  # constant: t = inf in both halves of every split
+    sh = stats.split_half(diff, n_splits=5, seed=0)
+    keep = np.ones(60, dtype=bool)
+    keep[7] = False
+    np.testing.assert_allclose(sh.r, numpy_split_half(diff[:, keep], sh.assignments), rtol=1e-10)
+    flat = np.ones((6, 3))
+    assert np.isnan(stats.split_half(flat, n_splits=2).r).all()  # nothing finite to correlate
+
+
+# --- degenerate and bad input -------------------------------------------------------------------
+
+
+def test_constant_units_follow_the_documented_convention():
+    diff = probe_like(9, 5, seed=2)
+    diff[:, 1] = 0.0
+    diff[:, 2] = 0.1  # 0.1 is not exact in binary: constancy is decided by equality, not sd
+    diff[:, 3] = -4.0
+    res = stats.paired(diff)
+    assert (res.t[1], res.d[1], res.sd[1]) == (0.0, 0.0, 0.0)
+    assert (res.t[2], res.d[2], res.sd[2]) == (np.inf, np.inf, 0.0)
+    assert (res.t[3], res.d[3]) == (-np.inf, -np.inf)
+    null = stats.sign_flip_null(diff, t_thresholds=(3.0, 1e6), d_thresholds=(0.8,), permutations=256)
+    assert null.exact and null.max_abs_t[0] == np.inf
+    # Both constant non-zero units count above every threshold at the identity only.
+    signs = exact_signs(9)
+    t_counts, d_counts, max_t = brute_null(np.where(diff == 0.1, 0.5, diff), signs, (3.0, 1e6), (0.8,))
+    np.testing.assert_array_equal(null.t_counts, t_counts)
+    np.testing.assert_array_equal(null.d_counts, d_counts)
+    assert null.t_counts[0, 1] == 2 and (null.t_counts[1:, 1] == 0).all()
+    p = stats.fwer_p(np.abs(res.t), null)
+    assert p[2] == p[3] == 1 / 256 and p[1] == 1.0
+    mc = stats.sign_flip_null(diff, permutations=5000, exact=False, seed=1)
+    drew_identity = (stats.monte_carlo_signs(9, 1, 0, 5000) == 1).all(axis=1).sum()
+    assert stats.fwer_p(np.abs(res.t), mc)[2] == (1 + drew_identity) / 5001
+
+
+def test_non_finite_input_names_the_pair_and_unit():
+    a = np.zeros((5, 8))
+    b = np.ones((5, 8))
+    b[2, 5] = np.nan
+    with pytest.raises(ValueError, match=r"B has a non-finite value nan at pair 2, unit 5"):
+        stats.paired_diff(a, b)
+    a[4, 0] = np.inf
+    with pytest.raises(ValueError, match=r"A has a non-finite value inf at pair 4, unit 0"):
+        stats.paired_diff(a, np.ones((5, 8)))
+    with pytest.raises(ValueError, match=r"B - A has a non-finite value inf at pair 0, unit 0"):
+        stats.paired_diff(np.full((3, 1), -1e308), np.full((3, 1), 1e308))
+    bad = np.ones((4, 3))
+    bad[3, 2] = -np.inf
+    for fn in (stats.paired, stats.split_half, stats.sign_flip_null):
+        with pytest.raises(ValueError, match=r"pair 3, unit 2"):
+            fn(bad)
+
+
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        (np.zeros((2, 4)), np.ones((2, 4)), "at least 3"),
+        (np.zeros((5, 4)), np.ones((5, 3)), "shape"),
+        (np.zeros((5, 0)), np.zeros((5, 0)), "no units"),
+        (np.zeros(5), np.ones(5), "2-D"),
+        (np.zeros((5, 2), dtype=complex), np.ones((5, 2), dtype=complex), "real numbers"),
+    ],
+)
+def test_bad_shapes_are_refused(a, b, message):
+    with pytest.raises(ValueError, match=message) as info:
+        stats.paired_diff(a, b)
+    assert isinstance(info.value, AnalysisError)
+
+
+def test_bad_settings_are_refused():
+    diff = probe_like(6, 4, seed=0)
+    for kwargs, message in [
+        ({"t_thresholds": (-1.0,)}, "t threshold"),
+        ({"d_thresholds": (np.nan,)}, "d threshold"),
+        ({"permutations": 0}, "permutations"),
+        ({"permutations": 2.5}, "permutations"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**64}, "seed"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            stats.sign_flip_null(diff, **kwargs)
+    with pytest.raises(ValueError, match="exact enumeration"):
+        stats.sign_flip_null(probe_like(40, 3, seed=0), exact=True)
+    with pytest.raises(ValueError, match="at least 4 pairs"):
+        stats.split_half(probe_like(3, 4, seed=0))
+    with pytest.raises(ValueError, match="n_splits"):
+        stats.split_half(diff, n_splits=0)
+    with pytest.raises(ValueError):
+        stats.fwer_p(np.array([np.nan]), stats.sign_flip_null(diff, permutations=10))
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        stats.null_p99(np.zeros((3, 2)))
+    from dense_plantain import _stats
+
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _stats.paired(np.asfortranarray(diff))
+    with pytest.raises(ValueError, match="range"):
+        _stats.sign_flip_exact(diff, [3.0], [], 10, 40)
+
+
+def test_threads_reports_the_pool():
+    assert stats.threads() >= 1
+    assert stats.simd_variant() in {"avx512", "avx2", "baseline"}
