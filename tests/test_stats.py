@@ -124,6 +124,19 @@ def test_exact_null_matches_brute_force(n):
     np.testing.assert_allclose(null.max_abs_t[1:], max_t[1:], rtol=1e-9)
 
 
+def test_exact_null_with_weak_units():
+    # Three noise units: most patterns have no unit near any threshold, so the max |t| comes from
+    # units the engine first skips (its deferred pass must find them).
+    n = 12
+    diff = np.random.default_rng(4).normal(size=(n, 3))
+    null = stats.sign_flip_null(diff, T_THR, D_THR, permutations=2 ** (n - 1))
+    t_counts, d_counts, max_t = brute_null(diff, exact_signs(n))
+    np.testing.assert_array_equal(null.t_counts, t_counts)
+    np.testing.assert_array_equal(null.d_counts, d_counts)
+    np.testing.assert_allclose(null.max_abs_t, max_t, rtol=1e-9)
+    assert np.median(max_t) < 3.0
+
+
 def test_exact_null_without_degenerate_units_and_no_thresholds():
     n = 10
     diff = probe_like(n, 33, seed=4)

@@ -1,0 +1,146 @@
+"""Side-by-side benchmark of sign-flip nulls, one process, the same data (25 pairs x 16,320 units).
+
+Times, for P = 10,000 Monte Carlo permutations:
+  * MNE-Python's ``mne.stats.permutation_t_test`` (max-statistic null; n_permutations=P draws P
+    random sign vectors, its Monte Carlo branch -- only n_permutations >= 2**n is exact);
+  * a numpy GEMM baseline written here: signs [P x n] @ diff [n x units] in blocks, then the
+    sum-of-squares trick, counts and max |t| per permutation;
+  * dense-plantain's engine (``stats.sign_flip_null``);
+and also the engine's exact enumeration of all 2^24 patterns and 100 split-halves.
+
+The numpy baseline is run on the engine's own sign vectors and must reproduce its counts
+exactly, so the comparison is like for like. Usage:
+
+    python benches/bench_null.py                  # everything (MNE takes ~15 s, exact ~10 s)
+    python benches/bench_null.py --skip-mne --skip-exact --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from dense_plantain import stats
+
+PAIRS = 25
+UNITS = 16_320
+T_THRESHOLDS = (3.0, 5.0)
+D_THRESHOLDS = (0.8,)
+
+
+def probe_like(seed: int = 0) -> np.ndarray:
+    """Correlated units (shared pair factors per 64 units) with effects on a third of them."""
+    rng = np.random.default_rng(seed)
+    effect = np.where(np.arange(UNITS) % 3 == 0, rng.normal(0, 0.8, UNITS), 0.0)
+    factor = rng.normal(size=(PAIRS, UNITS // 64 + 1)).repeat(64, axis=1)[:, :UNITS]
+    return np.ascontiguousarray(effect + 0.6 * factor + 0.8 * rng.normal(size=(PAIRS, UNITS)))
+
+
+def numpy_gemm_null(diff: np.ndarray, signs: np.ndarray, block: int = 500):
+    """Counts of |t| > c, |d| > c and max |t| per permutation, by blocked GEMM."""
+    n = diff.shape[0]
+    ss = (diff**2).sum(axis=0)
+    out_t = np.empty((signs.shape[0], len(T_THRESHOLDS)), dtype=np.int64)
+    out_d = np.empty((signs.shape[0], len(D_THRESHOLDS)), dtype=np.int64)
+    out_max = np.empty(signs.shape[0])
+    for lo in range(0, signs.shape[0], block):
+        s = signs[lo : lo + block].astype(np.float64) @ diff  # flipped sums [block x units]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.abs(s) * np.sqrt((n - 1) / (n * ss - s * s))
+        out_max[lo : lo + block] = t.max(axis=1)
+        for k, c in enumerate(T_THRESHOLDS):
+            out_t[lo : lo + block, k] = (t > c).sum(axis=1)
+        for k, c in enumerate(D_THRESHOLDS):
+            out_d[lo : lo + block, k] = (t > c * np.sqrt(n)).sum(axis=1)
+    return out_t, out_d, out_max
+
+
+def timed(fn, repeat: int = 1):
+    times, result = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), statistics.median(times), result
+
+
+def machine() -> dict[str, object]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "numpy": np.__version__, "engine_threads": stats.threads(), "simd": stats.simd_variant()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--permutations", type=int, default=10_000)
+    parser.add_argument("--skip-mne", action="store_true")
+    parser.add_argument("--skip-numpy", action="store_true")
+    parser.add_argument("--skip-exact", action="store_true")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of the engine's MC null (best is reported)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    P = args.permutations
+    diff = probe_like()
+    info = machine()
+    print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()))
+    print(f"data: {PAIRS} pairs x {UNITS} units, P = {P}")
+    results: dict[str, object] = {"machine": info, "pairs": PAIRS, "units": UNITS, "permutations": P}
+
+    stats.sign_flip_null(diff[:, :1000], permutations=100)  # start the pool
+    best, median, ours = timed(lambda: stats.sign_flip_null(diff, T_THRESHOLDS, D_THRESHOLDS, permutations=P,
+                                                            exact=False, seed=0), args.repeat)
+    results["engine_mc_s"] = {"best": best, "median": median}
+    print(f"dense-plantain MC null: best {best:.4f} s, median {median:.4f} s over {args.repeat} runs")
+
+    if not args.skip_numpy:
+        signs = stats.monte_carlo_signs(PAIRS, 0, 0, P)
+        secs, _, (t_counts, d_counts, max_t) = timed(lambda: numpy_gemm_null(diff, signs))
+        same = (np.array_equal(t_counts, ours.t_counts) and np.array_equal(d_counts, ours.d_counts)
+                and np.allclose(max_t, ours.max_abs_t, rtol=1e-9))
+        results["numpy_gemm_s"] = secs
+        results["numpy_matches_engine"] = bool(same)
+        print(f"numpy GEMM baseline:    {secs:.3f} s  ({secs / best:.0f}x the engine; same counts: {same})")
+
+    if not args.skip_mne:
+        import mne
+
+        secs, _, _ = timed(lambda: mne.stats.permutation_t_test(diff, n_permutations=P, tail=0, n_jobs=1,
+                                                                seed=0, verbose=False))
+        results["mne_s"] = secs
+        results["mne_version"] = mne.__version__
+        print(f"MNE permutation_t_test: {secs:.3f} s  ({secs / best:.0f}x the engine; mne {mne.__version__})")
+
+    if not args.skip_exact:
+        done = []
+        secs, _, null = timed(lambda: stats.sign_flip_null(diff, T_THRESHOLDS, D_THRESHOLDS, permutations=1,
+                                                           exact=True, progress=lambda d, t: done.append(d)))
+        results["engine_exact_s"] = secs
+        results["exact_patterns"] = null.n_permutations
+        print(f"dense-plantain exact 2^{PAIRS - 1} = {null.n_permutations} patterns: {secs:.2f} s "
+              f"({null.n_permutations / secs / 1e6:.2f} M patterns/s, {len(done)} progress calls; "
+              f"null p99 |t|>3: {stats.null_p99(null.t_counts[:, 0]):.1f}, max |t| p95: "
+              f"{np.percentile(null.max_abs_t, 95):.2f})")
+
+    best, median, sh = timed(lambda: stats.split_half(diff, n_splits=100, seed=0), args.repeat)
+    results["split_half_100_s"] = {"best": best, "median": median}
+    print(f"split-half, 100 splits: best {best * 1000:.1f} ms, median {median * 1000:.1f} ms "
+          f"(median r = {np.median(sh.r):.3f})")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
