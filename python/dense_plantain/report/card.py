@@ -254,8 +254,9 @@ def model_card(res: Mapping[str, Any], *, license: str = "apache-2.0", base: str
                      f"pairs, {res['n_units']:,} units, each tested on its own and all counted against a "
                      "permutation null.")
     else:
-        parts.append(f"A contrast of contrasts on `{base}`: per unit, is the effect of one probe's condition "
-                     "different from the other's? " + cells.contrast_sentence(res))
+        parts.append(f"A contrast of contrasts on `{base}`: per unit, does the B − A effect of the first probe "
+                     f"differ from that of the second? {res['n_units']:,} units, each tested on its own and all "
+                     "counted against a permutation null.")
 
     thesis = [(_probe(_source_meta(res, i)).get("name"), _probe(_source_meta(res, i)).get("thesis"))
               for i in range(len(res.get("sources") or [{}]))]
