@@ -276,6 +276,24 @@ def test_hooks_on_a_bare_transformer(pipe):
     assert all(not m._forward_pre_hooks for m in transformer.modules())
 
 
+@pytest.mark.parametrize("tokens", [7, 64, 77, 32 * 5 + 31])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_two_stage_gpu_reduction_equals_float64(tokens, dtype):
+    """The GPU path (token chunks, then groups) on CPU tensors, against float64 numpy."""
+    from dense_plantain.capture.hooks import _group_norms, _two_stage_norms
+
+    g = torch.Generator().manual_seed(tokens)
+    x = (torch.randn(3, tokens, 96, generator=g) * 4).to(dtype)
+    want = np.sqrt((x.double().numpy().reshape(3, tokens, 6, 16) ** 2).sum(axis=(1, 3)))
+    for fn in (_two_stage_norms, _group_norms):
+        got = fn(x, 6, 16)
+        assert got.dtype == torch.float32 and got.shape == (3, 6)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    # a column window of a wider input, as merged readouts use
+    wide = torch.cat([x, x[..., :32]], dim=-1)
+    np.testing.assert_allclose(_two_stage_norms(wide[..., :96], 6, 16).numpy(), want, rtol=1e-5)
+
+
 def test_reductions_are_merged_per_module():
     config = json.loads((Path(__file__).parents[1] / "python/dense_plantain/capture/klein_4b_transformer.json").read_text())
     plan = plan_reductions(build_layout(config, "plantain"))[0]

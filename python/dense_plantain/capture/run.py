@@ -179,7 +179,6 @@ class PromptRunner:
                 callback_on_step_end_tensor_inputs=[],
             )
         if self.hooks.steps_captured != sorted(s.capture_steps):
-            self.hooks.end()
             raise CaptureError(
                 f"the pipeline ran {self.hooks.forwards} transformer forward(s), so steps "
                 f"{sorted(set(s.capture_steps) - set(self.hooks.steps_captured))} were never captured."
