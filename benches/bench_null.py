@@ -116,7 +116,7 @@ def main() -> None:
         import mne
 
         secs, _, _ = timed(lambda: mne.stats.permutation_t_test(diff, n_permutations=P, tail=0, n_jobs=1,
-                                                                seed=0, verbose=False))
+                                                                rng=0, verbose=False))
         results["mne_s"] = secs
         results["mne_version"] = mne.__version__
         print(f"MNE permutation_t_test: {secs:.3f} s  ({secs / best:.0f}x the engine; mne {mne.__version__})")

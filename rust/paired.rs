@@ -256,7 +256,7 @@ mod tests {
         for &v in &[1.0, 1.5, 3.0, 1e-310, 5e-324, 1e300, f64::MAX, 0.75] {
             let p = pow2_floor(v);
             assert!(p <= v && 2.0 * p > v, "{v} -> {p}");
-            assert_eq!(p.to_bits() & ((1u64 << 52) - 1) == 0 || p < f64::MIN_POSITIVE, true);
+            assert!(p.to_bits() & ((1u64 << 52) - 1) == 0 || p < f64::MIN_POSITIVE);
         }
     }
 

@@ -12,8 +12,17 @@ const WORD_STEP: u64 = 0xd1b5_4a32_d192_ed03;
 /// Keeps the sign-flip and split-half streams of one seed unrelated to each other.
 #[derive(Debug, Clone, Copy)]
 pub enum Stream {
-    SignFlip = 0x5167_6e2d_666c_6970,
-    SplitHalf = 0x7370_6c69_742d_6861,
+    SignFlip,
+    SplitHalf,
+}
+
+impl Stream {
+    fn tag(self) -> u64 {
+        match self {
+            Stream::SignFlip => 0x5167_6e2d_666c_6970,
+            Stream::SplitHalf => 0x7370_6c69_742d_6861,
+        }
+    }
 }
 
 /// The SplitMix64 output function: a bijection on u64.
@@ -27,7 +36,7 @@ pub fn mix64(mut z: u64) -> u64 {
 /// The key of one (seed, stream).
 #[inline]
 pub fn stream_key(seed: u64, stream: Stream) -> u64 {
-    mix64(seed ^ stream as u64)
+    mix64(seed ^ stream.tag())
 }
 
 /// Word `word` of counter `counter` under `key`: the same value whoever asks, whenever.

@@ -189,7 +189,7 @@ fn monte_carlo_pattern(key: u64, i: u64, n_pairs: usize, bytes: &mut [u8]) {
         let word = rng::counter_word(key, i, w as u64).to_le_bytes();
         chunk.copy_from_slice(&word[..chunk.len()]);
     }
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         let last = bytes.len() - 1;
         bytes[last] &= (1u8 << (bits % 8)) - 1;
     }
@@ -834,10 +834,10 @@ mod kernels {
                     if best >= lim {
                         continue;
                     }
-                    for u in 0..w {
-                        let r = base[u].abs() + tables.radius[u] + SKIP_MARGIN;
+                    for (u, (&b, &radius)) in base[..w].iter().zip(&tables.radius[..w]).enumerate() {
+                        let r = b.abs() + radius + SKIP_MARGIN;
                         if r * r > best {
-                            let s = base[u] + tables.low[u * stride + a];
+                            let s = b + tables.low[u * stride + a];
                             let sq = s * s;
                             if sq > best {
                                 best = sq;

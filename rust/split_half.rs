@@ -49,7 +49,7 @@ pub fn split_half(diffs: &PairDiffs, assignments: &[bool]) -> Result<Vec<f64>, S
     if n < MIN_SPLIT_PAIRS {
         return Err(StatsError::TooFewPairs { n_pairs: n, needed: MIN_SPLIT_PAIRS, what: "split-half reliability" });
     }
-    if assignments.len() % n != 0 {
+    if !assignments.len().is_multiple_of(n) {
         return Err(StatsError::BadSplit {
             split: assignments.len() / n,
             reason: format!("assignment rows must have one entry per pair ({n})"),
