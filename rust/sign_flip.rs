@@ -491,6 +491,18 @@ fn build_unit_major(
     }
 }
 
+/// Adds pair 0 into a byte-major table (`table[e] = x_0 + table[e]`): the first addition of
+/// every S, done once per entry instead of once per pattern, with the same bits.
+#[inline(always)]
+fn fold_pair0(prep: &Prepared, bits: usize, u0: usize, w: usize, table: &mut [f64]) {
+    let x0 = &prep.pair(0)[u0..u0 + w];
+    for row in table[..(1usize << bits) * w].chunks_exact_mut(w) {
+        for (t, &x) in row.iter_mut().zip(x0) {
+            *t = x + *t;
+        }
+    }
+}
+
 /// The hot loops, compiled once per instruction set and chosen at run time ([`crate::simd`]).
 mod kernels {
     use super::*;
@@ -665,16 +677,27 @@ mod kernels {
             for (g, table) in prep.groups[1..].iter().zip(self.high.iter_mut()) {
                 build_byte_major(prep, g.first_pair, g.bits, u0, w, table);
             }
+            if let (Some(g), Some(table)) = (prep.groups.get(1), self.high.first_mut()) {
+                fold_pair0(prep, g.bits, u0, w, table);
+            }
         }
 
-        /// B for high-byte value `h`: pair 0 plus the high groups, added in group order.
+        /// B for high-byte value `h`: pair 0 plus the high groups, added in group order (pair 0
+        /// is already folded into the first high table).
         #[inline(always)]
         fn base(&self, prep: &Prepared, u0: usize, w: usize, h: u64, out: &mut [f64]) {
-            out[..w].copy_from_slice(&prep.pair(0)[u0..u0 + w]);
-            for (gi, (g, table)) in prep.groups[1..].iter().zip(&self.high).enumerate() {
-                let byte = ((h >> (GROUP_BITS * gi)) & ((1u64 << g.bits) - 1)) as usize;
-                for (b, &v) in out[..w].iter_mut().zip(&table[byte * w..(byte + 1) * w]) {
-                    *b += v;
+            let byte = |gi: usize, g: &Group| ((h >> (GROUP_BITS * gi)) & ((1u64 << g.bits) - 1)) as usize;
+            match self.high.first() {
+                None => out[..w].copy_from_slice(&prep.pair(0)[u0..u0 + w]),
+                Some(table) => {
+                    let b = byte(0, &prep.groups[1]);
+                    out[..w].copy_from_slice(&table[b * w..(b + 1) * w]);
+                }
+            }
+            for (gi, (g, table)) in prep.groups[1..].iter().zip(&self.high).enumerate().skip(1) {
+                let b = byte(gi, g);
+                for (o, &v) in out[..w].iter_mut().zip(&table[b * w..(b + 1) * w]) {
+                    *o += v;
                 }
             }
         }
@@ -958,7 +981,9 @@ mod kernels {
                 let t = &mut tables[gi * plane..(gi + 1) * plane];
                 build_byte_major(prep, group.first_pair, group.bits, u0, w, t);
             }
-            let (x0, _) = prep.pair(0)[u0..u0 + w].as_chunks::<LANES>();
+            // Pair 0 goes into the first table added to it: S = ((x_0 + G_1) + G_2 ...) + G_0.
+            let first = if g > 1 { 1 } else { 0 };
+            fold_pair0(prep, prep.groups[first].bits, u0, w, &mut tables[first * plane..(first + 1) * plane]);
             for (p, bytes) in patterns.chunks_exact(g).enumerate() {
                 for gi in 0..g {
                     offsets[gi] = gi * plane + bytes[gi] as usize * w;
@@ -967,27 +992,37 @@ mod kernels {
                 let low = row(0);
                 let mut mx = [0.0f64; LANES];
                 let mut cnt = [0u32; K];
-                if NG > 0 {
+                if g == 1 {
+                    for s in low {
+                        accumulate::<V, K>(s, &thr, &mut mx, &mut cnt);
+                    }
+                } else if NG > 0 {
                     let highs: [&[[f64; LANES]]; 4] = std::array::from_fn(|i| if i + 1 < NG { row(i + 1) } else { low });
                     for c in 0..lanes {
-                        let mut s = x0[c];
-                        for high in highs.iter().take(NG - 1) {
+                        let mut s = highs[0][c];
+                        for high in highs.iter().take(NG - 1).skip(1) {
                             for l in 0..LANES {
                                 s[l] += high[c][l];
                             }
                         }
-                        accumulate::<V, K>(&s, &low[c], &thr, &mut mx, &mut cnt);
+                        for l in 0..LANES {
+                            s[l] += low[c][l];
+                        }
+                        accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
                     }
                 } else {
                     for c in 0..lanes {
-                        let mut s = x0[c];
-                        for gi in 1..g {
+                        let mut s = row(1)[c];
+                        for gi in 2..g {
                             let high = &row(gi)[c];
                             for l in 0..LANES {
                                 s[l] += high[l];
                             }
                         }
-                        accumulate::<V, K>(&s, &low[c], &thr, &mut mx, &mut cnt);
+                        for l in 0..LANES {
+                            s[l] += low[c][l];
+                        }
+                        accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
                     }
                 }
                 let mut best = max_ratio[p];
@@ -1002,19 +1037,17 @@ mod kernels {
         }
     }
 
-    /// S = B + low for one vector of units: running max of S^2, counts above each threshold.
+    /// One vector of units' S: running max of S^2, counts above each threshold.
     #[inline(always)]
     fn accumulate<const V: u8, const K: usize>(
-        base: &[f64; LANES],
-        low: &[f64; LANES],
+        s: &[f64; LANES],
         thr: &[f64; K],
         mx: &mut [f64; LANES],
         cnt: &mut [u32; K],
     ) {
         let mut sq = [0.0f64; LANES];
         for l in 0..LANES {
-            let s = base[l] + low[l];
-            sq[l] = s * s;
+            sq[l] = s[l] * s[l];
         }
         for l in 0..LANES {
             mx[l] = if sq[l] > mx[l] { sq[l] } else { mx[l] };
@@ -1146,6 +1179,23 @@ mod tests {
             let (c, mx) = brute(&data, n, m, &signs[p * n..(p + 1) * n], &T, &D);
             assert_eq!(&got.counts[p * 5..p * 5 + 5], &c[..], "perm {p}");
             assert!(close(got.max_abs_t[p], mx));
+        }
+    }
+
+    #[test]
+    fn monte_carlo_and_exact_agree_bit_for_bit_on_the_same_pattern() {
+        for &(n, m) in &[(7usize, 40usize), (12, 70), (20, 33)] {
+            let data = random_data(n, m, 3 + n as u64);
+            let diffs = PairDiffs::new(&data, n, m).unwrap();
+            let thr = Thresholds { t: &T, d: &D };
+            let mc = monte_carlo(&diffs, thr, 8, 0, 200).unwrap();
+            let signs = monte_carlo_signs(n, 8, 0, 200).unwrap();
+            for p in 0..200 {
+                let j: u64 = (1..n).map(|i| ((signs[p * n + i] == -1) as u64) << (i - 1)).sum();
+                let ex = exact(&diffs, thr, j, j + 1).unwrap();
+                assert_eq!(ex.max_abs_t[0].to_bits(), mc.max_abs_t[p].to_bits(), "n={n} p={p}");
+                assert_eq!(&ex.counts[..], &mc.counts[p * 5..p * 5 + 5]);
+            }
         }
     }
 
