@@ -257,8 +257,9 @@ def sign_flip_null(
     total = 2 ** (n - 1) if exact else permutations
     work = _EXACT_CHUNK_WORK if exact else _MONTE_CARLO_CHUNK_WORK
     chunk = int(min(max(_CHUNK_LIMITS[0], work // m), _CHUNK_LIMITS[1]))
-    columns = len(t_thr) + len(d_thr)
-    counts = np.empty((total, columns), dtype=np.int64)
+    kt = len(t_thr)
+    t_counts = np.empty((total, kt), dtype=np.int64)
+    d_counts = np.empty((total, len(d_thr)), dtype=np.int64)
     max_abs_t = np.empty(total, dtype=np.float64)
     for start in range(0, total, chunk):
         end = min(total, start + chunk)
@@ -266,13 +267,14 @@ def sign_flip_null(
             c, mx = _stats.sign_flip_exact(diff, list(t_thr), list(d_thr), start, end)
         else:
             c, mx = _stats.sign_flip_monte_carlo(diff, list(t_thr), list(d_thr), seed, start, end)
-        counts[start:end] = c
+        t_counts[start:end] = c[:, :kt]
+        d_counts[start:end] = c[:, kt:]
         max_abs_t[start:end] = mx
         if progress is not None:
             progress(end, total)
     return SignFlipNull(
-        t_counts=np.ascontiguousarray(counts[:, : len(t_thr)]),
-        d_counts=np.ascontiguousarray(counts[:, len(t_thr) :]),
+        t_counts=t_counts,
+        d_counts=d_counts,
         max_abs_t=max_abs_t,
         exact=exact,
         n_permutations=total,
