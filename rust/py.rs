@@ -97,13 +97,6 @@ fn sign_flip_monte_carlo<'py>(
 /// monte_carlo_signs(n_pairs, seed, start, end) -> int8 [len x n_pairs] of +1 / -1
 #[pyfunction]
 fn monte_carlo_signs(py: Python<'_>, n_pairs: usize, seed: u64, start: u64, end: u64) -> PyResult<Bound<'_, PyArray2<i8>>> {
-    if n_pairs < crate::MIN_PAIRS {
-        return Err(value_error(StatsError::TooFewPairs {
-            n_pairs,
-            needed: crate::MIN_PAIRS,
-            what: "a sign-flip null",
-        }));
-    }
     let signs = py.detach(|| sign_flip::monte_carlo_signs(n_pairs, seed, start, end)).map_err(value_error)?;
     let rows = (end - start) as usize;
     Ok(Array2::from_shape_vec((rows, n_pairs), signs).expect("signs shape").into_pyarray(py))
