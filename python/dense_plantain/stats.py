@@ -258,9 +258,16 @@ def sign_flip_null(
     work = _EXACT_CHUNK_WORK if exact else _MONTE_CARLO_CHUNK_WORK
     chunk = int(min(max(_CHUNK_LIMITS[0], work // m), _CHUNK_LIMITS[1]))
     kt = len(t_thr)
-    t_counts = np.empty((total, kt), dtype=np.int64)
-    d_counts = np.empty((total, len(d_thr)), dtype=np.int64)
-    max_abs_t = np.empty(total, dtype=np.float64)
+    try:
+        t_counts = np.empty((total, kt), dtype=np.int64)
+        d_counts = np.empty((total, len(d_thr)), dtype=np.int64)
+        max_abs_t = np.empty(total, dtype=np.float64)
+    except MemoryError:
+        need = total * (kt + len(d_thr) + 1) * 8 / 2**30
+        raise StatsInputError(
+            f"the null's {total:,} rows need {need:.1f} GiB of memory; ask for fewer permutations"
+            + (" or use Monte Carlo (exact=False)" if exact else "")
+        ) from None
     for start in range(0, total, chunk):
         end = min(total, start + chunk)
         if exact:
