@@ -262,19 +262,29 @@ def gpu_health(device: str) -> dict:
     return out
 
 
-def profile_plain(model, device: str, batch: int, path: Path) -> None:
+def profile_forward(model, device: str, batch: int, path: Path, layout=None) -> None:
+    """A torch-profiler table of one forward; with ``layout``, of one hooked forward."""
     from torch.profiler import ProfilerActivity, profile
 
     inputs = transformer_inputs(model, batch, device)
-    with torch.inference_mode():
-        model(**inputs)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    hooks = install_unit_hooks(model, layout) if layout is not None else None
+    try:
+        with torch.inference_mode():
             model(**inputs)
+            if hooks:
+                hooks.collect()
             torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                model(**inputs)
+                if hooks:
+                    hooks.collect()
+                torch.cuda.synchronize()
+    finally:
+        if hooks:
+            hooks.remove()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
     path.write_text(table)
-    print("\n".join(table.splitlines()[:20]), flush=True)
+    print("\n".join(table.splitlines()[:30]), flush=True)
 
 
 def bench_rivals(model, layout, device: str, warmup: int, repeats: int, plain_ms: float) -> dict:
@@ -343,7 +353,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-e2e", action="store_true")
-    parser.add_argument("--profile", action="store_true", help="profile one plain forward at batch 2")
+    parser.add_argument("--profile", action="store_true", help="profile one plain and one hooked forward at batch 1")
     args = parser.parse_args()
     device = "cuda"
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
@@ -362,7 +372,8 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     health = gpu_health(device)
     if args.profile:
-        profile_plain(model, device, 2, args.out.with_suffix(".profile.txt"))
+        profile_forward(model, device, 1, args.out.with_suffix(".profile-plain.txt"))
+        profile_forward(model, device, 1, args.out.with_suffix(".profile-hooked.txt"), layout)
     reduction = bench_reduction(model, layout, device, batches, args.repeats)
     rows = bench_transformer(model, layout, device, batches, args.warmup, args.repeats)
     rivals = bench_rivals(model, layout, device, args.warmup, args.repeats, rows[batches[0]]["plain_ms"])
