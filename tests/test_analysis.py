@@ -115,10 +115,17 @@ def test_exact_null_p99_and_fwer_match_brute_force(an_capture10):
         assert row["null_max"] == counts.max()
         if row["null_p99"] > 0:
             assert row["ratio"] == pytest.approx(row["count"] / np.percentile(counts, 99))
-    # Exact max-statistic p: the share of all patterns (the observed one included) at least as extreme.
+    # Exact max-statistic p: k / 2^(n-1), k = patterns (the observed one included) whose max |t|
+    # is at least the unit's |t|, ties within a relative 1e-10. Compared as integers k, so an
+    # off-by-one in the count (one pattern, 1 / 512) fails.
+    n_patterns = 2 ** (diff.shape[0] - 1)
+    assert max_t.shape == (n_patterns,)
     abs_t = np.abs(paired_t(diff))
-    expected = (max_t[None, :] >= abs_t[:, None] - 1e-9).mean(axis=1)
-    np.testing.assert_allclose(result.p_maxT, expected, atol=1.5 / 2**9)
+    expected_k = (max_t[None, :] >= abs_t[:, None] * (1 - 1e-10)).sum(axis=1)
+    assert expected_k.min() >= 1  # the identity pattern always counts
+    got_k = np.asarray(result.p_maxT, dtype=np.float64) * n_patterns
+    np.testing.assert_array_equal(got_k, np.round(got_k))  # p is a multiple of 1 / 2^(n-1)
+    np.testing.assert_array_equal(np.round(got_k).astype(np.int64), expected_k)
 
 
 def test_zero_p99_gives_no_ratio(tmp_path):

@@ -193,3 +193,82 @@ def test_compare_cli_writes_the_results_folder(tmp_path, cmp_matched):
             "split_half_r.png"} == names
     md = (out / "results.md").read_text()
     assert "(expressive pose − T-pose) − (expressive pose − A-pose)" in md
+
+
+# --- captures made with different models or settings ------------------------------------------
+
+
+@pytest.fixture
+def cmp_other_settings(tmp_path, cmp_layout):
+    """The T-pose probe's subjects again, captured at another size and seed with another model."""
+    ids = [f"subject-{i}" for i in range(12)]
+    a, b = correlated_pairs(cmp_layout, 12, seed=13)
+    meta = probe_meta(12, ids=ids, name="apose", label_a="A-pose")
+    meta["settings"] = {**meta["settings"], "height": 1024, "seed": 7}
+    meta["model"] = {"id": "some/other-model"}
+    return write(tmp_path / "other.safetensors", a, b, cmp_layout, **meta)
+
+
+def test_different_settings_are_refused_naming_files_keys_and_values(tmp_path, cmp_matched, cmp_other_settings):
+    with pytest.raises(AnalysisError) as err:
+        analysis.compare(cmp_matched[0], cmp_other_settings, permutations=50, splits=5)
+    message = str(err.value)
+    for part in ("tpose.safetensors", "other.safetensors", "settings.height: 64 vs 1024", "settings.seed: 0 vs 7",
+                 "model.id: 'black-forest-labs/FLUX.2-klein-base-4B' vs 'some/other-model'",
+                 "--allow-different-settings"):
+        assert part in message
+    assert "width" not in message and "dtype" not in message  # only the keys that differ
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["compare", str(cmp_matched[0]), str(cmp_other_settings), "--out", str(out)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "other.safetensors" in res.output and "settings.height" in res.output
+    assert not out.exists()
+
+
+def test_different_settings_allowed_are_recorded_and_flagged(tmp_path, cmp_matched, cmp_other_settings):
+    import json
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["compare", str(cmp_matched[0]), str(cmp_other_settings), "--out", str(out),
+                                    "--permutations", "50", "--splits", "5", "--allow-different-settings", "-q"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "results.json").read_text())
+    assert record["settings"]["allow_different_settings"] is True
+    check = record["conditions"]["settings_check"]
+    assert check["status"] == "different"
+    assert {d["key"]: (d["capture_1"], d["capture_2"]) for d in check["differences"]} == {
+        "settings.height": (64, 1024), "settings.seed": (0, 7),
+        "model.id": ("black-forest-labs/FLUX.2-klein-base-4B", "some/other-model")}
+    md = (out / "results.md").read_text()
+    assert "Warning: the captures differ in model or settings" in md and "settings.height 64 vs 1024" in md
+    readme = tmp_path / "README.md"
+    assert CliRunner().invoke(main, ["report", str(out), "--out", str(readme)]).exit_code == 0
+    card = readme.read_text()
+    assert "Warning: the captures differ in model or settings" in card and "--allow-different-settings" in card
+
+
+def test_same_settings_are_recorded_without_a_warning(cmp_matched):
+    record = analysis.compare(*cmp_matched, permutations=50, splits=5).to_json()
+    assert record["settings"]["allow_different_settings"] is False
+    assert record["conditions"]["settings_check"] == {"status": "same", "differences": []}
+
+
+def test_foreign_captures_without_provenance_are_compared_with_a_note(tmp_path, cmp_layout, cmp_matched):
+    a, b = correlated_pairs(cmp_layout, 12, seed=14)
+    foreign = write(tmp_path / "foreign.safetensors", a, b, cmp_layout)  # no model, no settings
+    record = analysis.compare(cmp_matched[0], foreign, permutations=50, splits=5).to_json()
+    check = record["conditions"]["settings_check"]
+    assert check["status"] == "not recorded" and check["differences"] == []
+    assert "foreign.safetensors" in check["note"] and "tpose" not in check["note"]
+
+
+@pytest.mark.parametrize("command", ["analyze", "compare"])
+def test_negative_seed_is_refused_by_click(tmp_path, cmp_matched, command):
+    captures = [str(cmp_matched[0])] if command == "analyze" else list(map(str, cmp_matched))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, [command, *captures, "--out", str(out), "--seed", "-1"])
+    assert res.exit_code == 2  # click's usage error
+    assert "--seed" in res.output and "-1" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(main, [command, *captures, "--out", str(out), "--seed", str(2**63)])
+    assert res.exit_code == 2 and "--seed" in res.output

@@ -344,6 +344,26 @@ def test_report_of_a_folder_without_results(tmp_path):
     assert not (tmp_path / "README.md").exists()
 
 
+@pytest.mark.parametrize("record, missing", [
+    ({"dense_plantain_results": 1}, "'design'"),
+    ({"dense_plantain_results": 1, "design": "paired", "n_pairs": 5, "n_units": 3, "group_sizes": [5],
+      "layout": {"name": "x"}, "null": {}, "thresholds": [], "split_half": {}, "top_blocks": [],
+      "settings": {}, "conditions": {}, "sources": []}, "'layout.blocks'"),
+])
+def test_report_of_an_incomplete_results_json(tmp_path, record, missing):
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(record), encoding="utf-8")
+    readme = tmp_path / "README.md"
+    res = CliRunner().invoke(main, ["report", str(folder), "--out", str(readme)])
+    assert res.exit_code != 0
+    assert res.exception is None or isinstance(res.exception, SystemExit)  # a message, not a crash
+    assert "Traceback" not in res.output
+    assert str(folder / "results.json") in res.output and missing in res.output
+    assert "analyze" in res.output
+    assert not readme.exists()
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 

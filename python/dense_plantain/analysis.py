@@ -256,6 +256,7 @@ def compare(
     seed: int = 0,
     splits: int = 100,
     group_nulls: bool = True,
+    allow_different_settings: bool = False,
     progress: Progress | None = None,
 ) -> AnalysisResult:
     """Per unit, the contrast of contrasts ``(B1 - A1) - (B2 - A2)``.
@@ -263,7 +264,8 @@ def compare(
     ``pairing="auto"`` uses the paired design (paired t of diff1 - diff2, sign-flip null) when
     both captures list the same pair ids in the same order, and Welch's t on the two samples of
     differences (label-shuffle null) otherwise. ``"matched"`` / ``"unmatched"`` force a design.
-    Both captures must share a unit layout.
+    Both captures must share a unit layout, and (where both record them) the model and capture
+    settings: a difference is refused unless ``allow_different_settings``, and is recorded either way.
     """
     from dense_plantain import stats
 
@@ -271,15 +273,17 @@ def compare(
         raise ValueError(f"pairing must be auto, matched or unmatched, got {pairing!r}")
     cap1, cap2 = _load(capture1), _load(capture2)
     _check_same_layout(cap1, cap2)
+    settings_check = _check_same_capture_settings(cap1, cap2, allow_different_settings)
     for cap in (cap1, cap2):
         _require_pairs(cap)
     _check_settings(permutations, splits)
     diff1 = _diff(stats, cap1.a, cap1.b, cap1)
     diff2 = _diff(stats, cap2.a, cap2.b, cap2)
     matched = _is_matched(cap1, cap2) if pairing == "auto" else pairing == "matched"
-    settings = {**_settings(permutations, exact, seed, splits, group_nulls), "pairing": pairing}
+    settings = {**_settings(permutations, exact, seed, splits, group_nulls), "pairing": pairing,
+                "allow_different_settings": bool(allow_different_settings)}
     conditions = {"capture_1": _conditions(cap1), "capture_2": _conditions(cap2),
-                  "contrast": "(B1 - A1) - (B2 - A2)"}
+                  "contrast": "(B1 - A1) - (B2 - A2)", "settings_check": settings_check}
     sources = [_provenance(cap1, "capture_1"), _provenance(cap2, "capture_2")]
     if matched:
         if cap1.n_pairs != cap2.n_pairs:
@@ -530,6 +534,52 @@ def _check_same_layout(cap1: Capture, cap2: Capture) -> None:
         f"the captures do not share a unit layout: {_where(cap1)} has layout {l1.name!r} with {l1.n_units:,} units "
         f"in {len(b1)} blocks, {_where(cap2)} has {l2.name!r} with {l2.n_units:,} units in {len(b2)} blocks; "
         f"block {first} is {show(b1, first)} vs {show(b2, first)}. Capture both with the same model and --layout")
+
+
+#: Capture settings that change what a unit's value means; two captures to compare must agree on them.
+_CAPTURE_SETTING_KEYS = ("layout", "height", "width", "seed", "steps", "capture_steps", "guidance_scale", "dtype",
+                         "text_tokens", "text_encoder_layers", "image_sha256")
+_MODEL_KEYS = ("id", "revision", "config_sha256")
+
+
+def _capture_identity(cap: Capture) -> dict[str, Any] | None:
+    """The recorded model and settings of a capture as flat keys, or None when it records neither."""
+    settings, model = cap.meta.get("settings"), cap.meta.get("model")
+    settings = settings if isinstance(settings, dict) else {}
+    model = model if isinstance(model, dict) else {}
+    if not settings and not model:
+        return None
+    out = {f"settings.{k}": settings[k] for k in _CAPTURE_SETTING_KEYS if k in settings}
+    # A model folder may move between captures; its configuration is what must agree.
+    keys = ("config_sha256",) if model.get("source") == "folder" else _MODEL_KEYS
+    out.update({f"model.{k}": model[k] for k in keys if k in model})
+    return out
+
+
+def _check_same_capture_settings(cap1: Capture, cap2: Capture, allow: bool) -> dict[str, Any]:
+    """Compare the two captures' recorded model and settings; refuse a difference unless ``allow``.
+
+    Returns the record kept in results.json: ``status`` "same", "different" (allowed) or
+    "not recorded" (a capture without model and settings metadata: nothing to compare).
+    """
+    id1, id2 = _capture_identity(cap1), _capture_identity(cap2)
+    if id1 is None or id2 is None:
+        missing = [_where(c) for c, i in ((cap1, id1), (cap2, id2)) if i is None]
+        return {"status": "not recorded", "differences": [],
+                "note": f"{' and '.join(missing)} record no model or capture settings; they were not compared"}
+    shared = [k for k in id1 if k in id2]
+    differences = [{"key": k, "capture_1": id1[k], "capture_2": id2[k]} for k in shared if id1[k] != id2[k]]
+    unchecked = sorted(set(id1) ^ set(id2))
+    record: dict[str, Any] = {"status": "different" if differences else "same", "differences": differences}
+    if unchecked:
+        record["unchecked"] = unchecked  # recorded by one capture only
+    if differences and not allow:
+        listed = "; ".join(f"{d['key']}: {d['capture_1']!r} vs {d['capture_2']!r}" for d in differences)
+        raise AnalysisError(
+            f"{_where(cap1)} and {_where(cap2)} were captured with different models or settings ({listed}); "
+            "their contrasts are not comparable unit for unit. Capture both with the same model and settings, "
+            "or pass --allow-different-settings to compare them anyway (the card will carry a warning)")
+    return record
 
 
 def _explicit_pair_ids(cap: Capture) -> list[str] | None:

@@ -298,7 +298,8 @@ def _analysis_options(fn):
         click.option("--exact/--monte-carlo", "exact", default=None,
                      help="Force an exact (enumerated) or a Monte Carlo null. Default: exact when the number of "
                           "distinct permutations is at most --permutations."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed of the null and the splits."),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
+                     help="Seed of the null and the splits."),
         click.option("--splits", default=100, show_default=True, type=click.IntRange(min=1),
                      help="Random split-half splits."),
         click.option("--group-nulls/--no-group-nulls", default=True, show_default=True,
@@ -371,8 +372,12 @@ def analyze(capture: str, out: str, permutations: int, exact: bool | None, seed:
 @click.option("--pairing", type=click.Choice(["auto", "matched", "unmatched"]), default="auto", show_default=True,
               help="matched: paired t of diff1 - diff2 (same pairs, same order); unmatched: Welch's t with a "
                    "label-shuffle null. auto: matched when both captures list the same pair ids in order.")
+@click.option("--allow-different-settings", is_flag=True,
+              help="Compare captures made with different models or capture settings (refused by default); "
+                   "the differences are recorded in results.json and flagged in the markdown.")
 def compare(capture_1: str, capture_2: str, out: str, permutations: int, exact: bool | None, seed: int,
-            splits: int, group_nulls: bool, force: bool, quiet: bool, pairing: str) -> None:
+            splits: int, group_nulls: bool, force: bool, quiet: bool, pairing: str,
+            allow_different_settings: bool) -> None:
     """The contrast of contrasts: (B1 - A1) - (B2 - A2), per unit.
 
     \b
@@ -387,7 +392,7 @@ def compare(capture_1: str, capture_2: str, out: str, permutations: int, exact: 
     cap1, cap2 = read_capture(capture_1), read_capture(capture_2)
     result = _run_with_progress(quiet, lambda progress: analysis.compare(
         cap1, cap2, pairing=pairing, permutations=permutations, exact=exact, seed=seed, splits=splits,
-        group_nulls=group_nulls, progress=progress))
+        group_nulls=group_nulls, allow_different_settings=allow_different_settings, progress=progress))
     _write_and_show(result, out, force, quiet)
 
 

@@ -161,7 +161,8 @@ def _layout_lines(res: Mapping[str, Any]) -> list[str]:
 
 
 def limitations(res: Mapping[str, Any]) -> list[str]:
-    out = []
+    warning = cells.settings_warning(res)
+    out = [warning] if warning else []
     layout = res["layout"]
     mixed = [b for b in layout["blocks"] if b.get("n_mlp") and b.get("n_attention")]
     pooled = [b for b in layout["blocks"] if "all" in (b.get("regions") or [])]
@@ -226,6 +227,8 @@ def _reproduce(res: Mapping[str, Any]) -> str:
     else:
         pairing = s.get("pairing", "auto")
         cmd = f"dense-plantain compare {names[0]} {names[1]} --out results {flags} --pairing {pairing}"
+        if s.get("allow_different_settings"):
+            cmd += " --allow-different-settings"
     lines = ["```bash", cmd, "dense-plantain report results --out README.md", "```", ""]
     for src in res.get("sources") or []:
         lines.append(f"- `{Path(str(src.get('path') or '?')).name}`: sha256 `{src.get('sha256') or 'not recorded'}`")

@@ -205,3 +205,13 @@ def methods_paragraph(res: Mapping[str, Any]) -> str:
                   "(same seed)." if s.get("group_nulls") else
                   " The attention/MLP and token-region tables give counts only (group nulls were switched off).")
     return " ".join([test, null, fwer, split]) + groups
+
+
+def settings_warning(res: Mapping[str, Any]) -> str | None:
+    """A warning when compare ran on captures with different models or settings (None otherwise)."""
+    check = (res.get("conditions") or {}).get("settings_check") or {}
+    if check.get("status") != "different":
+        return None
+    listed = "; ".join(f"{d['key']} {d['capture_1']!r} vs {d['capture_2']!r}" for d in check.get("differences", []))
+    return (f"**Warning: the captures differ in model or settings** ({listed}). They were compared with "
+            "--allow-different-settings; part of the contrast of contrasts may come from those differences.")

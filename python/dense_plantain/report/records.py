@@ -81,4 +81,27 @@ def load_results(folder: str | Path) -> dict[str, Any]:
     if record["dense_plantain_results"] != RESULTS_FORMAT:
         raise ResultsFileError(f"{path}: results format {record['dense_plantain_results']!r}; this dense-plantain "
                                f"reads format {RESULTS_FORMAT}. Run `dense-plantain analyze` again")
+    missing = _missing_key(record)
+    if missing is not None:
+        raise ResultsFileError(f"{path}: incomplete results record, no {missing!r} key (the file was cut short or "
+                               "edited). Run `dense-plantain analyze` (or `compare`) again to rewrite it")
     return record
+
+
+#: What the card reads from a record: top-level keys, and the keys it reads inside some of them.
+_REQUIRED_KEYS = ("design", "n_pairs", "n_units", "group_sizes", "layout", "null", "thresholds", "split_half",
+                  "top_blocks", "settings", "conditions", "sources")
+_REQUIRED_INNER = {"layout": ("name", "blocks"), "null": ("method", "mode", "n_permutations")}
+
+
+def _missing_key(record: dict[str, Any]) -> str | None:
+    """The first key the card needs that the record lacks (dotted for an inner key), or None."""
+    for key in _REQUIRED_KEYS:
+        if key not in record:
+            return key
+    for key, inner in _REQUIRED_INNER.items():
+        part = record[key]
+        for sub in inner:
+            if not isinstance(part, dict) or sub not in part:
+                return f"{key}.{sub}"
+    return None

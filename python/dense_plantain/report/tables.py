@@ -66,7 +66,11 @@ def group_tables_md(res: Mapping[str, Any], level: str = "###") -> str:
 
 def results_markdown(res: Mapping[str, Any]) -> str:
     """results.md: the table, top blocks, per-group tables and a methods paragraph."""
-    parts = [f"# Results: {cells.title(res)}", cells.contrast_sentence(res), results_table_md(res)]
+    parts = [f"# Results: {cells.title(res)}", cells.contrast_sentence(res)]
+    warning = cells.settings_warning(res)
+    if warning:
+        parts.append(warning)
+    parts.append(results_table_md(res))
     if cells.any_zero_p99(res):
         parts.append(cells.zero_p99_note(res))
     parts.append(top_blocks_md(res))
