@@ -94,6 +94,21 @@ fn sign_flip_monte_carlo<'py>(
     Ok(null_arrays(py, range, thresholds.len()))
 }
 
+/// sign_flip_identity(diff, t_thresholds, d_thresholds) -> (counts int64 [1 x k], max_abs_t [1]):
+/// the observed data (nothing flipped) through the null's route, for any number of pairs.
+#[pyfunction]
+fn sign_flip_identity<'py>(
+    py: Python<'py>,
+    diff: PyReadonlyArray2<'py, f64>,
+    t_thresholds: Vec<f64>,
+    d_thresholds: Vec<f64>,
+) -> PyResult<NullArrays<'py>> {
+    let d = diffs(&diff)?;
+    let thresholds = Thresholds { t: &t_thresholds, d: &d_thresholds };
+    let range = py.detach(|| sign_flip::identity(&d, thresholds)).map_err(value_error)?;
+    Ok(null_arrays(py, range, thresholds.len()))
+}
+
 /// monte_carlo_signs(n_pairs, seed, start, end) -> int8 [len x n_pairs] of +1 / -1
 #[pyfunction]
 fn monte_carlo_signs(py: Python<'_>, n_pairs: usize, seed: u64, start: u64, end: u64) -> PyResult<Bound<'_, PyArray2<i8>>> {
@@ -157,6 +172,7 @@ fn _stats(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(paired, m)?)?;
     m.add_function(wrap_pyfunction!(sign_flip_exact, m)?)?;
     m.add_function(wrap_pyfunction!(sign_flip_monte_carlo, m)?)?;
+    m.add_function(wrap_pyfunction!(sign_flip_identity, m)?)?;
     m.add_function(wrap_pyfunction!(monte_carlo_signs, m)?)?;
     m.add_function(wrap_pyfunction!(n_patterns, m)?)?;
     m.add_function(wrap_pyfunction!(abs_t_from_ratio, m)?)?;

@@ -128,6 +128,16 @@ pub fn monte_carlo(
     Ok(prep.run(Mode::MonteCarlo { key: rng::stream_key(seed, Stream::SignFlip) }, start, end))
 }
 
+/// The observed data (the identity pattern: no pair flipped) through the null's own route:
+/// one row of counts and max |t|, bit-identical to exact pattern 0 and to any Monte Carlo
+/// permutation that flips nothing, for any number of pairs. Observed threshold counts and the
+/// observed max |t| must come from here, not from a separately computed t: at a |t| (or |d|)
+/// that equals a threshold exactly, another float64 route can land on the other side of it.
+pub fn identity(diffs: &PairDiffs, thresholds: Thresholds) -> Result<NullRange, StatsError> {
+    let prep = Prepared::new(diffs, thresholds)?;
+    Ok(prep.run(Mode::Identity, 0, 1))
+}
+
 /// Signs (+1 / -1, row-major `[len x n_pairs]`) of Monte Carlo permutations `start .. end`:
 /// what [`monte_carlo`] multiplies each pair's differences by.
 pub fn monte_carlo_signs(n_pairs: usize, seed: u64, start: u64, end: u64) -> Result<Vec<i8>, StatsError> {
@@ -209,6 +219,8 @@ fn monte_carlo_pattern(key: u64, i: u64, n_pairs: usize, bytes: &mut [u8]) {
 enum Mode {
     Exact,
     MonteCarlo { key: u64 },
+    /// Pattern 0 only (nothing flipped), through the Monte Carlo kernels: any n.
+    Identity,
 }
 
 /// One group of pairs whose sign bits form one byte of the pattern.
@@ -340,7 +352,7 @@ impl Prepared {
                 b.push(end);
                 b
             }
-            Mode::MonteCarlo { .. } => {
+            Mode::MonteCarlo { .. } | Mode::Identity => {
                 let tasks = 2 * crate::threads::current_threads() as u64;
                 let size = (end - start).div_ceil(tasks).clamp(512, 16_384);
                 let mut b: Vec<u64> = (start..end).step_by(size as usize).collect();
@@ -373,12 +385,16 @@ impl Prepared {
         let mut raw = vec![0u32; len * k_all];
         let mut max_ratio = vec![0.0f64; len];
         let mut patterns: Vec<u8> = Vec::new();
-        if let Mode::MonteCarlo { key } = mode {
-            let g = self.groups.len();
-            patterns = vec![0u8; len * g];
-            for (i, bytes) in patterns.chunks_exact_mut(g).enumerate() {
-                monte_carlo_pattern(key, start + i as u64, self.n, bytes);
+        match mode {
+            Mode::MonteCarlo { key } => {
+                let g = self.groups.len();
+                patterns = vec![0u8; len * g];
+                for (i, bytes) in patterns.chunks_exact_mut(g).enumerate() {
+                    monte_carlo_pattern(key, start + i as u64, self.n, bytes);
+                }
             }
+            Mode::Identity => patterns = vec![0u8; len * self.groups.len()],
+            Mode::Exact => {}
         }
         // Thresholds in passes of at most MAX_K; every pass also takes the max (idempotent).
         let mut first = 0;
@@ -388,7 +404,7 @@ impl Prepared {
             let mut batch_counts = vec![0u32; len * batch];
             match mode {
                 Mode::Exact => kernels::exact(self, ratios, start, end, &mut batch_counts, &mut max_ratio),
-                Mode::MonteCarlo { .. } => {
+                Mode::MonteCarlo { .. } | Mode::Identity => {
                     kernels::monte_carlo(self, ratios, &patterns, &mut batch_counts, &mut max_ratio)
                 }
             }
@@ -410,7 +426,7 @@ impl Prepared {
             if self.constant_units > 0 {
                 let flipped = match mode {
                     Mode::Exact => (start + p as u64).count_ones() as i64,
-                    Mode::MonteCarlo { .. } => {
+                    Mode::MonteCarlo { .. } | Mode::Identity => {
                         patterns[p * g..(p + 1) * g].iter().map(|b| b.count_ones() as i64).sum()
                     }
                 };
@@ -1205,6 +1221,29 @@ mod tests {
                 assert_eq!(ex.max_abs_t[0].to_bits(), mc.max_abs_t[p].to_bits(), "n={n} p={p}");
                 assert_eq!(&ex.counts[..], &mc.counts[p * 5..p * 5 + 5]);
             }
+        }
+    }
+
+    #[test]
+    fn identity_is_exact_pattern_zero_bit_for_bit() {
+        // Includes n = 41 (beyond exact enumeration: checked against the brute force) and a
+        // constant unit (closed form).
+        for &(n, m) in &[(5usize, 13usize), (10, 40), (25, 70), (41, 30)] {
+            let mut data = random_data(n, m, 11 + n as u64);
+            for i in 0..n {
+                data[i * m] = 0.25;
+            }
+            let diffs = PairDiffs::new(&data, n, m).unwrap();
+            let thr = Thresholds { t: &T, d: &D };
+            let id = identity(&diffs, thr).unwrap();
+            if n <= MAX_EXACT_PAIRS {
+                let ex = exact(&diffs, thr, 0, 1).unwrap();
+                assert_eq!(ex.max_abs_t[0].to_bits(), id.max_abs_t[0].to_bits(), "n={n}");
+                assert_eq!(ex.counts, id.counts, "n={n}");
+            }
+            let (c, mx) = brute(&data, n, m, &vec![1i8; n], &T, &D);
+            assert_eq!(id.counts, c, "n={n}");
+            assert!(close(id.max_abs_t[0], mx), "n={n}");
         }
     }
 

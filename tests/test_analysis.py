@@ -262,3 +262,22 @@ def test_bh_q_handles_nan_and_matches_scipy():
     q = analysis.bh_q(np.r_[p, np.nan])
     np.testing.assert_allclose(q[:-1], sps.false_discovery_control(p), rtol=1e-12)
     assert np.isnan(q[-1])
+
+
+def test_threshold_counts_agree_with_the_null_identity_at_exact_ties(tmp_path):
+    """|t| = 3 exactly (5 of 10 differences equal, 5 zero): the observed count must be the
+    exact null's identity row (the observed data), whatever side of 3 two-pass t lands on."""
+    n, m = 10, 64
+    rng = np.random.default_rng(8)
+    a = np.zeros((n, m), dtype=np.float32)
+    b = np.zeros((n, m), dtype=np.float32)
+    for u in range(m):
+        b[rng.choice(n, 5, replace=False), u] = rng.uniform(0.01, 10)
+    path = store.write_capture(tmp_path / "ties.safetensors", a, b, {"blocks": [{"name": "only", "n_units": m}]})
+    result = analysis.analyze(path, permutations=1000, splits=10, group_nulls=False)
+    assert result.null_exact
+    diff, _ = _diff(path)
+    row = next(r for r in result.thresholds if r.metric == "t" and r.threshold == 3.0)
+    assert row.count == row.null_counts[0]
+    t_counts, _, _ = _brute_force_sign_flips(diff)
+    assert row.null_counts.shape == t_counts[:, 0].shape

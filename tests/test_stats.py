@@ -484,3 +484,97 @@ def test_bad_settings_are_refused():
 def test_threads_reports_the_pool():
     assert stats.threads() >= 1
     assert stats.simd_variant() in {"avx512", "avx2", "baseline"}
+
+
+# --- observed counts through the null's route, and fwer_p at identity-equivalent patterns ------
+
+
+def _tie_units(n: int, k: int, m: int, seed: int) -> np.ndarray:
+    """[n x m]: k of n differences equal to one scale, the rest 0; |t| = sqrt((n-1) k / (n-k))
+    exactly (t = 3 for n = 10, k = 5; t = 5 for n = 26, k = 13; d = 0.8 for n = 25, k = 10).
+    Half the units are scaled by powers of two (the tie survives exactly), half by random floats
+    (the tie is off by an ulp either way)."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, m))
+    for u in range(m):
+        x[rng.choice(n, k, replace=False), u] = 2.0 ** rng.integers(-6, 6) if u % 2 else rng.uniform(0.01, 10)
+    return x
+
+
+@pytest.mark.parametrize("n,k", [(10, 5), (25, 10), (26, 13)])
+def test_observed_counts_are_the_null_identity_row_at_ties(n, k):
+    thr_t, thr_d = (3.0, 4.0, 5.0), (0.8,)
+    x = _tie_units(n, k, 200, seed=n)
+    # Premise: two-pass t puts the tie units on the threshold (or within a few ulp of it).
+    t = np.abs(stats.paired(x).t)
+    assert np.isclose(t, np.sqrt((n - 1) * k / (n - k)), rtol=1e-13).all()
+    obs = stats.observed_counts(x, thr_t, thr_d)
+    if n <= 10:
+        null = stats.sign_flip_null(x, thr_t, thr_d, permutations=2 ** (n - 1), exact=True)
+        row_t, row_d, row_max = null.t_counts[0], null.d_counts[0], null.max_abs_t[0]
+    else:  # exact pattern 0 alone (the full enumeration would take long)
+        c, mx = stats._stats.sign_flip_exact(x, list(thr_t), list(thr_d), 0, 1)
+        row_t, row_d, row_max = c[0, :3], c[0, 3:], mx[0]
+    np.testing.assert_array_equal(obs.t_counts, row_t)
+    np.testing.assert_array_equal(obs.d_counts, row_d)
+    assert obs.max_abs_t == row_max
+
+
+@pytest.mark.parametrize("n", [6, 20, 45])
+def test_observed_counts_match_float64_without_ties(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(0.5, 1, size=(n, 400))
+    x[:, 3] = 0.0  # t = 0 (engine) / NaN (paired): never counted
+    x[:, 4] = 1.5  # constant, |t| = inf: counted everywhere
+    obs = stats.observed_counts(x, T_THR, D_THR)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ref = np.abs(x.mean(axis=0) / (x.std(axis=0, ddof=1) / np.sqrt(n)))
+    ref = np.where(np.isnan(ref), 0.0, ref)
+    ref[4] = np.inf
+    np.testing.assert_array_equal(obs.t_counts, [(ref > c).sum() for c in T_THR])
+    np.testing.assert_array_equal(obs.d_counts, [(ref / np.sqrt(n) > c).sum() for c in D_THR])
+    assert obs.max_abs_t == np.inf
+    finite = stats.observed_counts(np.delete(x, 4, axis=1), T_THR, D_THR).max_abs_t
+    assert finite == pytest.approx(np.delete(ref, 4).max(), rel=1e-12)
+    if n <= 20:
+        null = stats.sign_flip_null(x, T_THR, D_THR, permutations=2 ** 19, exact=True)
+        np.testing.assert_array_equal(obs.t_counts, null.t_counts[0])
+        np.testing.assert_array_equal(obs.d_counts, null.d_counts[0])
+
+
+def test_fwer_p_counts_patterns_that_only_flip_zero_differences():
+    """Flipping a pair whose difference is 0 gives the observed data again; the null's |t| for
+    it comes from another float route than stats.paired's and may sit an ulp below. One unit
+    per trial, so the unit's |t| is the max (where the ulp matters); p compared exactly, as a
+    count over the 2^(n-1) patterns."""
+    n = 8
+    rng = np.random.default_rng(0)
+    flips = np.array([[1] + [-1 if (j >> (i - 1)) & 1 else 1 for i in range(1, n)] for j in range(2 ** (n - 1))])
+    for _ in range(60):
+        x = rng.normal(0.8, 1, size=(n, 1))
+        x[[2, 5], 0] = 0.0
+        obs = np.abs(stats.paired(x).t)
+        null = stats.sign_flip_null(x, T_THR, D_THR, permutations=2 ** (n - 1), exact=True)
+        got = stats.fwer_p(obs, null)[0]
+        # Float64 brute force on the raw differences (two-pass t for every pattern).
+        y = flips * x[:, 0]
+        t_all = np.abs(y.mean(axis=1) / (y.std(axis=1, ddof=1) / np.sqrt(n)))
+        at_least = int((t_all >= t_all[0] * (1 - 1e-12)).sum())
+        assert at_least >= 4  # the 4 patterns that flip only the zero pairs
+        assert got * 2 ** (n - 1) == at_least
+
+
+def test_monte_carlo_fwer_p_counts_draws_of_the_identity():
+    n = 5  # 16 patterns: many Monte Carlo draws are the identity
+    rng = np.random.default_rng(3)
+    x = rng.normal(1.0, 1, size=(n, 30))
+    obs = np.abs(stats.paired(x).t)
+    mc = stats.sign_flip_null(x, T_THR, D_THR, permutations=400, exact=False, seed=2)
+    signs = stats.monte_carlo_signs(n, 2, 0, 400)
+    identity = (signs == 1).all(axis=1)
+    assert identity.sum() > 0
+    top = obs.argmax()
+    p = stats.fwer_p(obs, mc)[top]
+    # The top unit's |t| is the max over units under the identity: each identity draw counts.
+    expected = 1 + ((mc.max_abs_t >= obs[top] * (1 - 1e-10)) | identity).sum()
+    assert p == expected / 401

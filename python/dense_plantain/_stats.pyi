@@ -38,6 +38,13 @@ def sign_flip_monte_carlo(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
     """Monte Carlo permutations start..end of seed: counts and max |t| as for the exact null."""
 
+def sign_flip_identity(
+    diff: npt.NDArray[np.float64],
+    t_thresholds: list[float],
+    d_thresholds: list[float],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """The observed data (nothing flipped) through the null's route, any n: counts [1 x k], max |t| [1]."""
+
 def monte_carlo_signs(n_pairs: int, seed: int, start: int, end: int) -> npt.NDArray[np.int8]:
     """+1 / -1 per pair for Monte Carlo permutations start..end, [len x n_pairs]."""
 

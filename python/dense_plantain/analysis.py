@@ -324,7 +324,13 @@ def _paired_result(stats, diff: np.ndarray, layout: Layout, *, design: str, sett
     null = null_of(None)
     p_max = np.asarray(stats.fwer_p(np.abs(np.nan_to_num(t, nan=0.0)), null), dtype=np.float64)
     p_max[np.isnan(t)] = np.nan
-    groups = _groups(layout, t, d, settings["group_nulls"], null_of)
+    def observed_of(columns: np.ndarray | None):
+        # Observed counts through the null's route (a |t| exactly at a threshold, e.g. t = 3 from
+        # power-of-two differences, lands on the same side as in the null's identity row).
+        part = diff if columns is None else np.ascontiguousarray(diff[:, columns])
+        return stats.observed_counts(part, t_thresholds=T_THRESHOLDS, d_thresholds=D_THRESHOLDS)
+
+    groups = _groups(layout, t, d, settings["group_nulls"], null_of, observed_of)
 
     if n >= stats.MIN_SPLIT_PAIRS:
         sh = stats.split_half(diff, n_splits=settings["splits"], seed=settings["seed"])
@@ -334,7 +340,7 @@ def _paired_result(stats, diff: np.ndarray, layout: Layout, *, design: str, sett
         split = SplitHalfSummary(np.empty(0), settings["splits"], note=f"not computed: {n} pairs cannot be split "
                                  f"into two halves of at least 2 (needs {stats.MIN_SPLIT_PAIRS} pairs)")
     return _result(design, layout, n, (n,), np.asarray(res.mean, dtype=np.float64), t, d, df, p, p_max,
-                   _threshold_rows(t, d, null), groups, split, "sign-flip", null, settings,
+                   _threshold_rows(t, d, null, observed_of(None)), groups, split, "sign-flip", null, settings,
                    conditions, sources)
 
 
@@ -410,8 +416,14 @@ def bh_q(p: np.ndarray) -> np.ndarray:
     return q
 
 
-def _threshold_rows(t: np.ndarray, d: np.ndarray, null) -> list[Threshold]:
-    """Observed counts for every threshold, with the null's counts (``null=None``: counts only)."""
+def _threshold_rows(t: np.ndarray, d: np.ndarray, null, observed=None) -> list[Threshold]:
+    """Observed counts for every threshold, with the null's counts (``null=None``: counts only).
+
+    ``observed`` (``t_counts`` / ``d_counts`` over ``T_THRESHOLDS`` / ``D_THRESHOLDS``, e.g.
+    :func:`dense_plantain.stats.observed_counts`) gives the counts as the null's engine computes
+    them, so that a |t| or |d| exactly at a threshold is on the same side as in the null; without
+    it the counts come from ``t`` and ``d``.
+    """
     rows = []
     for metric, values, thresholds in (("t", np.abs(t), T_THRESHOLDS), ("d", np.abs(d), D_THRESHOLDS)):
         for k, th in enumerate(thresholds):
@@ -422,7 +434,11 @@ def _threshold_rows(t: np.ndarray, d: np.ndarray, null) -> list[Threshold]:
                 if tuple(float(v) for v in given)[k] != th:
                     raise RuntimeError(f"null thresholds {given} do not match {thresholds}")
                 null_counts = np.asarray(counts)[:, k]
-            rows.append(Threshold(metric, float(th), int((values > th).sum()), int(values.size), null_counts))
+            if observed is not None:
+                count = int(np.asarray(observed.t_counts if metric == "t" else observed.d_counts)[k])
+            else:
+                count = int((values > th).sum())
+            rows.append(Threshold(metric, float(th), count, int(values.size), null_counts))
     return rows
 
 
@@ -472,13 +488,16 @@ def _n_null_runs(layout: Layout, group_nulls: bool) -> int:
     return 1 + (sum(len(parts) for _, parts in unit_partitions(layout)) if group_nulls else 0)
 
 
-def _groups(layout: Layout, t: np.ndarray, d: np.ndarray, group_nulls: bool, null_of) -> list[UnitGroup]:
+def _groups(layout: Layout, t: np.ndarray, d: np.ndarray, group_nulls: bool, null_of,
+            observed_of=None) -> list[UnitGroup]:
     """Threshold tables per kind and per region. With ``group_nulls`` each part gets its own null
-    run (same seed, so the same permutations); without, a part's table has counts only."""
+    run (same seed, so the same permutations); without, a part's table has counts only.
+    ``observed_of(cols)``, when given, supplies the observed counts (see ``_threshold_rows``)."""
     out = []
     for axis, parts in unit_partitions(layout):
         for name, cols in parts:
-            rows = _threshold_rows(t[cols], d[cols], null_of(cols) if group_nulls else None)
+            observed = observed_of(cols) if observed_of is not None else None
+            rows = _threshold_rows(t[cols], d[cols], null_of(cols) if group_nulls else None, observed)
             out.append(UnitGroup(axis, name, int(cols.size), _nanmax(np.abs(t[cols])), rows))
     return out
 

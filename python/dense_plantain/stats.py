@@ -42,7 +42,9 @@ __all__ = [
     "StatsInputError",
     "fwer_p",
     "monte_carlo_signs",
+    "ObservedCounts",
     "null_p99",
+    "observed_counts",
     "paired",
     "paired_diff",
     "sign_flip_null",
@@ -64,6 +66,9 @@ MAX_EXACT_PAIRS: int = _stats.MAX_EXACT_PAIRS
 _MONTE_CARLO_CHUNK_WORK = 1 << 31
 _EXACT_CHUNK_WORK = 1 << 35
 _CHUNK_LIMITS = (1 << 12, 1 << 24)
+# fwer_p: a null max within this relative distance below |t_obs| counts as >= (rounding of
+# two float64 routes to the same |t|; see fwer_p).
+_FWER_RTOL = 1e-10
 
 Progress = Callable[[int, int], object]
 
@@ -101,6 +106,23 @@ class SignFlipNull:
     exact: bool
     n_permutations: int
     seed: int
+    t_thresholds: tuple[float, ...]
+    d_thresholds: tuple[float, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ObservedCounts:
+    """The observed data's threshold counts and max |t|, computed exactly as the null's rows.
+
+    ``t_counts[k]`` is the number of units with |t| > ``t_thresholds[k]``, ``d_counts`` likewise
+    for |d|, ``max_abs_t`` the largest |t|: the values of the null's identity pattern (exact row
+    0), through the same float64 route, so observed and null agree even where a |t| or |d|
+    equals a threshold exactly.
+    """
+
+    t_counts: np.ndarray
+    d_counts: np.ndarray
+    max_abs_t: float
     t_thresholds: tuple[float, ...]
     d_thresholds: tuple[float, ...]
 
@@ -291,6 +313,31 @@ def sign_flip_null(
     )
 
 
+def observed_counts(
+    diff: np.ndarray,
+    t_thresholds: Sequence[float] = (3.0, 5.0),
+    d_thresholds: Sequence[float] = (0.8,),
+) -> ObservedCounts:
+    """Counts above thresholds and max |t| of the observed data, as the null computes them.
+
+    Compare these, not counts of :func:`paired`'s t, with a :class:`SignFlipNull`: the null
+    decides |t| > c on normalised sums, and a t computed another way can fall on the other side
+    of a threshold it equals exactly. Any number of pairs (no exact-enumeration limit).
+    """
+    diff = _as_diff(diff)
+    t_thr = _thresholds(t_thresholds, "t")
+    d_thr = _thresholds(d_thresholds, "d")
+    c, mx = _stats.sign_flip_identity(diff, list(t_thr), list(d_thr))
+    kt = len(t_thr)
+    return ObservedCounts(
+        t_counts=c[0, :kt].copy(),
+        d_counts=c[0, kt:].copy(),
+        max_abs_t=float(mx[0]),
+        t_thresholds=t_thr,
+        d_thresholds=d_thr,
+    )
+
+
 def null_p99(counts: np.ndarray) -> float:
     """The 99th percentile of one null count distribution (numpy's default linear rule).
 
@@ -313,6 +360,12 @@ def fwer_p(abs_t_obs: np.ndarray, null: SignFlipNull) -> np.ndarray:
     every unit without comparing: its max |t| is the observed max, which is >= every |t_obs| of
     the same data, and counting it directly keeps rounding from ever giving p = 0.
     ``abs_t_obs`` must come from the diff the null was built on (signs are dropped).
+
+    A null max counts when ``max_abs_t >= |t_obs| * (1 - 1e-10)``: the null's |t| comes from
+    normalised sums (S^2 / SS), ``abs_t_obs`` usually from two-pass t, and the two float64
+    routes differ by a few ulp, so a pattern equivalent to the identity (flipping only pairs
+    whose difference is 0, or a Monte Carlo draw of the identity) could otherwise come out just
+    below the observed |t| and be missed. ``welch.fwer_p`` does the same.
     """
     x = np.abs(np.asarray(abs_t_obs, dtype=np.float64))
     if np.isnan(x).any():
@@ -322,12 +375,13 @@ def fwer_p(abs_t_obs: np.ndarray, null: SignFlipNull) -> np.ndarray:
         raise StatsInputError(
             f"the null has {null_max.shape} max |t| values for {null.n_permutations} permutations"
         )
+    bar = x * (1.0 - _FWER_RTOL)
     if null.exact:
         rest = np.sort(null_max[1:])
-        at_least = rest.size - np.searchsorted(rest, x, side="left")
+        at_least = rest.size - np.searchsorted(rest, bar, side="left")
         return (1.0 + at_least) / null.n_permutations
     ordered = np.sort(null_max)
-    at_least = ordered.size - np.searchsorted(ordered, x, side="left")
+    at_least = ordered.size - np.searchsorted(ordered, bar, side="left")
     return (1.0 + at_least) / (null.n_permutations + 1)
 
 
