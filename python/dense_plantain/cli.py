@@ -210,12 +210,20 @@ def _parse_steps(text: str) -> tuple[int, ...]:
               help="Denoising steps of the run (the protocol uses 1).")
 @click.option("--capture-steps", default="0", show_default=True, metavar="0,1,...",
               help="Which denoising steps to capture; units then carry the step (@step<k>).")
-@click.option("--resume", is_flag=True, help="Continue an unfinished capture of --out (same settings required).")
+@click.option("--resume", is_flag=True, help="Continue an unfinished capture of --out (same settings required); "
+              "without torchrun it also finishes and merges a distributed capture's shards.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out (and discard an unfinished capture).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--distributed/--no-distributed", default=None,
+              help="Shard the pairs over the processes torchrun started (one per GPU) and merge them into --out. "
+                   "Default: on when torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
+                   "MASTER_PORT) is set.")
+@click.option("--dist-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              metavar="MINUTES", help="With torchrun: how long a process waits to join the others and, once its "
+              "shard is done, for the others to finish theirs.")
 def capture(model: str, prompts_file: str, out: str, layout: str, seed: int, height: int, width: int, device: str,
             dtype: str, batch_size: int, image: str | None, steps: int, capture_steps: str, resume: bool,
-            force: bool, quiet: bool) -> None:
+            force: bool, quiet: bool, distributed: bool | None, dist_timeout: float) -> None:
     """Run every prompt pair through FLUX.2 [klein]; write one value per unit per prompt.
 
     \b
@@ -227,10 +235,19 @@ def capture(model: str, prompts_file: str, out: str, layout: str, seed: int, hei
     \b
     Finished pairs are saved after every batch; after a crash or Ctrl-C, run the
     same command with --resume.
+    \b
+    Several GPUs: start one process per GPU with torchrun; each captures a
+    contiguous share of the pairs on cuda:LOCAL_RANK into
+    OUT.shard-<r>-of-<N>.safetensors, and rank 0 merges them into OUT, equal to
+    a one-process capture. A failed process leaves the others' shards; rank 0
+    names the missing pairs, and the same command with --resume finishes them.
+      torchrun --standalone --nproc-per-node 2 -m dense_plantain capture \\
+          --prompts prompts/dense-plantain.toml --out dense.safetensors
     """
     from pathlib import Path
 
-    from dense_plantain.capture.run import CaptureSettings, run_capture
+    from dense_plantain.capture.distributed import capture_here, require_launch, run_distributed_capture, torchrun_launch
+    from dense_plantain.capture.run import CaptureSettings
     from dense_plantain.prompts import bundled_prompts
 
     path = Path(prompts_file)
@@ -238,11 +255,19 @@ def capture(model: str, prompts_file: str, out: str, layout: str, seed: int, hei
         path = bundled_prompts()[prompts_file]
     settings = CaptureSettings(layout=layout, seed=seed, height=height, width=width, steps=steps,
                                capture_steps=_parse_steps(capture_steps), image=image)
-    result = run_capture(model, path, out, settings=settings, device=device, dtype=dtype, batch_size=batch_size,
-                         resume=resume, force=force, show_progress=not quiet)
+    options = dict(settings=settings, device=device, dtype=dtype, batch_size=batch_size, resume=resume, force=force,
+                   show_progress=not quiet)
+    launch = require_launch() if distributed else (torchrun_launch() if distributed is None else None)
+    if launch is not None:
+        result = run_distributed_capture(model, path, out, launch=launch, timeout_min=dist_timeout, **options)
+        if result is None:  # not rank 0: rank 0 reports
+            return
+    else:
+        result = capture_here(model, path, out, **options)
     resumed = f", {result.resumed_from} of them from the unfinished run" if result.resumed_from else ""
+    by = f" by {result.world_size} processes" if result.world_size > 1 else (" by 1 process" if launch else "")
     click.echo(f"wrote {result.path}: {result.n_pairs} pairs x {result.n_units:,} units ({layout} layout{resumed}) "
-               f"in {result.seconds:.1f} s")
+               f"in {result.seconds:.1f} s{by}")
 
 
 @main.command("make-tiny-model")

@@ -6,6 +6,9 @@ Public API:
   ``Flux2KleinPipeline`` and a list of prompts give float32 ``[prompts x units]`` plus the layout.
 * ``run_capture(model, prompts_file, out, ...)``: the ``dense-plantain capture`` command (pairs,
   batches, partial files, resume, provenance).
+* ``run_distributed_capture(...)``: the same under torchrun, one shard of pairs per process,
+  merged by rank 0; ``finish_shards(...)`` finishes and merges a distributed run's shards in one
+  process (``distributed``).
 * ``install_unit_hooks(transformer, layout) -> UnitHooks``: the hooks alone, on a bare
   ``Flux2Transformer2DModel`` (benchmarks): forward, then ``hooks.end()`` (device tensor) or
   ``hooks.collect()`` (numpy), ``hooks.remove()``. ``random_transformer("klein-4b", ...)`` and
@@ -16,6 +19,7 @@ Public API:
 Heavy imports (torch, diffusers) happen inside the functions, so importing this package is cheap.
 """
 
+from dense_plantain.capture.distributed import finish_shards, run_distributed_capture, shard_range
 from dense_plantain.capture.hooks import UnitHooks, install_unit_hooks, plan_reductions
 from dense_plantain.capture.model import (
     DEFAULT_MODEL,
@@ -49,6 +53,7 @@ __all__ = [
     "build_tiny_pipeline",
     "cached_tiny_model",
     "capture_prompts",
+    "finish_shards",
     "initial_noise",
     "install_unit_hooks",
     "load_pipeline",
@@ -59,5 +64,7 @@ __all__ = [
     "random_transformer",
     "resolve_model",
     "run_capture",
+    "run_distributed_capture",
+    "shard_range",
     "synthetic_inputs",
 ]

@@ -199,6 +199,14 @@ def resolve_model(spec: str | os.PathLike) -> ModelSource:
 def choose_device(device: str = "auto"):
     import torch
 
+    indexed = re.fullmatch(r"cuda:(\d+)", device)
+    if indexed:  # one GPU of several: a torchrun rank's cuda:LOCAL_RANK
+        index = int(indexed.group(1))
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            raise ModelLoadError(f"GPU {device} was asked for, but PyTorch sees {count} CUDA GPU(s) here. With "
+                                 f"torchrun, start at most {count} process(es) per node (--nproc-per-node).")
+        return torch.device(device)
     if device not in DEVICES:
         raise ModelLoadError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
     if device == "auto":

@@ -346,24 +346,48 @@ _RESUME_KEYS = ("layout", "seed", "height", "width", "steps", "capture_steps", "
                 "text_encoder_layers", "dtype", "image_sha256")
 
 
-def _check_resumable(partial: Path, meta: dict, settings_meta: dict, model_meta: dict, probe) -> None:
+def settings_record(settings: CaptureSettings, dtype: str, image_sha256: str | None) -> dict[str, Any]:
+    """The ``settings`` record of a capture file, less the run's device and batch size."""
+    return {
+        **asdict(settings),
+        "capture_steps": list(settings.capture_steps),
+        "image_sha256": image_sha256,
+        "guidance_scale": GUIDANCE_SCALE,
+        "text_tokens": TEXT_TOKENS,
+        "text_encoder_layers": list(TEXT_LAYERS),
+        "dtype": dtype,
+        "noise": (f"torch.Generator('cpu').manual_seed({settings.seed}); the single-prompt draw of "
+                  "Flux2KleinPipeline.prepare_latents, repeated for every prompt"),
+    }
+
+
+def identity_problems(meta: dict, settings_meta: dict, model_meta: dict, probe, *, then: str = "unfinished run") -> list[str]:
+    """How a capture file's settings, model and prompt file differ from this run's (empty: they agree)."""
     problems = []
     old = meta.get("settings") or {}
     for key in _RESUME_KEYS:
         if old.get(key) != settings_meta.get(key):
-            problems.append(f"{key}: unfinished run {old.get(key)!r}, this run {settings_meta.get(key)!r}")
+            problems.append(f"{key}: {then} {old.get(key)!r}, this run {settings_meta.get(key)!r}")
     old_model = meta.get("model") or {}
     # A folder may move between runs; its configuration is what must not change.
     keys = ("config_sha256",) if model_meta.get("source") == "folder" else ("id", "revision", "config_sha256")
     for key in keys:
         if old_model.get(key) != model_meta.get(key):
-            problems.append(f"model {key}: unfinished run {old_model.get(key)!r}, this run {model_meta.get(key)!r}")
+            problems.append(f"model {key}: {then} {old_model.get(key)!r}, this run {model_meta.get(key)!r}")
     old_probe = meta.get("probe") or {}
     if old_probe.get("sha256") != probe.sha256:
-        problems.append(f"prompt file {probe.path} changed since the unfinished run (sha256 "
+        problems.append(f"prompt file {probe.path} changed since the {then} (sha256 "
                         f"{str(old_probe.get('sha256'))[:12]}... then, {probe.sha256[:12]}... now)")
-    if meta.get("n_pairs_total") != len(probe.pairs):
-        problems.append(f"pairs: unfinished run expects {meta.get('n_pairs_total')}, the prompt file has {len(probe.pairs)}")
+    return problems
+
+
+def _check_resumable(partial: Path, meta: dict, settings_meta: dict, model_meta: dict, probe, n_total: int,
+                     shard: dict[str, int] | None) -> None:
+    problems = identity_problems(meta, settings_meta, model_meta, probe)
+    if meta.get("n_pairs_total") != n_total:
+        problems.append(f"pairs: unfinished run expects {meta.get('n_pairs_total')}, this run has {n_total}")
+    if meta.get("shard") != shard:
+        problems.append(f"shard: unfinished run {meta.get('shard')!r}, this run {shard!r}")
     if problems:
         raise CaptureError(
             f"cannot resume from {partial}: it was made with different settings, model or prompts: "
@@ -383,6 +407,7 @@ class CaptureResult:
     n_units: int
     resumed_from: int  # pairs taken over from an unfinished run
     seconds: float
+    world_size: int = 1  # processes that captured it (torchrun), see ``distributed``
 
 
 def run_capture(
@@ -399,11 +424,14 @@ def run_capture(
     show_progress: bool = True,
     after_batch: Callable[[int, int], None] | None = None,
     loaded=None,
+    shard: dict[str, int] | None = None,
 ) -> CaptureResult:
     """Capture every pair of a prompt file into ``out`` (see the module docstring).
 
     ``after_batch(pairs_done, pairs_total)`` runs after each batch's pairs are safe on disk.
     ``loaded`` (a ``model.LoadedModel``) skips loading, for callers that hold the pipeline.
+    ``shard`` (``{"rank", "world_size", "start", "stop"}``, see ``distributed``) captures only
+    pairs ``start:stop`` of the prompt file and records the range in the file's ``shard`` key.
     """
     from dense_plantain.capture.model import load_pipeline
     from dense_plantain.prompts import load_probe
@@ -444,29 +472,19 @@ def run_capture(
     pipe = loaded.pipe
     model_meta = loaded.provenance()
     started = _utc_now()
-    settings_meta = {
-        **asdict(settings),
-        "capture_steps": list(settings.capture_steps),
-        "image_sha256": image_sha,
-        "guidance_scale": GUIDANCE_SCALE,
-        "text_tokens": TEXT_TOKENS,
-        "text_encoder_layers": list(TEXT_LAYERS),
-        "dtype": str(loaded.dtype).removeprefix("torch."),
-        "noise": (f"torch.Generator('cpu').manual_seed({settings.seed}); the single-prompt draw of "
-                  "Flux2KleinPipeline.prepare_latents, repeated for every prompt"),
-    }
+    settings_meta = settings_record(settings, str(loaded.dtype).removeprefix("torch."), image_sha)
     from dense_plantain.capture.model import device_name
 
     settings_meta["device"] = device_name(loaded.device)
     settings_meta["batch_size"] = batch_size
-    pairs = probe.pairs
+    pairs = probe.pairs if shard is None else probe.pairs[shard["start"] : shard["stop"]]
     n_total = len(pairs)
     a_rows: list[np.ndarray] = []
     b_rows: list[np.ndarray] = []
     n_resumed = 0
     history: list[dict[str, Any]] = []
     if previous is not None:
-        _check_resumable(partial, previous.meta, settings_meta, model_meta, probe)
+        _check_resumable(partial, previous.meta, settings_meta, model_meta, probe, n_total, shard)
         a_rows = list(previous.a)
         b_rows = list(previous.b)
         n_resumed = previous.n_pairs
@@ -492,6 +510,8 @@ def run_capture(
             "started": started,
             "runs": history,
         }
+        if shard is not None:
+            meta["shard"] = dict(shard)
         if finished:
             meta["finished"] = _utc_now()
         else:
