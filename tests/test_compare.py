@@ -272,3 +272,97 @@ def test_negative_seed_is_refused_by_click(tmp_path, cmp_matched, command):
     assert not out.exists()
     res = CliRunner().invoke(main, [command, *captures, "--out", str(out), "--seed", str(2**63)])
     assert res.exit_code == 2 and "--seed" in res.output
+
+
+# Columns of 3 vs 5 integers whose |d| is exactly 0.8 (checked with fractions below); in float64
+# the two-pass d and the null's group-sum d land on different sides of 0.8 for some of them.
+_D_TIES = [
+    ([6, -2, 4], [-2, 5, -1, -1, -1]), ([0, 1, -5], [-5, -6, 0, -1, -8]), ([-1, 4, 4], [6, 7, 8, -1, 5]),
+    ([4, 3, 7], [7, 7, 4, 5, 7]), ([1, 3, 2], [3, -5, -7, -7, 6]), ([-7, 7, 3], [-5, 0, -7, 1, -4]),
+    ([-2, -1, 5], [-6, -3, 2, 0, -3]), ([-3, 1, 4], [-2, -2, -3, 3, -6]), ([3, -3, -7], [-7, -2, -4, -6, -6]),
+    ([1, 0, -3], [6, 3, 4, -4, 1]), ([6, 4, 1], [-2, -3, 6, 1, 3]), ([-6, -4, -2], [3, 7, -4, -8, 2]),
+]
+# |t| exactly 3 in integers, and near-ties (scaled integers whose exact t is 3).
+_T_TIES = [([-6, -3, -6], [5, 11, -3, 9, -2], 1.0)] + [
+    ([-6, -3, -6], [5, 11, -3, 9, -2], s) for s in (0.1, 0.3, 1 / 3, 0.7, 1.1, 2.5)]
+
+
+def _exact_welch_squares(a, b):
+    """(mean difference)^2, Welch SE^2 and pooled variance as fractions of the float values."""
+    from fractions import Fraction as F
+    a, b = [F(float(v)) for v in a], [F(float(v)) for v in b]
+    n1, n2 = len(a), len(b)
+    m1, m2 = sum(a) / n1, sum(b) / n2
+    v1 = sum((x - m1) ** 2 for x in a) / (n1 - 1)
+    v2 = sum((x - m2) ** 2 for x in b) / (n2 - 1)
+    return (m1 - m2) ** 2, v1 / n1 + v2 / n2, ((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2)
+
+
+def _tie_columns():
+    from fractions import Fraction as F
+    cols1, cols2 = [], []
+    for a, b in _D_TIES:
+        diff2, _, pooled = _exact_welch_squares(a, b)
+        assert diff2 == F(16, 25) * pooled  # |d| = 0.8 exactly
+        cols1.append(a), cols2.append(b)
+    a, b, _ = _T_TIES[0]
+    diff2, se2, _ = _exact_welch_squares(a, b)
+    assert diff2 == 9 * se2  # |t| = 3 exactly
+    for a, b, s in _T_TIES:
+        cols1.append([v * s for v in a]), cols2.append([v * s for v in b])
+    return np.array(cols1, dtype=np.float64).T, np.array(cols2, dtype=np.float64).T
+
+
+def test_observed_counts_equal_the_exact_null_identity_row_at_ties():
+    """Observed counts go through the null's route: at |t| = 3 and |d| = 0.8 they equal exact row 0
+    (the observed labelling), where counting welch()'s two-pass t and d does not."""
+    x1, x2 = _tie_columns()
+    null = welch.label_shuffle_null(x1, x2, exact=True)
+    assert null.exact and null.n_permutations == comb(8, 3)
+    obs = welch.observed_counts(x1, x2)
+    np.testing.assert_array_equal(obs.t_counts, null.t_counts[0])
+    np.testing.assert_array_equal(obs.d_counts, null.d_counts[0])
+    assert obs.max_abs_t == null.max_abs_t[0]
+    # The data really are ties the two-pass route decides differently (what the fix is about).
+    two_pass = welch.welch(x1, x2)
+    old = ((np.abs(two_pass.t) > 3.0).sum(), (np.abs(two_pass.d) > 0.8).sum())
+    assert old != (obs.t_counts[0], obs.d_counts[0])
+    # fwer_p still counts the observed labelling for every unit (p >= 1 / P).
+    assert (welch.fwer_p(np.abs(two_pass.t), null) >= 1.0 / null.n_permutations).all()
+
+
+def test_observed_counts_without_ties_match_a_float64_reference():
+    rng = np.random.default_rng(12)
+    x1 = rng.normal(size=(6, 400)) + np.r_[np.full(40, 3.0), np.zeros(360)]
+    x2 = rng.normal(size=(5, 400))
+    obs = welch.observed_counts(x1, x2)
+    t = _welch_t(x1, x2)
+    pooled = ((5 * x1.var(axis=0, ddof=1) + 4 * x2.var(axis=0, ddof=1)) / 9)
+    d = (x1.mean(axis=0) - x2.mean(axis=0)) / np.sqrt(pooled)
+    for th in (3.0, 5.0, 0.8):  # no unit within 1e-9 of a threshold: the routes must agree
+        assert np.abs(np.abs(t if th != 0.8 else d) - th).min() > 1e-9
+    np.testing.assert_array_equal(obs.t_counts, [(np.abs(t) > 3.0).sum(), (np.abs(t) > 5.0).sum()])
+    np.testing.assert_array_equal(obs.d_counts, [(np.abs(d) > 0.8).sum()])
+    assert obs.max_abs_t == pytest.approx(np.abs(t).max(), rel=1e-12)
+    null = welch.label_shuffle_null(x1, x2, exact=True)
+    np.testing.assert_array_equal(obs.t_counts, null.t_counts[0])
+    np.testing.assert_array_equal(obs.d_counts, null.d_counts[0])
+
+
+def test_compare_unmatched_threshold_counts_are_the_null_identity_row_at_ties(tmp_path):
+    """Through compare: 3 vs 5 pairs (56 labellings, exact) with |d| = 0.8 ties."""
+    x1 = np.array([a for a, _ in _D_TIES], dtype=np.float32).T
+    x2 = np.array([b for _, b in _D_TIES], dtype=np.float32).T
+    blocks = {"blocks": [{"name": "only", "n_units": x1.shape[1]}]}
+    p1 = store.write_capture(tmp_path / "x.safetensors", np.zeros_like(x1), x1, blocks)
+    p2 = store.write_capture(tmp_path / "y.safetensors", np.zeros_like(x2), x2, blocks)
+    result = analysis.compare(p1, p2, permutations=1000, splits=10)
+    assert result.design == "contrast-welch" and result.null_exact
+    for row in result.thresholds:
+        assert row.count == row.null_counts[0], (row.metric, row.threshold)
+    for group in result.groups:
+        for row in group.rows:
+            if row.null_counts is not None:
+                assert row.count == row.null_counts[0]
+    d_row = next(r for r in result.thresholds if r.metric == "d")
+    assert d_row.count != int((np.abs(result.d) > 0.8).sum())  # two-pass d would count otherwise

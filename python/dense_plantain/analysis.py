@@ -361,10 +361,17 @@ def _welch_result(diff1: np.ndarray, diff2: np.ndarray, layout: Layout, *, setti
         except ValueError as err:
             raise AnalysisError(f"label-shuffle null: {err}") from None
 
+    def observed_of(columns: np.ndarray | None):
+        # Observed counts through the null's route (_moments on group sums), so a |t| or |d|
+        # exactly at a threshold lands on the same side as the null's row for the observed labelling.
+        x1 = diff1 if columns is None else diff1[:, columns]
+        x2 = diff2 if columns is None else diff2[:, columns]
+        return welch.observed_counts(x1, x2, t_thresholds=T_THRESHOLDS, d_thresholds=D_THRESHOLDS)
+
     null = null_of(None)
     p_max = welch.fwer_p(np.abs(res.t), null)
     p_max[np.isnan(res.t)] = np.nan
-    groups = _groups(layout, res.t, res.d, settings["group_nulls"], null_of)
+    groups = _groups(layout, res.t, res.d, settings["group_nulls"], null_of, observed_of)
     n1, n2 = res.n1, res.n2
     if min(n1, n2) >= 4:
         split = SplitHalfSummary(welch.split_half(diff1, diff2, n_splits=settings["splits"], seed=settings["seed"]),
@@ -373,7 +380,8 @@ def _welch_result(diff1: np.ndarray, diff2: np.ndarray, layout: Layout, *, setti
         split = SplitHalfSummary(np.empty(0), settings["splits"],
                                  note=f"not computed: split halves need 4 pairs per capture, got {n1} and {n2}")
     return _result("contrast-welch", layout, n1 + n2, (n1, n2), res.mean_diff, res.t, res.d, res.df, p, p_max,
-                   _threshold_rows(res.t, res.d, null), groups, split, "label-shuffle", null, settings,
+                   _threshold_rows(res.t, res.d, null, observed_of(None)), groups, split, "label-shuffle", null,
+                   settings,
                    conditions, sources)
 
 

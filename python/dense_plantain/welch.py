@@ -7,9 +7,10 @@ test does not apply; the exchangeable thing is the capture label of each row, so
 shuffles the labels and recomputes every unit's statistic.
 
 Rows are centred on the pooled column means first (a shuffle does not change them), and each
-shuffle needs only the group-1 column sums and sums of squares, which one matrix product over a
-chunk of shuffles gives. Memory stays at a few ``chunk x units`` float64 arrays, whatever the
-number of shuffles.
+shuffle needs only the group-1 column sums and sums of squares, accumulated row by row over a
+chunk of shuffles in a fixed order, so the observed labelling's row has the same bits whatever
+the chunk (:func:`observed_counts` computes it alone). Memory stays at a few ``chunk x units``
+float64 arrays, whatever the number of shuffles.
 
 How shuffles are drawn, so that anyone can reproduce them: with ``rng =
 numpy.random.default_rng(seed)`` and ``N = n1 + n2`` rows, shuffle ``k`` is the stable argsort of
@@ -48,6 +49,22 @@ class Welch:
 
 
 @dataclass(frozen=True)
+class ObservedCounts:
+    """The observed labelling's threshold counts and max |t|, computed exactly as a null row.
+
+    Same arithmetic route as :func:`label_shuffle_null` (pooled centring, group-1 sums through a
+    0/1 membership matrix product, :func:`_moments`), so a |t| or |d| that equals a threshold
+    exactly lands on the same side as in the null's row for the observed labelling (exact row 0).
+    """
+
+    t_counts: np.ndarray  # int64 [k_t]
+    d_counts: np.ndarray  # int64 [k_d]
+    max_abs_t: float
+    t_thresholds: tuple[float, ...]
+    d_thresholds: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class LabelShuffleNull:
     """Counts under shuffled labels; same fields as the sign-flip null of ``stats``."""
 
@@ -76,6 +93,37 @@ def _t_and_d(m1, m2, v1, v2, n1: int, n2: int) -> tuple[np.ndarray, np.ndarray]:
         t = diff / np.sqrt(v1 / n1 + v2 / n2)
         d = diff / np.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
     return t, d
+
+
+def _pooled(x1: np.ndarray, x2: np.ndarray):
+    """Rows centred on the pooled column means, their squares, and both column totals."""
+    rows = np.concatenate([x1, x2], axis=0)
+    rows = rows - rows.mean(axis=0)  # shuffle-invariant; keeps the sums of squares well scaled
+    squares = rows * rows
+    return rows, squares, rows.sum(axis=0), squares.sum(axis=0)
+
+
+def _labelling_stats(member: np.ndarray, rows, squares, s, q, n1: int, n2: int,
+                     t_th: tuple[float, ...], d_th: tuple[float, ...]):
+    """Counts over each threshold and max |t| for each labelling (row of ``member``, 0/1)."""
+    # Group-1 sums accumulated row by row in a fixed order, not by a BLAS product: a BLAS sum's
+    # order depends on the batch shape (gemv for one labelling, gemm kernels by chunk size), and the
+    # observed labelling must get bit-identical sums alone (observed_counts) and inside any chunk.
+    s1 = np.zeros((member.shape[0], rows.shape[1]), dtype=np.float64)
+    q1 = np.zeros_like(s1)
+    buf = np.empty_like(s1)
+    for r in range(rows.shape[0]):
+        pick = member[:, r:r + 1]
+        np.add(s1, np.multiply(pick, rows[r], out=buf), out=s1)
+        np.add(q1, np.multiply(pick, squares[r], out=buf), out=q1)
+    t, d = _t_and_d(*_moments(s1, q1, s, q, n1, n2), n1, n2)
+    abs_t, abs_d = np.abs(t), np.abs(d)
+    t_counts = np.stack([(abs_t > th).sum(axis=1) for th in t_th], axis=1) if t_th else \
+        np.zeros((member.shape[0], 0), dtype=np.int64)
+    d_counts = np.stack([(abs_d > th).sum(axis=1) for th in d_th], axis=1) if d_th else \
+        np.zeros((member.shape[0], 0), dtype=np.int64)
+    max_abs_t = np.max(np.nan_to_num(abs_t, nan=0.0), axis=1)
+    return t_counts, d_counts, max_abs_t
 
 
 def welch(x1: np.ndarray, x2: np.ndarray) -> Welch:
@@ -149,10 +197,7 @@ def label_shuffle_null(
                          f"(more than {MAX_EXACT:,}); use Monte Carlo permutations instead")
     n_perm = total if exact else permutations
 
-    rows = np.concatenate([x1, x2], axis=0)
-    rows = rows - rows.mean(axis=0)  # shuffle-invariant; keeps the sums of squares well scaled
-    squares = rows * rows
-    s, q = rows.sum(axis=0), squares.sum(axis=0)
+    rows, squares, s, q = _pooled(x1, x2)
     n_rows, m = rows.shape
     chunk = max(1, min(n_perm, _CHUNK_ELEMENTS // max(m, 1)))
 
@@ -170,21 +215,43 @@ def label_shuffle_null(
 
     done = 0
     for member in groups:
-        s1 = member @ rows
-        q1 = member @ squares
-        t, d = _t_and_d(*_moments(s1, q1, s, q, n1, n2), n1, n2)
-        abs_t, abs_d = np.abs(t), np.abs(d)
         stop = done + member.shape[0]
-        for k, th in enumerate(t_th):
-            t_counts[done:stop, k] = (abs_t > th).sum(axis=1)
-        for k, th in enumerate(d_th):
-            d_counts[done:stop, k] = (abs_d > th).sum(axis=1)
-        max_abs_t[done:stop] = np.max(np.nan_to_num(abs_t, nan=0.0), axis=1)
+        t_counts[done:stop], d_counts[done:stop], max_abs_t[done:stop] = _labelling_stats(
+            member, rows, squares, s, q, n1, n2, t_th, d_th)
         done = stop
         if progress is not None:
             progress(done, n_perm)
     return LabelShuffleNull(t_counts=t_counts, d_counts=d_counts, max_abs_t=max_abs_t, exact=bool(exact),
                             n_permutations=n_perm, seed=int(seed), t_thresholds=t_th, d_thresholds=d_th)
+
+
+def observed_counts(
+    x1: np.ndarray,
+    x2: np.ndarray,
+    *,
+    t_thresholds: tuple[float, ...] = (3.0, 5.0),
+    d_thresholds: tuple[float, ...] = (0.8,),
+) -> ObservedCounts:
+    """Threshold counts and max |t| of the observed labelling, as :func:`label_shuffle_null` computes them.
+
+    Compare these, not counts of :func:`welch`'s two-pass t and d, with a label-shuffle null: the
+    null decides |t| > c from group sums (:func:`_moments`), and a t computed another way can fall
+    on the other side of a threshold it equals exactly. Equals the exact null's row 0 (the first
+    ``itertools.combinations`` labelling is the observed one). Any sizes (nothing is enumerated).
+    """
+    x1 = np.asarray(x1, dtype=np.float64)
+    x2 = np.asarray(x2, dtype=np.float64)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    if n1 < 2 or n2 < 2:
+        raise ValueError(f"Welch's t needs at least 2 rows per group, got {n1} and {n2}")
+    rows, squares, s, q = _pooled(x1, x2)
+    member = np.zeros((1, n1 + n2), dtype=np.float64)
+    member[0, :n1] = 1.0
+    t_th = tuple(float(v) for v in t_thresholds)
+    d_th = tuple(float(v) for v in d_thresholds)
+    t_counts, d_counts, max_abs_t = _labelling_stats(member, rows, squares, s, q, n1, n2, t_th, d_th)
+    return ObservedCounts(t_counts=t_counts[0].astype(np.int64), d_counts=d_counts[0].astype(np.int64),
+                          max_abs_t=float(max_abs_t[0]), t_thresholds=t_th, d_thresholds=d_th)
 
 
 def fwer_p(abs_t_obs: np.ndarray, null: LabelShuffleNull) -> np.ndarray:
