@@ -4,14 +4,15 @@ Kept as the record of the fused-reduction design (see benches/RESULTS.md). Each 
 bf16 activation [B, S, C] to float32 sums of squares per 16-column group, [B, C // 16]; each is
 checked against a float64 reference before it is timed. Shapes: a joint block's attention
 output (4,096 image tokens x 3,072) and a single block's [attention | MLP] input (512 + 4,096
-tokens x 12,288), batch 1 and 4. Run on the GPU machine; CI does not run it.
+tokens x 12,288), batch 1 and 4. Run on the GPU machine with dense_plantain importable (the
+timer is capture_gpu.cuda_median_ms); CI does not run it.
 """
 
 from __future__ import annotations
 
-import statistics
-
 import torch
+
+from capture_gpu import cuda_median_ms  # the same CUDA-event timer as the capture bench
 
 W = 16
 
@@ -60,21 +61,6 @@ VARIANTS = {"group_norm (v1)": v_group_norm, "column_then_group": v_column_then_
             "chunked column k=128": chunked_column(128), "chunked group k=64": chunked_group(64)}
 
 
-def median_ms(fn, repeats=30):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
-
-
 def main():
     dev = "cuda"
     for batch in (1, 4):
@@ -93,7 +79,7 @@ def main():
                 fn(x)
                 torch.cuda.synchronize()
                 extra = (torch.cuda.max_memory_allocated() - before) / 2**20
-                ms = median_ms(lambda: fn(x))
+                ms = cuda_median_ms(lambda: fn(x), 3, 30)
                 print(f"  {vname:22s} {ms:7.3f} ms ({floor / ms * 100:5.1f} % of floor speed)  rel.err {rel:.1e}  "
                       f"extra mem {extra:8.2f} MiB")
 
@@ -127,7 +113,7 @@ def overlap(dev="cuda"):
         def many(f):
             return lambda: [f() for _ in range(20)]
 
-        g, s_, o = (median_ms(many(f), 10) / 20 for f in (gemm, serial, overlapped))
+        g, s_, o = (cuda_median_ms(many(f), 3, 10) / 20 for f in (gemm, serial, overlapped))
         print(f"\nsingle block to_out, batch {batch}: GEMM {g:.3f} ms; GEMM + reduction serial {s_:.3f} ms "
               f"(+{s_ - g:.3f}); overlapped on a side stream {o:.3f} ms (+{o - g:.3f})")
 
