@@ -77,8 +77,14 @@ def machine() -> dict[str, object]:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "numpy": np.__version__, "engine_threads": stats.threads(), "simd": stats.simd_variant()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "engine_threads": stats.threads(),
+        "simd": stats.simd_variant(),
+    }
 
 
 def main() -> None:
@@ -98,16 +104,20 @@ def main() -> None:
     results: dict[str, object] = {"machine": info, "pairs": PAIRS, "units": UNITS, "permutations": P}
 
     stats.sign_flip_null(diff[:, :1000], permutations=100)  # start the pool
-    best, median, ours = timed(lambda: stats.sign_flip_null(diff, T_THRESHOLDS, D_THRESHOLDS, permutations=P,
-                                                            exact=False, seed=0), args.repeat)
+    best, median, ours = timed(
+        lambda: stats.sign_flip_null(diff, T_THRESHOLDS, D_THRESHOLDS, permutations=P, exact=False, seed=0), args.repeat
+    )
     results["engine_mc_s"] = {"best": best, "median": median}
     print(f"dense-plantain MC null: best {best:.4f} s, median {median:.4f} s over {args.repeat} runs")
 
     if not args.skip_numpy:
         signs = stats.monte_carlo_signs(PAIRS, 0, 0, P)
         secs, _, (t_counts, d_counts, max_t) = timed(lambda: numpy_gemm_null(diff, signs))
-        same = (np.array_equal(t_counts, ours.t_counts) and np.array_equal(d_counts, ours.d_counts)
-                and np.allclose(max_t, ours.max_abs_t, rtol=1e-9))
+        same = (
+            np.array_equal(t_counts, ours.t_counts)
+            and np.array_equal(d_counts, ours.d_counts)
+            and np.allclose(max_t, ours.max_abs_t, rtol=1e-9)
+        )
         results["numpy_gemm_s"] = secs
         results["numpy_matches_engine"] = bool(same)
         print(f"numpy GEMM baseline:    {secs:.3f} s  ({secs / best:.0f}x the engine; same counts: {same})")
@@ -115,27 +125,35 @@ def main() -> None:
     if not args.skip_mne:
         import mne
 
-        secs, _, _ = timed(lambda: mne.stats.permutation_t_test(diff, n_permutations=P, tail=0, n_jobs=1,
-                                                                rng=0, verbose=False))
+        secs, _, _ = timed(
+            lambda: mne.stats.permutation_t_test(diff, n_permutations=P, tail=0, n_jobs=1, rng=0, verbose=False)
+        )
         results["mne_s"] = secs
         results["mne_version"] = mne.__version__
         print(f"MNE permutation_t_test: {secs:.3f} s  ({secs / best:.0f}x the engine; mne {mne.__version__})")
 
     if not args.skip_exact:
         done = []
-        secs, _, null = timed(lambda: stats.sign_flip_null(diff, T_THRESHOLDS, D_THRESHOLDS, permutations=1,
-                                                           exact=True, progress=lambda d, t: done.append(d)))
+        secs, _, null = timed(
+            lambda: stats.sign_flip_null(
+                diff, T_THRESHOLDS, D_THRESHOLDS, permutations=1, exact=True, progress=lambda d, t: done.append(d)
+            )
+        )
         results["engine_exact_s"] = secs
         results["exact_patterns"] = null.n_permutations
-        print(f"dense-plantain exact 2^{PAIRS - 1} = {null.n_permutations} patterns: {secs:.2f} s "
-              f"({null.n_permutations / secs / 1e6:.2f} M patterns/s, {len(done)} progress calls; "
-              f"null p99 |t|>3: {stats.null_p99(null.t_counts[:, 0]):.1f}, max |t| p95: "
-              f"{np.percentile(null.max_abs_t, 95):.2f})")
+        print(
+            f"dense-plantain exact 2^{PAIRS - 1} = {null.n_permutations} patterns: {secs:.2f} s "
+            f"({null.n_permutations / secs / 1e6:.2f} M patterns/s, {len(done)} progress calls; "
+            f"null p99 |t|>3: {stats.null_p99(null.t_counts[:, 0]):.1f}, max |t| p95: "
+            f"{np.percentile(null.max_abs_t, 95):.2f})"
+        )
 
     best, median, sh = timed(lambda: stats.split_half(diff, n_splits=100, seed=0), args.repeat)
     results["split_half_100_s"] = {"best": best, "median": median}
-    print(f"split-half, 100 splits: best {best * 1000:.1f} ms, median {median * 1000:.1f} ms "
-          f"(median r = {np.median(sh.r):.3f})")
+    print(
+        f"split-half, 100 splits: best {best * 1000:.1f} ms, median {median * 1000:.1f} ms "
+        f"(median r = {np.median(sh.r):.3f})"
+    )
 
     if args.json:
         with open(args.json, "w") as f:

@@ -45,9 +45,17 @@ HEIGHT = WIDTH = 1024
 TEXT_TOKENS = 512
 #: Qwen3-4B's public config (the FLUX.2 [klein] 4B text encoder).
 QWEN3_4B = dict(
-    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-    rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    vocab_size=151936,
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
 )
 
 
@@ -191,17 +199,26 @@ def bench_transformer(model, layout, device: str, batches, warmup: int, repeats:
         ratios = [c / p for p, c in zip(plain_times, capture_times)]
         plain_ms, capture_ms = statistics.median(plain_times), statistics.median(capture_times)
         rows[batch] = dict(
-            plain_ms=plain_ms, capture_ms=capture_ms, overhead=statistics.median(ratios) - 1.0,
+            plain_ms=plain_ms,
+            capture_ms=capture_ms,
+            overhead=statistics.median(ratios) - 1.0,
             overhead_of_medians=capture_ms / plain_ms - 1.0,
-            plain_ms_spread=[min(plain_times), max(plain_times)], capture_ms_spread=[min(capture_times), max(capture_times)],
-            plain_peak_mib=plain_mem, capture_peak_mib=capture_mem, extra_peak_mib=capture_mem - plain_mem,
-            units=int(values.shape[1]), finite=bool(np.isfinite(values).all()),
+            plain_ms_spread=[min(plain_times), max(plain_times)],
+            capture_ms_spread=[min(capture_times), max(capture_times)],
+            plain_peak_mib=plain_mem,
+            capture_peak_mib=capture_mem,
+            extra_peak_mib=capture_mem - plain_mem,
+            units=int(values.shape[1]),
+            finite=bool(np.isfinite(values).all()),
             value_range=[float(values.min()), float(values.max())],
         )
-        print(f"batch {batch}: plain {plain_ms:.2f} ms [{min(plain_times):.1f}, {max(plain_times):.1f}], capture "
-              f"{capture_ms:.2f} ms [{min(capture_times):.1f}, {max(capture_times):.1f}] -> overhead (median of "
-              f"paired ratios) {100 * rows[batch]['overhead']:+.2f} %, extra peak {capture_mem - plain_mem:.2f} MiB, "
-              f"units {values.shape[1]}, finite {rows[batch]['finite']}", flush=True)
+        print(
+            f"batch {batch}: plain {plain_ms:.2f} ms [{min(plain_times):.1f}, {max(plain_times):.1f}], capture "
+            f"{capture_ms:.2f} ms [{min(capture_times):.1f}, {max(capture_times):.1f}] -> overhead (median of "
+            f"paired ratios) {100 * rows[batch]['overhead']:+.2f} %, extra peak {capture_mem - plain_mem:.2f} MiB, "
+            f"units {values.shape[1]}, finite {rows[batch]['finite']}",
+            flush=True,
+        )
     return rows
 
 
@@ -237,11 +254,19 @@ def bench_reduction(model, layout, device: str, batches, repeats: int) -> dict:
         copy_src = torch.empty(nbytes // 2, device=device, dtype=torch.bfloat16)
         copy_ms = cuda_median_ms(lambda: copy_src.clone(), 3, repeats)
         read_floor_ms = copy_ms / 2  # a clone reads and writes each byte once
-        out[batch] = dict(ms=ms, read_floor_ms=read_floor_ms, bytes_read=nbytes, peak_mib_single_block=mem,
-                          activation_mib_single_block=xs.numel() * 2 / 2**20)
-        print(f"reduction alone, batch {batch}: {ms:.2f} ms per forward's hooks ({nbytes / 1e9:.2f} GB read; "
-              f"read floor {read_floor_ms:.2f} ms); peak extra memory of one single-block reduction "
-              f"{mem:.2f} MiB (activation itself {xs.numel() * 2 / 2**20:.0f} MiB)", flush=True)
+        out[batch] = dict(
+            ms=ms,
+            read_floor_ms=read_floor_ms,
+            bytes_read=nbytes,
+            peak_mib_single_block=mem,
+            activation_mib_single_block=xs.numel() * 2 / 2**20,
+        )
+        print(
+            f"reduction alone, batch {batch}: {ms:.2f} ms per forward's hooks ({nbytes / 1e9:.2f} GB read; "
+            f"read floor {read_floor_ms:.2f} ms); peak extra memory of one single-block reduction "
+            f"{mem:.2f} MiB (activation itself {xs.numel() * 2 / 2**20:.0f} MiB)",
+            flush=True,
+        )
         del xj, xs, copy_src
     return out
 
@@ -250,8 +275,11 @@ def gpu_health(device: str) -> dict:
     """Clocks and the two ceilings, measured now (matmul rate, copy bandwidth)."""
     import subprocess
 
-    query = "clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu,utilization.gpu,clocks_throttle_reasons.active"
-    smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    query = "clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu,utilization.gpu,"
+    "clocks_throttle_reasons.active"
+    smi = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True
+    ).stdout.strip()
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     mm_ms = cuda_median_ms(lambda: a @ b, 3, 10)
@@ -322,8 +350,11 @@ def build_pipeline(transformer, device: str):
     finally:
         torch.set_default_dtype(previous)
     return Flux2KleinPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(**TINY_SCHEDULER), vae=vae, text_encoder=text_encoder,
-        tokenizer=build_tokenizer(), transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(**TINY_SCHEDULER),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_tokenizer(),
+        transformer=transformer,
     )
 
 
@@ -339,9 +370,14 @@ def bench_end_to_end(pipe, batch_sizes) -> dict:
         torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         arr = np.asarray(values.values)
-        out[bs] = dict(seconds=seconds, prompts=len(prompts), shape=list(arr.shape), finite=bool(np.isfinite(arr).all()))
-        print(f"end-to-end, {len(probe.pairs)} pairs ({len(prompts)} prompts), batch {bs}: {seconds:.2f} s, "
-              f"values {arr.shape}, finite {out[bs]['finite']}", flush=True)
+        out[bs] = dict(
+            seconds=seconds, prompts=len(prompts), shape=list(arr.shape), finite=bool(np.isfinite(arr).all())
+        )
+        print(
+            f"end-to-end, {len(probe.pairs)} pairs ({len(prompts)} prompts), batch {bs}: {seconds:.2f} s, "
+            f"values {arr.shape}, finite {out[bs]['finite']}",
+            flush=True,
+        )
     return out
 
 
@@ -367,8 +403,11 @@ def main() -> None:
     model = build_transformer(device)
     layout = build_layout(model.config, "plantain")
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"transformer: {n_params / 1e9:.3f} B parameters (random bf16), built in {time.perf_counter() - t0:.1f} s; "
-          f"plantain units {layout.n_units}", flush=True)
+    print(
+        f"transformer: {n_params / 1e9:.3f} B parameters (random bf16), built in {time.perf_counter() - t0:.1f} s; "
+        f"plantain units {layout.n_units}",
+        flush=True,
+    )
     batches = [int(b) for b in args.batches.split(",")]
     health = gpu_health(device)
     if args.profile:
@@ -385,17 +424,28 @@ def main() -> None:
 
     b1 = rows[batches[0]]
     result = dict(
-        device=torch.cuda.get_device_name(0), torch=torch.__version__, diffusers=diffusers.__version__,
-        transformers=transformers.__version__, python=platform.python_version(),
-        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
-        height=HEIGHT, width=WIDTH, text_tokens=TEXT_TOKENS, transformer_params=n_params,
+        device=torch.cuda.get_device_name(0),
+        torch=torch.__version__,
+        diffusers=diffusers.__version__,
+        transformers=transformers.__version__,
+        python=platform.python_version(),
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+        height=HEIGHT,
+        width=WIDTH,
+        text_tokens=TEXT_TOKENS,
+        transformer_params=n_params,
         weights="random bf16 (Klein 4B config)",
-        plain_ms=b1["plain_ms"], capture_ms=b1["capture_ms"], overhead=b1["overhead"],
+        plain_ms=b1["plain_ms"],
+        capture_ms=b1["capture_ms"],
+        overhead=b1["overhead"],
         overhead_by_batch={str(b): r["overhead"] for b, r in rows.items()},
         extra_peak_mib=max(r["extra_peak_mib"] for r in rows.values()),
-        units=b1["units"], all_finite=all(r["finite"] for r in rows.values()),
-        by_batch={str(b): r for b, r in rows.items()}, rivals_batch1=rivals,
-        reduction_alone={str(b): r for b, r in reduction.items()}, gpu_health=health,
+        units=b1["units"],
+        all_finite=all(r["finite"] for r in rows.values()),
+        by_batch={str(b): r for b, r in rows.items()},
+        rivals_batch1=rivals,
+        reduction_alone={str(b): r for b, r in reduction.items()},
+        gpu_health=health,
         e2e_25_pairs_s=min((r["seconds"] for r in e2e.values()), default=None),
         e2e_by_batch={str(b): r for b, r in e2e.items()},
         text_encoder="full-size Qwen3-4B config, random bf16 weights, project's tiny BPE tokenizer (512-token padding)",
@@ -404,7 +454,10 @@ def main() -> None:
     print("\n| batch | plain ms | capture ms | overhead | extra peak MiB |")
     print("|---|---|---|---|---|")
     for b, r in rows.items():
-        print(f"| {b} | {r['plain_ms']:.2f} | {r['capture_ms']:.2f} | {100 * r['overhead']:+.2f} % | {r['extra_peak_mib']:.1f} |")
+        print(
+            f"| {b} | {r['plain_ms']:.2f} | {r['capture_ms']:.2f} | {100 * r['overhead']:+.2f} % "
+            f"| {r['extra_peak_mib']:.1f} |"
+        )
     for mode, r in rivals.items():
         print(f"| rival {mode} (b1) | {b1['plain_ms']:.2f} | {r['ms']:.2f} | {100 * r['overhead']:+.1f} % | |")
     if e2e:

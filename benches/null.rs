@@ -42,7 +42,10 @@ pub fn probe_like(seed: u64) -> Vec<f64> {
 fn benches(c: &mut Criterion) {
     let data = probe_like(1);
     let diffs = PairDiffs::new(&data, PAIRS, UNITS).unwrap();
-    let thresholds = Thresholds { t: &T_THRESHOLDS, d: &D_THRESHOLDS };
+    let thresholds = Thresholds {
+        t: &T_THRESHOLDS,
+        d: &D_THRESHOLDS,
+    };
     eprintln!(
         "threads: {}, kernels: {}",
         dense_plantain_stats::threads::current_threads(),

@@ -31,7 +31,13 @@ def v_column_sumsq(x):  # the same through a sum of squares of a float32 view...
 
 
 def v_bmm(x):  # ones-vector matmul over x*x: materialises x*x in bf16 (loses precision); shown for speed only
-    return torch.bmm(torch.ones(x.shape[0], 1, x.shape[1], device=x.device, dtype=x.dtype), x * x).float().squeeze(1).unflatten(-1, (-1, W)).sum(-1)
+    return (
+        torch.bmm(torch.ones(x.shape[0], 1, x.shape[1], device=x.device, dtype=x.dtype), x * x)
+        .float()
+        .squeeze(1)
+        .unflatten(-1, (-1, W))
+        .sum(-1)
+    )
 
 
 def _split_tokens(s: int, k: int) -> int:
@@ -44,6 +50,7 @@ def chunked_column(k):
         c = _split_tokens(x.shape[1], k)
         part = torch.linalg.vector_norm(x.unflatten(1, (c, -1)), dim=2, dtype=torch.float32)
         return part.square().sum(1).unflatten(-1, (-1, W)).sum(-1)
+
     return fn
 
 
@@ -52,13 +59,20 @@ def chunked_group(k):
         c = _split_tokens(x.shape[1], k)
         part = torch.linalg.vector_norm(x.unflatten(1, (c, -1)).unflatten(-1, (-1, W)), dim=(2, 4), dtype=torch.float32)
         return part.square().sum(1)
+
     return fn
 
 
-VARIANTS = {"group_norm (v1)": v_group_norm, "column_then_group": v_column_then_group,
-            "float32 square sum": v_column_sumsq, "bmm of x*x (bf16)": v_bmm,
-            "chunked column k=32": chunked_column(32), "chunked column k=64": chunked_column(64),
-            "chunked column k=128": chunked_column(128), "chunked group k=64": chunked_group(64)}
+VARIANTS = {
+    "group_norm (v1)": v_group_norm,
+    "column_then_group": v_column_then_group,
+    "float32 square sum": v_column_sumsq,
+    "bmm of x*x (bf16)": v_bmm,
+    "chunked column k=32": chunked_column(32),
+    "chunked column k=64": chunked_column(64),
+    "chunked column k=128": chunked_column(128),
+    "chunked group k=64": chunked_group(64),
+}
 
 
 def main():
@@ -68,8 +82,10 @@ def main():
             x = torch.randn(batch, s, c, device=dev, dtype=torch.bfloat16) * 3
             ref = x.double().square().unflatten(-1, (-1, W)).sum(dim=(1, 3))
             floor = x.numel() * 2 / 2.9e12 * 1e3
-            print(f"\n{name} block, batch {batch}: {tuple(x.shape)} bf16, {x.numel() * 2 / 1e6:.0f} MB; read floor "
-                  f"at 2.9 TB/s {floor:.3f} ms")
+            print(
+                f"\n{name} block, batch {batch}: {tuple(x.shape)} bf16, {x.numel() * 2 / 1e6:.0f} MB; read floor "
+                f"at 2.9 TB/s {floor:.3f} ms"
+            )
             for vname, fn in VARIANTS.items():
                 got = fn(x).double()
                 rel = ((got - ref).norm() / ref.norm()).item()
@@ -80,8 +96,10 @@ def main():
                 torch.cuda.synchronize()
                 extra = (torch.cuda.max_memory_allocated() - before) / 2**20
                 ms = cuda_median_ms(lambda: fn(x), 3, 30)
-                print(f"  {vname:22s} {ms:7.3f} ms ({floor / ms * 100:5.1f} % of floor speed)  rel.err {rel:.1e}  "
-                      f"extra mem {extra:8.2f} MiB")
+                print(
+                    f"  {vname:22s} {ms:7.3f} ms ({floor / ms * 100:5.1f} % of floor speed)  rel.err {rel:.1e}  "
+                    f"extra mem {extra:8.2f} MiB"
+                )
 
 
 def overlap(dev="cuda"):
@@ -114,8 +132,10 @@ def overlap(dev="cuda"):
             return lambda: [f() for _ in range(20)]
 
         g, s_, o = (cuda_median_ms(many(f), 3, 10) / 20 for f in (gemm, serial, overlapped))
-        print(f"\nsingle block to_out, batch {batch}: GEMM {g:.3f} ms; GEMM + reduction serial {s_:.3f} ms "
-              f"(+{s_ - g:.3f}); overlapped on a side stream {o:.3f} ms (+{o - g:.3f})")
+        print(
+            f"\nsingle block to_out, batch {batch}: GEMM {g:.3f} ms; GEMM + reduction serial {s_:.3f} ms "
+            f"(+{s_ - g:.3f}); overlapped on a side stream {o:.3f} ms (+{o - g:.3f})"
+        )
 
 
 if __name__ == "__main__":

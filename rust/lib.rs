@@ -32,7 +32,11 @@ pub const MIN_PAIRS: usize = 3;
 #[derive(Debug, Clone, PartialEq)]
 pub enum StatsError {
     /// Fewer than [`MIN_PAIRS`] pairs.
-    TooFewPairs { n_pairs: usize, needed: usize, what: &'static str },
+    TooFewPairs {
+        n_pairs: usize,
+        needed: usize,
+        what: &'static str,
+    },
     /// A matrix with no units.
     NoUnits,
     /// The flat buffer does not hold `n_pairs * n_units` values.
@@ -67,14 +71,12 @@ impl fmt::Display for StatsError {
                 "non-finite difference {value} at pair {pair}, unit {unit}; \
                  re-capture that pair or drop it"
             ),
-            StatsError::BadThreshold { kind, value } => write!(
-                f,
-                "{kind} threshold {value} is not a finite number >= 0"
-            ),
-            StatsError::BadRange { start, end, limit } => write!(
-                f,
-                "range [{start}, {end}) is not inside [0, {limit}] with start <= end"
-            ),
+            StatsError::BadThreshold { kind, value } => {
+                write!(f, "{kind} threshold {value} is not a finite number >= 0")
+            }
+            StatsError::BadRange { start, end, limit } => {
+                write!(f, "range [{start}, {end}) is not inside [0, {limit}] with start <= end")
+            }
             StatsError::TooManyPairsForExact { n_pairs, max } => write!(
                 f,
                 "exact enumeration supports at most {max} pairs (2^{} patterns), got {n_pairs}; \
@@ -101,7 +103,11 @@ impl<'a> PairDiffs<'a> {
     /// is finite; the first non-finite value is named by pair and unit.
     pub fn new(data: &'a [f64], n_pairs: usize, n_units: usize) -> Result<Self, StatsError> {
         if n_pairs.checked_mul(n_units) != Some(data.len()) {
-            return Err(StatsError::BadLength { len: data.len(), n_pairs, n_units });
+            return Err(StatsError::BadLength {
+                len: data.len(),
+                n_pairs,
+                n_units,
+            });
         }
         if n_pairs < MIN_PAIRS {
             return Err(StatsError::TooFewPairs {

@@ -85,7 +85,11 @@ impl ScaledDiffs {
         for i in 0..n {
             data.extend(diffs.pair(i).iter().zip(&scale).map(|(&x, &s)| x / s));
         }
-        ScaledDiffs { data, scale, n_units: m }
+        ScaledDiffs {
+            data,
+            scale,
+            n_units: m,
+        }
     }
 
     pub fn pair(&self, i: usize) -> &[f64] {
@@ -187,7 +191,11 @@ fn moments_impl(rows: &[&[f64]], out: &mut MomentsOut) {
         for u in 0..bw {
             let constant = lo[u] == hi[u];
             let sd = if constant { 0.0 } else { (ss[u] / (kf - 1.0)).sqrt() };
-            let degenerate = if lo[u] == 0.0 { 0.0 } else { f64::INFINITY.copysign(lo[u]) };
+            let degenerate = if lo[u] == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY.copysign(lo[u])
+            };
             let t_u = mean[u] / (sd / sqrt_k);
             let d_u = mean[u] / sd;
             ss[u] = sd;
@@ -263,9 +271,15 @@ mod tests {
     #[test]
     fn refuses_bad_input() {
         use crate::StatsError;
-        assert!(matches!(PairDiffs::new(&[0.0; 4], 2, 2), Err(StatsError::TooFewPairs { .. })));
+        assert!(matches!(
+            PairDiffs::new(&[0.0; 4], 2, 2),
+            Err(StatsError::TooFewPairs { .. })
+        ));
         assert!(matches!(PairDiffs::new(&[], 3, 0), Err(StatsError::NoUnits)));
-        assert!(matches!(PairDiffs::new(&[0.0; 5], 3, 2), Err(StatsError::BadLength { .. })));
+        assert!(matches!(
+            PairDiffs::new(&[0.0; 5], 3, 2),
+            Err(StatsError::BadLength { .. })
+        ));
         let mut v = vec![1.0; 12];
         v[7] = f64::NAN;
         assert!(matches!(

@@ -56,7 +56,12 @@ fn paired<'py>(
 )> {
     let d = diffs(&diff)?;
     let p = py.detach(|| core_paired::paired(&d));
-    Ok((p.mean.into_pyarray(py), p.sd.into_pyarray(py), p.t.into_pyarray(py), p.d.into_pyarray(py)))
+    Ok((
+        p.mean.into_pyarray(py),
+        p.sd.into_pyarray(py),
+        p.t.into_pyarray(py),
+        p.d.into_pyarray(py),
+    ))
 }
 
 /// sign_flip_exact(diff, t_thresholds, d_thresholds, start, end) -> (counts int64 [len x k], max_abs_t [len])
@@ -70,8 +75,13 @@ fn sign_flip_exact<'py>(
     end: u64,
 ) -> PyResult<NullArrays<'py>> {
     let d = diffs(&diff)?;
-    let thresholds = Thresholds { t: &t_thresholds, d: &d_thresholds };
-    let range = py.detach(|| sign_flip::exact(&d, thresholds, start, end)).map_err(value_error)?;
+    let thresholds = Thresholds {
+        t: &t_thresholds,
+        d: &d_thresholds,
+    };
+    let range = py
+        .detach(|| sign_flip::exact(&d, thresholds, start, end))
+        .map_err(value_error)?;
     Ok(null_arrays(py, range, thresholds.len()))
 }
 
@@ -87,7 +97,10 @@ fn sign_flip_monte_carlo<'py>(
     end: u64,
 ) -> PyResult<NullArrays<'py>> {
     let d = diffs(&diff)?;
-    let thresholds = Thresholds { t: &t_thresholds, d: &d_thresholds };
+    let thresholds = Thresholds {
+        t: &t_thresholds,
+        d: &d_thresholds,
+    };
     let range = py
         .detach(|| sign_flip::monte_carlo(&d, thresholds, seed, start, end))
         .map_err(value_error)?;
@@ -104,17 +117,30 @@ fn sign_flip_identity<'py>(
     d_thresholds: Vec<f64>,
 ) -> PyResult<NullArrays<'py>> {
     let d = diffs(&diff)?;
-    let thresholds = Thresholds { t: &t_thresholds, d: &d_thresholds };
+    let thresholds = Thresholds {
+        t: &t_thresholds,
+        d: &d_thresholds,
+    };
     let range = py.detach(|| sign_flip::identity(&d, thresholds)).map_err(value_error)?;
     Ok(null_arrays(py, range, thresholds.len()))
 }
 
 /// monte_carlo_signs(n_pairs, seed, start, end) -> int8 [len x n_pairs] of +1 / -1
 #[pyfunction]
-fn monte_carlo_signs(py: Python<'_>, n_pairs: usize, seed: u64, start: u64, end: u64) -> PyResult<Bound<'_, PyArray2<i8>>> {
-    let signs = py.detach(|| sign_flip::monte_carlo_signs(n_pairs, seed, start, end)).map_err(value_error)?;
+fn monte_carlo_signs(
+    py: Python<'_>,
+    n_pairs: usize,
+    seed: u64,
+    start: u64,
+    end: u64,
+) -> PyResult<Bound<'_, PyArray2<i8>>> {
+    let signs = py
+        .detach(|| sign_flip::monte_carlo_signs(n_pairs, seed, start, end))
+        .map_err(value_error)?;
     let rows = (end - start) as usize;
-    Ok(Array2::from_shape_vec((rows, n_pairs), signs).expect("signs shape").into_pyarray(py))
+    Ok(Array2::from_shape_vec((rows, n_pairs), signs)
+        .expect("signs shape")
+        .into_pyarray(py))
 }
 
 /// n_patterns(n_pairs) -> 2 ** (n_pairs - 1), the distinct sign patterns (exact mode's size).
@@ -131,9 +157,16 @@ fn abs_t_from_ratio(r: f64, n_pairs: usize) -> f64 {
 
 /// split_assignments(n_pairs, n_splits, seed) -> bool [n_splits x n_pairs], True = first half
 #[pyfunction]
-fn split_assignments(py: Python<'_>, n_pairs: usize, n_splits: usize, seed: u64) -> PyResult<Bound<'_, PyArray2<bool>>> {
+fn split_assignments(
+    py: Python<'_>,
+    n_pairs: usize,
+    n_splits: usize,
+    seed: u64,
+) -> PyResult<Bound<'_, PyArray2<bool>>> {
     let a = core_split::assignments(n_pairs, n_splits, seed).map_err(value_error)?;
-    Ok(Array2::from_shape_vec((n_splits, n_pairs), a).expect("assignment shape").into_pyarray(py))
+    Ok(Array2::from_shape_vec((n_splits, n_pairs), a)
+        .expect("assignment shape")
+        .into_pyarray(py))
 }
 
 /// split_half(diff, assignments) -> float64 [n_splits] of Pearson r

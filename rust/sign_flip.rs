@@ -97,18 +97,16 @@ pub struct NullRange {
 /// Number of distinct sign patterns, 2^(n-1).
 pub fn n_patterns(n_pairs: usize) -> Result<u64, StatsError> {
     if n_pairs > MAX_EXACT_PAIRS {
-        return Err(StatsError::TooManyPairsForExact { n_pairs, max: MAX_EXACT_PAIRS });
+        return Err(StatsError::TooManyPairsForExact {
+            n_pairs,
+            max: MAX_EXACT_PAIRS,
+        });
     }
     Ok(1u64 << (n_pairs.max(1) - 1))
 }
 
 /// The exact null over patterns `start .. end` of the 2^(n-1).
-pub fn exact(
-    diffs: &PairDiffs,
-    thresholds: Thresholds,
-    start: u64,
-    end: u64,
-) -> Result<NullRange, StatsError> {
+pub fn exact(diffs: &PairDiffs, thresholds: Thresholds, start: u64, end: u64) -> Result<NullRange, StatsError> {
     let total = n_patterns(diffs.n_pairs())?;
     check_range(start, end, total)?;
     let prep = Prepared::new(diffs, thresholds)?;
@@ -125,7 +123,13 @@ pub fn monte_carlo(
 ) -> Result<NullRange, StatsError> {
     check_range(start, end, u64::MAX)?;
     let prep = Prepared::new(diffs, thresholds)?;
-    Ok(prep.run(Mode::MonteCarlo { key: rng::stream_key(seed, Stream::SignFlip) }, start, end))
+    Ok(prep.run(
+        Mode::MonteCarlo {
+            key: rng::stream_key(seed, Stream::SignFlip),
+        },
+        start,
+        end,
+    ))
 }
 
 /// The observed data (the identity pattern: no pair flipped) through the null's own route:
@@ -142,7 +146,11 @@ pub fn identity(diffs: &PairDiffs, thresholds: Thresholds) -> Result<NullRange, 
 /// what [`monte_carlo`] multiplies each pair's differences by.
 pub fn monte_carlo_signs(n_pairs: usize, seed: u64, start: u64, end: u64) -> Result<Vec<i8>, StatsError> {
     if n_pairs < crate::MIN_PAIRS {
-        return Err(StatsError::TooFewPairs { n_pairs, needed: crate::MIN_PAIRS, what: "a sign-flip null" });
+        return Err(StatsError::TooFewPairs {
+            n_pairs,
+            needed: crate::MIN_PAIRS,
+            what: "a sign-flip null",
+        });
     }
     check_range(start, end, u64::MAX)?;
     let key = rng::stream_key(seed, Stream::SignFlip);
@@ -218,7 +226,9 @@ fn monte_carlo_pattern(key: u64, i: u64, n_pairs: usize, bytes: &mut [u8]) {
 #[derive(Debug, Clone, Copy)]
 enum Mode {
     Exact,
-    MonteCarlo { key: u64 },
+    MonteCarlo {
+        key: u64,
+    },
     /// Pattern 0 only (nothing flipped), through the Monte Carlo kernels: any n.
     Identity,
 }
@@ -309,7 +319,11 @@ impl Prepared {
             .drain(..)
             .map(|(r, c, is_d)| (ratios.iter().position(|&x| x == r).unwrap(), c, is_d))
             .collect();
-        let skip_ratio = ratios.first().copied().unwrap_or(f64::INFINITY).min(ratio_for_t(3.0, nf));
+        let skip_ratio = ratios
+            .first()
+            .copied()
+            .unwrap_or(f64::INFINITY)
+            .min(ratio_for_t(3.0, nf));
         Ok(Prepared {
             n,
             m_pad,
@@ -334,7 +348,10 @@ impl Prepared {
     fn run(&self, mode: Mode, start: u64, end: u64) -> NullRange {
         let len = (end - start) as usize;
         let cols = self.columns.len();
-        let mut out = NullRange { counts: vec![0; len * cols], max_abs_t: vec![0.0; len] };
+        let mut out = NullRange {
+            counts: vec![0; len * cols],
+            max_abs_t: vec![0.0; len],
+        };
         if len == 0 {
             return out;
         }
@@ -567,7 +584,11 @@ mod kernels {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Isa::Avx2 => unsafe { exact_avx2(prep, ratios, start, end, counts, max_ratio) },
-            _ => with_k!(ratios.len(), exact_impl::<BASELINE, 8>, (prep, ratios, start, end, counts, max_ratio)),
+            _ => with_k!(
+                ratios.len(),
+                exact_impl::<BASELINE, 8>,
+                (prep, ratios, start, end, counts, max_ratio)
+            ),
         }
     }
 
@@ -581,7 +602,11 @@ mod kernels {
         counts: &mut [u32],
         max_ratio: &mut [f64],
     ) {
-        with_k!(ratios.len(), exact_impl::<AVX512, 32>, (prep, ratios, start, end, counts, max_ratio))
+        with_k!(
+            ratios.len(),
+            exact_impl::<AVX512, 32>,
+            (prep, ratios, start, end, counts, max_ratio)
+        )
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -594,7 +619,11 @@ mod kernels {
         counts: &mut [u32],
         max_ratio: &mut [f64],
     ) {
-        with_k!(ratios.len(), exact_impl::<AVX2, 8>, (prep, ratios, start, end, counts, max_ratio))
+        with_k!(
+            ratios.len(),
+            exact_impl::<AVX2, 8>,
+            (prep, ratios, start, end, counts, max_ratio)
+        )
     }
 
     pub(super) fn monte_carlo(
@@ -674,7 +703,10 @@ mod kernels {
                 leaf_bits,
                 leaf_radius: vec![0.0; ub],
                 radius: vec![0.0; ub],
-                high: prep.groups[1..].iter().map(|g| vec![0.0; (1usize << g.bits) * ub]).collect(),
+                high: prep.groups[1..]
+                    .iter()
+                    .map(|g| vec![0.0; (1usize << g.bits) * ub])
+                    .collect(),
             }
         }
 
@@ -687,7 +719,10 @@ mod kernels {
             build_unit_major(prep, top_first, top_bits, u0, w, self.n_leaf, &mut self.leaf_offset);
             self.leaf_radius[..w].fill(0.0);
             for b in 0..self.leaf_bits {
-                for (r, &v) in self.leaf_radius[..w].iter_mut().zip(&prep.pair(low.first_pair + b)[u0..u0 + w]) {
+                for (r, &v) in self.leaf_radius[..w]
+                    .iter_mut()
+                    .zip(&prep.pair(low.first_pair + b)[u0..u0 + w])
+                {
                     *r += v.abs();
                 }
             }
@@ -777,7 +812,10 @@ mod kernels {
         let mut skipped = vec![f64::NEG_INFINITY; n_blocks * n_h];
         let a_range = |h: u64| {
             let j_base = h << low.bits;
-            (start.saturating_sub(j_base) as usize, ((end - j_base) as usize).min(n_low))
+            (
+                start.saturating_sub(j_base) as usize,
+                ((end - j_base) as usize).min(n_low),
+            )
         };
 
         for (bi, u0) in (0..prep.m_pad).step_by(ub).enumerate() {
@@ -822,7 +860,10 @@ mod kernels {
                         *len += (r > skip) as usize;
                     }
                 }
-                let bound = bound_lanes.iter().chain(&leaf_bound).fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                let bound = bound_lanes
+                    .iter()
+                    .chain(&leaf_bound)
+                    .fold(f64::NEG_INFINITY, |a, &b| a.max(b));
                 skipped[bi * n_h + hi] = bound;
                 let (a_from, a_to) = a_range(h);
                 let j_base = h << low.bits;
@@ -993,7 +1034,9 @@ mod kernels {
         let thr: [f64; K] = ratios.try_into().unwrap();
         let g = prep.groups.len();
         debug_assert!(NG == 0 || NG == g);
-        let ub = (MC_TABLE_BUDGET / (8 * 256 * g) / LANES * LANES).clamp(LANES, 512).min(prep.m_pad);
+        let ub = (MC_TABLE_BUDGET / (8 * 256 * g) / LANES * LANES)
+            .clamp(LANES, 512)
+            .min(prep.m_pad);
         let plane = 256 * ub;
         let mut tables = vec![0.0f64; g * plane];
         let mut offsets = vec![0usize; g];
@@ -1006,7 +1049,13 @@ mod kernels {
             }
             // Pair 0 goes into the first table added to it: S = ((x_0 + G_1) + G_2 ...) + G_0.
             let first = if g > 1 { 1 } else { 0 };
-            fold_pair0(prep, prep.groups[first].bits, u0, w, &mut tables[first * plane..(first + 1) * plane]);
+            fold_pair0(
+                prep,
+                prep.groups[first].bits,
+                u0,
+                w,
+                &mut tables[first * plane..(first + 1) * plane],
+            );
             for (p, bytes) in patterns.chunks_exact(g).enumerate() {
                 for gi in 0..g {
                     offsets[gi] = gi * plane + bytes[gi] as usize * w;
@@ -1020,7 +1069,8 @@ mod kernels {
                         accumulate::<V, K>(s, &thr, &mut mx, &mut cnt);
                     }
                 } else if NG > 0 {
-                    let highs: [&[[f64; LANES]]; 4] = std::array::from_fn(|i| if i + 1 < NG { row(i + 1) } else { low });
+                    let highs: [&[[f64; LANES]]; 4] =
+                        std::array::from_fn(|i| if i + 1 < NG { row(i + 1) } else { low });
                     for c in 0..lanes {
                         let mut s = highs[0][c];
                         for high in highs.iter().take(NG - 1).skip(1) {
@@ -1137,7 +1187,11 @@ mod tests {
             let y: Vec<f64> = (0..n).map(|i| data[i * m + u] * signs[i] as f64).collect();
             let mean = y.iter().sum::<f64>() / nf;
             let t = if y.iter().all(|&v| v == y[0]) {
-                if y[0] == 0.0 { 0.0 } else { f64::INFINITY }
+                if y[0] == 0.0 {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
             } else {
                 let sd = (y.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (nf - 1.0)).sqrt();
                 (mean / (sd / nf.sqrt())).abs()
@@ -1154,7 +1208,9 @@ mod tests {
     }
 
     fn exact_signs(n: usize, j: u64) -> Vec<i8> {
-        (0..n).map(|i| if i > 0 && (j >> (i - 1)) & 1 == 1 { -1 } else { 1 }).collect()
+        (0..n)
+            .map(|i| if i > 0 && (j >> (i - 1)) & 1 == 1 { -1 } else { 1 })
+            .collect()
     }
 
     fn random_data(n: usize, m: usize, seed: u64) -> Vec<f64> {
@@ -1186,7 +1242,11 @@ mod tests {
             for j in 0..total {
                 let (c, mx) = brute(&data, n, m, &exact_signs(n, j), &T, &D);
                 assert_eq!(&got.counts[j as usize * 5..j as usize * 5 + 5], &c[..], "n={n} j={j}");
-                assert!(close(got.max_abs_t[j as usize], mx), "n={n} j={j}: {} vs {mx}", got.max_abs_t[j as usize]);
+                assert!(
+                    close(got.max_abs_t[j as usize], mx),
+                    "n={n} j={j}: {} vs {mx}",
+                    got.max_abs_t[j as usize]
+                );
             }
         }
     }
@@ -1309,8 +1369,14 @@ mod tests {
             exact(&diffs, Thresholds { t: &[-1.0], d: &[] }, 0, 8),
             Err(StatsError::BadThreshold { .. })
         ));
-        assert!(matches!(exact(&diffs, Thresholds { t: &T, d: &[] }, 0, 9), Err(StatsError::BadRange { .. })));
-        assert!(matches!(exact(&diffs, Thresholds { t: &T, d: &[] }, 5, 4), Err(StatsError::BadRange { .. })));
+        assert!(matches!(
+            exact(&diffs, Thresholds { t: &T, d: &[] }, 0, 9),
+            Err(StatsError::BadRange { .. })
+        ));
+        assert!(matches!(
+            exact(&diffs, Thresholds { t: &T, d: &[] }, 5, 4),
+            Err(StatsError::BadRange { .. })
+        ));
         assert!(matches!(n_patterns(40), Err(StatsError::TooManyPairsForExact { .. })));
     }
 }

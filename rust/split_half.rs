@@ -23,7 +23,11 @@ const UNIT_BLOCK: usize = 2048;
 /// `[n_splits x n_pairs]` row-major; `true` marks the pairs of the first half.
 pub fn assignments(n_pairs: usize, n_splits: usize, seed: u64) -> Result<Vec<bool>, StatsError> {
     if n_pairs < MIN_SPLIT_PAIRS {
-        return Err(StatsError::TooFewPairs { n_pairs, needed: MIN_SPLIT_PAIRS, what: "split-half reliability" });
+        return Err(StatsError::TooFewPairs {
+            n_pairs,
+            needed: MIN_SPLIT_PAIRS,
+            what: "split-half reliability",
+        });
     }
     let key = rng::stream_key(seed, Stream::SplitHalf);
     let mut out = vec![false; n_splits * n_pairs];
@@ -47,7 +51,11 @@ pub fn assignments(n_pairs: usize, n_splits: usize, seed: u64) -> Result<Vec<boo
 pub fn split_half(diffs: &PairDiffs, assignments: &[bool]) -> Result<Vec<f64>, StatsError> {
     let n = diffs.n_pairs();
     if n < MIN_SPLIT_PAIRS {
-        return Err(StatsError::TooFewPairs { n_pairs: n, needed: MIN_SPLIT_PAIRS, what: "split-half reliability" });
+        return Err(StatsError::TooFewPairs {
+            n_pairs: n,
+            needed: MIN_SPLIT_PAIRS,
+            what: "split-half reliability",
+        });
     }
     if !assignments.len().is_multiple_of(n) {
         return Err(StatsError::BadSplit {
@@ -91,7 +99,12 @@ fn half_t(rows: &[&[f64]], m: usize) -> Vec<f64> {
         let u0 = b * UNIT_BLOCK;
         let w = t_block.len();
         let block: Vec<&[f64]> = rows.iter().map(|r| &r[u0..u0 + w]).collect();
-        let mut out = MomentsOut { mean: &mut mean[..w], sd: &mut sd[..w], t: t_block, d: &mut d[..w] };
+        let mut out = MomentsOut {
+            mean: &mut mean[..w],
+            sd: &mut sd[..w],
+            t: t_block,
+            d: &mut d[..w],
+        };
         moments(&block, &mut out);
     }
     t

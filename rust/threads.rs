@@ -27,7 +27,10 @@ static POOL: AtomicPtr<ProcessPool> = AtomicPtr::new(ptr::null_mut());
 /// The thread count the environment asks for, if any (a positive integer).
 pub fn requested_threads() -> Option<usize> {
     THREAD_ENV_VARS.iter().find_map(|name| {
-        std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0)
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
     })
 }
 
@@ -42,9 +45,8 @@ pub fn pool() -> &'static ThreadPool {
                 return &entry.pool;
             }
         }
-        let threads = requested_threads().unwrap_or_else(|| {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-        });
+        let threads =
+            requested_threads().unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         let pool = ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("dense-plantain-{i}"))

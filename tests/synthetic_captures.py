@@ -21,8 +21,9 @@ def small_layout(name: str = "plantain") -> units.Layout:
     return units.build_layout(SMALL_SHAPE, name)
 
 
-def correlated_pairs(layout: units.Layout, n_pairs: int, *, planted: dict[str, float] | None = None,
-                     seed: int = 0, factor: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+def correlated_pairs(
+    layout: units.Layout, n_pairs: int, *, planted: dict[str, float] | None = None, seed: int = 0, factor: float = 0.8
+) -> tuple[np.ndarray, np.ndarray]:
     """(a, b) float32 [n_pairs x units]: b - a = block factor x loadings + noise + planted shift."""
     rng = np.random.default_rng(seed)
     labels = layout.labels()
@@ -37,16 +38,30 @@ def correlated_pairs(layout: units.Layout, n_pairs: int, *, planted: dict[str, f
     return a.astype(np.float32), (a + diff).astype(np.float32)
 
 
-def probe_meta(n_pairs: int, *, ids: list[str] | None = None, name: str = "synthetic-pose",
-               label_a: str = "T-pose", label_b: str = "expressive pose") -> dict:
+def probe_meta(
+    n_pairs: int,
+    *,
+    ids: list[str] | None = None,
+    name: str = "synthetic-pose",
+    label_a: str = "T-pose",
+    label_b: str = "expressive pose",
+) -> dict:
     ids = ids or [f"pair-{i:02d}" for i in range(n_pairs)]
-    pairs = [{"id": pid, "a": f"a person {pid} standing in a T-pose", "b": f"a person {pid} mid-leap, arms wide"}
-             for pid in ids]
+    pairs = [
+        {"id": pid, "a": f"a person {pid} standing in a T-pose", "b": f"a person {pid} mid-leap, arms wide"}
+        for pid in ids
+    ]
     return {
         "pairs": pairs,
-        "probe": {"name": name, "thesis": "Body pose is held as an axis of its own.", "label_a": label_a,
-                  "label_b": label_b, "held_constant": ["subject", "setting"], "sha256": "0" * 64,
-                  "path": "prompts/synthetic.toml"},
+        "probe": {
+            "name": name,
+            "thesis": "Body pose is held as an axis of its own.",
+            "label_a": label_a,
+            "label_b": label_b,
+            "held_constant": ["subject", "setting"],
+            "sha256": "0" * 64,
+            "path": "prompts/synthetic.toml",
+        },
         "model": {"id": "black-forest-labs/FLUX.2-klein-base-4B"},
         "settings": {"height": 64, "width": 64, "steps": 1, "seed": 0, "dtype": "float32"},
     }

@@ -70,8 +70,11 @@ def test_counts_and_max_t_match_scipy(an_capture):
     diff, cap = _diff(an_capture)
     t = sps.ttest_rel(cap.b.astype(np.float64), cap.a.astype(np.float64), axis=0).statistic
     d = diff.mean(0) / diff.std(0, ddof=1)
-    expected = {("t", 3.0): (np.abs(t) > 3).sum(), ("t", 5.0): (np.abs(t) > 5).sum(),
-                ("d", 0.8): (np.abs(d) > 0.8).sum()}
+    expected = {
+        ("t", 3.0): (np.abs(t) > 3).sum(),
+        ("t", 5.0): (np.abs(t) > 5).sum(),
+        ("d", 0.8): (np.abs(d) > 0.8).sum(),
+    }
     got = {(row["metric"], row["threshold"]): row["count"] for row in record["thresholds"]}
     assert got == {k: int(v) for k, v in expected.items()}
     for row in record["thresholds"]:
@@ -91,12 +94,13 @@ def test_top_blocks_match_a_loop_over_blocks(an_capture, an_layout):
     expected = []
     for block in dict.fromkeys(names):
         sel = names == block
-        expected.append((block, np.abs(t[sel]).max(), int((np.abs(t[sel]) > 3).sum()), int(sel.sum()),
-                         np.median(np.abs(d[sel]))))
+        expected.append(
+            (block, np.abs(t[sel]).max(), int((np.abs(t[sel]) > 3).sum()), int(sel.sum()), np.median(np.abs(d[sel])))
+        )
     expected.sort(key=lambda row: -row[1])
     got = record["top_blocks"]
     assert [row["block"] for row in got] == [row[0] for row in expected]
-    for row, (block, max_t, n3, n_units, med_d) in zip(got, expected):
+    for row, (_block, max_t, n3, n_units, med_d) in zip(got, expected):
         assert row["max_abs_t"] == pytest.approx(max_t, rel=1e-9)
         assert (row["n_t_gt3"], row["n_units"]) == (n3, n_units)
         assert row["median_abs_d"] == pytest.approx(med_d, rel=1e-9)
@@ -190,8 +194,12 @@ def test_foreign_capture_with_only_blocks_gets_the_overall_table(tmp_path):
     rng = np.random.default_rng(0)
     a = rng.normal(size=(6, 10)).astype(np.float32)
     b = (a + rng.normal(size=a.shape) + np.r_[np.full(4, 2.0), np.zeros(6)]).astype(np.float32)
-    path = store.write_capture(tmp_path / "foreign.safetensors", a, b,
-                               {"blocks": [{"name": "early", "n_units": 4}, {"name": "late", "n_units": 6}]})
+    path = store.write_capture(
+        tmp_path / "foreign.safetensors",
+        a,
+        b,
+        {"blocks": [{"name": "early", "n_units": 4}, {"name": "late", "n_units": 6}]},
+    )
     record = analysis.analyze(path, permutations=100, splits=10).to_json()
     assert record["groups"] == []
     assert [row["block"] for row in record["top_blocks"]][0] == "early"
@@ -203,8 +211,13 @@ def test_record_has_settings_versions_and_provenance(an_capture):
     record = analysis.analyze(an_capture, permutations=150, seed=7, splits=12).to_json()
     assert record["settings"]["permutations"] == 150 and record["seed"] == 7
     assert record["settings"]["splits"] == 12 and record["split_half"]["n_splits"] == 12
-    assert record["null"] == {**record["null"], "method": "sign-flip", "mode": "monte-carlo", "n_permutations": 150,
-                              "seed": 7}
+    assert record["null"] == {
+        **record["null"],
+        "method": "sign-flip",
+        "mode": "monte-carlo",
+        "n_permutations": 150,
+        "seed": 7,
+    }
     assert {"dense_plantain", "numpy", "scipy", "python"} <= set(record["versions"])
     (source,) = record["sources"]
     assert source["sha256"] == hashlib.sha256(an_capture.read_bytes()).hexdigest()
@@ -225,7 +238,9 @@ def test_forced_exact_and_forced_monte_carlo(an_capture10):
 
 def test_progress_reaches_the_total_over_all_null_runs(an_capture10):
     calls = []
-    analysis.analyze(an_capture10, permutations=1000, splits=5, progress=lambda done, total: calls.append((done, total)))
+    analysis.analyze(
+        an_capture10, permutations=1000, splits=5, progress=lambda done, total: calls.append((done, total))
+    )
     totals = {total for _, total in calls}
     assert totals == {5 * 2**9}  # the full null plus attention, MLP, image and pooled-region nulls
     done = [d for d, _ in calls]

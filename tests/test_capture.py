@@ -20,7 +20,6 @@ from dense_plantain.capture.run import CaptureSettings, initial_noise, partial_p
 from dense_plantain.errors import CaptureError, ModelLoadError, PromptFileError
 from dense_plantain.store import read_capture
 from dense_plantain.units import build_layout
-
 from tiny_klein import PAIRS, SIZE, tiny_dir, tiny_loaded, write_probe
 
 # The tiny transformer's widths, written out (not read from the code under test).
@@ -93,8 +92,12 @@ def reference_heads(raw: RawInputs, call: int = 0) -> np.ndarray:
     for i in range(N_SINGLE):
         x = raw.get(f"single_transformer_blocks.{i}.attn.to_out", call)
         img, txt = x[:, n_text:], x[:, :n_text]
-        cols += [rms(img[..., :INNER], HEAD_DIM), rms(txt[..., :INNER], HEAD_DIM),
-                 rms(img[..., INNER:], HEAD_DIM), rms(txt[..., INNER:], HEAD_DIM)]
+        cols += [
+            rms(img[..., :INNER], HEAD_DIM),
+            rms(txt[..., :INNER], HEAD_DIM),
+            rms(img[..., INNER:], HEAD_DIM),
+            rms(txt[..., INNER:], HEAD_DIM),
+        ]
     return np.concatenate(cols, axis=1)
 
 
@@ -111,7 +114,9 @@ def test_values_equal_float64_reduction_of_hooked_inputs(pipe, layout, reference
     want = reference(raw)
     assert got.values.dtype == np.float32
     assert got.values.shape == want.shape == (3, got.layout.n_units)
-    assert got.layout.n_units == (340 if layout == "plantain" else N_JOINT * 2 * HEADS + N_SINGLE * (2 * HEADS + 2 * MLP // HEAD_DIM))
+    assert got.layout.n_units == (
+        340 if layout == "plantain" else N_JOINT * 2 * HEADS + N_SINGLE * (2 * HEADS + 2 * MLP // HEAD_DIM)
+    )
     np.testing.assert_allclose(got.values, want, rtol=2e-5, atol=0)  # float32 accumulation over ~25k squares
     assert raw.text_len == [512]
     assert got.info["tokens"] == {"text": 512, "image": (SIZE // 2) ** 2, "reference": 0}
@@ -160,7 +165,8 @@ def test_hooks_are_removed_after_capture(pipe):
 def _transformer_inputs(pipe, call):
     seen = []
     handle = pipe.transformer.register_forward_pre_hook(
-        lambda m, a, k: seen.append(k["hidden_states"].detach().clone()), with_kwargs=True)
+        lambda m, a, k: seen.append(k["hidden_states"].detach().clone()), with_kwargs=True
+    )
     try:
         call()
     finally:
@@ -170,11 +176,21 @@ def _transformer_inputs(pipe, call):
 
 @pytest.mark.parametrize("seed", [0, 7])
 def test_noise_is_the_pipelines_own_single_prompt_draw(pipe, seed):
-    plain = _transformer_inputs(pipe, lambda: pipe(
-        prompt=PROMPTS[0], height=SIZE, width=SIZE, num_inference_steps=1, guidance_scale=1.0,
-        generator=torch.Generator("cpu").manual_seed(seed), output_type="latent"))
-    ours = _transformer_inputs(pipe, lambda: capture_prompts(
-        pipe, PROMPTS[:3], seed=seed, height=SIZE, width=SIZE, batch_size=3))
+    plain = _transformer_inputs(
+        pipe,
+        lambda: pipe(
+            prompt=PROMPTS[0],
+            height=SIZE,
+            width=SIZE,
+            num_inference_steps=1,
+            guidance_scale=1.0,
+            generator=torch.Generator("cpu").manual_seed(seed),
+            output_type="latent",
+        ),
+    )
+    ours = _transformer_inputs(
+        pipe, lambda: capture_prompts(pipe, PROMPTS[:3], seed=seed, height=SIZE, width=SIZE, batch_size=3)
+    )
     assert len(plain) == len(ours) == 1
     assert plain[0].shape[0] == 1 and ours[0].shape[0] == 3
     for row in range(3):
@@ -187,8 +203,15 @@ def test_capture_reproduces_with_plain_diffusers(pipe):
     """A prompt's values equal those of a plain pipeline call with the documented generator."""
     raw = RawInputs(pipe.transformer)
     try:
-        pipe(prompt=PROMPTS[1], height=SIZE, width=SIZE, num_inference_steps=1, guidance_scale=1.0,
-             generator=torch.Generator("cpu").manual_seed(3), output_type="latent")
+        pipe(
+            prompt=PROMPTS[1],
+            height=SIZE,
+            width=SIZE,
+            num_inference_steps=1,
+            guidance_scale=1.0,
+            generator=torch.Generator("cpu").manual_seed(3),
+            output_type="latent",
+        )
     finally:
         raw.remove()
     got = capture_prompts(pipe, PROMPTS[:2], seed=3, height=SIZE, width=SIZE, batch_size=2).values
@@ -201,8 +224,7 @@ def test_capture_reproduces_with_plain_diffusers(pipe):
 def test_several_steps_carry_step_indices(pipe):
     raw = RawInputs(pipe.transformer)
     try:
-        got = capture_prompts(pipe, PROMPTS[:2], height=SIZE, width=SIZE, batch_size=2, steps=3,
-                              capture_steps=(0, 1))
+        got = capture_prompts(pipe, PROMPTS[:2], height=SIZE, width=SIZE, batch_size=2, steps=3, capture_steps=(0, 1))
     finally:
         raw.remove()
     # the run stops after the last captured step: two transformer forwards, not three
@@ -237,8 +259,7 @@ def test_reference_image_adds_reference_tokens(pipe, tmp_path):
     Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(path)
     raw = RawInputs(pipe.transformer)
     try:
-        got = capture_prompts(pipe, PROMPTS[:2], layout="heads", height=SIZE, width=SIZE, batch_size=2,
-                              image=str(path))
+        got = capture_prompts(pipe, PROMPTS[:2], layout="heads", height=SIZE, width=SIZE, batch_size=2, image=str(path))
     finally:
         raw.remove()
     # the tiny VAE does not downsample; 2x2 patches: (64/2) * (80/2) reference tokens
@@ -295,7 +316,9 @@ def test_two_stage_gpu_reduction_equals_float64(tokens, dtype):
 
 
 def test_reductions_are_merged_per_module():
-    config = json.loads((Path(__file__).parents[1] / "python/dense_plantain/capture/klein_4b_transformer.json").read_text())
+    config = json.loads(
+        (Path(__file__).parents[1] / "python/dense_plantain/capture/klein_4b_transformer.json").read_text()
+    )
     plan = plan_reductions(build_layout(config, "plantain"))[0]
     single = plan["single_transformer_blocks.0.attn.to_out"]
     assert [(r.region, r.n_groups, r.group_width) for r in single] == [("all", 768, 16)]
@@ -397,8 +420,13 @@ def test_resume_refuses_other_settings_or_prompts(tmp_path, probe_file):
     with pytest.raises(CaptureError, match=r"cannot resume .*seed: unfinished run 0, this run 5"):
         _capture(tmp_path, probe_file, out.name, resume=True, settings=CaptureSettings(height=SIZE, width=SIZE, seed=5))
     with pytest.raises(CaptureError, match=r"layout: unfinished run 'plantain', this run 'heads'"):
-        _capture(tmp_path, probe_file, out.name, resume=True,
-                 settings=CaptureSettings(height=SIZE, width=SIZE, layout="heads"))
+        _capture(
+            tmp_path,
+            probe_file,
+            out.name,
+            resume=True,
+            settings=CaptureSettings(height=SIZE, width=SIZE, layout="heads"),
+        )
     write_probe(probe_file, PAIRS[:4] + [("p5", "a totally different prompt", "another one")])
     with pytest.raises(CaptureError, match="prompt file .* changed"):
         _capture(tmp_path, probe_file, out.name, resume=True)
@@ -423,11 +451,21 @@ def test_existing_output_needs_force(tmp_path, probe_file):
 def test_bad_height_is_refused_before_loading_anything(tmp_path, probe_file):
     t0 = time.monotonic()
     with pytest.raises(CaptureError, match=r"--height 100 is not a positive multiple of 16.*e\.g\. 96 or 112"):
-        run_capture("/no/such/model", probe_file, tmp_path / "x.safetensors",
-                    settings=CaptureSettings(height=100, width=64), show_progress=False)
+        run_capture(
+            "/no/such/model",
+            probe_file,
+            tmp_path / "x.safetensors",
+            settings=CaptureSettings(height=100, width=64),
+            show_progress=False,
+        )
     with pytest.raises(CaptureError, match="--width 8 "):
-        run_capture("/no/such/model", probe_file, tmp_path / "x.safetensors",
-                    settings=CaptureSettings(height=64, width=8), show_progress=False)
+        run_capture(
+            "/no/such/model",
+            probe_file,
+            tmp_path / "x.safetensors",
+            settings=CaptureSettings(height=64, width=8),
+            show_progress=False,
+        )
     assert time.monotonic() - t0 < 5
 
 
@@ -543,8 +581,24 @@ def test_cli_capture_and_errors(tmp_path, probe_file):
 
     runner = CliRunner()
     out = tmp_path / "cli.safetensors"
-    args = ["capture", "--model", str(tiny_dir()), "--prompts", str(probe_file), "--out", str(out),
-            "--height", str(SIZE), "--width", str(SIZE), "--device", "cpu", "--batch-size", "4", "--quiet"]
+    args = [
+        "capture",
+        "--model",
+        str(tiny_dir()),
+        "--prompts",
+        str(probe_file),
+        "--out",
+        str(out),
+        "--height",
+        str(SIZE),
+        "--width",
+        str(SIZE),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--quiet",
+    ]
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     assert f"{len(PAIRS)} pairs x 340 units" in res.output
@@ -552,8 +606,10 @@ def test_cli_capture_and_errors(tmp_path, probe_file):
     assert again.exit_code == 2 and "already exists" in again.output and "Traceback" not in again.output
     bad = runner.invoke(main, args[:-7] + ["--height", "50", "--width", str(SIZE), "--force"])
     assert bad.exit_code == 2 and "not a positive multiple of 16" in bad.output
-    nomodel = runner.invoke(main, ["capture", "--model", str(tmp_path), "--prompts", str(probe_file),
-                                   "--out", str(tmp_path / "y.safetensors")])
+    nomodel = runner.invoke(
+        main,
+        ["capture", "--model", str(tmp_path), "--prompts", str(probe_file), "--out", str(tmp_path / "y.safetensors")],
+    )
     assert nomodel.exit_code == 2 and "no model_index.json" in nomodel.output
 
 

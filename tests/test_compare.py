@@ -10,11 +10,10 @@ import pytest
 from click.testing import CliRunner
 from scipy import stats as sps
 
-from dense_plantain import analysis, store, welch
+from dense_plantain import analysis, store, units, welch
 from dense_plantain.cli import main
 from dense_plantain.errors import AnalysisError
 from synthetic_captures import SMALL_SHAPE, correlated_pairs, probe_meta, small_layout, write
-from dense_plantain import units
 
 
 @pytest.fixture
@@ -29,8 +28,9 @@ def cmp_matched(tmp_path, cmp_layout):
     a1, b1 = correlated_pairs(cmp_layout, 12, planted={"joint[1]": 1.5, "single[0]": 0.8}, seed=11)
     a2, b2 = correlated_pairs(cmp_layout, 12, planted={"single[0]": 0.8}, seed=12)
     p1 = write(tmp_path / "tpose.safetensors", a1, b1, cmp_layout, **probe_meta(12, ids=ids, name="tpose"))
-    p2 = write(tmp_path / "apose.safetensors", a2, b2, cmp_layout,
-               **probe_meta(12, ids=ids, name="apose", label_a="A-pose"))
+    p2 = write(
+        tmp_path / "apose.safetensors", a2, b2, cmp_layout, **probe_meta(12, ids=ids, name="apose", label_a="A-pose")
+    )
     return p1, p2
 
 
@@ -40,8 +40,13 @@ def cmp_unmatched(tmp_path, cmp_layout):
     a1, b1 = correlated_pairs(cmp_layout, 9, planted={"joint[0]": 3.0}, seed=21)
     a2, b2 = correlated_pairs(cmp_layout, 7, seed=22)
     p1 = write(tmp_path / "one.safetensors", a1, b1, cmp_layout, **probe_meta(9, name="one"))
-    p2 = write(tmp_path / "two.safetensors", a2, b2, cmp_layout,
-               **probe_meta(7, ids=[f"other-{i}" for i in range(7)], name="two"))
+    p2 = write(
+        tmp_path / "two.safetensors",
+        a2,
+        b2,
+        cmp_layout,
+        **probe_meta(7, ids=[f"other-{i}" for i in range(7)], name="two"),
+    )
     return p1, p2
 
 
@@ -185,12 +190,19 @@ def test_different_layouts_are_refused_naming_both_files(tmp_path, cmp_matched):
 
 def test_compare_cli_writes_the_results_folder(tmp_path, cmp_matched):
     out = tmp_path / "contrast"
-    res = CliRunner().invoke(main, ["compare", *map(str, cmp_matched), "--out", str(out), "--permutations", "100",
-                                    "--splits", "10"])
+    res = CliRunner().invoke(
+        main, ["compare", *map(str, cmp_matched), "--out", str(out), "--permutations", "100", "--splits", "10"]
+    )
     assert res.exit_code == 0, res.output
     names = {p.name for p in out.iterdir()}
-    assert {"results.json", "units.csv", "results.md", "abs_t_by_block.png", "null_counts.png",
-            "split_half_r.png"} == names
+    assert {
+        "results.json",
+        "units.csv",
+        "results.md",
+        "abs_t_by_block.png",
+        "null_counts.png",
+        "split_half_r.png",
+    } == names
     md = (out / "results.md").read_text()
     assert "(expressive pose − T-pose) − (expressive pose − A-pose)" in md
 
@@ -213,9 +225,14 @@ def test_different_settings_are_refused_naming_files_keys_and_values(tmp_path, c
     with pytest.raises(AnalysisError) as err:
         analysis.compare(cmp_matched[0], cmp_other_settings, permutations=50, splits=5)
     message = str(err.value)
-    for part in ("tpose.safetensors", "other.safetensors", "settings.height: 64 vs 1024", "settings.seed: 0 vs 7",
-                 "model.id: 'black-forest-labs/FLUX.2-klein-base-4B' vs 'some/other-model'",
-                 "--allow-different-settings"):
+    for part in (
+        "tpose.safetensors",
+        "other.safetensors",
+        "settings.height: 64 vs 1024",
+        "settings.seed: 0 vs 7",
+        "model.id: 'black-forest-labs/FLUX.2-klein-base-4B' vs 'some/other-model'",
+        "--allow-different-settings",
+    ):
         assert part in message
     assert "width" not in message and "dtype" not in message  # only the keys that differ
     out = tmp_path / "out"
@@ -229,16 +246,32 @@ def test_different_settings_allowed_are_recorded_and_flagged(tmp_path, cmp_match
     import json
 
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["compare", str(cmp_matched[0]), str(cmp_other_settings), "--out", str(out),
-                                    "--permutations", "50", "--splits", "5", "--allow-different-settings", "-q"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            str(cmp_matched[0]),
+            str(cmp_other_settings),
+            "--out",
+            str(out),
+            "--permutations",
+            "50",
+            "--splits",
+            "5",
+            "--allow-different-settings",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     record = json.loads((out / "results.json").read_text())
     assert record["settings"]["allow_different_settings"] is True
     check = record["conditions"]["settings_check"]
     assert check["status"] == "different"
     assert {d["key"]: (d["capture_1"], d["capture_2"]) for d in check["differences"]} == {
-        "settings.height": (64, 1024), "settings.seed": (0, 7),
-        "model.id": ("black-forest-labs/FLUX.2-klein-base-4B", "some/other-model")}
+        "settings.height": (64, 1024),
+        "settings.seed": (0, 7),
+        "model.id": ("black-forest-labs/FLUX.2-klein-base-4B", "some/other-model"),
+    }
     md = (out / "results.md").read_text()
     assert "Warning: the captures differ in model or settings" in md and "settings.height 64 vs 1024" in md
     readme = tmp_path / "README.md"
@@ -277,19 +310,29 @@ def test_negative_seed_is_refused_by_click(tmp_path, cmp_matched, command):
 # Columns of 3 vs 5 integers whose |d| is exactly 0.8 (checked with fractions below); in float64
 # the two-pass d and the null's group-sum d land on different sides of 0.8 for some of them.
 _D_TIES = [
-    ([6, -2, 4], [-2, 5, -1, -1, -1]), ([0, 1, -5], [-5, -6, 0, -1, -8]), ([-1, 4, 4], [6, 7, 8, -1, 5]),
-    ([4, 3, 7], [7, 7, 4, 5, 7]), ([1, 3, 2], [3, -5, -7, -7, 6]), ([-7, 7, 3], [-5, 0, -7, 1, -4]),
-    ([-2, -1, 5], [-6, -3, 2, 0, -3]), ([-3, 1, 4], [-2, -2, -3, 3, -6]), ([3, -3, -7], [-7, -2, -4, -6, -6]),
-    ([1, 0, -3], [6, 3, 4, -4, 1]), ([6, 4, 1], [-2, -3, 6, 1, 3]), ([-6, -4, -2], [3, 7, -4, -8, 2]),
+    ([6, -2, 4], [-2, 5, -1, -1, -1]),
+    ([0, 1, -5], [-5, -6, 0, -1, -8]),
+    ([-1, 4, 4], [6, 7, 8, -1, 5]),
+    ([4, 3, 7], [7, 7, 4, 5, 7]),
+    ([1, 3, 2], [3, -5, -7, -7, 6]),
+    ([-7, 7, 3], [-5, 0, -7, 1, -4]),
+    ([-2, -1, 5], [-6, -3, 2, 0, -3]),
+    ([-3, 1, 4], [-2, -2, -3, 3, -6]),
+    ([3, -3, -7], [-7, -2, -4, -6, -6]),
+    ([1, 0, -3], [6, 3, 4, -4, 1]),
+    ([6, 4, 1], [-2, -3, 6, 1, 3]),
+    ([-6, -4, -2], [3, 7, -4, -8, 2]),
 ]
 # |t| exactly 3 in integers, and near-ties (scaled integers whose exact t is 3).
 _T_TIES = [([-6, -3, -6], [5, 11, -3, 9, -2], 1.0)] + [
-    ([-6, -3, -6], [5, 11, -3, 9, -2], s) for s in (0.1, 0.3, 1 / 3, 0.7, 1.1, 2.5)]
+    ([-6, -3, -6], [5, 11, -3, 9, -2], s) for s in (0.1, 0.3, 1 / 3, 0.7, 1.1, 2.5)
+]
 
 
 def _exact_welch_squares(a, b):
     """(mean difference)^2, Welch SE^2 and pooled variance as fractions of the float values."""
     from fractions import Fraction as F
+
     a, b = [F(float(v)) for v in a], [F(float(v)) for v in b]
     n1, n2 = len(a), len(b)
     m1, m2 = sum(a) / n1, sum(b) / n2
@@ -300,6 +343,7 @@ def _exact_welch_squares(a, b):
 
 def _tie_columns():
     from fractions import Fraction as F
+
     cols1, cols2 = [], []
     for a, b in _D_TIES:
         diff2, _, pooled = _exact_welch_squares(a, b)
@@ -337,7 +381,7 @@ def test_observed_counts_without_ties_match_a_float64_reference():
     x2 = rng.normal(size=(5, 400))
     obs = welch.observed_counts(x1, x2)
     t = _welch_t(x1, x2)
-    pooled = ((5 * x1.var(axis=0, ddof=1) + 4 * x2.var(axis=0, ddof=1)) / 9)
+    pooled = (5 * x1.var(axis=0, ddof=1) + 4 * x2.var(axis=0, ddof=1)) / 9
     d = (x1.mean(axis=0) - x2.mean(axis=0)) / np.sqrt(pooled)
     for th in (3.0, 5.0, 0.8):  # no unit within 1e-9 of a threshold: the routes must agree
         assert np.abs(np.abs(t if th != 0.8 else d) - th).min() > 1e-9

@@ -39,7 +39,6 @@ from dense_plantain.capture.distributed import (
 from dense_plantain.capture.run import CaptureSettings, partial_path
 from dense_plantain.errors import CaptureError
 from dense_plantain.store import read_capture, write_capture
-
 from tiny_klein import PAIRS, tiny_dir, write_probe
 
 SIZE = 16  # pixels: 8 x 8 image tokens, the smallest the tiny pipeline takes
@@ -61,9 +60,31 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _capture_cmd(probe: Path, out: Path, *more: str, nproc: int | None = 2) -> list[str]:
     launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return [sys.executable, *launcher, "-m", "dense_plantain", "capture", "--model", str(tiny_dir()),
-            "--prompts", str(probe), "--out", str(out), "--height", str(SIZE), "--width", str(SIZE),
-            "--device", "cpu", "--batch-size", str(BATCH), "--quiet", "--dist-timeout", "1", *more]
+    return [
+        sys.executable,
+        *launcher,
+        "-m",
+        "dense_plantain",
+        "capture",
+        "--model",
+        str(tiny_dir()),
+        "--prompts",
+        str(probe),
+        "--out",
+        str(out),
+        "--height",
+        str(SIZE),
+        "--width",
+        str(SIZE),
+        "--device",
+        "cpu",
+        "--batch-size",
+        str(BATCH),
+        "--quiet",
+        "--dist-timeout",
+        "1",
+        *more,
+    ]
 
 
 def _start(cmd: list[str], **env: str) -> subprocess.Popen:
@@ -147,7 +168,9 @@ def test_torchrun_environment_is_read_and_explained():
     assert torchrun_launch({k: v for k, v in env.items() if k != "MASTER_PORT"}) is None
     with pytest.raises(CaptureError, match="RANK=3, WORLD_SIZE=2"):
         torchrun_launch({**env, "RANK": "3"})
-    with pytest.raises(CaptureError, match=r"MASTER_ADDR, MASTER_PORT not set.*torchrun --standalone --nproc-per-node N"):
+    with pytest.raises(
+        CaptureError, match=r"MASTER_ADDR, MASTER_PORT not set.*torchrun --standalone --nproc-per-node N"
+    ):
         require_launch({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
@@ -158,16 +181,33 @@ def test_cli_distributed_without_torchrun_is_refused(monkeypatch, probe, tmp_pat
 
     for key in TORCHRUN_ENV:
         monkeypatch.delenv(key, raising=False)
-    res = CliRunner().invoke(main, ["capture", "--model", str(tmp_path), "--prompts", str(probe),
-                                    "--out", str(tmp_path / "x.safetensors"), "--distributed"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "capture",
+            "--model",
+            str(tmp_path),
+            "--prompts",
+            str(probe),
+            "--out",
+            str(tmp_path / "x.safetensors"),
+            "--distributed",
+        ],
+    )
     assert res.exit_code == 2 and "needs the environment torchrun gives" in res.output
     assert "Traceback" not in res.output
 
 
 def test_more_processes_than_pairs_are_refused_before_joining(probe, tmp_path):
     with pytest.raises(CaptureError, match="6 processes for 5 pairs"):
-        run_distributed_capture("/no/model/needed", probe, tmp_path / "x.safetensors", launch=Launch(0, 6, 0, "nowhere:1"),
-                                settings=CaptureSettings(height=SIZE, width=SIZE), device="cpu")
+        run_distributed_capture(
+            "/no/model/needed",
+            probe,
+            tmp_path / "x.safetensors",
+            launch=Launch(0, 6, 0, "nowhere:1"),
+            settings=CaptureSettings(height=SIZE, width=SIZE),
+            device="cpu",
+        )
 
 
 # --- two processes ---------------------------------------------------------------------------------
@@ -228,7 +268,10 @@ def test_dead_rank_then_one_process_resume(probe, reference, tmp_path):
     # rank 0 kept whatever it finished before torchrun stopped it, in order
     kept0 = [p for p in (shard_path(out, 0, 2), partial_path(shard_path(out, 0, 2))) if p.exists()]
     if kept0:
-        assert IDS[:2][: read_capture(kept0[0], allow_partial=True).n_pairs] == read_capture(kept0[0], allow_partial=True).pair_ids
+        assert (
+            IDS[:2][: read_capture(kept0[0], allow_partial=True).n_pairs]
+            == read_capture(kept0[0], allow_partial=True).pair_ids
+        )
 
     # one process (no torchrun) finishes both shards as their ranks would have, and merges
     code, output = _run(_capture_cmd(probe, out, "--resume", nproc=None))
@@ -261,9 +304,9 @@ def _write_shard(reference_capture, out: Path, rank: int, count: int | None = No
 
 
 def test_shards_are_checked_and_merged_from_files(probe, reference, tmp_path):
-    from dense_plantain.prompts import load_probe
-
     import torch
+
+    from dense_plantain.prompts import load_probe
 
     want = reference.capture()
     out = tmp_path / "cap.safetensors"
@@ -296,6 +339,13 @@ def test_shards_of_another_process_count_are_not_mixed_in(probe, tmp_path):
         shard_path(out, rank, 3).write_bytes(b"")
     settings = CaptureSettings(height=SIZE, width=SIZE)
     with pytest.raises(CaptureError, match="shards of a 3-process capture .* --nproc-per-node 3 --resume"):
-        run_distributed_capture("/no/model/needed", probe, out, launch=Launch(0, 2, 0, "nowhere:1"), settings=settings,
-                                device="cpu", resume=True)
+        run_distributed_capture(
+            "/no/model/needed",
+            probe,
+            out,
+            launch=Launch(0, 2, 0, "nowhere:1"),
+            settings=settings,
+            device="cpu",
+            resume=True,
+        )
     assert sorted(shard_files(out)) == [3]

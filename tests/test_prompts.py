@@ -174,14 +174,49 @@ def test_probe_table_and_fields(tmp_path):
             None,
             "not valid TOML",
         ),
-        ("missing field", THREE_PAIRS.replace('b = "A blue car in a street."\n', ""), "[[pairs]]", 2, "car", "missing field 'b'"),
+        (
+            "missing field",
+            THREE_PAIRS.replace('b = "A blue car in a street."\n', ""),
+            "[[pairs]]",
+            2,
+            "car",
+            "missing field 'b'",
+        ),
         ("duplicate id", THREE_PAIRS.replace('id = "kite"', 'id = "cup"'), "[[pairs]]", 3, "cup", "duplicate id"),
-        ("empty prompt", THREE_PAIRS.replace('a = "A red kite over a beach."', 'a = "  "'), 'a = "  "', 1, "kite", "empty prompt 'a'"),
-        ("a equals b", THREE_PAIRS.replace('b = "A blue cup on a table."', 'b = "A red cup on a table."'), 'b = "A red cup on a table."', 1, "cup", "identical"),
-        ("unknown pair key", THREE_PAIRS.replace('id = "car"', 'id = "car"\nsubjet = "car"'), "subjet", 1, "car", "probably a typo for 'subject'"),
+        (
+            "empty prompt",
+            THREE_PAIRS.replace('a = "A red kite over a beach."', 'a = "  "'),
+            'a = "  "',
+            1,
+            "kite",
+            "empty prompt 'a'",
+        ),
+        (
+            "a equals b",
+            THREE_PAIRS.replace('b = "A blue cup on a table."', 'b = "A red cup on a table."'),
+            'b = "A red cup on a table."',
+            1,
+            "cup",
+            "identical",
+        ),
+        (
+            "unknown pair key",
+            THREE_PAIRS.replace('id = "car"', 'id = "car"\nsubjet = "car"'),
+            "subjet",
+            1,
+            "car",
+            "probably a typo for 'subject'",
+        ),
         ("non-string id", THREE_PAIRS.replace('id = "car"', "id = 7"), "id = 7", 1, "7", "id must be a string"),
-        ("unknown probe key", '[probe]\nlable_a = "red"\n' + THREE_PAIRS, "lable_a", 1, None, "probably a typo for 'label_a'"),
-        ("unknown top-level key", 'pair = 1\n' + THREE_PAIRS, "pair = 1", 1, None, "unknown top-level key 'pair'"),
+        (
+            "unknown probe key",
+            '[probe]\nlable_a = "red"\n' + THREE_PAIRS,
+            "lable_a",
+            1,
+            None,
+            "probably a typo for 'label_a'",
+        ),
+        ("unknown top-level key", "pair = 1\n" + THREE_PAIRS, "pair = 1", 1, None, "unknown top-level key 'pair'"),
     ],
 )
 def test_each_error_names_file_line_and_pair(tmp_path, case, text, needle, occurrence, pair_id, message):
@@ -199,7 +234,7 @@ def test_each_error_names_file_line_and_pair(tmp_path, case, text, needle, occur
 
 
 def test_too_few_pairs(tmp_path):
-    path = write(tmp_path, THREE_PAIRS.split("[[pairs]]\nid = \"kite\"")[0])
+    path = write(tmp_path, THREE_PAIRS.split('[[pairs]]\nid = "kite"')[0])
     assert "only 2 pair(s)" in problems_text(path)
 
 
@@ -219,7 +254,9 @@ def test_all_problems_are_reported_together(tmp_path):
 
 def test_a_broken_pair_cannot_hide_a_duplicate(tmp_path):
     # The first "cup" is itself invalid (a == b); the clash must still be reported.
-    text = THREE_PAIRS.replace('b = "A blue cup on a table."', 'b = "A red cup on a table."').replace('id = "kite"', 'id = "cup"')
+    text = THREE_PAIRS.replace('b = "A blue cup on a table."', 'b = "A red cup on a table."').replace(
+        'id = "kite"', 'id = "cup"'
+    )
     path = write(tmp_path, text)
     rendered = problems_text(path)
     assert "duplicate id; also used at line 1" in rendered
@@ -250,15 +287,20 @@ def _bpe_pipeline_folder(tmp_path: Path, corpus: list[str], chat_template: str |
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    pattern = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    pattern = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(pattern), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(corpus, trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
@@ -343,7 +385,10 @@ def _pairs_file(tmp_path, pairs, probe=""):
 
 
 def test_systematic_length_difference_is_flagged(tmp_path):
-    pairs = [(f"p{i}", f"A photo of item {i}.", f"A photo of item {i} seen from far away, very clearly.", "") for i in range(6)]
+    pairs = [
+        (f"p{i}", f"A photo of item {i}.", f"A photo of item {i} seen from far away, very clearly.", "")
+        for i in range(6)
+    ]
     report = check_probe(_pairs_file(tmp_path, pairs))
     assert report.length.systematic and report.length.mean_diff > 0
     assert any(w.startswith("lexical confound") and "approximate count" in w for w in report.warnings)
@@ -367,9 +412,24 @@ def test_constant_difference_is_systematic(tmp_path):
 def test_held_constant_verbatim_check(tmp_path):
     probe = '[probe]\nheld_constant = ["subject", "setting"]\n'
     pairs = [
-        ("ok", "A tall man standing, in a park.", "A tall man sitting, in a park.", 'subject = "A tall man"\nsetting = "in a park"\n'),
-        ("reworded", "A tall man standing, in a park.", "A big man sitting, in a park.", 'subject = "A tall man"\nsetting = "in a park"\n'),
-        ("case", "a tall man standing, in a park.", "A tall man sitting, in a park.", 'subject = "A tall man"\nsetting = "in a park"\n'),
+        (
+            "ok",
+            "A tall man standing, in a park.",
+            "A tall man sitting, in a park.",
+            'subject = "A tall man"\nsetting = "in a park"\n',
+        ),
+        (
+            "reworded",
+            "A tall man standing, in a park.",
+            "A big man sitting, in a park.",
+            'subject = "A tall man"\nsetting = "in a park"\n',
+        ),
+        (
+            "case",
+            "a tall man standing, in a park.",
+            "A tall man sitting, in a park.",
+            'subject = "A tall man"\nsetting = "in a park"\n',
+        ),
         ("absent", "A tall man standing, in a park.", "A tall man sitting, in a park.", 'subject = "A tall man"\n'),
     ]
     report = check_probe(_pairs_file(tmp_path, pairs, probe))
@@ -387,7 +447,10 @@ def test_held_constant_verbatim_check(tmp_path):
 
 
 def test_undeclared_fields_are_checked_too(tmp_path):
-    pairs = [(f"p{i}", f"A dog {i} in the snow.", f"A cat {i} on the snow.", 'setting = "in the snow"\nnote = "x"\n') for i in range(3)]
+    pairs = [
+        (f"p{i}", f"A dog {i} in the snow.", f"A cat {i} on the snow.", 'setting = "in the snow"\nnote = "x"\n')
+        for i in range(3)
+    ]
     report = check_probe(_pairs_file(tmp_path, pairs))
     assert report.checked_fields == ["setting"]
     assert all(p.held["setting"] == "missing in b" for p in report.pairs)
@@ -397,7 +460,9 @@ def test_word_changes():
     assert word_changes("A red cup on a table.", "A blue cup on a table.") == [("red", "blue")]
     assert word_changes("A cup.", "A big cup.") == [("", "big")]
     # A rewritten clause comes back as one span, not scattered word matches.
-    changes = word_changes("He stands, arms out to the sides, feet together.", "He kneels on the floor with one hand on the knee.")
+    changes = word_changes(
+        "He stands, arms out to the sides, feet together.", "He kneels on the floor with one hand on the knee."
+    )
     assert len(changes) == 1 and changes[0][0].startswith("stands") and changes[0][1].endswith("knee")
 
 
@@ -454,7 +519,10 @@ def test_cli_check_human_output(tmp_path):
 
 
 def test_cli_strict_and_missing_file(tmp_path):
-    pairs = [(f"p{i}", f"A photo of item {i}.", f"A photo of item {i} seen from far away, very clearly.", "") for i in range(6)]
+    pairs = [
+        (f"p{i}", f"A photo of item {i}.", f"A photo of item {i} seen from far away, very clearly.", "")
+        for i in range(6)
+    ]
     path = _pairs_file(tmp_path, pairs)
     assert _cli("prompts", "check", str(path)).exit_code == 0
     assert _cli("prompts", "check", str(path), "--strict").exit_code == 1

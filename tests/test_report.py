@@ -31,8 +31,9 @@ def rep_run(tmp_path_factory):
     a, b = correlated_pairs(layout, 12, planted={"joint[1]": 1.6, "single[2]": 1.1}, seed=7)
     capture = write(root / "probe.safetensors", a, b, layout, **probe_meta(12))
     out = root / "results"
-    res = CliRunner().invoke(main, ["analyze", str(capture), "--out", str(out), "--permutations", "300",
-                                    "--splits", "20"])
+    res = CliRunner().invoke(
+        main, ["analyze", str(capture), "--out", str(out), "--permutations", "300", "--splits", "20"]
+    )
     assert res.exit_code == 0, res.output
     return {"capture": capture, "out": out, "layout": layout, "a": a, "b": b, "output": res.output}
 
@@ -103,15 +104,20 @@ def test_results_md_tables_hold_the_numbers(rep_run):
     rows = {r[0]: r[1:] for r in main_table[2:]}
     t = np.array([float(r["t"]) for r in _units_csv(out)])
     d = np.array([float(r["d"]) for r in _units_csv(out)])
-    expected = {r"Units with \|t\| > 3": (np.abs(t) > 3).sum(), r"Units with \|t\| > 5": (np.abs(t) > 5).sum(),
-                r"Units with \|d\| > 0.8 (large)": (np.abs(d) > 0.8).sum()}
+    expected = {
+        r"Units with \|t\| > 3": (np.abs(t) > 3).sum(),
+        r"Units with \|t\| > 5": (np.abs(t) > 5).sum(),
+        r"Units with \|d\| > 0.8 (large)": (np.abs(d) > 0.8).sum(),
+    }
     for label, count in expected.items():
         value, significance = rows[label]
         m = re.fullmatch(r"([\d,]+) \(([\d.]+)%\)", value)
         assert m, value
         assert _number(m.group(1)) == count
         assert float(m.group(2)) == pytest.approx(100 * count / t.size, abs=0.051)
-        th = next(x for x in record["thresholds"] if label.startswith(f"Units with \\|{x['metric']}\\| > {x['threshold']:g}"))
+        th = next(
+            x for x in record["thresholds"] if label.startswith(f"Units with \\|{x['metric']}\\| > {x['threshold']:g}")
+        )
         if th["ratio"] is not None:
             ratio = re.fullmatch(r"([\d.,]+)× empirical null p99", significance)
             assert ratio, significance
@@ -139,8 +145,19 @@ def test_results_md_tables_hold_the_numbers(rep_run):
 
 def test_results_json_has_the_required_fields(rep_run):
     record = json.loads((rep_run["out"] / "results.json").read_text())
-    for key in ("n_pairs", "n_units", "max_abs_t", "thresholds", "split_half", "top_blocks", "settings", "seed",
-                "null", "versions", "sources"):
+    for key in (
+        "n_pairs",
+        "n_units",
+        "max_abs_t",
+        "thresholds",
+        "split_half",
+        "top_blocks",
+        "settings",
+        "seed",
+        "null",
+        "versions",
+        "sources",
+    ):
         assert key in record
     assert [(r["metric"], r["threshold"]) for r in record["thresholds"]] == [("t", 3.0), ("t", 5.0), ("d", 0.8)]
     for row in record["thresholds"]:
@@ -176,7 +193,7 @@ def _reference_sentences() -> list[str]:
 
 def _word_runs(text: str, k: int = 8) -> set[tuple[str, ...]]:
     words = re.findall(r"[a-z0-9]+", text.lower())
-    return {tuple(words[i:i + k]) for i in range(len(words) - k + 1)}
+    return {tuple(words[i : i + k]) for i in range(len(words) - k + 1)}
 
 
 def test_model_card_from_results_folder(rep_run, tmp_path):
@@ -194,8 +211,16 @@ def test_model_card_from_results_folder(rep_run, tmp_path):
     results_md = (rep_run["out"] / "results.md").read_text()
     card_results = next(tb for tb in _tables(text) if tb[0] == ["Metric", "Value", "Significance"])
     assert _tables(results_md)[0] == card_results  # the same results table
-    for needed in ("Body pose is held as an axis of its own.", "**T-pose**", "**expressive pose**",
-                   "subject, setting", "## Limitations", "## Method", "## Results", "seed 0"):
+    for needed in (
+        "Body pose is held as an axis of its own.",
+        "**T-pose**",
+        "**expressive pose**",
+        "subject, setting",
+        "## Limitations",
+        "## Method",
+        "## Results",
+        "seed 0",
+    ):
         assert needed in text, needed
     # The unit-labelling caveat with this layout's numbers.
     labels = rep_run["layout"].labels()
@@ -250,8 +275,17 @@ def test_zero_p99_is_said_plainly(tmp_path):
     assert "Where the percentile is 0" in md and "∞" not in md
 
 
-@pytest.mark.parametrize("count, p99, text", [(8263, 1333, "6.2×"), (4614, 7, "659×"), (10846, 1427, "7.6×"),
-                                              (7445, 5, "1,489×"), (6399, 735.5, "8.7×"), (3, 10, "0.3×")])
+@pytest.mark.parametrize(
+    "count, p99, text",
+    [
+        (8263, 1333, "6.2×"),
+        (4614, 7, "659×"),
+        (10846, 1427, "7.6×"),
+        (7445, 5, "1,489×"),
+        (6399, 735.5, "8.7×"),
+        (3, 10, "0.3×"),
+    ],
+)
 def test_ratio_is_written_like_the_published_cards(count, p99, text):
     assert cells.ratio_text(count / p99) == text
 
@@ -273,8 +307,9 @@ def rep_small_capture(tmp_path):
 
 
 def _analyze(capture, out, *extra):
-    return CliRunner().invoke(main, ["analyze", str(capture), "--out", str(out), "--permutations", "50",
-                                     "--splits", "5", "-q", *extra])
+    return CliRunner().invoke(
+        main, ["analyze", str(capture), "--out", str(out), "--permutations", "50", "--splits", "5", "-q", *extra]
+    )
 
 
 def test_foreign_folder_is_refused_then_forced(tmp_path, rep_small_capture):
@@ -344,12 +379,30 @@ def test_report_of_a_folder_without_results(tmp_path):
     assert not (tmp_path / "README.md").exists()
 
 
-@pytest.mark.parametrize("record, missing", [
-    ({"dense_plantain_results": 1}, "'design'"),
-    ({"dense_plantain_results": 1, "design": "paired", "n_pairs": 5, "n_units": 3, "group_sizes": [5],
-      "layout": {"name": "x"}, "null": {}, "thresholds": [], "split_half": {}, "top_blocks": [],
-      "settings": {}, "conditions": {}, "sources": []}, "'layout.blocks'"),
-])
+@pytest.mark.parametrize(
+    "record, missing",
+    [
+        ({"dense_plantain_results": 1}, "'design'"),
+        (
+            {
+                "dense_plantain_results": 1,
+                "design": "paired",
+                "n_pairs": 5,
+                "n_units": 3,
+                "group_sizes": [5],
+                "layout": {"name": "x"},
+                "null": {},
+                "thresholds": [],
+                "split_half": {},
+                "top_blocks": [],
+                "settings": {},
+                "conditions": {},
+                "sources": [],
+            },
+            "'layout.blocks'",
+        ),
+    ],
+)
 def test_report_of_an_incomplete_results_json(tmp_path, record, missing):
     folder = tmp_path / "cut"
     folder.mkdir()
@@ -392,11 +445,19 @@ def _bad_captures(root: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "no such file"), ("truncated", "truncated or corrupt"), ("corrupt", "not a readable safetensors"),
-    ("no_b", "has no tensor 'b'"), ("shapes", "'b' has"), ("blocks", "sum to"), ("two_pairs", "only 2 pair"),
-    ("nan", "pair-02"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no such file"),
+        ("truncated", "truncated or corrupt"),
+        ("corrupt", "not a readable safetensors"),
+        ("no_b", "has no tensor 'b'"),
+        ("shapes", "'b' has"),
+        ("blocks", "sum to"),
+        ("two_pairs", "only 2 pair"),
+        ("nan", "pair-02"),
+    ],
+)
 def test_bad_captures_fail_cleanly(tmp_path, case, message):
     path = _bad_captures(tmp_path)[case]
     out = tmp_path / "results"

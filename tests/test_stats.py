@@ -68,8 +68,9 @@ def probe_like(n: int, m: int, seed: int) -> np.ndarray:
 
 def run_python(code: str, env_extra: dict[str, str], timeout: float = 120) -> str:
     env = {**os.environ, **env_extra}
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -140,7 +141,7 @@ def test_exact_null_with_weak_units():
 def test_exact_null_without_degenerate_units_and_no_thresholds():
     n = 10
     diff = probe_like(n, 33, seed=4)
-    null = stats.sign_flip_null(diff, t_thresholds=(), d_thresholds=(), permutations=2 ** 9)
+    null = stats.sign_flip_null(diff, t_thresholds=(), d_thresholds=(), permutations=2**9)
     assert null.exact and null.t_counts.shape == (512, 0) and null.d_counts.shape == (512, 0)
     _, _, max_t = brute_null(diff, exact_signs(n))
     np.testing.assert_allclose(null.max_abs_t, max_t, rtol=1e-9)
@@ -204,7 +205,8 @@ def test_monte_carlo_approaches_the_exact_null():
             assert abs(np.mean(sample <= x) - f) <= tol, (q, x)
     for k in range(len(T_THR)):  # p99 of counts within sampling error (checked above) and close
         assert abs(stats.null_p99(mc.t_counts[:, k]) - stats.null_p99(exact.t_counts[:, k])) <= max(
-            2.0, 0.15 * stats.null_p99(exact.t_counts[:, k]))
+            2.0, 0.15 * stats.null_p99(exact.t_counts[:, k])
+        )
 
 
 def test_same_seed_same_null_other_seed_other_null():
@@ -266,8 +268,7 @@ def test_bit_identical_across_thread_counts_and_instruction_sets():
     for threads in ("1", "2"):
         runs[threads] = json.loads(run_python(NULL_SCRIPT, {"DENSE_PLANTAIN_NUM_THREADS": threads}))
         assert runs[threads]["threads"] == int(threads)
-    runs["rayon"] = json.loads(run_python(NULL_SCRIPT, {"DENSE_PLANTAIN_NUM_THREADS": "",
-                                                        "RAYON_NUM_THREADS": "3"}))
+    runs["rayon"] = json.loads(run_python(NULL_SCRIPT, {"DENSE_PLANTAIN_NUM_THREADS": "", "RAYON_NUM_THREADS": "3"}))
     assert runs["rayon"]["threads"] == 3
     for simd in ("baseline", "avx2"):
         runs[simd] = json.loads(run_python(NULL_SCRIPT, {"DENSE_PLANTAIN_SIMD": simd}))
@@ -317,14 +318,24 @@ def test_null_p99_is_the_linear_percentile():
 
 def _fake_null(max_abs_t, exact):
     max_abs_t = np.asarray(max_abs_t, dtype=np.float64)
-    return stats.SignFlipNull(np.zeros((max_abs_t.size, 0), np.int64), np.zeros((max_abs_t.size, 0), np.int64),
-                              max_abs_t, exact, max_abs_t.size, 0, (), ())
+    return stats.SignFlipNull(
+        np.zeros((max_abs_t.size, 0), np.int64),
+        np.zeros((max_abs_t.size, 0), np.int64),
+        max_abs_t,
+        exact,
+        max_abs_t.size,
+        0,
+        (),
+        (),
+    )
 
 
 def test_fwer_p_formulas():
     mc = _fake_null([1.0, 2.0, 3.0, 4.0], exact=False)
     # (1 + #{max >= x}) / (P + 1)
-    np.testing.assert_allclose(stats.fwer_p([0.5, 2.0, 2.5, 4.0, 9.0, -3.0], mc), [5 / 5, 4 / 5, 3 / 5, 2 / 5, 1 / 5, 3 / 5])
+    np.testing.assert_allclose(
+        stats.fwer_p([0.5, 2.0, 2.5, 4.0, 9.0, -3.0], mc), [5 / 5, 4 / 5, 3 / 5, 2 / 5, 1 / 5, 3 / 5]
+    )
     ex = _fake_null([9.0, 1.0, 2.0, 3.0], exact=True)  # row 0 = identity (the observed max)
     # #{patterns incl. identity: max >= x} / 2^(n-1)
     np.testing.assert_allclose(stats.fwer_p([0.5, 2.0, 2.5, 9.0], ex), [4 / 4, 3 / 4, 2 / 4, 1 / 4])
@@ -537,7 +548,7 @@ def test_observed_counts_match_float64_without_ties(n):
     finite = stats.observed_counts(np.delete(x, 4, axis=1), T_THR, D_THR).max_abs_t
     assert finite == pytest.approx(np.delete(ref, 4).max(), rel=1e-12)
     if n <= 20:
-        null = stats.sign_flip_null(x, T_THR, D_THR, permutations=2 ** 19, exact=True)
+        null = stats.sign_flip_null(x, T_THR, D_THR, permutations=2**19, exact=True)
         np.testing.assert_array_equal(obs.t_counts, null.t_counts[0])
         np.testing.assert_array_equal(obs.d_counts, null.d_counts[0])
 

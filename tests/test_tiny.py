@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from dense_plantain.capture import tiny
-
 from tiny_klein import tiny_dir, tiny_loaded
 
 
 def _weights_digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.safetensors"))}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.safetensors"))
+    }
 
 
 def test_tiny_pipeline_has_kleins_structure():
@@ -36,8 +37,9 @@ def test_tiny_pipeline_has_kleins_structure():
 
 def test_tiny_tokenizer_speaks_chatml_and_pads_to_512():
     tok = tiny_loaded().pipe.tokenizer
-    text = tok.apply_chat_template([{"role": "user", "content": "a T-pose"}], tokenize=False,
-                                   add_generation_prompt=True, enable_thinking=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "a T-pose"}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
     assert text == "<|im_start|>user\na T-pose<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     enc = tok(text, padding="max_length", max_length=512, truncation=True)
     assert len(enc["input_ids"]) == 512 and sum(enc["attention_mask"]) < 40
@@ -48,7 +50,9 @@ def test_same_seed_same_files_other_seed_other_weights(tmp_path):
     again = tiny.make_tiny_model(tmp_path / "again", seed=0)
     other = tiny.make_tiny_model(tmp_path / "other", seed=1)
     assert _weights_digest(again) == _weights_digest(tiny_dir())
-    assert (again / "tokenizer" / "tokenizer.json").read_bytes() == (tiny_dir() / "tokenizer" / "tokenizer.json").read_bytes()
+    assert (again / "tokenizer" / "tokenizer.json").read_bytes() == (
+        tiny_dir() / "tokenizer" / "tokenizer.json"
+    ).read_bytes()
     digest_other = _weights_digest(other)
     assert all(digest_other[k] != v for k, v in _weights_digest(again).items())
 
@@ -84,8 +88,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DENSE_PLANTAIN_CACHE", str(tiny_dir().parent / "cache"))
     monkeypatch.setattr(demo, "DEMO_SIZE", 32)
-    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--batch-size", "25"],
-                             terminal_width=200)
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--batch-size", "25"], terminal_width=200)
     assert res.exit_code == 0, res.output
     cap = read_capture(tmp_path / "demo" / "capture.safetensors")
     assert cap.n_pairs >= 3 and cap.n_units == 340

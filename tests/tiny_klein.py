@@ -32,7 +32,7 @@ def tiny_loaded():
 
 
 def write_probe(path: Path, pairs: list[tuple[str, str, str]]) -> Path:
-    lines = ['[probe]', 'name = "tiny-test"', 'label_a = "plain"', 'label_b = "fancy"', ""]
+    lines = ["[probe]", 'name = "tiny-test"', 'label_a = "plain"', 'label_b = "fancy"', ""]
     for pair_id, a, b in pairs:
         lines += ["[[pairs]]", f'id = "{pair_id}"', f'a = "{a}"', f'b = "{b}"', ""]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -14,9 +14,7 @@ THREAD_ENV_VARS: list[str]
 
 def paired(
     diff: npt.NDArray[np.float64],
-) -> tuple[
-    npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]
-]:
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(mean, sd, t, d), one value per unit each."""
 
 def sign_flip_exact(
@@ -64,4 +62,4 @@ def threads() -> int:
     """Worker threads of this process's statistics pool."""
 
 def simd_variant() -> str:
-    """"avx512", "avx2" or "baseline"."""
+    """ "avx512", "avx2" or "baseline"."""

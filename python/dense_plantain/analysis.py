@@ -19,10 +19,11 @@ import datetime as _dt
 import hashlib
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata as _metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from scipy import stats as _scipy_stats
@@ -102,8 +103,13 @@ class UnitGroup:
     thresholds: list[Threshold]
 
     def to_json(self) -> dict[str, Any]:
-        return {"axis": self.axis, "group": self.name, "n_units": self.n_units,
-                "max_abs_t": _finite(self.max_abs_t), "thresholds": [th.to_json() for th in self.thresholds]}
+        return {
+            "axis": self.axis,
+            "group": self.name,
+            "n_units": self.n_units,
+            "max_abs_t": _finite(self.max_abs_t),
+            "thresholds": [th.to_json() for th in self.thresholds],
+        }
 
 
 @dataclass
@@ -116,8 +122,14 @@ class BlockSummary:
     median_abs_d: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"block": self.block, "max_abs_t": _finite(self.max_abs_t), "max_unit": self.max_unit,
-                "n_t_gt3": self.n_t_gt3, "n_units": self.n_units, "median_abs_d": _finite(self.median_abs_d)}
+        return {
+            "block": self.block,
+            "max_abs_t": _finite(self.max_abs_t),
+            "max_unit": self.max_unit,
+            "n_t_gt3": self.n_t_gt3,
+            "n_units": self.n_units,
+            "median_abs_d": _finite(self.median_abs_d),
+        }
 
 
 @dataclass
@@ -132,8 +144,14 @@ class SplitHalfSummary:
         return float(np.percentile(finite, q)) if finite.size else None
 
     def to_json(self) -> dict[str, Any]:
-        return {"median": self._q(50), "q25": self._q(25), "q75": self._q(75), "n_splits": self.n_splits,
-                "n_finite": int(np.isfinite(self.r).sum()), "note": self.note}
+        return {
+            "median": self._q(50),
+            "q25": self._q(25),
+            "q75": self._q(75),
+            "n_splits": self.n_splits,
+            "n_finite": int(np.isfinite(self.r).sum()),
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -241,8 +259,14 @@ def analyze(
     diff = _diff(stats, cap.a, cap.b, cap)
     settings = _settings(permutations, exact, seed, splits, group_nulls)
     return _paired_result(
-        stats, diff, cap.layout, design="paired", settings=settings, progress=progress,
-        conditions=_conditions(cap), sources=[_provenance(cap, "capture")],
+        stats,
+        diff,
+        cap.layout,
+        design="paired",
+        settings=settings,
+        progress=progress,
+        conditions=_conditions(cap),
+        sources=[_provenance(cap, "capture")],
     )
 
 
@@ -280,29 +304,54 @@ def compare(
     diff1 = _diff(stats, cap1.a, cap1.b, cap1)
     diff2 = _diff(stats, cap2.a, cap2.b, cap2)
     matched = _is_matched(cap1, cap2) if pairing == "auto" else pairing == "matched"
-    settings = {**_settings(permutations, exact, seed, splits, group_nulls), "pairing": pairing,
-                "allow_different_settings": bool(allow_different_settings)}
-    conditions = {"capture_1": _conditions(cap1), "capture_2": _conditions(cap2),
-                  "contrast": "(B1 - A1) - (B2 - A2)", "settings_check": settings_check}
+    settings = {
+        **_settings(permutations, exact, seed, splits, group_nulls),
+        "pairing": pairing,
+        "allow_different_settings": bool(allow_different_settings),
+    }
+    conditions = {
+        "capture_1": _conditions(cap1),
+        "capture_2": _conditions(cap2),
+        "contrast": "(B1 - A1) - (B2 - A2)",
+        "settings_check": settings_check,
+    }
     sources = [_provenance(cap1, "capture_1"), _provenance(cap2, "capture_2")]
     if matched:
         if cap1.n_pairs != cap2.n_pairs:
             raise AnalysisError(
                 f"{_where(cap1)} has {cap1.n_pairs} pairs and {_where(cap2)} has {cap2.n_pairs}; a matched "
-                "comparison needs the same pairs in the same order. Use --pairing unmatched (Welch's t)")
+                "comparison needs the same pairs in the same order. Use --pairing unmatched (Welch's t)"
+            )
         contrast = _diff(stats, diff2, diff1, cap1)  # diff1 - diff2, per pair
-        return _paired_result(stats, contrast, cap1.layout, design="contrast-paired", settings=settings,
-                              progress=progress, conditions=conditions, sources=sources)
-    return _welch_result(diff1, diff2, cap1.layout, settings=settings, progress=progress,
-                         conditions=conditions, sources=sources)
+        return _paired_result(
+            stats,
+            contrast,
+            cap1.layout,
+            design="contrast-paired",
+            settings=settings,
+            progress=progress,
+            conditions=conditions,
+            sources=sources,
+        )
+    return _welch_result(
+        diff1, diff2, cap1.layout, settings=settings, progress=progress, conditions=conditions, sources=sources
+    )
 
 
 # --- the two designs --------------------------------------------------------------------------
 
 
-def _paired_result(stats, diff: np.ndarray, layout: Layout, *, design: str, settings: dict[str, Any],
-                   progress: Progress | None, conditions: dict[str, Any],
-                   sources: list[dict[str, Any]]) -> AnalysisResult:
+def _paired_result(
+    stats,
+    diff: np.ndarray,
+    layout: Layout,
+    *,
+    design: str,
+    settings: dict[str, Any],
+    progress: Progress | None,
+    conditions: dict[str, Any],
+    sources: list[dict[str, Any]],
+) -> AnalysisResult:
     n = diff.shape[0]
     res = stats.paired(diff)
     t = np.asarray(res.t, dtype=np.float64)
@@ -315,15 +364,22 @@ def _paired_result(stats, diff: np.ndarray, layout: Layout, *, design: str, sett
     def null_of(columns: np.ndarray | None):
         part = diff if columns is None else np.ascontiguousarray(diff[:, columns])
         try:
-            return stats.sign_flip_null(part, t_thresholds=T_THRESHOLDS, d_thresholds=D_THRESHOLDS,
-                                        permutations=settings["permutations"], exact=settings["exact"],
-                                        seed=settings["seed"], progress=budget.next_run())
+            return stats.sign_flip_null(
+                part,
+                t_thresholds=T_THRESHOLDS,
+                d_thresholds=D_THRESHOLDS,
+                permutations=settings["permutations"],
+                exact=settings["exact"],
+                seed=settings["seed"],
+                progress=budget.next_run(),
+            )
         except ValueError as err:  # e.g. an exact null over too many pairs to enumerate
             raise AnalysisError(f"sign-flip null: {err}") from None
 
     null = null_of(None)
     p_max = np.asarray(stats.fwer_p(np.abs(np.nan_to_num(t, nan=0.0)), null), dtype=np.float64)
     p_max[np.isnan(t)] = np.nan
+
     def observed_of(columns: np.ndarray | None):
         # Observed counts through the null's route (a |t| exactly at a threshold, e.g. t = 3 from
         # power-of-two differences, lands on the same side as in the null's identity row).
@@ -334,19 +390,48 @@ def _paired_result(stats, diff: np.ndarray, layout: Layout, *, design: str, sett
 
     if n >= stats.MIN_SPLIT_PAIRS:
         sh = stats.split_half(diff, n_splits=settings["splits"], seed=settings["seed"])
-        split = SplitHalfSummary(np.asarray(sh.r, dtype=np.float64), settings["splits"],
-                                 assignments=np.asarray(sh.assignments, dtype=bool))
+        split = SplitHalfSummary(
+            np.asarray(sh.r, dtype=np.float64), settings["splits"], assignments=np.asarray(sh.assignments, dtype=bool)
+        )
     else:
-        split = SplitHalfSummary(np.empty(0), settings["splits"], note=f"not computed: {n} pairs cannot be split "
-                                 f"into two halves of at least 2 (needs {stats.MIN_SPLIT_PAIRS} pairs)")
-    return _result(design, layout, n, (n,), np.asarray(res.mean, dtype=np.float64), t, d, df, p, p_max,
-                   _threshold_rows(t, d, null, observed_of(None)), groups, split, "sign-flip", null, settings,
-                   conditions, sources)
+        split = SplitHalfSummary(
+            np.empty(0),
+            settings["splits"],
+            note=f"not computed: {n} pairs cannot be split "
+            f"into two halves of at least 2 (needs {stats.MIN_SPLIT_PAIRS} pairs)",
+        )
+    return _result(
+        design,
+        layout,
+        n,
+        (n,),
+        np.asarray(res.mean, dtype=np.float64),
+        t,
+        d,
+        df,
+        p,
+        p_max,
+        _threshold_rows(t, d, null, observed_of(None)),
+        groups,
+        split,
+        "sign-flip",
+        null,
+        settings,
+        conditions,
+        sources,
+    )
 
 
-def _welch_result(diff1: np.ndarray, diff2: np.ndarray, layout: Layout, *, settings: dict[str, Any],
-                  progress: Progress | None, conditions: dict[str, Any],
-                  sources: list[dict[str, Any]]) -> AnalysisResult:
+def _welch_result(
+    diff1: np.ndarray,
+    diff2: np.ndarray,
+    layout: Layout,
+    *,
+    settings: dict[str, Any],
+    progress: Progress | None,
+    conditions: dict[str, Any],
+    sources: list[dict[str, Any]],
+) -> AnalysisResult:
     res = welch.welch(diff1, diff2)
     p = _two_sided_p(res.t, res.df)
     budget = _ProgressBudget(progress, _n_null_runs(layout, settings["group_nulls"]))
@@ -355,9 +440,16 @@ def _welch_result(diff1: np.ndarray, diff2: np.ndarray, layout: Layout, *, setti
         x1 = diff1 if columns is None else diff1[:, columns]
         x2 = diff2 if columns is None else diff2[:, columns]
         try:
-            return welch.label_shuffle_null(x1, x2, t_thresholds=T_THRESHOLDS, d_thresholds=D_THRESHOLDS,
-                                            permutations=settings["permutations"], exact=settings["exact"],
-                                            seed=settings["seed"], progress=budget.next_run())
+            return welch.label_shuffle_null(
+                x1,
+                x2,
+                t_thresholds=T_THRESHOLDS,
+                d_thresholds=D_THRESHOLDS,
+                permutations=settings["permutations"],
+                exact=settings["exact"],
+                seed=settings["seed"],
+                progress=budget.next_run(),
+            )
         except ValueError as err:
             raise AnalysisError(f"label-shuffle null: {err}") from None
 
@@ -374,27 +466,82 @@ def _welch_result(diff1: np.ndarray, diff2: np.ndarray, layout: Layout, *, setti
     groups = _groups(layout, res.t, res.d, settings["group_nulls"], null_of, observed_of)
     n1, n2 = res.n1, res.n2
     if min(n1, n2) >= 4:
-        split = SplitHalfSummary(welch.split_half(diff1, diff2, n_splits=settings["splits"], seed=settings["seed"]),
-                                 settings["splits"])
+        split = SplitHalfSummary(
+            welch.split_half(diff1, diff2, n_splits=settings["splits"], seed=settings["seed"]), settings["splits"]
+        )
     else:
-        split = SplitHalfSummary(np.empty(0), settings["splits"],
-                                 note=f"not computed: split halves need 4 pairs per capture, got {n1} and {n2}")
-    return _result("contrast-welch", layout, n1 + n2, (n1, n2), res.mean_diff, res.t, res.d, res.df, p, p_max,
-                   _threshold_rows(res.t, res.d, null, observed_of(None)), groups, split, "label-shuffle", null,
-                   settings,
-                   conditions, sources)
+        split = SplitHalfSummary(
+            np.empty(0),
+            settings["splits"],
+            note=f"not computed: split halves need 4 pairs per capture, got {n1} and {n2}",
+        )
+    return _result(
+        "contrast-welch",
+        layout,
+        n1 + n2,
+        (n1, n2),
+        res.mean_diff,
+        res.t,
+        res.d,
+        res.df,
+        p,
+        p_max,
+        _threshold_rows(res.t, res.d, null, observed_of(None)),
+        groups,
+        split,
+        "label-shuffle",
+        null,
+        settings,
+        conditions,
+        sources,
+    )
 
 
-def _result(design, layout, n_pairs, group_sizes, mean_diff, t, d, df, p, p_max, thresholds, groups, split,
-            method, null, settings, conditions, sources) -> AnalysisResult:
+def _result(
+    design,
+    layout,
+    n_pairs,
+    group_sizes,
+    mean_diff,
+    t,
+    d,
+    df,
+    p,
+    p_max,
+    thresholds,
+    groups,
+    split,
+    method,
+    null,
+    settings,
+    conditions,
+    sources,
+) -> AnalysisResult:
     return AnalysisResult(
-        design=design, layout=layout, n_pairs=int(n_pairs), group_sizes=tuple(int(v) for v in group_sizes),
-        mean_diff=mean_diff, t=t, d=d, df=df, p=p, p_maxT=p_max, q=bh_q(p), thresholds=thresholds,
-        groups=groups, blocks=block_summaries(layout, t, d), split_half=split, null_method=method,
-        null_exact=bool(null.exact), null_permutations=int(null.n_permutations),
-        null_max_abs_t=np.asarray(null.max_abs_t, dtype=np.float64), settings=settings,
-        conditions=conditions, sources=sources, versions=versions(),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        design=design,
+        layout=layout,
+        n_pairs=int(n_pairs),
+        group_sizes=tuple(int(v) for v in group_sizes),
+        mean_diff=mean_diff,
+        t=t,
+        d=d,
+        df=df,
+        p=p,
+        p_maxT=p_max,
+        q=bh_q(p),
+        thresholds=thresholds,
+        groups=groups,
+        blocks=block_summaries(layout, t, d),
+        split_half=split,
+        null_method=method,
+        null_exact=bool(null.exact),
+        null_permutations=int(null.n_permutations),
+        null_max_abs_t=np.asarray(null.max_abs_t, dtype=np.float64),
+        settings=settings,
+        conditions=conditions,
+        sources=sources,
+        versions=versions(),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
 
 
@@ -496,8 +643,9 @@ def _n_null_runs(layout: Layout, group_nulls: bool) -> int:
     return 1 + (sum(len(parts) for _, parts in unit_partitions(layout)) if group_nulls else 0)
 
 
-def _groups(layout: Layout, t: np.ndarray, d: np.ndarray, group_nulls: bool, null_of,
-            observed_of=None) -> list[UnitGroup]:
+def _groups(
+    layout: Layout, t: np.ndarray, d: np.ndarray, group_nulls: bool, null_of, observed_of=None
+) -> list[UnitGroup]:
     """Threshold tables per kind and per region. With ``group_nulls`` each part gets its own null
     run (same seed, so the same permutations); without, a part's table has counts only.
     ``observed_of(cols)``, when given, supplies the observed counts (see ``_threshold_rows``)."""
@@ -528,8 +676,10 @@ def _where(cap: Capture) -> str:
 
 def _require_pairs(cap: Capture) -> None:
     if cap.n_pairs < MIN_PAIRS:
-        raise AnalysisError(f"{_where(cap)}: only {cap.n_pairs} pair(s); a paired test needs at least {MIN_PAIRS} "
-                            "(the published probes use 25). Capture more pairs")
+        raise AnalysisError(
+            f"{_where(cap)}: only {cap.n_pairs} pair(s); a paired test needs at least {MIN_PAIRS} "
+            "(the published probes use 25). Capture more pairs"
+        )
 
 
 def _check_settings(permutations: int, splits: int) -> None:
@@ -560,12 +710,24 @@ def _check_same_layout(cap1: Capture, cap2: Capture) -> None:
     raise AnalysisError(
         f"the captures do not share a unit layout: {_where(cap1)} has layout {l1.name!r} with {l1.n_units:,} units "
         f"in {len(b1)} blocks, {_where(cap2)} has {l2.name!r} with {l2.n_units:,} units in {len(b2)} blocks; "
-        f"block {first} is {show(b1, first)} vs {show(b2, first)}. Capture both with the same model and --layout")
+        f"block {first} is {show(b1, first)} vs {show(b2, first)}. Capture both with the same model and --layout"
+    )
 
 
 #: Capture settings that change what a unit's value means; two captures to compare must agree on them.
-_CAPTURE_SETTING_KEYS = ("layout", "height", "width", "seed", "steps", "capture_steps", "guidance_scale", "dtype",
-                         "text_tokens", "text_encoder_layers", "image_sha256")
+_CAPTURE_SETTING_KEYS = (
+    "layout",
+    "height",
+    "width",
+    "seed",
+    "steps",
+    "capture_steps",
+    "guidance_scale",
+    "dtype",
+    "text_tokens",
+    "text_encoder_layers",
+    "image_sha256",
+)
 _MODEL_KEYS = ("id", "revision", "config_sha256")
 
 
@@ -592,8 +754,11 @@ def _check_same_capture_settings(cap1: Capture, cap2: Capture, allow: bool) -> d
     id1, id2 = _capture_identity(cap1), _capture_identity(cap2)
     if id1 is None or id2 is None:
         missing = [_where(c) for c, i in ((cap1, id1), (cap2, id2)) if i is None]
-        return {"status": "not recorded", "differences": [],
-                "note": f"{' and '.join(missing)} record no model or capture settings; they were not compared"}
+        return {
+            "status": "not recorded",
+            "differences": [],
+            "note": f"{' and '.join(missing)} record no model or capture settings; they were not compared",
+        }
     shared = [k for k in id1 if k in id2]
     differences = [{"key": k, "capture_1": id1[k], "capture_2": id2[k]} for k in shared if id1[k] != id2[k]]
     unchecked = sorted(set(id1) ^ set(id2))
@@ -605,7 +770,8 @@ def _check_same_capture_settings(cap1: Capture, cap2: Capture, allow: bool) -> d
         raise AnalysisError(
             f"{_where(cap1)} and {_where(cap2)} were captured with different models or settings ({listed}); "
             "their contrasts are not comparable unit for unit. Capture both with the same model and settings, "
-            "or pass --allow-different-settings to compare them anyway (the card will carry a warning)")
+            "or pass --allow-different-settings to compare them anyway (the card will carry a warning)"
+        )
     return record
 
 
@@ -625,14 +791,24 @@ def _is_matched(cap1: Capture, cap2: Capture) -> bool:
 
 def _conditions(cap: Capture) -> dict[str, Any]:
     probe = cap.meta.get("probe") if isinstance(cap.meta.get("probe"), dict) else {}
-    return {"probe": probe.get("name") or (cap.path.stem if cap.path else None),
-            "a": probe.get("label_a") or "A", "b": probe.get("label_b") or "B"}
+    return {
+        "probe": probe.get("name") or (cap.path.stem if cap.path else None),
+        "a": probe.get("label_a") or "A",
+        "b": probe.get("label_b") or "B",
+    }
 
 
 def _settings(permutations: int, exact: bool | None, seed: int, splits: int, group_nulls: bool) -> dict[str, Any]:
-    return {"permutations": int(permutations), "exact": exact, "seed": int(seed), "splits": int(splits),
-            "group_nulls": bool(group_nulls), "t_thresholds": list(T_THRESHOLDS),
-            "d_thresholds": list(D_THRESHOLDS), "p99_percentile": "numpy.percentile(counts, 99), linear"}
+    return {
+        "permutations": int(permutations),
+        "exact": exact,
+        "seed": int(seed),
+        "splits": int(splits),
+        "group_nulls": bool(group_nulls),
+        "t_thresholds": list(T_THRESHOLDS),
+        "d_thresholds": list(D_THRESHOLDS),
+        "p99_percentile": "numpy.percentile(counts, 99), linear",
+    }
 
 
 #: Capture metadata keys left out of the provenance: per-unit detail the layout summary replaces.
@@ -641,9 +817,14 @@ _BULKY_META = ("readouts",)
 
 def _provenance(cap: Capture, role: str) -> dict[str, Any]:
     meta = {k: v for k, v in cap.meta.items() if k not in _BULKY_META}
-    return {"role": role, "path": str(cap.path) if cap.path else None,
-            "sha256": file_sha256(cap.path) if cap.path else None,
-            "n_pairs": cap.n_pairs, "n_units": cap.n_units, "metadata": meta}
+    return {
+        "role": role,
+        "path": str(cap.path) if cap.path else None,
+        "sha256": file_sha256(cap.path) if cap.path else None,
+        "n_pairs": cap.n_pairs,
+        "n_units": cap.n_units,
+        "metadata": meta,
+    }
 
 
 def file_sha256(path: Path) -> str:
@@ -660,12 +841,23 @@ def layout_summary(layout: Layout) -> dict[str, Any]:
     blocks = []
     for b in layout.blocks:
         kinds = labels["kind"][b.units]
-        blocks.append({"name": b.name, "n_units": b.n_units,
-                       "n_attention": int((kinds == "attention").sum()), "n_mlp": int((kinds == "mlp").sum()),
-                       "regions": sorted(set(labels["region"][b.units].tolist())) if layout.has_labels() else []})
+        blocks.append(
+            {
+                "name": b.name,
+                "n_units": b.n_units,
+                "n_attention": int((kinds == "attention").sum()),
+                "n_mlp": int((kinds == "mlp").sum()),
+                "regions": sorted(set(labels["region"][b.units].tolist())) if layout.has_labels() else [],
+            }
+        )
     per_head = {r.head_width // r.group_width for r in layout.readouts if r.kind == "attention" and r.head_width}
-    return {"name": layout.name, "labelled": layout.has_labels(), "counts": layout.counts(),
-            "units_per_head": per_head.pop() if len(per_head) == 1 else None, "blocks": blocks}
+    return {
+        "name": layout.name,
+        "labelled": layout.has_labels(),
+        "counts": layout.counts(),
+        "units_per_head": per_head.pop() if len(per_head) == 1 else None,
+        "blocks": blocks,
+    }
 
 
 def versions() -> dict[str, str]:

@@ -81,7 +81,13 @@ def prompts_list() -> None:
         pairs = str(len(probe.pairs)) if probe else "?"
         if problems:
             pairs += " (invalid)"
-        table.add_row(escape(name), pairs, escape(probe.label_a if probe else ""), escape(probe.label_b if probe else ""), escape(str(path)))
+        table.add_row(
+            escape(name),
+            pairs,
+            escape(probe.label_a if probe else ""),
+            escape(probe.label_b if probe else ""),
+            escape(str(path)),
+        )
     Console().print(table)
 
 
@@ -141,15 +147,19 @@ def prompts_check(ctx: click.Context, file: str, tokenizer: str | None, as_json:
         ctx.exit(1)
 
 
-
 # --- units (layouts) ---------------------------------------------------------------------
 
 
 @main.command()
-@click.option("--model", "model", default="black-forest-labs/FLUX.2-klein-base-4B", show_default=True,
-              metavar="MODEL",
-              help="Hub id, pipeline folder, transformer folder, transformer config .json, or a bundled config "
-                   "(klein-4b). Only the transformer config is read; no weights.")
+@click.option(
+    "--model",
+    "model",
+    default="black-forest-labs/FLUX.2-klein-base-4B",
+    show_default=True,
+    metavar="MODEL",
+    help="Hub id, pipeline folder, transformer folder, transformer config .json, or a bundled config "
+    "(klein-4b). Only the transformer config is read; no weights.",
+)
 @click.option("--layout", type=click.Choice(["plantain", "heads"]), default="plantain", show_default=True)
 @click.option("--names", is_flag=True, help="Also list every unit's name, in unit order.")
 def units(model: str, layout: str, names: bool) -> None:
@@ -188,42 +198,117 @@ def _parse_steps(text: str) -> tuple[int, ...]:
 
 
 @main.command()
-@click.option("--model", default="black-forest-labs/FLUX.2-klein-base-4B", show_default=True, metavar="MODEL",
-              help="Hub id (downloaded by diffusers) or a local Flux2KleinPipeline folder.")
-@click.option("--prompts", "prompts_file", required=True, metavar="FILE",
-              help="Prompt file (TOML with [[pairs]] id/a/b), or the name of a bundled set (`prompts list`).")
-@click.option("--out", required=True, type=click.Path(), metavar="CAPTURE.safetensors",
-              help="Capture file to write (atomically). Unfinished work goes to CAPTURE.partial.safetensors.")
+@click.option(
+    "--model",
+    default="black-forest-labs/FLUX.2-klein-base-4B",
+    show_default=True,
+    metavar="MODEL",
+    help="Hub id (downloaded by diffusers) or a local Flux2KleinPipeline folder.",
+)
+@click.option(
+    "--prompts",
+    "prompts_file",
+    required=True,
+    metavar="FILE",
+    help="Prompt file (TOML with [[pairs]] id/a/b), or the name of a bundled set (`prompts list`).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    metavar="CAPTURE.safetensors",
+    help="Capture file to write (atomically). Unfinished work goes to CAPTURE.partial.safetensors.",
+)
 @click.option("--layout", type=click.Choice(["plantain", "heads"]), default="plantain", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Seed of the initial noise, shared by every prompt.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of the initial noise, shared by every prompt.",
+)
 @click.option("--height", default=1024, show_default=True, type=int, help="Image height (a multiple of 16).")
 @click.option("--width", default=1024, show_default=True, type=int, help="Image width (a multiple of 16).")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto",
-              show_default=True, help="auto: bfloat16 on a GPU, float32 on the CPU.")
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Prompts per forward pass. Values do not depend on it; lower it if the GPU runs out of memory.")
-@click.option("--image", type=click.Path(), default=None, metavar="REF.png",
-              help="Condition every prompt on this reference image (its tokens join the image tokens).")
-@click.option("--steps", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Denoising steps of the run (the protocol uses 1).")
-@click.option("--capture-steps", default="0", show_default=True, metavar="0,1,...",
-              help="Which denoising steps to capture; units then carry the step (@step<k>).")
-@click.option("--resume", is_flag=True, help="Continue an unfinished capture of --out (same settings required); "
-              "without torchrun it also finishes and merges a distributed capture's shards.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="auto: bfloat16 on a GPU, float32 on the CPU.",
+)
+@click.option(
+    "--batch-size",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Prompts per forward pass. Values do not depend on it; lower it if the GPU runs out of memory.",
+)
+@click.option(
+    "--image",
+    type=click.Path(),
+    default=None,
+    metavar="REF.png",
+    help="Condition every prompt on this reference image (its tokens join the image tokens).",
+)
+@click.option(
+    "--steps",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Denoising steps of the run (the protocol uses 1).",
+)
+@click.option(
+    "--capture-steps",
+    default="0",
+    show_default=True,
+    metavar="0,1,...",
+    help="Which denoising steps to capture; units then carry the step (@step<k>).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an unfinished capture of --out (same settings required); "
+    "without torchrun it also finishes and merges a distributed capture's shards.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing --out (and discard an unfinished capture).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--distributed/--no-distributed", default=None,
-              help="Shard the pairs over the processes torchrun started (one per GPU) and merge them into --out. "
-                   "Default: on when torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
-                   "MASTER_PORT) is set.")
-@click.option("--dist-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              metavar="MINUTES", help="With torchrun: how long a process waits to join the others and, once its "
-              "shard is done, for the others to finish theirs.")
-def capture(model: str, prompts_file: str, out: str, layout: str, seed: int, height: int, width: int, device: str,
-            dtype: str, batch_size: int, image: str | None, steps: int, capture_steps: str, resume: bool,
-            force: bool, quiet: bool, distributed: bool | None, dist_timeout: float) -> None:
+@click.option(
+    "--distributed/--no-distributed",
+    default=None,
+    help="Shard the pairs over the processes torchrun started (one per GPU) and merge them into --out. "
+    "Default: on when torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
+    "MASTER_PORT) is set.",
+)
+@click.option(
+    "--dist-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="MINUTES",
+    help="With torchrun: how long a process waits to join the others and, once its "
+    "shard is done, for the others to finish theirs.",
+)
+def capture(
+    model: str,
+    prompts_file: str,
+    out: str,
+    layout: str,
+    seed: int,
+    height: int,
+    width: int,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    image: str | None,
+    steps: int,
+    capture_steps: str,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+    distributed: bool | None,
+    dist_timeout: float,
+) -> None:
     """Run every prompt pair through FLUX.2 [klein]; write one value per unit per prompt.
 
     \b
@@ -246,17 +331,36 @@ def capture(model: str, prompts_file: str, out: str, layout: str, seed: int, hei
     """
     from pathlib import Path
 
-    from dense_plantain.capture.distributed import capture_here, require_launch, run_distributed_capture, torchrun_launch
+    from dense_plantain.capture.distributed import (
+        capture_here,
+        require_launch,
+        run_distributed_capture,
+        torchrun_launch,
+    )
     from dense_plantain.capture.run import CaptureSettings
     from dense_plantain.prompts import bundled_prompts
 
     path = Path(prompts_file)
     if not path.exists() and prompts_file in bundled_prompts():
         path = bundled_prompts()[prompts_file]
-    settings = CaptureSettings(layout=layout, seed=seed, height=height, width=width, steps=steps,
-                               capture_steps=_parse_steps(capture_steps), image=image)
-    options = dict(settings=settings, device=device, dtype=dtype, batch_size=batch_size, resume=resume, force=force,
-                   show_progress=not quiet)
+    settings = CaptureSettings(
+        layout=layout,
+        seed=seed,
+        height=height,
+        width=width,
+        steps=steps,
+        capture_steps=_parse_steps(capture_steps),
+        image=image,
+    )
+    options = dict(
+        settings=settings,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        resume=resume,
+        force=force,
+        show_progress=not quiet,
+    )
     launch = require_launch() if distributed else (torchrun_launch() if distributed is None else None)
     if launch is not None:
         result = run_distributed_capture(model, path, out, launch=launch, timeout_min=dist_timeout, **options)
@@ -266,8 +370,10 @@ def capture(model: str, prompts_file: str, out: str, layout: str, seed: int, hei
         result = capture_here(model, path, out, **options)
     resumed = f", {result.resumed_from} of them from the unfinished run" if result.resumed_from else ""
     by = f" by {result.world_size} processes" if result.world_size > 1 else (" by 1 process" if launch else "")
-    click.echo(f"wrote {result.path}: {result.n_pairs} pairs x {result.n_units:,} units ({layout} layout{resumed}) "
-               f"in {result.seconds:.1f} s{by}")
+    click.echo(
+        f"wrote {result.path}: {result.n_pairs} pairs x {result.n_units:,} units ({layout} layout{resumed}) "
+        f"in {result.seconds:.1f} s{by}"
+    )
 
 
 @main.command("make-tiny-model")
@@ -293,8 +399,14 @@ def make_tiny_model_cmd(folder: str, seed: int, force: bool) -> None:
 
 
 @main.command()
-@click.option("--out", "out", default="dense-plantain-demo", show_default=True, type=click.Path(),
-              help="Folder for the demo's capture file and results.")
+@click.option(
+    "--out",
+    "out",
+    default="dense-plantain-demo",
+    show_default=True,
+    type=click.Path(),
+    help="Folder for the demo's capture file and results.",
+)
 @click.option("--batch-size", default=10, show_default=True, type=click.IntRange(min=1))
 def demo(out: str, batch_size: int) -> None:
     """The whole flow on a tiny random model, on the CPU, in about a minute.
@@ -314,24 +426,52 @@ def demo(out: str, batch_size: int) -> None:
 def _analysis_options(fn):
     """Options shared by analyze and compare (the report command uses their defaults)."""
     options = [
-        click.option("--out", "-o", "out", required=True, type=click.Path(),
-                     help="Results folder to write (results.json, units.csv, results.md, figures). Written whole "
-                          "or not at all; a previous results folder is replaced, any other non-empty folder "
-                          "needs --force."),
-        click.option("--permutations", default=1000, show_default=True, type=click.IntRange(min=1),
-                     help="Null permutations (Monte Carlo), and the limit below which the null is exact."),
-        click.option("--exact/--monte-carlo", "exact", default=None,
-                     help="Force an exact (enumerated) or a Monte Carlo null. Default: exact when the number of "
-                          "distinct permutations is at most --permutations."),
-        click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**63 - 1),
-                     help="Seed of the null and the splits."),
-        click.option("--splits", default=100, show_default=True, type=click.IntRange(min=1),
-                     help="Random split-half splits."),
-        click.option("--group-nulls/--no-group-nulls", default=True, show_default=True,
-                     help="Run the null again for the attention / MLP units and each token region, so their "
-                          "tables have their own null p99 (about one extra null run per partition)."),
-        click.option("--force", is_flag=True,
-                     help="Write into a non-empty --out that is not a results folder (only our files are replaced)."),
+        click.option(
+            "--out",
+            "-o",
+            "out",
+            required=True,
+            type=click.Path(),
+            help="Results folder to write (results.json, units.csv, results.md, figures). Written whole "
+            "or not at all; a previous results folder is replaced, any other non-empty folder "
+            "needs --force.",
+        ),
+        click.option(
+            "--permutations",
+            default=1000,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="Null permutations (Monte Carlo), and the limit below which the null is exact.",
+        ),
+        click.option(
+            "--exact/--monte-carlo",
+            "exact",
+            default=None,
+            help="Force an exact (enumerated) or a Monte Carlo null. Default: exact when the number of "
+            "distinct permutations is at most --permutations.",
+        ),
+        click.option(
+            "--seed",
+            default=0,
+            show_default=True,
+            type=click.IntRange(0, 2**63 - 1),
+            help="Seed of the null and the splits.",
+        ),
+        click.option(
+            "--splits", default=100, show_default=True, type=click.IntRange(min=1), help="Random split-half splits."
+        ),
+        click.option(
+            "--group-nulls/--no-group-nulls",
+            default=True,
+            show_default=True,
+            help="Run the null again for the attention / MLP units and each token region, so their "
+            "tables have their own null p99 (about one extra null run per partition).",
+        ),
+        click.option(
+            "--force",
+            is_flag=True,
+            help="Write into a non-empty --out that is not a results folder (only our files are replaced).",
+        ),
         click.option("--quiet", "-q", is_flag=True, help="No table or progress bar; just the paths written."),
     ]
     for option in reversed(options):
@@ -346,8 +486,14 @@ def _run_with_progress(quiet: bool, work):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("null permutations"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        TextColumn("null permutations"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task("null", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -369,8 +515,17 @@ def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
 @main.command()
 @click.argument("capture", type=click.Path())
 @_analysis_options
-def analyze(capture: str, out: str, permutations: int, exact: bool | None, seed: int, splits: int,
-            group_nulls: bool, force: bool, quiet: bool) -> None:
+def analyze(
+    capture: str,
+    out: str,
+    permutations: int,
+    exact: bool | None,
+    seed: int,
+    splits: int,
+    group_nulls: bool,
+    force: bool,
+    quiet: bool,
+) -> None:
     """Test every unit of CAPTURE for a B - A difference; write a results folder.
 
     \b
@@ -384,9 +539,18 @@ def analyze(capture: str, out: str, permutations: int, exact: bool | None, seed:
 
     report.check_out_dir(out, force)
     cap = read_capture(capture)
-    result = _run_with_progress(quiet, lambda progress: analysis.analyze(
-        cap, permutations=permutations, exact=exact, seed=seed, splits=splits, group_nulls=group_nulls,
-        progress=progress))
+    result = _run_with_progress(
+        quiet,
+        lambda progress: analysis.analyze(
+            cap,
+            permutations=permutations,
+            exact=exact,
+            seed=seed,
+            splits=splits,
+            group_nulls=group_nulls,
+            progress=progress,
+        ),
+    )
     _write_and_show(result, out, force, quiet)
 
 
@@ -394,15 +558,34 @@ def analyze(capture: str, out: str, permutations: int, exact: bool | None, seed:
 @click.argument("capture_1", type=click.Path())
 @click.argument("capture_2", type=click.Path())
 @_analysis_options
-@click.option("--pairing", type=click.Choice(["auto", "matched", "unmatched"]), default="auto", show_default=True,
-              help="matched: paired t of diff1 - diff2 (same pairs, same order); unmatched: Welch's t with a "
-                   "label-shuffle null. auto: matched when both captures list the same pair ids in order.")
-@click.option("--allow-different-settings", is_flag=True,
-              help="Compare captures made with different models or capture settings (refused by default); "
-                   "the differences are recorded in results.json and flagged in the markdown.")
-def compare(capture_1: str, capture_2: str, out: str, permutations: int, exact: bool | None, seed: int,
-            splits: int, group_nulls: bool, force: bool, quiet: bool, pairing: str,
-            allow_different_settings: bool) -> None:
+@click.option(
+    "--pairing",
+    type=click.Choice(["auto", "matched", "unmatched"]),
+    default="auto",
+    show_default=True,
+    help="matched: paired t of diff1 - diff2 (same pairs, same order); unmatched: Welch's t with a "
+    "label-shuffle null. auto: matched when both captures list the same pair ids in order.",
+)
+@click.option(
+    "--allow-different-settings",
+    is_flag=True,
+    help="Compare captures made with different models or capture settings (refused by default); "
+    "the differences are recorded in results.json and flagged in the markdown.",
+)
+def compare(
+    capture_1: str,
+    capture_2: str,
+    out: str,
+    permutations: int,
+    exact: bool | None,
+    seed: int,
+    splits: int,
+    group_nulls: bool,
+    force: bool,
+    quiet: bool,
+    pairing: str,
+    allow_different_settings: bool,
+) -> None:
     """The contrast of contrasts: (B1 - A1) - (B2 - A2), per unit.
 
     \b
@@ -415,20 +598,42 @@ def compare(capture_1: str, capture_2: str, out: str, permutations: int, exact: 
 
     report.check_out_dir(out, force)
     cap1, cap2 = read_capture(capture_1), read_capture(capture_2)
-    result = _run_with_progress(quiet, lambda progress: analysis.compare(
-        cap1, cap2, pairing=pairing, permutations=permutations, exact=exact, seed=seed, splits=splits,
-        group_nulls=group_nulls, allow_different_settings=allow_different_settings, progress=progress))
+    result = _run_with_progress(
+        quiet,
+        lambda progress: analysis.compare(
+            cap1,
+            cap2,
+            pairing=pairing,
+            permutations=permutations,
+            exact=exact,
+            seed=seed,
+            splits=splits,
+            group_nulls=group_nulls,
+            allow_different_settings=allow_different_settings,
+            progress=progress,
+        ),
+    )
     _write_and_show(result, out, force, quiet)
 
 
 @main.command()
 @click.argument("source", type=click.Path())
-@click.option("--out", "-o", "out", required=True, type=click.Path(),
-              help="The model card to write, e.g. README.md. A file that report did not write needs --force.")
-@click.option("--license", "license_", default="apache-2.0", show_default=True,
-              help="License in the card's front matter.")
-@click.option("--base-model", default=None,
-              help="Hub id for the front matter's base_model (default: the captured model when it is a Hub id).")
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(),
+    help="The model card to write, e.g. README.md. A file that report did not write needs --force.",
+)
+@click.option(
+    "--license", "license_", default="apache-2.0", show_default=True, help="License in the card's front matter."
+)
+@click.option(
+    "--base-model",
+    default=None,
+    help="Hub id for the front matter's base_model (default: the captured model when it is a Hub id).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing file that report did not write.")
 def report(source: str, out: str, license_: str, base_model: str | None, force: bool) -> None:
     """Write a Hub model card (README.md) from a results folder or a capture file.

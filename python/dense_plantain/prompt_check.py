@@ -20,12 +20,13 @@ import difflib
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dense_plantain.errors import ModelLoadError
-from dense_plantain.prompts import Pair, Problem, Probe, find_problems
+from dense_plantain.prompts import Pair, Probe, Problem, find_problems
 
 __all__ = [
     "ALPHA",
@@ -451,9 +452,13 @@ def _warnings(report: CheckReport) -> list[str]:
     assert probe is not None and length is not None
     if length.systematic:
         longer = probe.label_b if length.mean_diff > 0 else probe.label_a
-        counted = "" if report.counter and report.counter.exact else (
-            " by the approximate count; rare words that BPE splits are undercounted, so confirm with "
-            "--tokenizer (a pipeline folder or cached hub id) before rewording"
+        counted = (
+            ""
+            if report.counter and report.counter.exact
+            else (
+                " by the approximate count; rare words that BPE splits are undercounted, so confirm with "
+                "--tokenizer (a pipeline folder or cached hub id) before rewording"
+            )
         )
         out.append(
             f"lexical confound: condition {longer!r} is systematically longer (mean B - A = "
@@ -509,7 +514,9 @@ def render_report(report: CheckReport, console=None) -> None:
     probe = report.probe
     title = f"[bold]{escape(str(report.path))}[/bold]"
     if probe is not None:
-        title += f"  probe [cyan]{escape(probe.name)}[/cyan]: A = {escape(probe.label_a)!s}, B = {escape(probe.label_b)!s}"
+        title += (
+            f"  probe [cyan]{escape(probe.name)}[/cyan]: A = {escape(probe.label_a)!s}, B = {escape(probe.label_b)!s}"
+        )
     console.print(title)
 
     if report.errors:
@@ -536,8 +543,17 @@ def render_report(report: CheckReport, console=None) -> None:
         if report.checked_fields:
             table.add_column("held", no_wrap=True)
         for pair in report.pairs:
-            changes = "; ".join(f"[red]{escape(_clip(a))}[/red] -> [green]{escape(_clip(b))}[/green]" for a, b in pair.changes)
-            row = [escape(pair.id), str(pair.line or ""), str(pair.tokens_a), str(pair.tokens_b), f"{pair.diff:+d}", changes]
+            changes = "; ".join(
+                f"[red]{escape(_clip(a))}[/red] -> [green]{escape(_clip(b))}[/green]" for a, b in pair.changes
+            )
+            row = [
+                escape(pair.id),
+                str(pair.line or ""),
+                str(pair.tokens_a),
+                str(pair.tokens_b),
+                f"{pair.diff:+d}",
+                changes,
+            ]
             if report.checked_fields:
                 bad = [name for name, status in pair.held.items() if status != "both"]
                 row.append("[green]ok[/green]" if not bad else "[yellow]" + escape(", ".join(bad)) + "[/yellow]")
@@ -546,7 +562,8 @@ def render_report(report: CheckReport, console=None) -> None:
 
         length = report.length
         console.print(
-            f"length: mean A {length.mean_a:.1f}, mean B {length.mean_b:.1f} tokens; B - A mean {length.mean_diff:+.2f}, "
+            f"length: mean A {length.mean_a:.1f}, mean B {length.mean_b:.1f} tokens; "
+            f"B - A mean {length.mean_diff:+.2f}, "
             f"mean |B - A| {length.mean_abs_diff:.2f}, max |B - A| {length.max_abs_diff}"
             + (f" ({escape(length.max_abs_diff_id)})" if length.max_abs_diff_id else "")
         )
@@ -570,7 +587,9 @@ def render_report(report: CheckReport, console=None) -> None:
 
     n_pairs = len(probe.pairs) if probe is not None else 0
     verdict = "[bold red]FAILED[/bold red]" if report.errors else "[bold green]OK[/bold green]"
-    console.print(f"{verdict}: {n_pairs} valid pair(s), {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    console.print(
+        f"{verdict}: {n_pairs} valid pair(s), {len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+    )
 
 
 def _clip(text: str, width: int = 60) -> str:

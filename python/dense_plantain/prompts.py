@@ -182,13 +182,20 @@ def find_problems(path: str | Path) -> tuple[Probe | None, list[Problem]]:
     for key in doc:
         if key not in ("probe", "pairs"):
             problems.append(
-                Problem(path, layout.top_key_line(key), None, f"unknown top-level key {key!r}{_typo_hint(key, ('probe', 'pairs'))}; "
-                        "a probe file holds only [probe] and [[pairs]].")
+                Problem(
+                    path,
+                    layout.top_key_line(key),
+                    None,
+                    f"unknown top-level key {key!r}{_typo_hint(key, ('probe', 'pairs'))}; "
+                    "a probe file holds only [probe] and [[pairs]].",
+                )
             )
 
     meta = doc.get("probe", {})
     if not isinstance(meta, dict):
-        problems.append(Problem(path, layout.top_key_line("probe"), None, "`probe` must be a table: write it as [probe]."))
+        problems.append(
+            Problem(path, layout.top_key_line("probe"), None, "`probe` must be a table: write it as [probe].")
+        )
         meta = {}
     probe_fields = _read_probe_table(path, meta, layout, problems)
     held_constant = probe_fields["held_constant"]
@@ -196,11 +203,18 @@ def find_problems(path: str | Path) -> tuple[Probe | None, list[Problem]]:
     raw_pairs = doc.get("pairs")
     pairs: list[Pair] = []
     if raw_pairs is None:
-        problems.append(Problem(path, None, None, "no [[pairs]] tables; add at least "
-                                f"{MIN_PAIRS} pairs, each with id, a and b."))
+        problems.append(
+            Problem(path, None, None, f"no [[pairs]] tables; add at least {MIN_PAIRS} pairs, each with id, a and b.")
+        )
     elif not isinstance(raw_pairs, list) or not all(isinstance(p, dict) for p in raw_pairs):
-        problems.append(Problem(path, layout.top_key_line("pairs"), None,
-                                "`pairs` must be an array of tables: start each pair with a [[pairs]] line."))
+        problems.append(
+            Problem(
+                path,
+                layout.top_key_line("pairs"),
+                None,
+                "`pairs` must be an array of tables: start each pair with a [[pairs]] line.",
+            )
+        )
     else:
         lines = layout.pair_lines if len(layout.pair_lines) == len(raw_pairs) else [0] * len(raw_pairs)
         allowed = set(PAIR_REQUIRED) | set(PAIR_OPTIONAL) | set(held_constant)
@@ -210,8 +224,15 @@ def find_problems(path: str | Path) -> tuple[Probe | None, list[Problem]]:
                 pairs.append(pair)
         _check_duplicates(path, raw_pairs, lines, problems)
         if len(raw_pairs) < MIN_PAIRS:
-            problems.append(Problem(path, None, None, f"only {len(raw_pairs)} pair(s); a paired test needs at least "
-                                    f"{MIN_PAIRS} (the published probes use 25)."))
+            problems.append(
+                Problem(
+                    path,
+                    None,
+                    None,
+                    f"only {len(raw_pairs)} pair(s); a paired test needs at least "
+                    f"{MIN_PAIRS} (the published probes use 25).",
+                )
+            )
 
     probe = Probe(
         path=path,
@@ -225,7 +246,7 @@ def find_problems(path: str | Path) -> tuple[Probe | None, list[Problem]]:
         pairs=pairs,
         sha256=sha256,
     )
-    problems.sort(key=lambda p: (p.line or 0))
+    problems.sort(key=lambda p: p.line or 0)
     return probe, problems
 
 
@@ -235,17 +256,38 @@ def _read_probe_table(path: Path, meta: dict, layout: _Layout, problems: list[Pr
     for key, value in meta.items():
         line = layout.probe_key_line(key)
         if key not in PROBE_KEYS:
-            problems.append(Problem(path, line, None, f"unknown key {key!r} in [probe]{_typo_hint(key, PROBE_KEYS)}; "
-                                    f"known keys: {', '.join(PROBE_KEYS)}."))
+            problems.append(
+                Problem(
+                    path,
+                    line,
+                    None,
+                    f"unknown key {key!r} in [probe]{_typo_hint(key, PROBE_KEYS)}; "
+                    f"known keys: {', '.join(PROBE_KEYS)}.",
+                )
+            )
         elif key == "held_constant":
             if not (isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)):
-                problems.append(Problem(path, line, None, "[probe] held_constant must be a list of pair field names, "
-                                        'e.g. held_constant = ["subject", "setting"].'))
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        None,
+                        "[probe] held_constant must be a list of pair field names, "
+                        'e.g. held_constant = ["subject", "setting"].',
+                    )
+                )
                 continue
             for name in value:
                 if name in PAIR_REQUIRED:
-                    problems.append(Problem(path, line, None, f"held_constant names {name!r}, but id, a and b "
-                                            "are what the pair varies; list only extra fields like subject or setting."))
+                    problems.append(
+                        Problem(
+                            path,
+                            line,
+                            None,
+                            f"held_constant names {name!r}, but id, a and b "
+                            "are what the pair varies; list only extra fields like subject or setting.",
+                        )
+                    )
             out["held_constant"] = [v for v in value if v not in PAIR_REQUIRED]
         elif not isinstance(value, str):
             problems.append(Problem(path, line, None, f"[probe] {key} must be a string, not {type(value).__name__}."))
@@ -275,11 +317,14 @@ def _read_pair(
     for key, value in entry.items():
         if key not in allowed:
             hint = _typo_hint(key, sorted(allowed))
-            report(f"unknown key {key!r}{hint}; a pair holds id, a, b, note and the fields named in "
-                   f"[probe] held_constant (or subject/setting).", key)
+            report(
+                f"unknown key {key!r}{hint}; a pair holds id, a, b, note and the fields named in "
+                f"[probe] held_constant (or subject/setting).",
+                key,
+            )
         elif not isinstance(value, str):
             if key == "id" and isinstance(value, int) and not isinstance(value, bool):
-                report(f"id must be a string; write id = \"{value}\".", key)
+                report(f'id must be a string; write id = "{value}".', key)
             else:
                 report(f"{key} must be a string, not {type(value).__name__}.", key)
         elif key != "note" and not value.strip():
@@ -305,8 +350,14 @@ def _check_duplicates(path: Path, entries: list[dict], lines: list[int], problem
         pair_id = pair_id.strip()
         if pair_id in first_line:
             where = f"line {first_line[pair_id]}" if first_line[pair_id] else "an earlier pair"
-            problems.append(Problem(path, line or None, pair_id,
-                                    f"duplicate id; also used at {where}. Ids name pairs in results, so each must be unique."))
+            problems.append(
+                Problem(
+                    path,
+                    line or None,
+                    pair_id,
+                    f"duplicate id; also used at {where}. Ids name pairs in results, so each must be unique.",
+                )
+            )
         else:
             first_line[pair_id] = line
 

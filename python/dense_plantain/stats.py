@@ -187,9 +187,7 @@ def _check_shape(shape: tuple[int, ...], name: str) -> None:
         raise StatsInputError(f"{name} must be a 2-D [pairs x units] matrix, got shape {shape}")
     n, m = shape
     if n < MIN_PAIRS:
-        raise StatsInputError(
-            f"{name} has {n} pair(s); paired statistics need at least {MIN_PAIRS}. Add pairs"
-        )
+        raise StatsInputError(f"{name} has {n} pair(s); paired statistics need at least {MIN_PAIRS}. Add pairs")
     if m == 0:
         raise StatsInputError(f"{name} has no units (shape {shape}); check the unit layout")
 
@@ -372,9 +370,7 @@ def fwer_p(abs_t_obs: np.ndarray, null: SignFlipNull) -> np.ndarray:
         raise StatsInputError("abs_t_obs has NaN values; |t| from stats.paired is never NaN")
     null_max = np.asarray(null.max_abs_t, dtype=np.float64)
     if null_max.shape != (null.n_permutations,):
-        raise StatsInputError(
-            f"the null has {null_max.shape} max |t| values for {null.n_permutations} permutations"
-        )
+        raise StatsInputError(f"the null has {null_max.shape} max |t| values for {null.n_permutations} permutations")
     bar = x * (1.0 - _FWER_RTOL)
     if null.exact:
         rest = np.sort(null_max[1:])
@@ -405,9 +401,7 @@ def split_half(diff: np.ndarray, n_splits: int = 100, seed: int = 0) -> SplitHal
     diff = _as_diff(diff)
     n = diff.shape[0]
     if n < MIN_SPLIT_PAIRS:
-        raise StatsInputError(
-            f"split-half reliability needs at least {MIN_SPLIT_PAIRS} pairs (2 per half), got {n}"
-        )
+        raise StatsInputError(f"split-half reliability needs at least {MIN_SPLIT_PAIRS} pairs (2 per half), got {n}")
     assignments = split_assignments(n, n_splits, seed)
     r = _stats.split_half(diff, assignments)
     return SplitHalf(r=r, assignments=assignments)

@@ -121,19 +121,28 @@ def read_capture(path: str | os.PathLike, *, allow_partial: bool = False, check_
             keys = set(fh.keys())
             missing = {"a", "b"} - keys
             if missing:
-                raise _fail(path, f"has no tensor {' or '.join(sorted(missing))!r} (it has {sorted(keys)})",
-                            "A capture file holds condition A as 'a' and condition B as 'b', [pairs x units]")
+                raise _fail(
+                    path,
+                    f"has no tensor {' or '.join(sorted(missing))!r} (it has {sorted(keys)})",
+                    "A capture file holds condition A as 'a' and condition B as 'b', [pairs x units]",
+                )
             a = fh.get_tensor("a")
             b = fh.get_tensor("b")
     except CaptureFileError:
         raise
     except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
-        raise _fail(path, f"is not a readable safetensors file ({err})",
-                    "It may be truncated or corrupt; capture it again (or --resume an unfinished run)") from None
+        raise _fail(
+            path,
+            f"is not a readable safetensors file ({err})",
+            "It may be truncated or corrupt; capture it again (or --resume an unfinished run)",
+        ) from None
     raw = header.get(META_KEY)
     if raw is None:
-        raise _fail(path, f"has no '{META_KEY}' metadata",
-                    "Add a JSON object with at least {\"format\": 1, \"blocks\": [...]} under that key")
+        raise _fail(
+            path,
+            f"has no '{META_KEY}' metadata",
+            'Add a JSON object with at least {"format": 1, "blocks": [...]} under that key',
+        )
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as err:
@@ -141,27 +150,43 @@ def read_capture(path: str | os.PathLike, *, allow_partial: bool = False, check_
     if not isinstance(meta, dict):
         raise _fail(path, f"its '{META_KEY}' metadata is not a JSON object", "Rewrite the metadata")
     if meta.get("format", FORMAT) != FORMAT:
-        raise _fail(path, f"has capture format {meta.get('format')!r}; this dense-plantain reads format {FORMAT}",
-                    "Upgrade dense-plantain or capture again")
+        raise _fail(
+            path,
+            f"has capture format {meta.get('format')!r}; this dense-plantain reads format {FORMAT}",
+            "Upgrade dense-plantain or capture again",
+        )
     if a.ndim != 2 or b.ndim != 2:
-        raise _fail(path, f"'a' and 'b' must be 2-D [pairs x units], got shapes {a.shape} and {b.shape}",
-                    "Rewrite the file with one row per pair")
+        raise _fail(
+            path,
+            f"'a' and 'b' must be 2-D [pairs x units], got shapes {a.shape} and {b.shape}",
+            "Rewrite the file with one row per pair",
+        )
     if a.shape != b.shape:
-        raise _fail(path, f"'a' has shape {a.shape} but 'b' has {b.shape}",
-                    "Both conditions need one row per pair and the same units")
+        raise _fail(
+            path,
+            f"'a' has shape {a.shape} but 'b' has {b.shape}",
+            "Both conditions need one row per pair and the same units",
+        )
     try:
         layout = Layout.from_metadata(meta)
     except ValueError as err:
         raise _fail(path, f"its unit layout is malformed: {err}", "Fix 'blocks' in the metadata") from None
     if layout.n_units != a.shape[1]:
-        raise _fail(path, f"'blocks' sum to {layout.n_units} units but 'a' and 'b' have {a.shape[1]} columns",
-                    "The blocks must list every unit, in column order")
-    cap = Capture(path=path, a=np.asarray(a, dtype=np.float32), b=np.asarray(b, dtype=np.float32),
-                  meta=meta, layout=layout)
+        raise _fail(
+            path,
+            f"'blocks' sum to {layout.n_units} units but 'a' and 'b' have {a.shape[1]} columns",
+            "The blocks must list every unit, in column order",
+        )
+    cap = Capture(
+        path=path, a=np.asarray(a, dtype=np.float32), b=np.asarray(b, dtype=np.float32), meta=meta, layout=layout
+    )
     if cap.partial and not allow_partial:
         total = meta.get("n_pairs_total", "?")
-        raise _fail(path, f"is an unfinished capture ({cap.n_pairs} of {total} pairs)",
-                    "Finish it with `dense-plantain capture ... --resume`, which continues from these pairs")
+        raise _fail(
+            path,
+            f"is an unfinished capture ({cap.n_pairs} of {total} pairs)",
+            "Finish it with `dense-plantain capture ... --resume`, which continues from these pairs",
+        )
     if check_finite:
         check_values(cap)
     return cap

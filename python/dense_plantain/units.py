@@ -34,8 +34,9 @@ text tokens). With several captured steps, names carry ``@step<k>``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -307,8 +308,11 @@ def _plantain_readouts(shape: ModelShape, width: int = PLANTAIN_SLICE) -> list[R
             raise ValueError(f"a width of {n} columns does not split into {width}-column slices")
     out = []
     for i in range(shape.n_joint):
-        out.append(Readout(f"joint[{i}]", _joint_module(i), "image", "attention", 0, width,
-                           shape.inner // width, shape.head_dim))
+        out.append(
+            Readout(
+                f"joint[{i}]", _joint_module(i), "image", "attention", 0, width, shape.inner // width, shape.head_dim
+            )
+        )
     for i in range(shape.n_single):
         name, mod = f"single[{i}]", _single_module(i)
         out.append(Readout(name, mod, "all", "attention", 0, width, shape.inner // width, shape.head_dim))

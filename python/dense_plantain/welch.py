@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -103,8 +103,9 @@ def _pooled(x1: np.ndarray, x2: np.ndarray):
     return rows, squares, rows.sum(axis=0), squares.sum(axis=0)
 
 
-def _labelling_stats(member: np.ndarray, rows, squares, s, q, n1: int, n2: int,
-                     t_th: tuple[float, ...], d_th: tuple[float, ...]):
+def _labelling_stats(
+    member: np.ndarray, rows, squares, s, q, n1: int, n2: int, t_th: tuple[float, ...], d_th: tuple[float, ...]
+):
     """Counts over each threshold and max |t| for each labelling (row of ``member``, 0/1)."""
     # Group-1 sums accumulated row by row in a fixed order, not by a BLAS product: a BLAS sum's
     # order depends on the batch shape (gemv for one labelling, gemm kernels by chunk size), and the
@@ -113,15 +114,21 @@ def _labelling_stats(member: np.ndarray, rows, squares, s, q, n1: int, n2: int,
     q1 = np.zeros_like(s1)
     buf = np.empty_like(s1)
     for r in range(rows.shape[0]):
-        pick = member[:, r:r + 1]
+        pick = member[:, r : r + 1]
         np.add(s1, np.multiply(pick, rows[r], out=buf), out=s1)
         np.add(q1, np.multiply(pick, squares[r], out=buf), out=q1)
     t, d = _t_and_d(*_moments(s1, q1, s, q, n1, n2), n1, n2)
     abs_t, abs_d = np.abs(t), np.abs(d)
-    t_counts = np.stack([(abs_t > th).sum(axis=1) for th in t_th], axis=1) if t_th else \
-        np.zeros((member.shape[0], 0), dtype=np.int64)
-    d_counts = np.stack([(abs_d > th).sum(axis=1) for th in d_th], axis=1) if d_th else \
-        np.zeros((member.shape[0], 0), dtype=np.int64)
+    t_counts = (
+        np.stack([(abs_t > th).sum(axis=1) for th in t_th], axis=1)
+        if t_th
+        else np.zeros((member.shape[0], 0), dtype=np.int64)
+    )
+    d_counts = (
+        np.stack([(abs_d > th).sum(axis=1) for th in d_th], axis=1)
+        if d_th
+        else np.zeros((member.shape[0], 0), dtype=np.int64)
+    )
     max_abs_t = np.max(np.nan_to_num(abs_t, nan=0.0), axis=1)
     return t_counts, d_counts, max_abs_t
 
@@ -193,8 +200,10 @@ def label_shuffle_null(
     if exact is None:
         exact = total <= permutations
     if exact and total > MAX_EXACT:
-        raise ValueError(f"an exact label-shuffle null would enumerate {total:,} labellings "
-                         f"(more than {MAX_EXACT:,}); use Monte Carlo permutations instead")
+        raise ValueError(
+            f"an exact label-shuffle null would enumerate {total:,} labellings "
+            f"(more than {MAX_EXACT:,}); use Monte Carlo permutations instead"
+        )
     n_perm = total if exact else permutations
 
     rows, squares, s, q = _pooled(x1, x2)
@@ -217,12 +226,21 @@ def label_shuffle_null(
     for member in groups:
         stop = done + member.shape[0]
         t_counts[done:stop], d_counts[done:stop], max_abs_t[done:stop] = _labelling_stats(
-            member, rows, squares, s, q, n1, n2, t_th, d_th)
+            member, rows, squares, s, q, n1, n2, t_th, d_th
+        )
         done = stop
         if progress is not None:
             progress(done, n_perm)
-    return LabelShuffleNull(t_counts=t_counts, d_counts=d_counts, max_abs_t=max_abs_t, exact=bool(exact),
-                            n_permutations=n_perm, seed=int(seed), t_thresholds=t_th, d_thresholds=d_th)
+    return LabelShuffleNull(
+        t_counts=t_counts,
+        d_counts=d_counts,
+        max_abs_t=max_abs_t,
+        exact=bool(exact),
+        n_permutations=n_perm,
+        seed=int(seed),
+        t_thresholds=t_th,
+        d_thresholds=d_th,
+    )
 
 
 def observed_counts(
@@ -250,8 +268,13 @@ def observed_counts(
     t_th = tuple(float(v) for v in t_thresholds)
     d_th = tuple(float(v) for v in d_thresholds)
     t_counts, d_counts, max_abs_t = _labelling_stats(member, rows, squares, s, q, n1, n2, t_th, d_th)
-    return ObservedCounts(t_counts=t_counts[0].astype(np.int64), d_counts=d_counts[0].astype(np.int64),
-                          max_abs_t=float(max_abs_t[0]), t_thresholds=t_th, d_thresholds=d_th)
+    return ObservedCounts(
+        t_counts=t_counts[0].astype(np.int64),
+        d_counts=d_counts[0].astype(np.int64),
+        max_abs_t=float(max_abs_t[0]),
+        t_thresholds=t_th,
+        d_thresholds=d_th,
+    )
 
 
 def fwer_p(abs_t_obs: np.ndarray, null: LabelShuffleNull) -> np.ndarray:

@@ -41,9 +41,20 @@ def run_demo(out: str | Path = "dense-plantain-demo", *, batch_size: int = 10, c
     console.print(f"prompts  {escape(str(probe_path))}")
     capture_path = out / "capture.safetensors"
     settings = CaptureSettings(height=DEMO_SIZE, width=DEMO_SIZE)
-    result = run_capture(str(folder), probe_path, capture_path, settings=settings, device="cpu", dtype="float32",
-                         batch_size=batch_size, force=True)
-    console.print(f"capture  {escape(str(result.path))}: {result.n_pairs} pairs x {result.n_units} units in {result.seconds:.1f} s")
+    result = run_capture(
+        str(folder),
+        probe_path,
+        capture_path,
+        settings=settings,
+        device="cpu",
+        dtype="float32",
+        batch_size=batch_size,
+        force=True,
+    )
+    console.print(
+        f"capture  {escape(str(result.path))}: {result.n_pairs} pairs x {result.n_units} units"
+        f" in {result.seconds:.1f} s"
+    )
     _analyze(capture_path, out / "results", console)
     console.print(f"\ndone in {time.monotonic() - t0:.0f} s. {escape(RANDOM_WEIGHTS_NOTE)}")
     console.print(
@@ -83,6 +94,11 @@ def _print_summary(cap, console) -> None:
         table.add_column(column, justify="left" if column == "block" else "right")
     for block in cap.layout.blocks:
         sl = block.units
-        table.add_row(block.name, str(block.n_units), f"{cap.a[:, sl].mean():.4f}", f"{cap.b[:, sl].mean():.4f}",
-                      f"{np.abs(diff[:, sl]).mean():.4f}")
+        table.add_row(
+            block.name,
+            str(block.n_units),
+            f"{cap.a[:, sl].mean():.4f}",
+            f"{cap.b[:, sl].mean():.4f}",
+            f"{np.abs(diff[:, sl]).mean():.4f}",
+        )
     console.print(table)

@@ -49,9 +49,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -112,8 +113,10 @@ def torchrun_launch(environ: dict[str, str] | None = None) -> Launch | None:
             f"LOCAL_RANK={env['LOCAL_RANK']!r} must be integers. Start the command with torchrun, which sets them."
         ) from None
     if not (0 <= rank < world and local >= 0):
-        raise CaptureError(f"torchrun's environment is inconsistent: RANK={rank}, WORLD_SIZE={world}, "
-                           f"LOCAL_RANK={local}. Start the command with torchrun, which sets them.")
+        raise CaptureError(
+            f"torchrun's environment is inconsistent: RANK={rank}, WORLD_SIZE={world}, "
+            f"LOCAL_RANK={local}. Start the command with torchrun, which sets them."
+        )
     return Launch(rank, world, local, f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
 
 
@@ -256,8 +259,14 @@ def _id_list(ids: list[str]) -> str:
     return shown + (f" and {len(ids) - _MAX_IDS_SHOWN} more" if len(ids) > _MAX_IDS_SHOWN else "")
 
 
-def incomplete_message(out: Path, states: list[ShardState], identity: RunIdentity, *,
-                       reports: dict[int, dict] | None = None, meet_error: str | None = None) -> str:
+def incomplete_message(
+    out: Path,
+    states: list[ShardState],
+    identity: RunIdentity,
+    *,
+    reports: dict[int, dict] | None = None,
+    meet_error: str | None = None,
+) -> str:
     """Which pairs are missing, where the finished ones are, and how to finish (for a `CaptureError`)."""
     ids = identity.probe.ids
     world = len(states)
@@ -284,9 +293,11 @@ def incomplete_message(out: Path, states: list[ShardState], identity: RunIdentit
             text += " It did not report (it died, hung, or was stopped)."
         lines.append(text)
     kept = [str(s.path) for s in states if s.complete]
-    lines.append((f"Finished shards are kept ({', '.join(kept)}). " if kept else "")
-                 + "Run the same command with --resume (same --nproc-per-node) to capture only the missing pairs "
-                 "and merge; or, on one device, the same command with --resume and without torchrun.")
+    lines.append(
+        (f"Finished shards are kept ({', '.join(kept)}). " if kept else "")
+        + "Run the same command with --resume (same --nproc-per-node) to capture only the missing pairs "
+        "and merge; or, on one device, the same command with --resume and without torchrun."
+    )
     return "\n".join(lines)
 
 
@@ -309,13 +320,19 @@ def merge_shards(out: Path, states: list[ShardState], *, launched: dict[str, Any
     first = caps[0].meta
     for s, cap in zip(states, caps):
         if cap.meta.get("blocks") != first.get("blocks"):
-            raise CaptureError(f"shard {s.path} has another unit layout than {states[0].path}; "
-                               "capture again with --force.")
+            raise CaptureError(
+                f"shard {s.path} has another unit layout than {states[0].path}; capture again with --force."
+            )
     ranks = []
     for s, cap in zip(states, caps):
         meta = cap.meta
-        record = {"rank": s.rank, "pairs": [s.start, s.stop], "device": meta["settings"].get("device"),
-                  "started": meta.get("started"), "finished": meta.get("finished")}
+        record = {
+            "rank": s.rank,
+            "pairs": [s.start, s.stop],
+            "device": meta["settings"].get("device"),
+            "started": meta.get("started"),
+            "finished": meta.get("finished"),
+        }
         if meta.get("versions") != first.get("versions"):
             record["versions"] = meta.get("versions")
         ranks.append(record)
@@ -323,8 +340,10 @@ def merge_shards(out: Path, states: list[ShardState], *, launched: dict[str, Any
     merged["pairs"] = [pair for cap in caps for pair in cap.meta.get("pairs", [])]
     merged["settings"] = {**first["settings"], "device": _device_summary([r["device"] for r in ranks])}
     merged["started"] = min(str(cap.meta.get("started", "")) for cap in caps)
-    merged["runs"] = sorted(({"rank": s.rank, **run} for s, cap in zip(states, caps) for run in cap.meta.get("runs", [])),
-                            key=lambda run: str(run.get("started", "")))
+    merged["runs"] = sorted(
+        ({"rank": s.rank, **run} for s, cap in zip(states, caps) for run in cap.meta.get("runs", [])),
+        key=lambda run: str(run.get("started", "")),
+    )
     merged["distributed"] = {"world_size": len(states), **launched, "ranks": ranks}
     merged["finished"] = _utc_now()
     write_capture(out, np.concatenate([c.a for c in caps]), np.concatenate([c.b for c in caps]), merged)
@@ -367,21 +386,27 @@ def _rank_device(device: str, launch: Launch):
         return choose_device(f"cuda:{launch.local_rank}")
     if device in ("auto", "cpu"):
         return torch.device("cpu")
-    raise CaptureError(f"--device {device} cannot be shared by torchrun's processes; use --device cuda (one GPU per "
-                       "process) or --device cpu.")
+    raise CaptureError(
+        f"--device {device} cannot be shared by torchrun's processes; use --device cuda (one GPU per "
+        "process) or --device cpu."
+    )
 
 
 def _check_outputs(out: Path, world_size: int, resume: bool, force: bool) -> None:
     """Refuse to run over files of another run; every rank checks before any rank writes (init waits for all)."""
     if out.is_dir():
-        raise CaptureError(f"--out {out} is a folder; give the capture file's name, e.g. {out / 'capture.safetensors'}.")
+        raise CaptureError(
+            f"--out {out} is a folder; give the capture file's name, e.g. {out / 'capture.safetensors'}."
+        )
     if out.exists() and not force:
         raise CaptureError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
     if force:
         return
     if partial_path(out).exists():
-        raise CaptureError(f"an unfinished single-process capture of this output exists ({partial_path(out)}). "
-                           "Finish it without torchrun (--resume), or pass --force to discard it.")
+        raise CaptureError(
+            f"an unfinished single-process capture of this output exists ({partial_path(out)}). "
+            "Finish it without torchrun (--resume), or pass --force to discard it."
+        )
     files = shard_files(out)
     others = {w: paths for w, paths in files.items() if w != world_size}
     if others:
@@ -417,8 +442,22 @@ class _Outcome:
         return {"rank": self.rank, "device": self.device, "resumed": self.resumed, "error": text}
 
 
-def _capture_shard(model, prompts_file, out: Path, launch: Launch, identity: RunIdentity, dev, *, settings, dtype,
-                   batch_size, resume, force, show_progress, loaded=None) -> _Outcome:
+def _capture_shard(
+    model,
+    prompts_file,
+    out: Path,
+    launch: Launch,
+    identity: RunIdentity,
+    dev,
+    *,
+    settings,
+    dtype,
+    batch_size,
+    resume,
+    force,
+    show_progress,
+    loaded=None,
+) -> _Outcome:
     outcome = _Outcome(launch.rank, str(dev))
     world = launch.world_size
     start, stop = shard_range(len(identity.probe.pairs), launch.rank, world)
@@ -427,18 +466,32 @@ def _capture_shard(model, prompts_file, out: Path, launch: Launch, identity: Run
         if resume and path.exists():
             state = inspect_shard(out, launch.rank, world, identity)
             if state.problem:
-                raise CaptureError(f"cannot resume: the finished shard {path} {state.problem}. Pass --force (without "
-                                   "--resume) to capture it again.")
+                raise CaptureError(
+                    f"cannot resume: the finished shard {path} {state.problem}. Pass --force (without "
+                    "--resume) to capture it again."
+                )
             outcome.resumed = stop - start
             return outcome
-        result = run_capture(model, prompts_file, path, settings=settings, device=str(dev), dtype=dtype,
-                             batch_size=batch_size, resume=resume, force=force, show_progress=show_progress,
-                             after_batch=_failure_hook(launch.rank), loaded=loaded,
-                             shard={"rank": launch.rank, "world_size": world, "start": start, "stop": stop})
+        result = run_capture(
+            model,
+            prompts_file,
+            path,
+            settings=settings,
+            device=str(dev),
+            dtype=dtype,
+            batch_size=batch_size,
+            resume=resume,
+            force=force,
+            show_progress=show_progress,
+            after_batch=_failure_hook(launch.rank),
+            loaded=loaded,
+            shard={"rank": launch.rank, "world_size": world, "start": start, "stop": stop},
+        )
         outcome.resumed = result.resumed_from
     except KeyboardInterrupt:
-        outcome.error = CaptureError("interrupted (Ctrl-C, or torchrun stopping the ranks because one failed) "
-                                     "before it began capturing.")
+        outcome.error = CaptureError(
+            "interrupted (Ctrl-C, or torchrun stopping the ranks because one failed) before it began capturing."
+        )
     except Exception as err:  # reported to rank 0 first, raised again after the ranks meet
         outcome.error = err
     return outcome
@@ -543,8 +596,10 @@ def run_distributed_capture(
         raise CaptureError(f"--dist-timeout must be positive, got {timeout_min}.")
     probe = load_probe(prompts_file)
     if world > len(probe.pairs):
-        raise CaptureError(f"{world} processes for {len(probe.pairs)} pairs: every process needs at least one pair; "
-                           f"start at most {len(probe.pairs)} (--nproc-per-node).")
+        raise CaptureError(
+            f"{world} processes for {len(probe.pairs)} pairs: every process needs at least one pair; "
+            f"start at most {len(probe.pairs)} (--nproc-per-node)."
+        )
     _check_outputs(out, world, resume, force)
     dev = _rank_device(device, launch)
     if dev.type == "cuda":
@@ -567,9 +622,20 @@ def run_distributed_capture(
     verdict = None  # rank 0's account of what is missing; None once merged
     try:
         signals.capturing()
-        outcome = _capture_shard(model, prompts_file, out, launch, identity, dev, settings=settings, dtype=dtype,
-                                 batch_size=batch_size, resume=resume, force=force,
-                                 show_progress=show_progress and rank == 0)
+        outcome = _capture_shard(
+            model,
+            prompts_file,
+            out,
+            launch,
+            identity,
+            dev,
+            settings=settings,
+            dtype=dtype,
+            batch_size=batch_size,
+            resume=resume,
+            force=force,
+            show_progress=show_progress and rank == 0,
+        )
         signals.meeting()
         reports, meet_error = _meet(group, outcome.to_report(), world, timeout)
         if rank == 0 or reports is None:
@@ -602,10 +668,11 @@ def run_distributed_capture(
     if own is not None:
         raise CaptureError(f"{launch.name}: {own}")
     if reports is None:
-        raise CaptureError(f"{launch.name} finished its shard ({shard_path(out, rank, world)}), but could not meet "
-                           f"rank 0 to merge ({meet_error}). "
-                           + (verdict or "Every shard is complete on disk: run the same command with --resume "
-                                         "to merge them."))
+        raise CaptureError(
+            f"{launch.name} finished its shard ({shard_path(out, rank, world)}), but could not meet "
+            f"rank 0 to merge ({meet_error}). "
+            + (verdict or "Every shard is complete on disk: run the same command with --resume to merge them.")
+        )
     return None
 
 
@@ -639,15 +706,19 @@ def finish_shards(
     files = shard_files(out)
     if len(files) != 1:
         listing = "; ".join(f"{w} processes: {', '.join(p.name for p in ps)}" for w, ps in sorted(files.items()))
-        raise CaptureError(f"shards of more than one distributed capture of {out} exist ({listing}). Delete the ones "
-                           "you do not want, then run again with --resume.")
+        raise CaptureError(
+            f"shards of more than one distributed capture of {out} exist ({listing}). Delete the ones "
+            "you do not want, then run again with --resume."
+        )
     world = next(iter(files))
     if out.exists() and not force:
         raise CaptureError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
     probe = load_probe(prompts_file)
     if world > len(probe.pairs):
-        raise CaptureError(f"{out} has shards of a {world}-process capture, but the prompt file has only "
-                           f"{len(probe.pairs)} pairs: it changed since. Pass --force to start over.")
+        raise CaptureError(
+            f"{out} has shards of a {world}-process capture, but the prompt file has only "
+            f"{len(probe.pairs)} pairs: it changed since. Pass --force to start over."
+        )
     dev = choose_device(device)
     identity = run_identity(model, settings, dev, dtype, probe)
     loaded, resumed = None, 0
@@ -658,9 +729,21 @@ def finish_shards(
             resumed += state.n_done
             continue
         loaded = loaded or load_pipeline(model, device=device, dtype=dtype)
-        outcome = _capture_shard(model, prompts_file, out, launch, identity, dev, settings=settings, dtype=dtype,
-                                 batch_size=batch_size, resume=True, force=False, show_progress=show_progress,
-                                 loaded=loaded)
+        outcome = _capture_shard(
+            model,
+            prompts_file,
+            out,
+            launch,
+            identity,
+            dev,
+            settings=settings,
+            dtype=dtype,
+            batch_size=batch_size,
+            resume=True,
+            force=False,
+            show_progress=show_progress,
+            loaded=loaded,
+        )
         if outcome.error is not None:
             states = [inspect_shard(out, r, world, identity) for r in range(world)]
             note = incomplete_message(out, states, identity)
@@ -689,7 +772,10 @@ def capture_here(
     force: bool = False,
     show_progress: bool = True,
 ) -> CaptureResult:
-    """A capture in this one process: ``finish_shards`` when ``--resume`` finds shards of ``out``, else ``run_capture``."""
+    """A capture in this one process.
+
+    ``finish_shards`` when ``--resume`` finds shards of ``out``, else ``run_capture``.
+    """
     options = dict(settings=settings, device=device, dtype=dtype, batch_size=batch_size, show_progress=show_progress)
     files = shard_files(out)
     if files:
@@ -697,7 +783,9 @@ def capture_here(
             return finish_shards(model, prompts_file, out, force=force, **options)
         if not force:
             names = ", ".join(p.name for paths in files.values() for p in paths)
-            raise CaptureError(f"an unfinished distributed capture of this output exists ({names}). Pass --resume to "
-                               "finish it (here, or with torchrun), or --force to discard it and start over.")
+            raise CaptureError(
+                f"an unfinished distributed capture of this output exists ({names}). Pass --resume to "
+                "finish it (here, or with torchrun), or --force to discard it and start over."
+            )
         _remove_shards(Path(out), list(files))
     return run_capture(model, prompts_file, out, resume=resume, force=force, **options)

@@ -58,7 +58,7 @@ def caveats(layout: Layout) -> list[str]:
     for r in layout.readouts:
         if r.kind == "attention" and r.head_width and r.group_width < r.head_width:
             lines.append(
-                f"A plantain \"head\" is a {r.group_width}-column slice, not an attention head: each real "
+                f'A plantain "head" is a {r.group_width}-column slice, not an attention head: each real '
                 f"{r.head_width}-dim head is {r.head_width // r.group_width} slices."
             )
             break
@@ -85,8 +85,9 @@ def print_layout(layout: Layout, source: str, *, names: bool = False, console=No
     console = console or Console()
     multi_step = len(layout.steps) > 1
     table = Table(title=f"{layout.name} layout of {escape(source)}", header_style="bold", title_justify="left")
-    for column in ["blocks"] + (["step"] if multi_step else []) + ["input of", "per block", "attention",
-                                                                   "MLP", "tokens", "units"]:
+    for column in (
+        ["blocks"] + (["step"] if multi_step else []) + ["input of", "per block", "attention", "MLP", "tokens", "units"]
+    ):
         justify = "right" if column in ("per block", "attention", "MLP", "units", "step") else "left"
         table.add_column(column, justify=justify, overflow="fold", no_wrap=column in ("blocks", "tokens"))
     total = attention = mlp = 0
@@ -94,21 +95,26 @@ def print_layout(layout: Layout, source: str, *, names: bool = False, console=No
         n = len(row.blocks)
         label = f"{row.kind}[0..{n - 1}]" if n > 1 else row.blocks[0]
         label = label.split("@", 1)[0]
-        cells = [label] + ([str(row.step)] if multi_step else []) + [
-            ", ".join(escape(m) for m in row.modules),
-            f"{row.units:,}",
-            f"{row.attention:,}",
-            f"{row.mlp:,}",
-            row.regions[0] if len(row.regions) == 1 else " | ".join(row.regions) + " apart",
-            f"{row.units * n:,}",
-        ]
+        cells = (
+            [label]
+            + ([str(row.step)] if multi_step else [])
+            + [
+                ", ".join(escape(m) for m in row.modules),
+                f"{row.units:,}",
+                f"{row.attention:,}",
+                f"{row.mlp:,}",
+                row.regions[0] if len(row.regions) == 1 else " | ".join(row.regions) + " apart",
+                f"{row.units * n:,}",
+            ]
+        )
         table.add_row(*cells)
         total += row.units * n
         attention += row.attention * n
         mlp += row.mlp * n
     table.add_section()
-    table.add_row(*(["total"] + ([""] if multi_step else []) + ["", "", f"{attention:,}", f"{mlp:,}", "",
-                                                                f"[bold]{total:,}[/]"]))
+    table.add_row(
+        *(["total"] + ([""] if multi_step else []) + ["", "", f"{attention:,}", f"{mlp:,}", "", f"[bold]{total:,}[/]"])
+    )
     console.print(table)
     for line in caveats(layout):
         console.print(f"- {escape(line)}")

@@ -140,7 +140,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{path}: cannot read the {what} ({err}). The folder may be damaged; download it again.") from None
+        raise ModelLoadError(
+            f"{path}: cannot read the {what} ({err}). The folder may be damaged; download it again."
+        ) from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: the {what} is not a JSON object. The folder may be damaged; download it again.")
     return data
@@ -182,7 +184,11 @@ def resolve_model(spec: str | os.PathLike) -> ModelSource:
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
-            hint = " (`dense-plantain units` reads a bare config; a capture needs the whole pipeline)" if spec.endswith(".json") else ""
+            hint = (
+                " (`dense-plantain units` reads a bare config; a capture needs the whole pipeline)"
+                if spec.endswith(".json")
+                else ""
+            )
             raise ModelLoadError(f"{spec} is a file, not a pipeline folder{hint}.")
         _check_pipeline_folder(path, spec)
         return ModelSource(spec, "folder", path.resolve())
@@ -204,8 +210,10 @@ def choose_device(device: str = "auto"):
         index = int(indexed.group(1))
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if index >= count:
-            raise ModelLoadError(f"GPU {device} was asked for, but PyTorch sees {count} CUDA GPU(s) here. With "
-                                 f"torchrun, start at most {count} process(es) per node (--nproc-per-node).")
+            raise ModelLoadError(
+                f"GPU {device} was asked for, but PyTorch sees {count} CUDA GPU(s) here. With "
+                f"torchrun, start at most {count} process(es) per node (--nproc-per-node)."
+            )
         return torch.device(device)
     if device not in DEVICES:
         raise ModelLoadError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
@@ -216,8 +224,10 @@ def choose_device(device: str = "auto"):
             return torch.device("mps")
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for, but PyTorch sees no CUDA GPU here. Use --device cpu "
-                             "(slow for the real model) or install a CUDA build of PyTorch.")
+        raise ModelLoadError(
+            "--device cuda was asked for, but PyTorch sees no CUDA GPU here. Use --device cpu "
+            "(slow for the real model) or install a CUDA build of PyTorch."
+        )
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ModelLoadError("--device mps was asked for, but PyTorch sees no Apple GPU here. Use --device cpu.")
     return torch.device(device)
@@ -250,8 +260,11 @@ def device_name(device) -> str:
 def config_sha256(folder: Path) -> str:
     """A hash of a pipeline folder's configuration files (not its weights)."""
     digest = hashlib.sha256()
-    names = ["model_index.json"] + [f"{sub}/{name}" for sub in ("transformer", "text_encoder", "vae", "scheduler", "tokenizer")
-                                    for name in ("config.json", "scheduler_config.json", "tokenizer_config.json")]
+    names = ["model_index.json"] + [
+        f"{sub}/{name}"
+        for sub in ("transformer", "text_encoder", "vae", "scheduler", "tokenizer")
+        for name in ("config.json", "scheduler_config.json", "tokenizer_config.json")
+    ]
     for name in names:
         path = folder / name
         if path.is_file():
@@ -313,8 +326,9 @@ class _Quiet:
         transformers.utils.logging.enable_progress_bar()
 
 
-def load_pipeline(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-                  quiet: bool = True) -> LoadedModel:
+def load_pipeline(
+    spec: str | os.PathLike = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", quiet: bool = True
+) -> LoadedModel:
     """Load a ``Flux2KleinPipeline`` from a hub id or local folder onto the chosen device."""
     import torch
 
@@ -350,7 +364,8 @@ def load_pipeline(spec: str | os.PathLike = DEFAULT_MODEL, *, device: str = "aut
         pipe.to(dev)
     except torch.cuda.OutOfMemoryError:
         raise ModelLoadError(
-            f"out of GPU memory while moving {spec} to {dev} in {str(torch_dtype).removeprefix('torch.')}. Klein 4B needs "
+            f"out of GPU memory while moving {spec} to {dev} in {str(torch_dtype).removeprefix('torch.')}. "
+            "Klein 4B needs "
             "about 16 GB in bfloat16 (transformer + text encoder); free the GPU or use a larger one."
         ) from None
     return LoadedModel(pipe=pipe, source=source, device=dev, dtype=torch_dtype)
@@ -416,8 +431,9 @@ def _transformer_config_file(path: Path, spec: str) -> dict[str, Any]:
 # --- bare transformers (benchmarks) ------------------------------------------------------------
 
 
-def random_transformer(config: dict[str, Any] | str | os.PathLike = "klein-4b", *, device: str = "cpu",
-                       dtype: Any = None, seed: int = 0):
+def random_transformer(
+    config: dict[str, Any] | str | os.PathLike = "klein-4b", *, device: str = "cpu", dtype: Any = None, seed: int = 0
+):
     """A ``Flux2Transformer2DModel`` with random weights from a config (alias, file or dict).
 
     Klein 4B in bfloat16 is about 8 GB; the weights are drawn on ``device`` directly.
@@ -436,8 +452,9 @@ def random_transformer(config: dict[str, Any] | str | os.PathLike = "klein-4b", 
     return model.eval()
 
 
-def synthetic_inputs(transformer, *, batch_size: int = 1, image_grid: tuple[int, int] = (64, 64),
-                     text_tokens: int = 512, seed: int = 0) -> dict[str, Any]:
+def synthetic_inputs(
+    transformer, *, batch_size: int = 1, image_grid: tuple[int, int] = (64, 64), text_tokens: int = 512, seed: int = 0
+) -> dict[str, Any]:
     """Keyword arguments for one transformer forward as the Klein pipeline makes them.
 
     ``image_grid`` is the packed latent grid: (64, 64) is a 1024x1024 image for Klein (8x VAE,
@@ -455,7 +472,9 @@ def synthetic_inputs(transformer, *, batch_size: int = 1, image_grid: tuple[int,
     txt_ids = torch.cartesian_prod(torch.arange(1), torch.arange(1), torch.arange(1), torch.arange(text_tokens))
     return {
         "hidden_states": torch.randn(batch_size, h * w, cfg.in_channels, generator=g).to(device, dtype),
-        "encoder_hidden_states": torch.randn(batch_size, text_tokens, cfg.joint_attention_dim, generator=g).to(device, dtype),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, cfg.joint_attention_dim, generator=g).to(
+            device, dtype
+        ),
         "timestep": torch.ones(batch_size, device=device, dtype=dtype),
         "img_ids": img_ids.unsqueeze(0).expand(batch_size, -1, -1).to(device),
         "txt_ids": txt_ids.unsqueeze(0).expand(batch_size, -1, -1).to(device),

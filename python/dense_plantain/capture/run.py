@@ -24,10 +24,11 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,11 @@ class CaptureSettings:
             raise CaptureError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}.")
         for name, value in (("height", self.height), ("width", self.width)):
             if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
-                lower = max(SIZE_MULTIPLE, (int(value) // SIZE_MULTIPLE) * SIZE_MULTIPLE) if isinstance(value, int) else SIZE_MULTIPLE
+                lower = (
+                    max(SIZE_MULTIPLE, (int(value) // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+                    if isinstance(value, int)
+                    else SIZE_MULTIPLE
+                )
                 raise CaptureError(
                     f"--{name} {value} is not a positive multiple of {SIZE_MULTIPLE}: FLUX.2 downsamples images 8x "
                     f"and packs 2x2 latent patches, and the pipeline would silently resize. Use e.g. {lower} or "
@@ -114,7 +119,9 @@ def initial_noise(pipe, height: int, width: int, seed: int):
     h, w = latent_grid(pipe, height, width)
     channels = (pipe.transformer.config.in_channels // 4) * 4
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    return randn_tensor((1, channels, h, w), generator=generator, device=torch.device("cpu"), dtype=pipe.text_encoder.dtype)
+    return randn_tensor(
+        (1, channels, h, w), generator=generator, device=torch.device("cpu"), dtype=pipe.text_encoder.dtype
+    )
 
 
 # --- one batch -------------------------------------------------------------------------------
@@ -130,7 +137,8 @@ class PromptRunner:
         multiple = pipe.vae_scale_factor * 2
         if settings.height % multiple or settings.width % multiple:
             raise CaptureError(
-                f"height {settings.height} and width {settings.width} must be multiples of {multiple} for this pipeline."
+                f"height {settings.height} and width {settings.width} must be multiples of {multiple} "
+                "for this pipeline."
             )
         self.pipe = pipe
         self.settings = settings
@@ -238,10 +246,14 @@ def _non_finite_message(values: np.ndarray, layout: Layout, row: int, unit: int,
 
 def _oom_message(batch_size: int) -> str:
     if batch_size > 1:
-        return (f"CUDA ran out of memory at --batch-size {batch_size}. Run with --batch-size {max(1, batch_size // 2)}"
-                " (values do not depend on the batch size).")
-    return ("CUDA ran out of memory at --batch-size 1. Free the GPU (other processes), use a smaller --height/--width, "
-            "or a GPU with more memory.")
+        return (
+            f"CUDA ran out of memory at --batch-size {batch_size}. Run with --batch-size {max(1, batch_size // 2)}"
+            " (values do not depend on the batch size)."
+        )
+    return (
+        "CUDA ran out of memory at --batch-size 1. Free the GPU (other processes), use a smaller --height/--width, "
+        "or a GPU with more memory."
+    )
 
 
 def capture_prompts(
@@ -271,8 +283,15 @@ def capture_prompts(
         raise CaptureError("no prompts to capture.")
     if batch_size < 1:
         raise CaptureError(f"batch size must be at least 1, got {batch_size}.")
-    settings = CaptureSettings(layout=layout, seed=seed, height=height, width=width, steps=steps,
-                               capture_steps=tuple(int(s) for s in capture_steps), image=image)
+    settings = CaptureSettings(
+        layout=layout,
+        seed=seed,
+        height=height,
+        width=width,
+        steps=steps,
+        capture_steps=tuple(int(s) for s in capture_steps),
+        image=image,
+    )
     out = []
     with PromptRunner(pipe, settings) as runner, _progress_bar_off(pipe):
         for start in range(0, len(prompts), batch_size):
@@ -281,8 +300,9 @@ def capture_prompts(
             bad = _first_bad(values, runner.layout)
             if bad:
                 row, unit = bad
-                raise CaptureError(_non_finite_message(values, runner.layout, row, unit,
-                                                       f"prompt {start + row} ({batch[row]!r})"))
+                raise CaptureError(
+                    _non_finite_message(values, runner.layout, row, unit, f"prompt {start + row} ({batch[row]!r})")
+                )
             out.append(values)
             if progress is not None:
                 progress(start + len(batch), len(prompts))
@@ -324,7 +344,7 @@ def partial_path(out: str | Path) -> Path:
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def package_versions() -> dict[str, str]:
@@ -342,8 +362,19 @@ def package_versions() -> dict[str, str]:
 
 
 #: Settings that must agree between an unfinished capture and the run that resumes it.
-_RESUME_KEYS = ("layout", "seed", "height", "width", "steps", "capture_steps", "guidance_scale", "text_tokens",
-                "text_encoder_layers", "dtype", "image_sha256")
+_RESUME_KEYS = (
+    "layout",
+    "seed",
+    "height",
+    "width",
+    "steps",
+    "capture_steps",
+    "guidance_scale",
+    "text_tokens",
+    "text_encoder_layers",
+    "dtype",
+    "image_sha256",
+)
 
 
 def settings_record(settings: CaptureSettings, dtype: str, image_sha256: str | None) -> dict[str, Any]:
@@ -356,12 +387,16 @@ def settings_record(settings: CaptureSettings, dtype: str, image_sha256: str | N
         "text_tokens": TEXT_TOKENS,
         "text_encoder_layers": list(TEXT_LAYERS),
         "dtype": dtype,
-        "noise": (f"torch.Generator('cpu').manual_seed({settings.seed}); the single-prompt draw of "
-                  "Flux2KleinPipeline.prepare_latents, repeated for every prompt"),
+        "noise": (
+            f"torch.Generator('cpu').manual_seed({settings.seed}); the single-prompt draw of "
+            "Flux2KleinPipeline.prepare_latents, repeated for every prompt"
+        ),
     }
 
 
-def identity_problems(meta: dict, settings_meta: dict, model_meta: dict, probe, *, then: str = "unfinished run") -> list[str]:
+def identity_problems(
+    meta: dict, settings_meta: dict, model_meta: dict, probe, *, then: str = "unfinished run"
+) -> list[str]:
     """How a capture file's settings, model and prompt file differ from this run's (empty: they agree)."""
     problems = []
     old = meta.get("settings") or {}
@@ -376,13 +411,16 @@ def identity_problems(meta: dict, settings_meta: dict, model_meta: dict, probe, 
             problems.append(f"model {key}: {then} {old_model.get(key)!r}, this run {model_meta.get(key)!r}")
     old_probe = meta.get("probe") or {}
     if old_probe.get("sha256") != probe.sha256:
-        problems.append(f"prompt file {probe.path} changed since the {then} (sha256 "
-                        f"{str(old_probe.get('sha256'))[:12]}... then, {probe.sha256[:12]}... now)")
+        problems.append(
+            f"prompt file {probe.path} changed since the {then} (sha256 "
+            f"{str(old_probe.get('sha256'))[:12]}... then, {probe.sha256[:12]}... now)"
+        )
     return problems
 
 
-def _check_resumable(partial: Path, meta: dict, settings_meta: dict, model_meta: dict, probe, n_total: int,
-                     shard: dict[str, int] | None) -> None:
+def _check_resumable(
+    partial: Path, meta: dict, settings_meta: dict, model_meta: dict, probe, n_total: int, shard: dict[str, int] | None
+) -> None:
     problems = identity_problems(meta, settings_meta, model_meta, probe)
     if meta.get("n_pairs_total") != n_total:
         problems.append(f"pairs: unfinished run expects {meta.get('n_pairs_total')}, this run has {n_total}")
@@ -445,7 +483,9 @@ def run_capture(
     out = Path(out)
     partial = partial_path(out)
     if out.is_dir():
-        raise CaptureError(f"--out {out} is a folder; give the capture file's name, e.g. {out / 'capture.safetensors'}.")
+        raise CaptureError(
+            f"--out {out} is a folder; give the capture file's name, e.g. {out / 'capture.safetensors'}."
+        )
     probe = load_probe(prompts_file)
     if out.exists() and not force:
         raise CaptureError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
@@ -492,8 +532,9 @@ def run_capture(
         history = list(previous.meta.get("runs", []))
     elif partial.exists():  # --force: start over
         partial.unlink()
-    history.append({"started": _utc_now(), "device": settings_meta["device"], "batch_size": batch_size,
-                    "pairs_before": n_resumed})
+    history.append(
+        {"started": _utc_now(), "device": settings_meta["device"], "batch_size": batch_size, "pairs_before": n_resumed}
+    )
 
     runner = PromptRunner(pipe, settings)
     layout = runner.layout
@@ -534,8 +575,11 @@ def run_capture(
                 if bad:
                     row, unit = bad
                     i, cond, text = batch[row]
-                    raise CaptureError(_non_finite_message(values, layout, row, unit,
-                                                           f"pair {pairs[i].id!r}, condition {cond.upper()} ({text!r})"))
+                    raise CaptureError(
+                        _non_finite_message(
+                            values, layout, row, unit, f"pair {pairs[i].id!r}, condition {cond.upper()} ({text!r})"
+                        )
+                    )
                 for row, (i, cond, _) in enumerate(batch):
                     pending.setdefault(i, [None, None])[0 if cond == "a" else 1] = values[row]
                     if pending[i][0] is not None and pending[i][1] is not None:
@@ -566,8 +610,10 @@ def run_capture(
 def _kept_note(partial: Path, n_done: int, n_total: int) -> str:
     if n_done == 0:
         return " Nothing was finished yet, so nothing is kept."
-    return (f" The {n_done} of {n_total} pairs finished before this are kept in {partial}; run the same command "
-            "with --resume to continue from there.")
+    return (
+        f" The {n_done} of {n_total} pairs finished before this are kept in {partial}; run the same command "
+        "with --resume to continue from there."
+    )
 
 
 class _Progress:
@@ -582,11 +628,24 @@ class _Progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self._bar = Progress(TextColumn("[bold]capture[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("prompts"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+            self._bar = Progress(
+                TextColumn("[bold]capture[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("prompts"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self._bar.__enter__()
             self._task = self._bar.add_task("", total=self.total, completed=self.done)
         return self

@@ -9,17 +9,24 @@ overwrite policy); ``write_card(record, README)`` writes the model card. Modules
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from dense_plantain.analysis import AnalysisResult
-from dense_plantain.errors import DensePlantainError
 from dense_plantain.report import card, figures, records, tables
-from dense_plantain.report.folder import OutputFolderError, current_umask, check_out_dir, write_folder
+from dense_plantain.report.folder import OutputFolderError, check_out_dir, current_umask, write_folder
 from dense_plantain.report.records import ResultsFileError, load_results
 
-__all__ = ["OutputFolderError", "ResultsFileError", "check_card_path", "check_out_dir", "load_results",
-           "write_card", "write_results"]
+__all__ = [
+    "OutputFolderError",
+    "ResultsFileError",
+    "check_card_path",
+    "check_out_dir",
+    "load_results",
+    "write_card",
+    "write_results",
+]
 
 
 def write_results(result: AnalysisResult, out: str | Path, *, force: bool = False) -> list[Path]:
@@ -46,12 +53,20 @@ def check_card_path(out: str | Path, force: bool = False) -> None:
         except OSError:
             ours = False
         if not ours:
-            raise OutputFolderError(f"{out} exists and was not written by `dense-plantain report`; nothing was "
-                                    "written. Choose another --out, or pass --force to replace it")
+            raise OutputFolderError(
+                f"{out} exists and was not written by `dense-plantain report`; nothing was "
+                "written. Choose another --out, or pass --force to replace it"
+            )
 
 
-def write_card(record: Mapping[str, Any], out: str | Path, *, force: bool = False, license: str = "apache-2.0",
-               base_model: str | None = None) -> Path:
+def write_card(
+    record: Mapping[str, Any],
+    out: str | Path,
+    *,
+    force: bool = False,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+) -> Path:
     """Write the model card for a results record to ``out`` atomically."""
     from dense_plantain.store import atomic_write_bytes
 

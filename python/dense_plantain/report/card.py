@@ -9,8 +9,9 @@ record itself shows (unit labelling of the layout, pooled tokens, Monte Carlo re
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -94,29 +95,53 @@ def _stimuli(res: Mapping[str, Any], i: int, heading: str) -> str:
     probe = _probe(meta)
     label_a, label_b = probe.get("label_a") or "A", probe.get("label_b") or "B"
     source = (res.get("sources") or [{}])[i]
-    lines = [heading, "", f"- Condition A: **{label_a}**. Condition B: **{label_b}**.",
-             f"- {source.get('n_pairs', res['n_pairs'])} pairs of prompts; the two prompts of a pair describe the "
-             "same scene and differ in the condition."]
+    lines = [
+        heading,
+        "",
+        f"- Condition A: **{label_a}**. Condition B: **{label_b}**.",
+        f"- {source.get('n_pairs', res['n_pairs'])} pairs of prompts; the two prompts of a pair describe the "
+        "same scene and differ in the condition.",
+    ]
     held = probe.get("held_constant") or []
     if held:
-        lines.append(f"- Held constant within each pair: {', '.join(held)} (named in the prompt file; "
-                     "`dense-plantain prompts check` verifies each appears word for word in both prompts).")
+        lines.append(
+            f"- Held constant within each pair: {', '.join(held)} (named in the prompt file; "
+            "`dense-plantain prompts check` verifies each appears word for word in both prompts)."
+        )
     else:
         lines.append("- The prompt file names no fields that are held constant across the two prompts.")
     if probe.get("path") or probe.get("sha256"):
-        lines.append(f"- Prompt file: `{Path(str(probe.get('path', '?'))).name}` (sha256 `{probe.get('sha256', '?')}`).")
+        lines.append(
+            f"- Prompt file: `{Path(str(probe.get('path', '?'))).name}` (sha256 `{probe.get('sha256', '?')}`)."
+        )
     pairs = _pairs(meta)
     shown = [p for p in pairs if "a" in p and "b" in p][:EXAMPLE_PAIRS]
     if shown:
-        lines += ["", f"First {len(shown)} of {len(pairs)} pairs:", "", f"| Pair | A: {_cell(label_a)} | B: {_cell(label_b)} |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            f"First {len(shown)} of {len(pairs)} pairs:",
+            "",
+            f"| Pair | A: {_cell(label_a)} | B: {_cell(label_b)} |",
+            "|---|---|---|",
+        ]
         lines += [f"| {_cell(p.get('id', '?'))} | {_cell(p['a'])} | {_cell(p['b'])} |" for p in shown]
     return "\n".join(lines)
 
 
 #: Capture settings worth a line in the card, in this order, when the capture recorded them.
-CAPTURE_KEYS = ("height", "width", "steps", "capture_steps", "guidance_scale", "seed", "dtype", "text_tokens",
-                "text_encoder_layers", "layout", "device")
+CAPTURE_KEYS = (
+    "height",
+    "width",
+    "steps",
+    "capture_steps",
+    "guidance_scale",
+    "seed",
+    "dtype",
+    "text_tokens",
+    "text_encoder_layers",
+    "layout",
+    "device",
+)
 
 
 def _setting_items(mapping: Any) -> list[tuple[str, Any]]:
@@ -148,15 +173,19 @@ def _capture_lines(res: Mapping[str, Any]) -> list[str]:
 def _layout_lines(res: Mapping[str, Any]) -> list[str]:
     layout = res["layout"]
     counts = layout.get("counts", {})
-    parts = [f"{counts.get('total', res['n_units']):,} units in {len(layout['blocks'])} blocks "
-             f"({layout['name']} layout)"]
+    parts = [
+        f"{counts.get('total', res['n_units']):,} units in {len(layout['blocks'])} blocks ({layout['name']} layout)"
+    ]
     if counts.get("attention") or counts.get("mlp"):
-        parts.append(f"{counts.get('attention', 0):,} read attention output and {counts.get('mlp', 0):,} read MLP "
-                     "activations")
+        parts.append(
+            f"{counts.get('attention', 0):,} read attention output and {counts.get('mlp', 0):,} read MLP activations"
+        )
     text = "- Units: " + "; ".join(parts) + "."
     if layout["name"] == "plantain":
-        text += (" A unit is one value per prompt: the root mean square, over tokens and 16 columns, of the input "
-                 "to a block's attention output projection, as in the other plantain probes.")
+        text += (
+            " A unit is one value per prompt: the root mean square, over tokens and 16 columns, of the input "
+            "to a block's attention output projection, as in the other plantain probes."
+        )
     return [text]
 
 
@@ -170,44 +199,60 @@ def limitations(res: Mapping[str, Any]) -> list[str]:
         b = mixed[0]
         n_mixed = len(mixed)
         per_head = layout.get("units_per_head")
-        head = (f"A real attention head covers {per_head} units. " if per_head and per_head > 1 else "")
+        head = f"A real attention head covers {per_head} units. " if per_head and per_head > 1 else ""
         others = f" and in each of the other {n_mixed - 1} blocks like it" if n_mixed > 1 else ""
         out.append(
             f"**Units are not all attention heads.** In {b['name']}{others}, {b['n_mlp']:,} of {b['n_units']:,} units "
             f"read the MLP activations that the block computes alongside attention; only {b['n_attention']:,} read "
             f"attention output ({layout['counts'].get('mlp', 0):,} MLP units of {layout['counts']['total']:,} in "
             f"all). {head}The `kind` column of units.csv marks each unit as attention or MLP, and the tables above "
-            "count the two kinds apart.")
+            "count the two kinds apart."
+        )
     if pooled:
         out.append(
             f"**Text and image tokens are pooled** in {len(pooled)} of {len(layout['blocks'])} blocks (region 'all'). "
             "Those values move when the wording of the A and B prompts differs, whatever the image stream does, so "
-            "part of the signal there can be lexical. The `heads` layout keeps the two token streams apart.")
+            "part of the signal there can be lexical. The `heads` layout keeps the two token streams apart."
+        )
     elif not layout.get("labelled", True):
-        out.append("**Unit labels are unknown.** The capture file gave only block sizes, so this card cannot say which "
-                   "units read attention and which read MLP activations, nor which tokens they pool.")
-    out.append("**Prompt wording.** A and B prompts differ in words and length, not only in the condition; lexical "
-               "differences that track the condition are part of what is measured.")
-    out.append("**Correlational.** The probe shows which units' values differ with the condition over these pairs; "
-               "it does not show that the model uses them for it, nor that the difference would hold for other "
-               "subjects or settings than those sampled.")
-    out.append("**Correlated units.** Counts of units over a threshold are not counts of independent findings: "
-               "units move together, which is why each count is set against its own permutation null rather "
-               "than against a per-unit error rate.")
+        out.append(
+            "**Unit labels are unknown.** The capture file gave only block sizes, so this card cannot say which "
+            "units read attention and which read MLP activations, nor which tokens they pool."
+        )
+    out.append(
+        "**Prompt wording.** A and B prompts differ in words and length, not only in the condition; lexical "
+        "differences that track the condition are part of what is measured."
+    )
+    out.append(
+        "**Correlational.** The probe shows which units' values differ with the condition over these pairs; "
+        "it does not show that the model uses them for it, nor that the difference would hold for other "
+        "subjects or settings than those sampled."
+    )
+    out.append(
+        "**Correlated units.** Counts of units over a threshold are not counts of independent findings: "
+        "units move together, which is why each count is set against its own permutation null rather "
+        "than against a per-unit error rate."
+    )
     if res["null"]["mode"] == "monte-carlo":
         p = res["null"]["n_permutations"]
-        out.append(f"**Permutation resolution.** With {p:,} Monte Carlo permutations the smallest possible "
-                   f"max-statistic p is 1/{p + 1:,} = {1 / (p + 1):.3g}, and a null p99 rests on about "
-                   f"{max(1, p // 100)} permutations in the tail.")
+        out.append(
+            f"**Permutation resolution.** With {p:,} Monte Carlo permutations the smallest possible "
+            f"max-statistic p is 1/{p + 1:,} = {1 / (p + 1):.3g}, and a null p99 rests on about "
+            f"{max(1, p // 100)} permutations in the tail."
+        )
     if res["split_half"].get("median") is None:
         out.append(f"**No split-half check.** Split-half consistency was {res['split_half'].get('note')}.")
     if res["design"] == "contrast-welch":
-        out.append("**Unmatched captures.** The two captures do not share their pairs, so the contrast of contrasts "
-                   "compares two samples of differences (Welch's t); subject differences between the probes add "
-                   "to its noise and may add to its signal.")
+        out.append(
+            "**Unmatched captures.** The two captures do not share their pairs, so the contrast of contrasts "
+            "compares two samples of differences (Welch's t); subject differences between the probes add "
+            "to its noise and may add to its signal."
+        )
     elif res["design"] == "contrast-paired":
-        out.append("**Matched by pair id.** The two captures were paired by their pair ids, in order; the contrast "
-                   "assumes pair i describes the same subject and setting in both prompt files.")
+        out.append(
+            "**Matched by pair id.** The two captures were paired by their pair ids, in order; the contrast "
+            "assumes pair i describes the same subject and setting in both prompt files."
+        )
     return out
 
 
@@ -220,8 +265,10 @@ def _reproduce(res: Mapping[str, Any]) -> str:
         flags += " --monte-carlo"
     if not s.get("group_nulls", True):
         flags += " --no-group-nulls"
-    names = [Path(str(src.get("path") or f"capture{i + 1}.safetensors")).name
-             for i, src in enumerate(res.get("sources") or [])]
+    names = [
+        Path(str(src.get("path") or f"capture{i + 1}.safetensors")).name
+        for i, src in enumerate(res.get("sources") or [])
+    ]
     if res["design"] == "paired":
         cmd = f"dense-plantain analyze {names[0]} --out results {flags}"
     else:
@@ -252,17 +299,23 @@ def model_card(res: Mapping[str, Any], *, license: str = "apache-2.0", base: str
 
     parts = [front_matter(res, license, base) + MARKER, f"# {name}"]
     if paired:
-        parts.append(f"Paired-prompt probe of `{base}`: does any internal unit separate "
-                     f"*{probe.get('label_a') or 'A'}* from *{probe.get('label_b') or 'B'}*? {res['n_pairs']} prompt "
-                     f"pairs, {res['n_units']:,} units, each tested on its own and all counted against a "
-                     "permutation null.")
+        parts.append(
+            f"Paired-prompt probe of `{base}`: does any internal unit separate "
+            f"*{probe.get('label_a') or 'A'}* from *{probe.get('label_b') or 'B'}*? {res['n_pairs']} prompt "
+            f"pairs, {res['n_units']:,} units, each tested on its own and all counted against a "
+            "permutation null."
+        )
     else:
-        parts.append(f"A contrast of contrasts on `{base}`: per unit, does the B − A effect of the first probe "
-                     f"differ from that of the second? {res['n_units']:,} units, each tested on its own and all "
-                     "counted against a permutation null.")
+        parts.append(
+            f"A contrast of contrasts on `{base}`: per unit, does the B − A effect of the first probe "
+            f"differ from that of the second? {res['n_units']:,} units, each tested on its own and all "
+            "counted against a permutation null."
+        )
 
-    thesis = [(_probe(_source_meta(res, i)).get("name"), _probe(_source_meta(res, i)).get("thesis"))
-              for i in range(len(res.get("sources") or [{}]))]
+    thesis = [
+        (_probe(_source_meta(res, i)).get("name"), _probe(_source_meta(res, i)).get("thesis"))
+        for i in range(len(res.get("sources") or [{}]))
+    ]
     q = ["## Question", ""]
     stated = [(n, t) for n, t in thesis if t]
     if not stated:
@@ -294,6 +347,8 @@ def model_card(res: Mapping[str, Any], *, license: str = "apache-2.0", base: str
 
     parts.append("## Limitations\n\n" + "\n".join(f"- {item}" for item in limitations(res)))
     parts.append("## Reproduce\n\n" + _reproduce(res))
-    parts.append(f"## License\n\nThis card and its results: {license}. The base model `{base}` comes with its "
-                 "own license; check it before reusing generated images.")
+    parts.append(
+        f"## License\n\nThis card and its results: {license}. The base model `{base}` comes with its "
+        "own license; check it before reusing generated images."
+    )
     return "\n\n".join(parts) + "\n"

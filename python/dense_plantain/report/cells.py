@@ -13,7 +13,8 @@ null permutation reached (``null_max``), which is the honest bound the null offe
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 MD_PIPE = "\\|"
 #: Readable names for token regions.
@@ -31,18 +32,18 @@ def threshold_value(x: float) -> str:
 
 
 def threshold_label(th: Mapping[str, Any]) -> str:
-    """"|t| > 3"."""
+    """ "|t| > 3"."""
     return f"|{th['metric']}| > {threshold_value(th['threshold'])}"
 
 
 def metric_label(th: Mapping[str, Any]) -> str:
-    """"Units with |d| > 0.8 (large)"."""
+    """ "Units with |d| > 0.8 (large)"."""
     large = " (large)" if th["metric"] == "d" and th["threshold"] == 0.8 else ""
     return f"Units with {threshold_label(th)}{large}"
 
 
 def count_cell(th: Mapping[str, Any]) -> str:
-    """"8,263 (50.6%)"."""
+    """ "8,263 (50.6%)"."""
     return f"{th['count']:,} ({100.0 * th['fraction']:.1f}%)"
 
 
@@ -92,10 +93,12 @@ def any_zero_p99(res: Mapping[str, Any]) -> bool:
 
 def zero_p99_note(res: Mapping[str, Any]) -> str:
     p = res["null"]["n_permutations"]
-    return (f"A ratio divides the observed count by the 99th percentile of that count over the {p:,} null "
-            "permutations. Where the percentile is 0, at least 99% of the permutations left every unit under "
-            "the threshold and a ratio would be infinite, so the cell gives the largest count any null "
-            "permutation reached (null max) instead.")
+    return (
+        f"A ratio divides the observed count by the 99th percentile of that count over the {p:,} null "
+        "permutations. Where the percentile is 0, at least 99% of the permutations left every unit under "
+        "the threshold and a ratio would be infinite, so the cell gives the largest count any null "
+        "permutation reached (null max) instead."
+    )
 
 
 def p_value(p: float | None) -> str:
@@ -120,10 +123,12 @@ def max_t_cells(res: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def block_line(b: Mapping[str, Any], pipe: str = MD_PIPE) -> str:
-    """"single[0]: max|t|=22.45, 283/768 units at |t|>3, median |d|=0.45"."""
+    """ "single[0]: max|t|=22.45, 283/768 units at |t|>3, median |d|=0.45"."""
     abs_t = f"{pipe}t{pipe}"
-    return (f"{b['block']}: max{abs_t}={number(b['max_abs_t'])}, {b['n_t_gt3']:,}/{b['n_units']:,} units at "
-            f"{abs_t}>3, median {pipe}d{pipe}={number(b['median_abs_d'])}")
+    return (
+        f"{b['block']}: max{abs_t}={number(b['max_abs_t'])}, {b['n_t_gt3']:,}/{b['n_units']:,} units at "
+        f"{abs_t}>3, median {pipe}d{pipe}={number(b['median_abs_d'])}"
+    )
 
 
 def group_name(g: Mapping[str, Any]) -> str:
@@ -145,10 +150,9 @@ def contrast_sentence(res: Mapping[str, Any]) -> str:
     m = res["n_units"]
     layout = res["layout"]["name"]
     if res["design"] == "paired":
-        return (f"Per unit, {c['b']} (B) minus {c['a']} (A) over {res['n_pairs']} pairs; "
-                f"{m:,} units, {layout} layout.")
+        return f"Per unit, {c['b']} (B) minus {c['a']} (A) over {res['n_pairs']} pairs; {m:,} units, {layout} layout."
     c1, c2 = c["capture_1"], c["capture_2"]
-    what = (f"({c1['b']} − {c1['a']}) − ({c2['b']} − {c2['a']})")
+    what = f"({c1['b']} − {c1['a']}) − ({c2['b']} − {c2['a']})"
     if res["design"] == "contrast-paired":
         how = f"paired over {res['n_pairs']} matched pairs"
     else:
@@ -163,14 +167,17 @@ def null_description(res: Mapping[str, Any]) -> str:
     if nl["method"] == "sign-flip":
         n = res["n_pairs"]
         if nl["mode"] == "exact":
-            return (f"all {p:,} distinct sign patterns of the {n} pair differences (exact; 2^(n−1), because "
-                    "flipping every sign leaves |t| unchanged)")
+            return (
+                f"all {p:,} distinct sign patterns of the {n} pair differences (exact; 2^(n−1), because "
+                "flipping every sign leaves |t| unchanged)"
+            )
         return f"{p:,} random sign patterns of the {n} pair differences (Monte Carlo, seed {nl['seed']})"
     n1, n2 = res["group_sizes"]
     if nl["mode"] == "exact":
         return f"all {p:,} ways to assign the {n1 + n2} differences to the two captures ({n1} and {n2}; exact)"
-    return (f"{p:,} random reassignments of the {n1 + n2} differences to the two captures "
-            f"(Monte Carlo, seed {nl['seed']})")
+    return (
+        f"{p:,} random reassignments of the {n1 + n2} differences to the two captures (Monte Carlo, seed {nl['seed']})"
+    )
 
 
 def methods_paragraph(res: Mapping[str, Any]) -> str:
@@ -179,31 +186,43 @@ def methods_paragraph(res: Mapping[str, Any]) -> str:
     n = res["n_pairs"]
     if res["design"] == "contrast-welch":
         n1, n2 = res["group_sizes"]
-        test = ("Each capture gives one difference B − A per pair; per unit, Welch's t compares the two sets of "
-                f"differences ({n1} and {n2}), with Welch–Satterthwaite degrees of freedom, and Cohen's d is the "
-                "mean difference over the pooled SD (d_s).")
+        test = (
+            "Each capture gives one difference B − A per pair; per unit, Welch's t compares the two sets of "
+            f"differences ({n1} and {n2}), with Welch–Satterthwaite degrees of freedom, and Cohen's d is the "
+            "mean difference over the pooled SD (d_s)."
+        )
         null_kind = "The null shuffles which capture each difference belongs to"
     else:
         subject = "pair difference B − A" if res["design"] == "paired" else "pair's difference of differences"
-        test = (f"Per unit, the {subject} was tested with a paired t ({n - 1} df); Cohen's d is d_z, "
-                "the mean difference over its SD (so d = t/√n).")
+        test = (
+            f"Per unit, the {subject} was tested with a paired t ({n - 1} df); Cohen's d is d_z, "
+            "the mean difference over its SD (so d = t/√n)."
+        )
         null_kind = "The null flips the sign of each pair's difference"
-    null = (f"{null_kind}: {null_description(res)}. Each permutation records how many units pass each threshold "
-            f"and the largest |t|. Significance is the observed count over the 99th percentile of its null counts "
-            f"(numpy.percentile, linear interpolation).")
-    fwer = ("In units.csv, p is the two-sided parametric p of the t distribution, q the Benjamini–Hochberg "
-            "q-value over those p, and p_maxT the max-statistic (family-wise) p from the null's largest |t|.")
+    null = (
+        f"{null_kind}: {null_description(res)}. Each permutation records how many units pass each threshold "
+        f"and the largest |t|. Significance is the observed count over the 99th percentile of its null counts "
+        f"(numpy.percentile, linear interpolation)."
+    )
+    fwer = (
+        "In units.csv, p is the two-sided parametric p of the t distribution, q the Benjamini–Hochberg "
+        "q-value over those p, and p_maxT the max-statistic (family-wise) p from the null's largest |t|."
+    )
     if sh.get("median") is not None:
-        halves = ("both captures' pairs" if res["design"] == "contrast-welch" else "the pairs")
-        split = (f"Split-half consistency: {sh['n_splits']} random splits of {halves} into halves "
-                 f"(seed {s['seed']}), Pearson r across units between the two halves' t.")
+        halves = "both captures' pairs" if res["design"] == "contrast-welch" else "the pairs"
+        split = (
+            f"Split-half consistency: {sh['n_splits']} random splits of {halves} into halves "
+            f"(seed {s['seed']}), Pearson r across units between the two halves' t."
+        )
     else:
         split = f"Split-half consistency was {sh.get('note') or 'not computed'}."
     groups = ""
     if res.get("groups"):
-        groups = (" The attention/MLP and token-region tables use their own null runs over just their units "
-                  "(same seed)." if s.get("group_nulls") else
-                  " The attention/MLP and token-region tables give counts only (group nulls were switched off).")
+        groups = (
+            " The attention/MLP and token-region tables use their own null runs over just their units (same seed)."
+            if s.get("group_nulls")
+            else " The attention/MLP and token-region tables give counts only (group nulls were switched off)."
+        )
     return " ".join([test, null, fwer, split]) + groups
 
 
@@ -213,5 +232,7 @@ def settings_warning(res: Mapping[str, Any]) -> str | None:
     if check.get("status") != "different":
         return None
     listed = "; ".join(f"{d['key']} {d['capture_1']!r} vs {d['capture_2']!r}" for d in check.get("differences", []))
-    return (f"**Warning: the captures differ in model or settings** ({listed}). They were compared with "
-            "--allow-different-settings; part of the contrast of contrasts may come from those differences.")
+    return (
+        f"**Warning: the captures differ in model or settings** ({listed}). They were compared with "
+        "--allow-different-settings; part of the contrast of contrasts may come from those differences."
+    )

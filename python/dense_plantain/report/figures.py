@@ -52,8 +52,15 @@ def abs_t_by_block(result: AnalysisResult, res: dict) -> Figure:
         mask = labels["kind"] == kind
         if mask.any():
             name = "units" if kind == "unknown" else cells.KIND_NAMES[kind] + " units"
-            ax.scatter(x[mask], abs_t[mask], s=3, lw=0, color=KIND_COLOURS[kind], rasterized=True,
-                       label=f"{name} ({int(mask.sum()):,})")
+            ax.scatter(
+                x[mask],
+                abs_t[mask],
+                s=3,
+                lw=0,
+                color=KIND_COLOURS[kind],
+                rasterized=True,
+                label=f"{name} ({int(mask.sum()):,})",
+            )
     for b in layout.blocks[1:]:
         ax.axvline(b.start - 0.5, color="#bbbbbb", lw=0.6, zorder=0)
     for level, style in ((3.0, "--"), (5.0, ":")):
@@ -98,10 +105,18 @@ def null_counts(result: AnalysisResult, res: dict) -> Figure:
             # Far beyond the null: drawing both to scale would squash the null into one bar.
             right = null_right * 1.35
             ax.set_xlim(-0.5, right)
-            ax.annotate(f"observed = {th.count:,}\n(off scale, to the right)", xy=(1.0, 0.6),
-                        xycoords="axes fraction", xytext=(0.62, 0.6), textcoords="axes fraction",
-                        color=OBSERVED, ha="center", va="center", fontsize=9,
-                        arrowprops={"arrowstyle": "-|>", "color": OBSERVED, "lw": 2})
+            ax.annotate(
+                f"observed = {th.count:,}\n(off scale, to the right)",
+                xy=(1.0, 0.6),
+                xycoords="axes fraction",
+                xytext=(0.62, 0.6),
+                textcoords="axes fraction",
+                color=OBSERVED,
+                ha="center",
+                va="center",
+                fontsize=9,
+                arrowprops={"arrowstyle": "-|>", "color": OBSERVED, "lw": 2},
+            )
         ax.set_xlabel(f"units with {cells.threshold_label(row)}")
         ax.set_ylabel("permutations")
         ax.set_title(f"{cells.threshold_label(row)}: {cells.significance_cell(row)}", fontsize=10, loc="left")
@@ -116,8 +131,15 @@ def split_half(result: AnalysisResult, res: dict) -> Figure:
     sh = res["split_half"]
     r = result.split_half.r[np.isfinite(result.split_half.r)]
     if not r.size:
-        ax.text(0.5, 0.5, f"Split-half r {sh.get('note') or 'not computed'}", ha="center", va="center",
-                wrap=True, transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"Split-half r {sh.get('note') or 'not computed'}",
+            ha="center",
+            va="center",
+            wrap=True,
+            transform=ax.transAxes,
+        )
         ax.set_axis_off()
         return fig
     ax.hist(r, bins=min(30, max(5, r.size // 3)), color="#2ca02c", alpha=0.8)

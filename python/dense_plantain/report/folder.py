@@ -16,15 +16,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dense_plantain.errors import DensePlantainError
 from dense_plantain.report.records import RESULTS_JSON, ResultsFileError, load_results
 
 #: Every name a results folder may hold; a folder with only these (and our results.json) is ours.
-OUTPUT_NAMES = frozenset({"results.json", "units.csv", "results.md", "abs_t_by_block.png", "null_counts.png",
-                          "split_half_r.png"})
+OUTPUT_NAMES = frozenset(
+    {"results.json", "units.csv", "results.md", "abs_t_by_block.png", "null_counts.png", "split_half_r.png"}
+)
 
 
 class OutputFolderError(DensePlantainError):
@@ -51,7 +52,8 @@ def check_out_dir(out: Path, force: bool = False) -> None:
     if out.is_dir() and any(out.iterdir()) and not is_results_folder(out) and not force:
         raise OutputFolderError(
             f"{out} is not empty and is not a dense-plantain results folder; nothing was written. Choose a new or "
-            "empty --out, or pass --force to write the results files into it (other files are left alone)")
+            "empty --out, or pass --force to write the results files into it (other files are left alone)"
+        )
 
 
 def write_folder(out: Path, fill: Callable[[Path], None], force: bool = False) -> list[Path]:
@@ -101,7 +103,9 @@ def _publish(staging: Path, out: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
         return
     if not force:  # someone added a file since check_out_dir
-        raise OutputFolderError(f"{out} changed while the analysis ran and is no longer a results folder; "
-                                f"nothing was written. Pass --force or choose another --out")
+        raise OutputFolderError(
+            f"{out} changed while the analysis ran and is no longer a results folder; "
+            f"nothing was written. Pass --force or choose another --out"
+        )
     for path in staging.iterdir():
         os.replace(path, out / path.name)

@@ -16,8 +16,23 @@ from dense_plantain.errors import DensePlantainError
 
 RESULTS_JSON = "results.json"
 UNITS_CSV = "units.csv"
-UNITS_COLUMNS = ("unit", "block", "name", "kind", "head", "slice", "region", "step",
-                 "mean_diff", "t", "d", "df", "p", "p_maxT", "q")
+UNITS_COLUMNS = (
+    "unit",
+    "block",
+    "name",
+    "kind",
+    "head",
+    "slice",
+    "region",
+    "step",
+    "mean_diff",
+    "t",
+    "d",
+    "df",
+    "p",
+    "p_maxT",
+    "q",
+)
 
 
 class ResultsFileError(DensePlantainError):
@@ -56,12 +71,25 @@ def units_csv_text(result: AnalysisResult) -> str:
         return format(float(x), ".10g")
 
     for j in range(result.n_units):
-        writer.writerow([
-            j, labels["block"][j], labels["name"][j], labels["kind"][j], int(labels["head"][j]),
-            int(labels["slice"][j]), labels["region"][j], int(labels["step"][j]),
-            num(result.mean_diff[j]), num(result.t[j]), num(result.d[j]), num(result.df[j]),
-            num(result.p[j]), num(result.p_maxT[j]), num(result.q[j]),
-        ])
+        writer.writerow(
+            [
+                j,
+                labels["block"][j],
+                labels["name"][j],
+                labels["kind"][j],
+                int(labels["head"][j]),
+                int(labels["slice"][j]),
+                labels["region"][j],
+                int(labels["step"][j]),
+                num(result.mean_diff[j]),
+                num(result.t[j]),
+                num(result.d[j]),
+                num(result.df[j]),
+                num(result.p[j]),
+                num(result.p_maxT[j]),
+                num(result.q[j]),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -70,8 +98,10 @@ def load_results(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder if folder.is_file() else folder / RESULTS_JSON
     if not path.exists():
-        raise ResultsFileError(f"{path}: no such file. Pass a folder written by `dense-plantain analyze` "
-                               "(or `compare`), or a capture file to analyse first")
+        raise ResultsFileError(
+            f"{path}: no such file. Pass a folder written by `dense-plantain analyze` "
+            "(or `compare`), or a capture file to analyse first"
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -79,18 +109,34 @@ def load_results(folder: str | Path) -> dict[str, Any]:
     if not isinstance(record, dict) or "dense_plantain_results" not in record:
         raise ResultsFileError(f"{path}: not a dense-plantain results record (no 'dense_plantain_results' key)")
     if record["dense_plantain_results"] != RESULTS_FORMAT:
-        raise ResultsFileError(f"{path}: results format {record['dense_plantain_results']!r}; this dense-plantain "
-                               f"reads format {RESULTS_FORMAT}. Run `dense-plantain analyze` again")
+        raise ResultsFileError(
+            f"{path}: results format {record['dense_plantain_results']!r}; this dense-plantain "
+            f"reads format {RESULTS_FORMAT}. Run `dense-plantain analyze` again"
+        )
     missing = _missing_key(record)
     if missing is not None:
-        raise ResultsFileError(f"{path}: incomplete results record, no {missing!r} key (the file was cut short or "
-                               "edited). Run `dense-plantain analyze` (or `compare`) again to rewrite it")
+        raise ResultsFileError(
+            f"{path}: incomplete results record, no {missing!r} key (the file was cut short or "
+            "edited). Run `dense-plantain analyze` (or `compare`) again to rewrite it"
+        )
     return record
 
 
 #: What the card reads from a record: top-level keys, and the keys it reads inside some of them.
-_REQUIRED_KEYS = ("design", "n_pairs", "n_units", "group_sizes", "layout", "null", "thresholds", "split_half",
-                  "top_blocks", "settings", "conditions", "sources")
+_REQUIRED_KEYS = (
+    "design",
+    "n_pairs",
+    "n_units",
+    "group_sizes",
+    "layout",
+    "null",
+    "thresholds",
+    "split_half",
+    "top_blocks",
+    "settings",
+    "conditions",
+    "sources",
+)
 _REQUIRED_INNER = {"layout": ("name", "blocks"), "null": ("method", "mode", "n_permutations")}
 
 

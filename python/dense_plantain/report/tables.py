@@ -7,7 +7,8 @@ attention vs MLP units and for each token region when the layout labels them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from dense_plantain.report import cells
 
@@ -32,8 +33,12 @@ def group_tables(res: Mapping[str, Any]) -> list[tuple[str, list[str], list[list
         if not groups:
             continue
         header = ["Units", "n"] + [cells.threshold_label(th) for th in groups[0]["thresholds"]] + ["Max |t|"]
-        rows = [[cells.group_name(g), f"{g['n_units']:,}"] + [cells.group_cell(th) for th in g["thresholds"]]
-                + [cells.number(g.get("max_abs_t"))] for g in groups]
+        rows = [
+            [cells.group_name(g), f"{g['n_units']:,}"]
+            + [cells.group_cell(th) for th in g["thresholds"]]
+            + [cells.number(g.get("max_abs_t"))]
+            for g in groups
+        ]
         out.append((heading, header, rows))
     return out
 
@@ -78,8 +83,10 @@ def results_markdown(res: Mapping[str, Any]) -> str:
     if groups:
         parts.append(groups)
     parts.append("## Method\n\n" + cells.methods_paragraph(res))
-    parts.append("Per-unit statistics (t, d, p, p_maxT, q) are in `units.csv`; every number above, with the "
-                 "settings, versions and the capture's provenance, is in `results.json`.")
+    parts.append(
+        "Per-unit statistics (t, d, p, p_maxT, q) are in `units.csv`; every number above, with the "
+        "settings, versions and the capture's provenance, is in `results.json`."
+    )
     return "\n\n".join(parts) + "\n"
 
 
