@@ -275,8 +275,10 @@ def gpu_health(device: str) -> dict:
     """Clocks and the two ceilings, measured now (matmul rate, copy bandwidth)."""
     import subprocess
 
-    query = "clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu,utilization.gpu,"
-    "clocks_throttle_reasons.active"
+    query = (
+        "clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu,utilization.gpu,"
+        "clocks_throttle_reasons.active"
+    )
     smi = subprocess.run(
         ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True, text=True
     ).stdout.strip()

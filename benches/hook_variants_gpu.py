@@ -1,0 +1,168 @@
+"""Where the capture's batch-1 overhead goes, and what takes it back: hook variants on one GPU.
+
+The Klein 4B transformer (random bf16 weights, 1024 x 1024, 512 text tokens) runs plain and with
+each variant of the unit hooks, interleaved (plain, variant, variant, plain, ...), with CUDA
+events; the overhead is the median of per-repeat ratios, as in ``capture_gpu.py``.
+
+Variants:
+
+* ``project``: the project's hooks (``capture.hooks.UnitHooks``), as shipped;
+* ``empty``: pre-hooks on the same modules that do nothing (the cost of the hook calls alone);
+* ``stage1``: only the first reduction stage (column norms over 32 token chunks);
+* ``side``: the project's reduction issued on a second CUDA stream, so that it overlaps the
+  output projection that reads the same activation (the activation is kept alive for the side
+  stream with ``record_stream``; the batch's buffer waits for the side stream at ``end()``).
+
+Every variant that fills the buffer is checked against ``project``'s values (the same kernels
+on another stream must give the same bits).
+
+Run on the GPU machine: ``python benches/hook_variants_gpu.py --out $OUT/hook-variants.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from capture_gpu import build_transformer, gpu_health, transformer_inputs  # noqa: E402
+from dense_plantain.capture.hooks import UnitHooks  # noqa: E402
+from dense_plantain.units import build_layout  # noqa: E402
+
+
+class EmptyHooks(UnitHooks):
+    """The same pre-hooks, doing nothing: what the calls alone cost."""
+
+    def _reduce(self, x, stream, reductions) -> None:
+        return None
+
+
+class Stage1Hooks(UnitHooks):
+    """Only the first stage of the reduction (the one pass over the activation)."""
+
+    def _reduce(self, x, stream, reductions) -> None:
+        for red in reductions:
+            cols = x[..., red.col_start : red.col_stop]
+            n_tok = cols.shape[1]
+            whole = (n_tok // 32) * 32
+            torch.linalg.vector_norm(cols[:, :whole].unflatten(1, (32, -1)), dim=2, dtype=torch.float32)
+
+
+class SideStreamHooks(UnitHooks):
+    """The project's reduction on a second stream, overlapping the projection that follows."""
+
+    def install(self):
+        self._side = torch.cuda.Stream()
+        return super().install()
+
+    def _reduce(self, x, stream, reductions) -> None:
+        main = torch.cuda.current_stream()
+        self._side.wait_stream(main)
+        with torch.cuda.stream(self._side):
+            super()._reduce(x, stream, reductions)
+        x.record_stream(self._side)
+
+    def end(self):
+        buf = super().end()
+        torch.cuda.current_stream().wait_stream(self._side)
+        return buf
+
+
+VARIANTS = {"project": UnitHooks, "empty": EmptyHooks, "stage1": Stage1Hooks, "side": SideStreamHooks}
+
+
+def timed(fn) -> float:
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    stop.record()
+    stop.synchronize()
+    return start.elapsed_time(stop)
+
+
+def measure(model, layout, batch: int, warmup: int, repeats: int) -> dict:
+    inputs = transformer_inputs(model, batch, "cuda")
+    hooks = {name: cls(model, layout) for name, cls in VARIANTS.items()}
+
+    def plain():
+        with torch.inference_mode():
+            model(**inputs)
+
+    def hooked(h):
+        def run():
+            with torch.inference_mode():
+                h.begin()
+                model(**inputs)
+                return h.end().cpu().numpy()
+
+        return run
+
+    ref = None
+    values = {}
+    for name, h in hooks.items():
+        h.install()
+        try:
+            values[name] = hooked(h)()
+        finally:
+            h.remove()
+    ref = values["project"]
+    for _ in range(warmup):
+        plain()
+    times: dict[str, list[float]] = {name: [] for name in hooks}
+    plain_times: list[float] = []
+    for i in range(repeats):
+        names = list(hooks) if i % 2 == 0 else list(reversed(hooks))
+        plain_times.append(timed(plain))
+        for name in names:
+            h = hooks[name]
+            h.install()
+            try:
+                times[name].append(timed(hooked(h)))
+            finally:
+                h.remove()
+        plain_times.append(timed(plain))
+    plain_pairs = [(plain_times[2 * i] + plain_times[2 * i + 1]) / 2 for i in range(repeats)]
+    out = {"batch": batch, "plain_ms": statistics.median(plain_times), "variants": {}}
+    for name, ts in times.items():
+        ratios = [t / p for t, p in zip(ts, plain_pairs)]
+        row = {
+            "ms": statistics.median(ts),
+            "overhead": statistics.median(ratios) - 1.0,
+            "spread_ms": [min(ts), max(ts)],
+        }
+        if name in ("side",):
+            row["bit_identical_to_project"] = bool(np.array_equal(values[name], ref))
+        out["variants"][name] = row
+        print(
+            f"batch {batch} {name:8s}: {row['ms']:.2f} ms (plain {out['plain_ms']:.2f}) overhead "
+            f"{100 * row['overhead']:+.2f} %"
+            + (f", same bits {row.get('bit_identical_to_project')}" if name == "side" else ""),
+            flush=True,
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model = build_transformer("cuda")
+    layout = build_layout(model.config, "plantain")
+    health = gpu_health("cuda")
+    rows = [measure(model, layout, int(b), args.warmup, args.repeats) for b in args.batches.split(",")]
+    args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "health": health, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
