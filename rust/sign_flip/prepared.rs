@@ -1,0 +1,243 @@
+//! Normalised differences, groups of pairs and ratio thresholds: what every kernel reads.
+
+use super::*;
+use crate::paired::ScaledDiffs;
+use rayon::prelude::*;
+
+/// One group of pairs whose sign bits form one byte of the pattern.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Group {
+    pub(super) first_pair: usize,
+    pub(super) bits: usize,
+}
+
+/// Normalised differences and everything derived from the thresholds.
+pub(super) struct Prepared {
+    pub(super) n: usize,
+    /// Units, padded with all-zero units to a multiple of [`LANES`].
+    pub(super) m_pad: usize,
+    /// `n x m_pad`, each unit divided by the root of its sum of squares; constant units are 0.
+    pub(super) xt: Vec<f64>,
+    /// Group 0 holds the low bits (pairs 1..=8), the others the high bits, in order.
+    pub(super) groups: Vec<Group>,
+    /// Units whose differences are all equal and not 0 (handled in closed form).
+    pub(super) constant_units: i64,
+    /// Sorted distinct ratio thresholds.
+    pub(super) ratios: Vec<f64>,
+    /// For each output column: its index in `ratios`, its threshold, whether it is a d column.
+    pub(super) columns: Vec<(usize, f64, bool)>,
+    /// Units with `|B| + R` at or below this are skipped in exact mode.
+    pub(super) skip_below: f64,
+}
+
+impl Prepared {
+    pub(super) fn new(diffs: &PairDiffs, thresholds: Thresholds) -> Result<Self, StatsError> {
+        for (&c, kind) in thresholds
+            .t
+            .iter()
+            .map(|c| (c, "t"))
+            .chain(thresholds.d.iter().map(|c| (c, "d")))
+        {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(StatsError::BadThreshold { kind, value: c });
+            }
+        }
+        let n = diffs.n_pairs();
+        let nf = n as f64;
+        let m = diffs.n_units();
+        let m_pad = m.div_ceil(LANES) * LANES;
+        let scaled = ScaledDiffs::new(diffs);
+        let mut xt = vec![0.0f64; n * m_pad];
+        let mut constant_units = 0i64;
+        for u in 0..m {
+            let first = scaled.pair(0)[u];
+            let mut constant = true;
+            let mut ss = 0.0;
+            for i in 0..n {
+                let x = scaled.pair(i)[u];
+                constant &= x == first;
+                ss += x * x;
+            }
+            if constant {
+                constant_units += (first != 0.0) as i64;
+                continue;
+            }
+            let norm = ss.sqrt();
+            for i in 0..n {
+                xt[i * m_pad + u] = scaled.pair(i)[u] / norm;
+            }
+        }
+        let mut groups = Vec::new();
+        let mut first_pair = 1;
+        while first_pair < n {
+            let bits = GROUP_BITS.min(n - first_pair);
+            groups.push(Group { first_pair, bits });
+            first_pair += bits;
+        }
+        if groups.is_empty() {
+            groups.push(Group { first_pair: 1, bits: 0 });
+        }
+        let mut raw: Vec<(f64, f64, bool)> = thresholds
+            .t
+            .iter()
+            .map(|&c| (ratio_for_t(c, nf), c, false))
+            .chain(thresholds.d.iter().map(|&c| (ratio_for_d(c, nf), c, true)))
+            .collect();
+        let mut ratios: Vec<f64> = raw.iter().map(|r| r.0).collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios.dedup();
+        let columns = raw
+            .drain(..)
+            .map(|(r, c, is_d)| (ratios.iter().position(|&x| x == r).unwrap(), c, is_d))
+            .collect();
+        let skip_ratio = ratios
+            .first()
+            .copied()
+            .unwrap_or(f64::INFINITY)
+            .min(ratio_for_t(3.0, nf));
+        Ok(Prepared {
+            n,
+            m_pad,
+            xt,
+            groups,
+            constant_units,
+            ratios,
+            columns,
+            skip_below: skip_ratio.sqrt() - SKIP_MARGIN,
+        })
+    }
+
+    pub(super) fn pair(&self, i: usize) -> &[f64] {
+        &self.xt[i * self.m_pad..(i + 1) * self.m_pad]
+    }
+
+    pub(super) fn low_bits(&self) -> usize {
+        self.groups[0].bits
+    }
+
+    /// The null over `start .. end`, split into tasks on the pool, written in place.
+    pub(super) fn run(&self, mode: Mode, start: u64, end: u64) -> NullRange {
+        let len = (end - start) as usize;
+        let cols = self.columns.len();
+        let mut out = NullRange {
+            counts: vec![0; len * cols],
+            max_abs_t: vec![0.0; len],
+        };
+        if len == 0 {
+            return out;
+        }
+        // Task boundaries: exact tasks cover whole high-byte values; Monte Carlo tasks are
+        // balanced over the pool. Neither changes any number.
+        let task_bounds: Vec<u64> = match mode {
+            Mode::Exact => {
+                let span = EXACT_H_CHUNK << self.low_bits();
+                let mut b = vec![start];
+                let mut next = (start / span + 1) * span;
+                while next < end {
+                    b.push(next);
+                    next += span;
+                }
+                b.push(end);
+                b
+            }
+            Mode::MonteCarlo { .. } | Mode::Identity => {
+                let tasks = 2 * crate::threads::current_threads() as u64;
+                let size = (end - start).div_ceil(tasks).clamp(512, 16_384);
+                let mut b: Vec<u64> = (start..end).step_by(size as usize).collect();
+                b.push(end);
+                b
+            }
+        };
+        let mut jobs = Vec::with_capacity(task_bounds.len() - 1);
+        let (mut counts, mut maxima) = (&mut out.counts[..], &mut out.max_abs_t[..]);
+        for w in task_bounds.windows(2) {
+            let k = (w[1] - w[0]) as usize;
+            let (c_head, c_tail) = std::mem::take(&mut counts).split_at_mut(k * cols);
+            let (m_head, m_tail) = std::mem::take(&mut maxima).split_at_mut(k);
+            jobs.push((w[0], w[1], c_head, m_head));
+            counts = c_tail;
+            maxima = m_tail;
+        }
+        crate::threads::install(|| {
+            jobs.into_par_iter().for_each(|(lo, hi, counts, maxima)| {
+                self.task(mode, lo, hi, counts, maxima);
+            });
+        });
+        out
+    }
+
+    /// One task: raw counts and max ratios over the units, then the closed-form constant units.
+    pub(super) fn task(&self, mode: Mode, start: u64, end: u64, counts: &mut [i64], max_abs_t: &mut [f64]) {
+        let len = (end - start) as usize;
+        let k_all = self.ratios.len();
+        let mut raw = vec![0u32; len * k_all];
+        let mut max_ratio = vec![0.0f64; len];
+        let mut patterns: Vec<u8> = Vec::new();
+        match mode {
+            Mode::MonteCarlo { key } => {
+                let g = self.groups.len();
+                patterns = vec![0u8; len * g];
+                for (i, bytes) in patterns.chunks_exact_mut(g).enumerate() {
+                    monte_carlo_pattern(key, start + i as u64, self.n, bytes);
+                }
+            }
+            Mode::Identity => patterns = vec![0u8; len * self.groups.len()],
+            Mode::Exact => {}
+        }
+        // Thresholds in passes of at most MAX_K; every pass also takes the max (idempotent).
+        let mut first = 0;
+        loop {
+            let batch = (k_all - first).min(MAX_K);
+            let ratios = &self.ratios[first..first + batch];
+            let mut batch_counts = vec![0u32; len * batch];
+            match mode {
+                Mode::Exact => kernels::exact(self, ratios, start, end, &mut batch_counts, &mut max_ratio),
+                Mode::MonteCarlo { .. } | Mode::Identity => {
+                    kernels::monte_carlo(self, ratios, &patterns, &mut batch_counts, &mut max_ratio)
+                }
+            }
+            for p in 0..len {
+                raw[p * k_all + first..p * k_all + first + batch]
+                    .copy_from_slice(&batch_counts[p * batch..(p + 1) * batch]);
+            }
+            first += batch;
+            if first >= k_all {
+                break;
+            }
+        }
+        let cols = self.columns.len();
+        let nf = self.n as f64;
+        let g = self.groups.len();
+        for p in 0..len {
+            let mut abs_t = abs_t_from_ratio(max_ratio[p], self.n);
+            let mut constant_t = 0.0;
+            if self.constant_units > 0 {
+                let flipped = match mode {
+                    Mode::Exact => (start + p as u64).count_ones() as i64,
+                    Mode::MonteCarlo { .. } | Mode::Identity => {
+                        patterns[p * g..(p + 1) * g].iter().map(|b| b.count_ones() as i64).sum()
+                    }
+                };
+                let k = self.n as i64 - 2 * flipped;
+                constant_t = if k.unsigned_abs() as usize == self.n {
+                    f64::INFINITY
+                } else {
+                    let k2 = (k * k) as f64;
+                    ((nf - 1.0) * k2 / (nf * nf - k2)).sqrt()
+                };
+                abs_t = abs_t.max(constant_t);
+            }
+            max_abs_t[p] = abs_t;
+            for (c, &(idx, threshold, is_d)) in self.columns.iter().enumerate() {
+                let mut v = raw[p * k_all + idx] as i64;
+                if self.constant_units > 0 {
+                    let stat = if is_d { constant_t / nf.sqrt() } else { constant_t };
+                    if stat > threshold {
+                        v += self.constant_units;
+                    }
+                }
+                counts[p * cols + c] = v;
+            }
+        }
+    }
+}
