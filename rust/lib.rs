@@ -85,6 +85,13 @@ pub enum StatsError {
         /// Most pairs exact mode accepts.
         max: usize,
     },
+    /// A partition of the units (for the tallies' group nulls) that cannot be used.
+    BadPartition {
+        /// Index of the partition among those given.
+        partition: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A split assignment row whose halves are too small or of the wrong width.
     BadSplit {
         /// Row of the assignment matrix.
@@ -125,6 +132,7 @@ impl fmt::Display for StatsError {
                 max - 1
             ),
             StatsError::BadSplit { split, reason } => write!(f, "split {split}: {reason}"),
+            StatsError::BadPartition { partition, reason } => write!(f, "unit partition {partition}: {reason}"),
         }
     }
 }

@@ -36,8 +36,17 @@
 //! A unit whose differences are all 0 has t = 0 under every pattern. A unit whose differences are
 //! all equal to `v != 0` has |t| = inf under the identity and `|t| = sqrt((n-1) k^2 / (n^2 - k^2))`
 //! under a pattern with `k` = (unflipped - flipped) pairs; both kinds are handled in closed form
-//! (see [`crate::paired`] for the convention). That closed form can equal a threshold exactly
-//! (n = 12, k = 10 gives t = 5): such a unit is then not counted, as |t| > c is strict.
+//! (see [`crate::paired`] for the convention). More generally, a unit whose |differences| all
+//! equal one `v != 0` (any signs) is constant under the patterns that align its signs, and has
+//! `|t| = sqrt((n-1) k^2 / (n^2 - k^2))` with `k` = (agreeing - disagreeing pairs) under every
+//! pattern: all such units are grouped by sign pattern and handled in this closed form (through
+//! the normalised sums, `|k| = n` would come out as a huge finite |t|, about 2.7e8, instead of
+//! inf). That closed form can equal a threshold exactly (n = 12, k = 10 gives t = 5): such a
+//! unit is then not counted, as |t| > c is strict.
+//!
+//! # Tallies
+//! [`tallies`] streams the null into fixed-size histograms (counts per group of units, the max
+//! statistic against the sorted observed ones) and adds one-sided tails.
 //!
 //! # Precision
 //! Counts are those of float64 arithmetic on the normalised sums; they can differ from another
@@ -48,6 +57,7 @@
 mod kernels;
 mod prepared;
 mod tables;
+pub mod tallies;
 #[cfg(test)]
 mod tests;
 
@@ -101,6 +111,9 @@ pub struct NullRange {
     pub counts: Vec<i64>,
     /// Max |t| over units, one per pattern.
     pub max_abs_t: Vec<f64>,
+    /// Max `S^2 / SS` over units, one per pattern: the max |t| before its conversion to t
+    /// (`k^2 / n` for equal-magnitude units), for tie-exact comparisons.
+    pub max_ratio: Vec<f64>,
 }
 
 /// Number of distinct sign patterns, 2^(n-1).

@@ -20,8 +20,10 @@ pub(super) struct Prepared {
     pub(super) xt: Vec<f64>,
     /// Group 0 holds the low bits (pairs 1..=8), the others the high bits, in order.
     pub(super) groups: Vec<Group>,
-    /// Units whose differences are all equal and not 0 (handled in closed form).
-    pub(super) constant_units: i64,
+    /// Units whose |differences| are all equal and not 0, by sign pattern (closed form).
+    pub(super) classes: Vec<EqualClass>,
+    /// Each unit's index in `classes`, or [`NO_CLASS`].
+    pub(super) unit_class: Vec<u32>,
     /// Sorted distinct ratio thresholds.
     pub(super) ratios: Vec<f64>,
     /// For each output column: its index in `ratios`, its threshold, whether it is a d column.
@@ -48,18 +50,43 @@ impl Prepared {
         let m_pad = m.div_ceil(LANES) * LANES;
         let scaled = ScaledDiffs::new(diffs);
         let mut xt = vec![0.0f64; n * m_pad];
-        let mut constant_units = 0i64;
+        let n_bytes = group_count(n);
+        let mut classes: Vec<EqualClass> = Vec::new();
+        let mut unit_class = vec![NO_CLASS; m];
         for u in 0..m {
             let first = scaled.pair(0)[u];
-            let mut constant = true;
+            let magnitude = first.abs();
+            let mut equal = magnitude != 0.0;
             let mut ss = 0.0;
             for i in 0..n {
                 let x = scaled.pair(i)[u];
-                constant &= x == first;
+                equal &= x.abs() == magnitude;
                 ss += x * x;
             }
-            if constant {
-                constant_units += (first != 0.0) as i64;
+            if ss == 0.0 {
+                continue; // all 0: S = 0 under every pattern
+            }
+            if equal {
+                let mut mask = vec![0u8; n_bytes];
+                for i in 1..n {
+                    if (scaled.pair(i)[u] < 0.0) != (first < 0.0) {
+                        mask[(i - 1) / 8] |= 1 << ((i - 1) % 8);
+                    }
+                }
+                let positive = first > 0.0;
+                let at = match classes.iter().position(|c| c.positive == positive && c.mask == mask) {
+                    Some(at) => at,
+                    None => {
+                        classes.push(EqualClass {
+                            mask,
+                            positive,
+                            count: 0,
+                        });
+                        classes.len() - 1
+                    }
+                };
+                classes[at].count += 1;
+                unit_class[u] = at as u32;
                 continue;
             }
             let norm = ss.sqrt();
@@ -100,7 +127,8 @@ impl Prepared {
             m_pad,
             xt,
             groups,
-            constant_units,
+            classes,
+            unit_class,
             ratios,
             columns,
             skip_below: skip_ratio.sqrt() - SKIP_MARGIN,
@@ -122,6 +150,7 @@ impl Prepared {
         let mut out = NullRange {
             counts: vec![0; len * cols],
             max_abs_t: vec![0.0; len],
+            max_ratio: vec![0.0; len],
         };
         if len == 0 {
             return out;
@@ -149,25 +178,36 @@ impl Prepared {
             }
         };
         let mut jobs = Vec::with_capacity(task_bounds.len() - 1);
-        let (mut counts, mut maxima) = (&mut out.counts[..], &mut out.max_abs_t[..]);
+        let (mut counts, mut maxima, mut ratios) =
+            (&mut out.counts[..], &mut out.max_abs_t[..], &mut out.max_ratio[..]);
         for w in task_bounds.windows(2) {
             let k = (w[1] - w[0]) as usize;
             let (c_head, c_tail) = std::mem::take(&mut counts).split_at_mut(k * cols);
             let (m_head, m_tail) = std::mem::take(&mut maxima).split_at_mut(k);
-            jobs.push((w[0], w[1], c_head, m_head));
+            let (r_head, r_tail) = std::mem::take(&mut ratios).split_at_mut(k);
+            jobs.push((w[0], w[1], c_head, m_head, r_head));
             counts = c_tail;
             maxima = m_tail;
+            ratios = r_tail;
         }
         crate::threads::install(|| {
-            jobs.into_par_iter().for_each(|(lo, hi, counts, maxima)| {
-                self.task(mode, lo, hi, counts, maxima);
+            jobs.into_par_iter().for_each(|(lo, hi, counts, maxima, ratios)| {
+                self.task(mode, lo, hi, counts, maxima, ratios);
             });
         });
         out
     }
 
     /// One task: raw counts and max ratios over the units, then the closed-form constant units.
-    pub(super) fn task(&self, mode: Mode, start: u64, end: u64, counts: &mut [i64], max_abs_t: &mut [f64]) {
+    pub(super) fn task(
+        &self,
+        mode: Mode,
+        start: u64,
+        end: u64,
+        counts: &mut [i64],
+        max_abs_t: &mut [f64],
+        max_ratio_out: &mut [f64],
+    ) {
         let len = (end - start) as usize;
         let k_all = self.ratios.len();
         let mut raw = vec![0u32; len * k_all];
@@ -208,36 +248,73 @@ impl Prepared {
         let cols = self.columns.len();
         let nf = self.n as f64;
         let g = self.groups.len();
+        let mut class_t = vec![0.0f64; self.classes.len()];
         for p in 0..len {
-            let mut abs_t = abs_t_from_ratio(max_ratio[p], self.n);
-            let mut constant_t = 0.0;
-            if self.constant_units > 0 {
-                let flipped = match mode {
-                    Mode::Exact => (start + p as u64).count_ones() as i64,
-                    Mode::MonteCarlo { .. } | Mode::Identity => {
-                        patterns[p * g..(p + 1) * g].iter().map(|b| b.count_ones() as i64).sum()
-                    }
-                };
-                let k = self.n as i64 - 2 * flipped;
-                constant_t = if k.unsigned_abs() as usize == self.n {
-                    f64::INFINITY
-                } else {
-                    let k2 = (k * k) as f64;
-                    ((nf - 1.0) * k2 / (nf * nf - k2)).sqrt()
-                };
-                abs_t = abs_t.max(constant_t);
+            let exact_bytes = (start + p as u64).to_le_bytes();
+            let bytes: &[u8] = match mode {
+                Mode::Exact => &exact_bytes[..g],
+                Mode::MonteCarlo { .. } | Mode::Identity => &patterns[p * g..(p + 1) * g],
+            };
+            let mut ratio = max_ratio[p];
+            let mut abs_t = abs_t_from_ratio(ratio, self.n);
+            for (class, t) in self.classes.iter().zip(class_t.iter_mut()) {
+                let k = class.agreement(bytes, self.n);
+                *t = closed_form_abs_t(k, self.n);
+                let r = (k * k) as f64 / nf;
+                ratio = if r > ratio { r } else { ratio };
+                abs_t = abs_t.max(*t);
             }
             max_abs_t[p] = abs_t;
+            max_ratio_out[p] = ratio;
             for (c, &(idx, threshold, is_d)) in self.columns.iter().enumerate() {
                 let mut v = raw[p * k_all + idx] as i64;
-                if self.constant_units > 0 {
-                    let stat = if is_d { constant_t / nf.sqrt() } else { constant_t };
+                for (class, &t) in self.classes.iter().zip(&class_t) {
+                    let stat = if is_d { t / nf.sqrt() } else { t };
                     if stat > threshold {
-                        v += self.constant_units;
+                        v += class.count;
                     }
                 }
                 counts[p * cols + c] = v;
             }
         }
+    }
+}
+
+/// `unit_class` of a unit that is not in a class.
+pub(super) const NO_CLASS: u32 = u32::MAX;
+
+/// Units whose |differences| all equal one value `v != 0`, with one sign pattern: under a
+/// pattern that leaves `k` = (agreeing - disagreeing) pairs, each has `|t| = sqrt((n-1) k^2 /
+/// (n^2 - k^2))`, infinite where every flipped value agrees (|k| = n). Constant units (every
+/// sign alike) are the case `mask = 0`. Computed in closed form: a float64 route through the
+/// normalised sums gives |k| = n only up to rounding (a huge finite |t| instead of inf).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct EqualClass {
+    /// Pattern bytes: bit `i - 1` set where pair `i`'s sign differs from pair 0's.
+    pub(super) mask: Vec<u8>,
+    /// Whether pair 0's difference is positive.
+    pub(super) positive: bool,
+    /// Units in the class.
+    pub(super) count: i64,
+}
+
+impl EqualClass {
+    /// `k`: pairs agreeing with pair 0 minus pairs disagreeing, after flipping by `bytes`.
+    #[inline]
+    pub(super) fn agreement(&self, bytes: &[u8], n: usize) -> i64 {
+        let differ: u32 = bytes.iter().zip(&self.mask).map(|(b, m)| (b ^ m).count_ones()).sum();
+        n as i64 - 2 * differ as i64
+    }
+}
+
+/// |t| of an equal-magnitude unit whose flipped values have agreement `k`.
+#[inline]
+pub(super) fn closed_form_abs_t(k: i64, n: usize) -> f64 {
+    let nf = n as f64;
+    if k.unsigned_abs() as usize == n {
+        f64::INFINITY
+    } else {
+        let k2 = (k * k) as f64;
+        ((nf - 1.0) * k2 / (nf * nf - k2)).sqrt()
     }
 }
