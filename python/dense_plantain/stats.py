@@ -77,6 +77,7 @@ _FWER_RTOL = 1e-10
 # Tallies: patterns per call into the engine (bounds the engine's per-call rows), and the
 # default refusal of an exact null whose estimated run time is longer than this.
 _TALLY_CHUNK = 1 << 16
+_TALLY_CHUNK_EXACT_TWO = 1 << 21
 _EXACT_TIME_LIMIT_S = 120.0
 
 Tail = Literal["two", "greater", "less"]
@@ -655,7 +656,7 @@ def sign_flip_tallies(
     bins = np.zeros(m + 1, dtype=np.int64)
     abs_bins = np.zeros(m + 1, dtype=np.int64)
     done = 0
-    chunk = _TALLY_CHUNK
+    chunk = _TALLY_CHUNK_EXACT_TWO if exact and tail == "two" else _TALLY_CHUNK
     first = True
     t0 = time.perf_counter()
     for start in range(0, total_j, chunk):

@@ -50,8 +50,11 @@ pub struct TallyRange {
     pub patterns: u64,
 }
 
-/// Patterns (one-sided) or permutations per internal step: bounds the per-step rows.
+/// Permutations (or one-sided exact patterns) per internal step: bounds the per-step rows.
 const STEP: u64 = 1 << 14;
+/// Two-sided exact patterns per internal step: several of the exact kernel's tasks (2^16
+/// patterns each), so that every thread has work; about 20 MiB of rows in flight.
+const STEP_EXACT_TWO: u64 = 1 << 19;
 /// Bit word of a Monte Carlo permutation that holds pair 0's sign (one-sided only).
 const PAIR0_WORD: u64 = 1 << 40;
 
@@ -192,9 +195,14 @@ pub fn tallies(
         }
         let sub_diffs = PairDiffs::new(&sub, n, units.len())?;
         let prep = Prepared::new(&sub_diffs, thresholds)?;
+        let step = if exact && tail == Tail::Two {
+            STEP_EXACT_TWO
+        } else {
+            STEP
+        };
         let mut lo = start;
         while lo < end {
-            let hi = end.min(lo + STEP);
+            let hi = end.min(lo + step);
             let place = |score: f64, bins: &mut [i64]| {
                 bins[bars.partition_point(|&b| b <= score)] += 1;
             };
