@@ -78,7 +78,9 @@ _FWER_RTOL = 1e-10
 # default refusal of an exact null whose estimated run time is longer than this.
 _TALLY_CHUNK = 1 << 16
 _TALLY_CHUNK_EXACT_TWO = 1 << 21
-_EXACT_TIME_LIMIT_S = 120.0
+# The first call, timed to estimate an exact null's run time: two of the exact kernel's tasks.
+_TALLY_FIRST_CHUNK = 1 << 17
+_EXACT_TIME_LIMIT_S = 600.0
 
 Tail = Literal["two", "greater", "less"]
 _TAILS = ("two", "greater", "less")
@@ -660,7 +662,7 @@ def sign_flip_tallies(
     first = True
     t0 = time.perf_counter()
     for start in range(0, total_j, chunk):
-        end = min(total_j, start + (min(chunk, 4096) if first else chunk))
+        end = min(total_j, start + (min(chunk, _TALLY_FIRST_CHUNK) if first else chunk))
         h, b, ab, npat = _stats.sign_flip_tallies(
             diff, list(t_thr), list(d_thr), labels, tail, exact, seed, start, end, list(sorted_bars)
         )
