@@ -203,3 +203,27 @@ fn bad_input_is_refused() {
     ));
     assert!(matches!(n_patterns(40), Err(StatsError::TooManyPairsForExact { .. })));
 }
+
+#[test]
+fn equal_magnitude_units_with_mixed_signs_are_handled_in_closed_form() {
+    // Unit 0: 3 for every pair but pair 4 (-3): constant (|t| = inf) under the patterns that flip
+    // exactly pair 4; unit 1: +-0.5 in an alternating pattern; the others random.
+    let (n, m) = (9, 5);
+    let mut data = random_data(n, m, 6);
+    for i in 0..n {
+        data[i * m] = if i == 4 { -3.0 } else { 3.0 };
+        data[i * m + 1] = if i % 2 == 0 { 0.5 } else { -0.5 };
+    }
+    let diffs = PairDiffs::new(&data, n, m).unwrap();
+    let got = exact(&diffs, Thresholds { t: &T, d: &D }, 0, 256).unwrap();
+    assert_eq!(got.max_abs_t[1 << 3], f64::INFINITY);
+    for j in 0..256u64 {
+        let (c, mx) = brute(&data, n, m, &exact_signs(n, j), &T, &D);
+        assert_eq!(&got.counts[j as usize * 5..j as usize * 5 + 5], &c[..], "j={j}");
+        assert!(
+            close(got.max_abs_t[j as usize], mx),
+            "j={j}: {} vs {mx}",
+            got.max_abs_t[j as usize]
+        );
+    }
+}
