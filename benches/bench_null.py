@@ -5,7 +5,9 @@ Times, for P = 10,000 Monte Carlo permutations:
     random sign vectors, its Monte Carlo branch -- only n_permutations >= 2**n is exact);
   * a numpy GEMM baseline written here: signs [P x n] @ diff [n x units] in blocks, then the
     sum-of-squares trick, counts and max |t| per permutation;
-  * dense-plantain's engine (``stats.sign_flip_null``);
+  * dense-plantain's engine (``stats.sign_flip_null``, per-permutation rows, and
+    ``stats.sign_flip_tallies``, streaming histograms; two-sided, one-sided, with a 2-group
+    partition of the units);
 and also the engine's exact enumeration of all 2^24 patterns and 100 split-halves.
 
 The numpy baseline is run on the engine's own sign vectors and must reproduce its counts
@@ -110,6 +112,18 @@ def main() -> None:
     results["engine_mc_s"] = {"best": best, "median": median}
     print(f"dense-plantain MC null: best {best:.4f} s, median {median:.4f} s over {args.repeat} runs")
 
+    tally_runs = {
+        "tallies_two": {},
+        "tallies_two_halves": {"partitions": [np.arange(UNITS) % 2]},
+        "tallies_greater": {"tail": "greater"},
+    }
+    for name, kw in tally_runs.items():
+        t_best, t_median, _ = timed(
+            lambda kw=kw: stats.sign_flip_tallies(diff, permutations=P, exact=False, seed=0, **kw), args.repeat
+        )
+        results[f"engine_mc_{name}_s"] = {"best": t_best, "median": t_median}
+        print(f"dense-plantain MC {name}: best {t_best:.4f} s, median {t_median:.4f} s")
+
     if not args.skip_numpy:
         signs = stats.monte_carlo_signs(PAIRS, 0, 0, P)
         secs, _, (t_counts, d_counts, max_t) = timed(lambda: numpy_gemm_null(diff, signs))
@@ -131,6 +145,8 @@ def main() -> None:
         results["mne_s"] = secs
         results["mne_version"] = mne.__version__
         print(f"MNE permutation_t_test: {secs:.3f} s  ({secs / best:.0f}x the engine; mne {mne.__version__})")
+        t_best = results["engine_mc_tallies_two_s"]["best"]  # type: ignore[index]
+        print(f"  ratio MNE / engine tallies (two-sided): {secs / t_best:.0f}x")
 
     if not args.skip_exact:
         done = []
@@ -146,6 +162,18 @@ def main() -> None:
             f"({null.n_permutations / secs / 1e6:.2f} M patterns/s, {len(done)} progress calls; "
             f"null p99 |t|>3: {stats.null_p99(null.t_counts[:, 0]):.1f}, max |t| p95: "
             f"{np.percentile(null.max_abs_t, 95):.2f})"
+        )
+
+    if not args.skip_exact:
+        secs, _, tal = timed(
+            lambda: stats.sign_flip_tallies(
+                diff, t_thresholds=T_THRESHOLDS, d_thresholds=D_THRESHOLDS, exact=True, time_limit_s=None
+            )
+        )
+        results["engine_exact_tallies_s"] = secs
+        print(
+            f"dense-plantain exact tallies 2^{PAIRS - 1}: {secs:.2f} s ({tal.n_permutations / secs / 1e6:.2f} M "
+            f"patterns/s; p99 |t|>3: {tal.percentile(99, 0):.1f})"
         )
 
     best, median, sh = timed(lambda: stats.split_half(diff, n_splits=100, seed=0), args.repeat)

@@ -4,10 +4,15 @@
 //! * Monte Carlo null, P = 10,000;
 //! * exact enumeration on a sample of the 2^24 patterns (throughput in patterns/s: multiply
 //!   out to estimate the full 2^24);
+//! * streaming tallies (two-sided with one 2-group partition, one-sided) on the same samples;
 //! * split-half reliability, 100 splits.
+//!
+//! The kernels' instruction set is chosen once per process: run again with
+//! `DENSE_PLANTAIN_SIMD=avx2` (or `baseline`) to measure the AVX2 kernels on an AVX-512 machine.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dense_plantain_stats::rng::SplitMix64;
+use dense_plantain_stats::sign_flip::tallies::{self, Tail};
 use dense_plantain_stats::sign_flip::{self, Thresholds};
 use dense_plantain_stats::{split_half, PairDiffs};
 use std::hint::black_box;
@@ -63,6 +68,65 @@ fn benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(len));
     group.bench_function("exact_sample_2p18_of_2p24_25x16320", |b| {
         b.iter(|| sign_flip::exact(black_box(&diffs), thresholds, start, start + len).unwrap())
+    });
+    let halves: Vec<u32> = (0..UNITS as u32).map(|u| u % 2).collect();
+    let parts: [&[u32]; 1] = [&halves];
+    let bars: Vec<f64> = {
+        let mut s = tallies::unit_scores(&diffs, Tail::Two).unwrap();
+        s.sort_by(f64::total_cmp);
+        s
+    };
+    group.throughput(Throughput::Elements(len));
+    group.bench_function("tallies_exact_sample_2p18_two_sided_halves", |b| {
+        b.iter(|| {
+            tallies::tallies(
+                black_box(&diffs),
+                thresholds,
+                &parts,
+                Tail::Two,
+                true,
+                0,
+                start,
+                start + len,
+                &bars,
+            )
+            .unwrap()
+        })
+    });
+    let one_len = 1u64 << 12;
+    group.throughput(Throughput::Elements(2 * one_len));
+    group.bench_function("tallies_exact_sample_one_sided_2x2p12", |b| {
+        b.iter(|| {
+            tallies::tallies(
+                black_box(&diffs),
+                thresholds,
+                &[],
+                Tail::Greater,
+                true,
+                0,
+                start,
+                start + one_len,
+                &bars,
+            )
+            .unwrap()
+        })
+    });
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("tallies_monte_carlo_p10000_one_sided", |b| {
+        b.iter(|| {
+            tallies::tallies(
+                black_box(&diffs),
+                thresholds,
+                &[],
+                Tail::Greater,
+                false,
+                0,
+                0,
+                10_000,
+                &bars,
+            )
+            .unwrap()
+        })
     });
     group.finish();
 

@@ -12,6 +12,8 @@
 //! functions. Parallel loops run on the pool of [`threads`], whose size an environment
 //! variable sets and which is rebuilt in a forked child.
 
+#![deny(missing_docs)]
+
 use std::fmt;
 
 pub mod paired;
@@ -33,24 +35,70 @@ pub const MIN_PAIRS: usize = 3;
 pub enum StatsError {
     /// Fewer than [`MIN_PAIRS`] pairs.
     TooFewPairs {
+        /// Pairs given.
         n_pairs: usize,
+        /// Pairs needed.
         needed: usize,
+        /// The statistic that needs them.
         what: &'static str,
     },
     /// A matrix with no units.
     NoUnits,
     /// The flat buffer does not hold `n_pairs * n_units` values.
-    BadLength { len: usize, n_pairs: usize, n_units: usize },
+    BadLength {
+        /// Values in the buffer.
+        len: usize,
+        /// Rows claimed.
+        n_pairs: usize,
+        /// Columns claimed.
+        n_units: usize,
+    },
     /// A NaN or an infinity at this pair and unit.
-    NonFinite { pair: usize, unit: usize, value: f64 },
+    NonFinite {
+        /// Row of the value.
+        pair: usize,
+        /// Column of the value.
+        unit: usize,
+        /// The value itself.
+        value: f64,
+    },
     /// A threshold that is negative, NaN or infinite.
-    BadThreshold { kind: &'static str, value: f64 },
+    BadThreshold {
+        /// "t" or "d".
+        kind: &'static str,
+        /// The threshold given.
+        value: f64,
+    },
     /// A permutation or pattern range that is empty-ended the wrong way or out of bounds.
-    BadRange { start: u64, end: u64, limit: u64 },
+    BadRange {
+        /// First index asked for.
+        start: u64,
+        /// One past the last index asked for.
+        end: u64,
+        /// The largest allowed `end`.
+        limit: u64,
+    },
     /// Exact enumeration asked for more pairs than it can index.
-    TooManyPairsForExact { n_pairs: usize, max: usize },
+    TooManyPairsForExact {
+        /// Pairs given.
+        n_pairs: usize,
+        /// Most pairs exact mode accepts.
+        max: usize,
+    },
+    /// A partition of the units (for the tallies' group nulls) that cannot be used.
+    BadPartition {
+        /// Index of the partition among those given.
+        partition: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A split assignment row whose halves are too small or of the wrong width.
-    BadSplit { split: usize, reason: String },
+    BadSplit {
+        /// Row of the assignment matrix.
+        split: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl fmt::Display for StatsError {
@@ -84,6 +132,7 @@ impl fmt::Display for StatsError {
                 max - 1
             ),
             StatsError::BadSplit { split, reason } => write!(f, "split {split}: {reason}"),
+            StatsError::BadPartition { partition, reason } => write!(f, "unit partition {partition}: {reason}"),
         }
     }
 }
@@ -129,10 +178,12 @@ impl<'a> PairDiffs<'a> {
         Ok(PairDiffs { data, n_pairs, n_units })
     }
 
+    /// Number of pairs (rows).
     pub fn n_pairs(&self) -> usize {
         self.n_pairs
     }
 
+    /// Number of units (columns).
     pub fn n_units(&self) -> usize {
         self.n_units
     }

@@ -19,9 +19,13 @@ use rayon::prelude::*;
 /// Per-unit paired statistics, one value per unit in each vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Paired {
+    /// Mean difference.
     pub mean: Vec<f64>,
+    /// Standard deviation of the differences (n - 1 denominator).
     pub sd: Vec<f64>,
+    /// Paired t: mean / (sd / sqrt(n)).
     pub t: Vec<f64>,
+    /// Cohen's d_z: mean / sd.
     pub d: Vec<f64>,
 }
 

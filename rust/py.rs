@@ -200,6 +200,100 @@ fn simd_variant() -> &'static str {
     sign_flip::simd_variant()
 }
 
+fn tail_of(tail: &str) -> PyResult<sign_flip::tallies::Tail> {
+    use sign_flip::tallies::Tail;
+    match tail {
+        "two" => Ok(Tail::Two),
+        "greater" => Ok(Tail::Greater),
+        "less" => Ok(Tail::Less),
+        other => Err(PyValueError::new_err(format!(
+            "tail must be \"two\", \"greater\" or \"less\", got {other:?}"
+        ))),
+    }
+}
+
+type TallyArrays<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    u64,
+);
+
+/// sign_flip_tallies(diff, t_thr, d_thr, partitions u32 [p x m], tail, exact, seed, start, end, bars)
+/// -> (hist int64, max_bins, abs_bins int64 [len(bars) + 1], patterns)
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn sign_flip_tallies<'py>(
+    py: Python<'py>,
+    diff: PyReadonlyArray2<'py, f64>,
+    t_thresholds: Vec<f64>,
+    d_thresholds: Vec<f64>,
+    partitions: PyReadonlyArray2<'py, u32>,
+    tail: &str,
+    exact: bool,
+    seed: u64,
+    start: u64,
+    end: u64,
+    bars: Vec<f64>,
+) -> PyResult<TallyArrays<'py>> {
+    let d = diffs(&diff)?;
+    let tail = tail_of(tail)?;
+    let (labels, rows, width) = matrix(&partitions, "partitions")?;
+    let parts: Vec<&[u32]> = (0..rows).map(|r| &labels[r * width..(r + 1) * width]).collect();
+    let thresholds = Thresholds {
+        t: &t_thresholds,
+        d: &d_thresholds,
+    };
+    let out = py
+        .detach(|| sign_flip::tallies::tallies(&d, thresholds, &parts, tail, exact, seed, start, end, &bars))
+        .map_err(value_error)?;
+    Ok((
+        out.hist.into_pyarray(py),
+        out.max_bins.into_pyarray(py),
+        out.abs_bins.into_pyarray(py),
+        out.patterns,
+    ))
+}
+
+/// sign_flip_unit_scores(diff, tail) -> float64 [n_units]: S^2 / SS (two) or signed S / sqrt(SS).
+#[pyfunction]
+fn sign_flip_unit_scores<'py>(
+    py: Python<'py>,
+    diff: PyReadonlyArray2<'py, f64>,
+    tail: &str,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let d = diffs(&diff)?;
+    let tail = tail_of(tail)?;
+    let s = py
+        .detach(|| sign_flip::tallies::unit_scores(&d, tail))
+        .map_err(value_error)?;
+    Ok(s.into_pyarray(py))
+}
+
+/// sign_flip_tally_observed(diff, t_thr, d_thr, partitions, tail) -> int64 [groups x columns], flat
+#[pyfunction]
+fn sign_flip_tally_observed<'py>(
+    py: Python<'py>,
+    diff: PyReadonlyArray2<'py, f64>,
+    t_thresholds: Vec<f64>,
+    d_thresholds: Vec<f64>,
+    partitions: PyReadonlyArray2<'py, u32>,
+    tail: &str,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let d = diffs(&diff)?;
+    let tail = tail_of(tail)?;
+    let (labels, rows, width) = matrix(&partitions, "partitions")?;
+    let parts: Vec<&[u32]> = (0..rows).map(|r| &labels[r * width..(r + 1) * width]).collect();
+    let thresholds = Thresholds {
+        t: &t_thresholds,
+        d: &d_thresholds,
+    };
+    let out = py
+        .detach(|| sign_flip::tallies::observed(&d, thresholds, &parts, tail))
+        .map_err(value_error)?;
+    Ok(out.into_pyarray(py))
+}
+
 #[pymodule]
 fn _stats(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(paired, m)?)?;
@@ -213,6 +307,9 @@ fn _stats(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_half, m)?)?;
     m.add_function(wrap_pyfunction!(threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_variant, m)?)?;
+    m.add_function(wrap_pyfunction!(sign_flip_tallies, m)?)?;
+    m.add_function(wrap_pyfunction!(sign_flip_unit_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(sign_flip_tally_observed, m)?)?;
     m.add("MAX_EXACT_PAIRS", sign_flip::MAX_EXACT_PAIRS)?;
     m.add("MIN_PAIRS", crate::MIN_PAIRS)?;
     m.add("MIN_SPLIT_PAIRS", core_split::MIN_SPLIT_PAIRS)?;

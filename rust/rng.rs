@@ -12,7 +12,9 @@ const WORD_STEP: u64 = 0xd1b5_4a32_d192_ed03;
 /// Keeps the sign-flip and split-half streams of one seed unrelated to each other.
 #[derive(Debug, Clone, Copy)]
 pub enum Stream {
+    /// Sign patterns of Monte Carlo sign-flip nulls.
     SignFlip,
+    /// Shuffles of split-half reliability.
     SplitHalf,
 }
 
@@ -53,6 +55,7 @@ pub struct SplitMix64 {
 }
 
 impl SplitMix64 {
+    /// A generator starting from `state`.
     pub fn new(state: u64) -> Self {
         SplitMix64 { state }
     }
@@ -62,6 +65,7 @@ impl SplitMix64 {
         SplitMix64::new(counter_word(key, index, u64::MAX))
     }
 
+    /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GOLDEN);

@@ -9,13 +9,18 @@
 use std::sync::OnceLock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An instruction set the hot loops are compiled for.
 pub enum Isa {
+    /// AVX-512 F/DQ/VL with popcnt: 8 float64 lanes, mask registers.
     Avx512,
+    /// AVX2 with popcnt: 4 float64 lanes.
     Avx2,
+    /// Whatever the build target allows (SSE2 on x86-64).
     Baseline,
 }
 
 impl Isa {
+    /// The name used in provenance and in `DENSE_PLANTAIN_SIMD`.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512 => "avx512",

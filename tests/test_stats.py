@@ -589,3 +589,200 @@ def test_monte_carlo_fwer_p_counts_draws_of_the_identity():
     # The top unit's |t| is the max over units under the identity: each identity draw counts.
     expected = 1 + ((mc.max_abs_t >= obs[top] * (1 - 1e-10)) | identity).sum()
     assert p == expected / 401
+
+
+# --- streaming tallies -----------------------------------------------------------------------------
+
+
+def _partitions_for(m: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.arange(m) % 2, rng.integers(0, 3, m)]
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_tallies_equal_the_materialised_null(exact):
+    n, m = 11, 60
+    diff = probe_like(n, m, seed=3)
+    parts = _partitions_for(m, 1)
+    kw = dict(t_thresholds=T_THR, d_thresholds=D_THR, seed=5)
+    tal = stats.sign_flip_tallies(diff, partitions=parts, permutations=3000, exact=exact, **kw)
+    null = stats.sign_flip_null(diff, permutations=3000, exact=exact, **kw)
+    assert tal.exact == exact and tal.n_permutations == null.n_permutations
+    assert tal.includes_identity == exact
+    groups = [(None, None, np.arange(m))] + [
+        (pi, g, np.flatnonzero(p == g)) for pi, p in enumerate(parts) for g in range(int(p.max()) + 1)
+    ]
+    for pi, g, cols in groups:
+        gnull = null if pi is None else stats.sign_flip_null(diff[:, cols], permutations=3000, exact=exact, **kw)
+        counts = np.concatenate([gnull.t_counts, gnull.d_counts], axis=1)
+        for k in range(counts.shape[1]):
+            c = counts[:, k]
+            np.testing.assert_array_equal(tal.histogram(k, pi, g), np.bincount(c, minlength=cols.size + 1))
+            for q in (0, 1, 37.5, 50, 95, 99, 99.9, 100):
+                assert tal.percentile(q, k, pi, g) == np.percentile(c, q), (pi, g, k, q)
+            assert tal.median(k, pi, g) == np.median(c)
+            assert tal.max_count(k, pi, g) == c.max()
+            for at in (0, 1, 3, int(c.max())):
+                assert tal.n_at_least(at, k, pi, g) == int((c >= at).sum())
+    t = stats.paired(diff).t
+    np.testing.assert_array_equal(tal.fwer_p(t), stats.fwer_p(np.abs(t), null))
+    np.testing.assert_allclose(tal.stat_obs, np.abs(t), rtol=1e-9)
+    obs = stats.observed_counts(diff, T_THR, D_THR)
+    assert [tal.observed(k) for k in range(5)] == [*obs.t_counts, *obs.d_counts]
+
+
+TALLY_SCRIPT = """
+import json, numpy as np
+from dense_plantain import stats
+rng = np.random.default_rng(0)
+diff = rng.normal(0.3, 1, size=(13, 300))
+out = {}
+for tail in ("two", "greater"):
+    for exact in (True, False):
+        t = stats.sign_flip_tallies(diff, partitions=[np.arange(300) % 4], tail=tail, exact=exact,
+                                    permutations=2000, seed=3)
+        out[f"{tail}{exact}"] = [t.histogram(0, 0, 1).tolist(), t.fwer_p().tolist()]
+print(json.dumps(out))
+"""
+
+
+def test_tallies_identical_across_thread_counts():
+    runs = [json.loads(run_python(TALLY_SCRIPT, {"DENSE_PLANTAIN_NUM_THREADS": k})) for k in ("1", "2", "3")]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_tallies_one_sided_exact_match_mne():
+    mne_stats = pytest.importorskip("mne.stats")
+    n = 9
+    diff = probe_like(n, 30, seed=11)
+    t = stats.paired(diff).t
+    for tail, mne_tail in (("greater", 1), ("less", -1), ("two", 0)):
+        tal = stats.sign_flip_tallies(diff, tail=tail, exact=True)
+        assert tal.n_permutations == (2**n if tail != "two" else 2 ** (n - 1))
+        _, p_mne, _ = mne_stats.permutation_t_test(diff, n_permutations=2**n, tail=mne_tail, verbose=False)
+        # MNE's one-sided test compares signed t with the max |t| null: our null="max_abs".
+        np.testing.assert_allclose(tal.fwer_p(t, null="max_abs"), p_mne, rtol=1e-12, err_msg=tail)
+        # The max-t null is never less powerful (max t <= max |t| pattern by pattern).
+        assert (tal.fwer_p(t) <= p_mne + 1e-15).all()
+
+
+def _brute_one_sided(diff, signs, thresholds, tail):
+    n = diff.shape[0]
+    y = signs[:, :, None].astype(np.float64) * diff[None, :, :]
+    mean = y.mean(axis=1)
+    sd = np.sqrt(((y - mean[:, None, :]) ** 2).sum(axis=1) / (n - 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = mean / (sd / np.sqrt(n))
+    t = t if tail == "greater" else -t
+    return np.stack([(t > c).sum(axis=1) for c in thresholds], axis=1), t.max(axis=1)
+
+
+@pytest.mark.parametrize("tail", ["greater", "less"])
+def test_tallies_one_sided_counts_match_brute_force(tail):
+    n, m = 8, 40
+    diff = probe_like(n, m, seed=2)
+    j = np.arange(2**n)[:, None]
+    signs = 1 - 2 * ((j >> np.arange(n)[None, :]) & 1)  # all 2^n patterns, pair 0 free
+    counts, max_t = _brute_one_sided(diff, signs, T_THR, tail)
+    tal = stats.sign_flip_tallies(diff, t_thresholds=T_THR, d_thresholds=(), tail=tail, exact=True)
+    for k in range(len(T_THR)):
+        np.testing.assert_array_equal(tal.histogram(k), np.bincount(counts[:, k], minlength=m + 1))
+    t = stats.paired(diff).t
+    t_side = t if tail == "greater" else -t
+    want = (max_t[:, None] >= t_side[None, :] * (1 - 1e-9) - 1e-12).sum(axis=0) / 2**n
+    np.testing.assert_allclose(tal.fwer_p(t), want)
+    assert tal.observed(0) == int((t_side > T_THR[0]).sum())
+
+
+def test_tallies_one_sided_monte_carlo_draws_pair_zero_too():
+    n, m = 10, 20
+    diff = probe_like(n, m, seed=4) + 0.5
+    a = stats.sign_flip_tallies(diff, tail="greater", exact=False, permutations=4000, seed=1)
+    b = stats.sign_flip_tallies(diff, tail="greater", exact=True)
+    # Monte Carlo over all 2^n patterns approaches the exact one-sided null.
+    for k in range(2):
+        assert abs(a.percentile(50, k) - b.percentile(50, k)) <= 2
+    np.testing.assert_allclose(a.fwer_p(), b.fwer_p(), atol=0.03)
+
+
+def test_equal_magnitude_unit_is_constant_under_one_pattern():
+    # Issue 14 section 5: unit 1 = v for 11 pairs and -v for one; flipping that pair makes it constant.
+    n, v = 12, 3.0
+    diff = np.zeros((n, 2))
+    diff[:, 0] = 2.0
+    diff[:, 1] = v
+    diff[5, 1] = -v
+    null = stats.sign_flip_null(diff, T_THR, D_THR, permutations=2 ** (n - 1))
+    j = 1 << 4  # flips pair 5
+    assert null.max_abs_t[j] == np.inf
+    p = stats.fwer_p(np.abs(stats.paired(diff).t), null)
+    assert p[0] == 2 / 2048
+    tal = stats.sign_flip_tallies(diff, exact=True)
+    assert tal.fwer_p()[0] == 2 / 2048
+    signs = exact_signs(n)
+    t_counts, d_counts, max_t = brute_null(diff, signs)
+    np.testing.assert_array_equal(null.t_counts, t_counts)
+    np.testing.assert_array_equal(null.d_counts, d_counts)
+    np.testing.assert_allclose(null.max_abs_t, max_t, rtol=1e-12)
+
+
+def test_fwer_p_ties_hold_at_huge_t():
+    # Near-constant units: |t| ~ 1e4 .. 1e6, where the null's |t| has relative error ~1e-16 t^2.
+    rng = np.random.default_rng(0)
+    n = 10
+    diff = 1.0 + rng.normal(0, 1, size=(n, 6)) * np.array([1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 1e-2])
+    null = stats.sign_flip_null(diff, permutations=2 ** (n - 1))
+    t = np.abs(stats.paired(diff).t)
+    p = stats.fwer_p(t, null)
+    # The identity always counts, and is the only pattern reaching the largest |t|.
+    assert p[np.argmax(t)] == 1 / 2 ** (n - 1)
+    # Independent: float64 two-pass t of every other pattern (all far from the huge |t|), plus the identity.
+    _, _, max_other = brute_null(diff, exact_signs(n)[1:])
+    brute = (1 + (max_other[:, None] >= t[None, :]).sum(axis=0)) / 2 ** (n - 1)
+    np.testing.assert_array_equal(p, brute)
+    assert t.max() > 1e5
+    tal = stats.sign_flip_tallies(diff, exact=True)
+    np.testing.assert_array_equal(tal.fwer_p(t), brute)
+
+
+def test_exact_null_that_cannot_fit_is_refused_fast():
+    import time
+
+    diff = probe_like(30, 2000, seed=0)
+    t0 = time.perf_counter()
+    with pytest.raises(stats.StatsInputError, match="Monte Carlo"):
+        stats.sign_flip_tallies(diff, exact=True, time_limit_s=5.0)
+    assert time.perf_counter() - t0 < 5
+    with pytest.raises(stats.StatsInputError, match="GiB"):
+        stats.sign_flip_null(probe_like(37, 10, 0)[:33], exact=True)  # 2^32 rows: 128 GiB
+
+
+def test_tallies_bad_input():
+    diff = probe_like(6, 10, seed=0)
+    with pytest.raises(stats.StatsInputError, match="tail"):
+        stats.sign_flip_tallies(diff, tail="both")  # type: ignore[arg-type]
+    with pytest.raises(stats.StatsInputError, match="partition 0"):
+        stats.sign_flip_tallies(diff, partitions=[np.arange(9)])
+    tal = stats.sign_flip_tallies(diff, partitions=[np.arange(10) % 2])
+    with pytest.raises(stats.StatsInputError, match="group"):
+        tal.percentile(99, 0, 0, 5)
+    with pytest.raises(stats.StatsInputError, match="does not match"):
+        tal.fwer_p(stats.paired(diff).t + 1.0)
+
+
+def test_monte_carlo_identity_draws_count_at_huge_t():
+    # n = 5: 16 patterns, so about P/16 draws reproduce the data; at |t| ~ 1e5 the null's |t| is
+    # off by ~1e-6 relative, far beyond a fixed 1e-10 tolerance on t, but each draw must count.
+    rng = np.random.default_rng(2)
+    n, P = 5, 2000
+    diff = 1.0 + rng.normal(0, 1, size=(n, 3)) * np.array([1e-5, 3e-6, 1e-6])
+    t = np.abs(stats.paired(diff).t)
+    assert t.min() > 3e4
+    signs = stats.monte_carlo_signs(n, 0, 0, P)
+    identity_draws = int((signs == 1).all(axis=1).sum())
+    _, _, max_t = brute_null(diff, signs[~(signs == 1).all(axis=1)])
+    want = (1 + identity_draws + (max_t[:, None] >= t[None, :]).sum(axis=0)) / (P + 1)
+    null = stats.sign_flip_null(diff, permutations=P, exact=False)
+    np.testing.assert_array_equal(stats.fwer_p(t, null), want)
+    tal = stats.sign_flip_tallies(diff, permutations=P, exact=False)
+    np.testing.assert_array_equal(tal.fwer_p(t), want)

@@ -63,3 +63,29 @@ def threads() -> int:
 
 def simd_variant() -> str:
     """ "avx512", "avx2" or "baseline"."""
+
+def sign_flip_tallies(
+    diff: npt.NDArray[np.float64],
+    t_thresholds: list[float],
+    d_thresholds: list[float],
+    partitions: npt.NDArray[np.uint32],
+    tail: str,
+    exact: bool,
+    seed: int,
+    start: int,
+    end: int,
+    bars: list[float],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+    """Tallies of patterns start..end: (count histograms, max bins, max-|t| bins, patterns tallied)."""
+
+def sign_flip_unit_scores(diff: npt.NDArray[np.float64], tail: str) -> npt.NDArray[np.float64]:
+    """Per unit, S^2 / SS (tail "two") or signed S / sqrt(SS) (one-sided), through the null's sums."""
+
+def sign_flip_tally_observed(
+    diff: npt.NDArray[np.float64],
+    t_thresholds: list[float],
+    d_thresholds: list[float],
+    partitions: npt.NDArray[np.uint32],
+    tail: str,
+) -> npt.NDArray[np.int64]:
+    """Observed counts per group (all units, then each partition's groups) and threshold column, flat."""

@@ -24,8 +24,11 @@ Conventions
 from __future__ import annotations
 
 import operator
+import os
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -36,6 +39,7 @@ __all__ = [
     "MAX_EXACT_PAIRS",
     "MIN_PAIRS",
     "MIN_SPLIT_PAIRS",
+    "NullTallies",
     "Paired",
     "SignFlipNull",
     "SplitHalf",
@@ -48,6 +52,7 @@ __all__ = [
     "paired",
     "paired_diff",
     "sign_flip_null",
+    "sign_flip_tallies",
     "simd_variant",
     "split_assignments",
     "split_half",
@@ -66,9 +71,19 @@ MAX_EXACT_PAIRS: int = _stats.MAX_EXACT_PAIRS
 _MONTE_CARLO_CHUNK_WORK = 1 << 31
 _EXACT_CHUNK_WORK = 1 << 35
 _CHUNK_LIMITS = (1 << 12, 1 << 24)
-# fwer_p: a null max within this relative distance below |t_obs| counts as >= (rounding of
-# two float64 routes to the same |t|; see fwer_p).
+# fwer_p: a null max within this relative distance below the observed statistic counts as >=,
+# compared on the normalised squared sum r = S^2 / SS (see fwer_p).
 _FWER_RTOL = 1e-10
+# Tallies: patterns per call into the engine (bounds the engine's per-call rows), and the
+# default refusal of an exact null whose estimated run time is longer than this.
+_TALLY_CHUNK = 1 << 16
+_TALLY_CHUNK_EXACT_TWO = 1 << 21
+# The first call, timed to estimate an exact null's run time: two of the exact kernel's tasks.
+_TALLY_FIRST_CHUNK = 1 << 17
+_EXACT_TIME_LIMIT_S = 600.0
+
+Tail = Literal["two", "greater", "less"]
+_TAILS = ("two", "greater", "less")
 
 Progress = Callable[[int, int], object]
 
@@ -108,6 +123,7 @@ class SignFlipNull:
     seed: int
     t_thresholds: tuple[float, ...]
     d_thresholds: tuple[float, ...]
+    n_pairs: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -278,6 +294,13 @@ def sign_flip_null(
     work = _EXACT_CHUNK_WORK if exact else _MONTE_CARLO_CHUNK_WORK
     chunk = int(min(max(_CHUNK_LIMITS[0], work // m), _CHUNK_LIMITS[1]))
     kt = len(t_thr)
+    need_bytes = total * (kt + len(d_thr) + 1) * 8
+    _check_memory(
+        need_bytes,
+        f"the null's {total:,} per-pattern rows",
+        "use stats.sign_flip_tallies (memory independent of the number of patterns)"
+        + (" or Monte Carlo (exact=False, e.g. permutations=10_000)" if exact else " or fewer permutations"),
+    )
     try:
         t_counts = np.empty((total, kt), dtype=np.int64)
         d_counts = np.empty((total, len(d_thr)), dtype=np.int64)
@@ -308,6 +331,7 @@ def sign_flip_null(
         seed=seed,
         t_thresholds=t_thr,
         d_thresholds=d_thr,
+        n_pairs=n,
     )
 
 
@@ -359,11 +383,14 @@ def fwer_p(abs_t_obs: np.ndarray, null: SignFlipNull) -> np.ndarray:
     the same data, and counting it directly keeps rounding from ever giving p = 0.
     ``abs_t_obs`` must come from the diff the null was built on (signs are dropped).
 
-    A null max counts when ``max_abs_t >= |t_obs| * (1 - 1e-10)``: the null's |t| comes from
-    normalised sums (S^2 / SS), ``abs_t_obs`` usually from two-pass t, and the two float64
-    routes differ by a few ulp, so a pattern equivalent to the identity (flipping only pairs
-    whose difference is 0, or a Monte Carlo draw of the identity) could otherwise come out just
-    below the observed |t| and be missed. ``welch.fwer_p`` does the same.
+    Ties: both sides are compared on the normalised squared sum ``r = S^2 / SS = n t^2 /
+    (n - 1 + t^2)`` (in ``[0, n]``; infinite |t| is ``r = n``), and a null max counts when
+    ``r_null >= r_obs * (1 - 1e-10)``. The null computes ``r`` with relative error about 1e-16
+    and its |t| from ``r``, which costs relative error about ``1e-16 * t^2`` (above |t| ~ 3e3
+    that exceeds any fixed tolerance on t); mapping |t| back to ``r`` removes that loss again,
+    so the tolerance stays fixed at every |t|. It absorbs the few-ulp difference between the
+    null's route and a two-pass t, so a pattern equivalent to the identity (flipping only pairs
+    whose difference is 0, or a Monte Carlo draw of the identity) is never missed.
     """
     x = np.abs(np.asarray(abs_t_obs, dtype=np.float64))
     if np.isnan(x).any():
@@ -371,7 +398,12 @@ def fwer_p(abs_t_obs: np.ndarray, null: SignFlipNull) -> np.ndarray:
     null_max = np.asarray(null.max_abs_t, dtype=np.float64)
     if null_max.shape != (null.n_permutations,):
         raise StatsInputError(f"the null has {null_max.shape} max |t| values for {null.n_permutations} permutations")
-    bar = x * (1.0 - _FWER_RTOL)
+    if null.n_pairs is not None:
+        n = int(null.n_pairs)
+        bar = _ratio_of_abs_t(x, n) * (1.0 - _FWER_RTOL)
+        null_max = _ratio_of_abs_t(null_max, n)
+    else:  # a null built by hand, without its number of pairs: compare on |t|
+        bar = x * (1.0 - _FWER_RTOL)
     if null.exact:
         rest = np.sort(null_max[1:])
         at_least = rest.size - np.searchsorted(rest, bar, side="left")
@@ -379,6 +411,339 @@ def fwer_p(abs_t_obs: np.ndarray, null: SignFlipNull) -> np.ndarray:
     ordered = np.sort(null_max)
     at_least = ordered.size - np.searchsorted(ordered, bar, side="left")
     return (1.0 + at_least) / (null.n_permutations + 1)
+
+
+def _ratio_of_abs_t(abs_t: np.ndarray, n: int) -> np.ndarray:
+    """``r = S^2 / SS = n t^2 / (n - 1 + t^2)`` (``n`` for an infinite |t|), well conditioned."""
+    t = np.asarray(abs_t, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        t2 = t * t
+        r = n * t2 / ((n - 1) + t2)
+    return np.where(np.isinf(t2), float(n), r)
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(need_bytes: int, what: str, instead: str) -> None:
+    """Refuses, before any work, outputs that need more than half the memory available now."""
+    avail = _available_memory()
+    if avail is not None and need_bytes > avail // 2:
+        raise StatsInputError(
+            f"{what} need {need_bytes / 2**30:.1f} GiB of memory, more than half of the "
+            f"{avail / 2**30:.1f} GiB available; {instead}"
+        )
+
+
+# --- streaming tallies ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class NullTallies:
+    """The sign-flip null as fixed-size tallies: memory independent of the number of patterns.
+
+    ``n_permutations`` patterns were tallied: exact two-sided, all ``2 ** (n - 1)`` (pair 0
+    fixed); exact one-sided, all ``2 ** n``; Monte Carlo, the ``permutations`` drawn.
+    ``includes_identity`` says whether the observed data are one of them (always, in exact mode).
+    ``thresholds[k]`` is ``("t", c)`` or ``("d", c)``: counts of units with |t| > c (two),
+    t > c (greater) or t < -c (less), and |d| likewise.
+
+    Groups: ``partition=None`` (with ``group=None``) is every unit; ``partition=i, group=g`` is
+    the units labelled ``g`` in ``partitions[i]``. Every summary is computed exactly from the
+    histogram of the count, equal to numpy's on the materialised per-pattern counts.
+    """
+
+    exact: bool
+    n_permutations: int
+    includes_identity: bool
+    seed: int
+    tail: str
+    thresholds: tuple[tuple[str, float], ...]
+    n_pairs: int
+    n_units: int
+    group_sizes: tuple[tuple[int, ...], ...]
+    """Per partition, the number of units in each group."""
+    _hist: dict[tuple[int | None, int | None], np.ndarray] = field(repr=False)
+    _observed: dict[tuple[int | None, int | None], np.ndarray] = field(repr=False)
+    _scores: np.ndarray = field(repr=False)
+    _hits: np.ndarray = field(repr=False)
+    _abs_hits: np.ndarray = field(repr=False)
+
+    def _key(self, partition: int | None, group: int | None) -> tuple[int | None, int | None]:
+        if (partition is None) != (group is None):
+            raise StatsInputError("give both partition and group, or neither (every unit)")
+        key = (partition, group)
+        if key not in self._hist:
+            raise StatsInputError(
+                f"no group {group} in partition {partition}; partitions have groups {self.group_sizes}"
+            )
+        return key
+
+    def histogram(self, threshold_index: int, partition: int | None = None, group: int | None = None) -> np.ndarray:
+        """int64 ``[group size + 1]``: patterns whose count over the threshold is 0, 1, ..."""
+        h = self._hist[self._key(partition, group)]
+        if not 0 <= threshold_index < h.shape[0]:
+            raise StatsInputError(f"threshold_index {threshold_index} is not in 0..{h.shape[0] - 1}")
+        return h[threshold_index].copy()
+
+    def observed(self, threshold_index: int, partition: int | None = None, group: int | None = None) -> int:
+        """The observed data's count over the threshold, through the null's route."""
+        self.histogram(threshold_index, partition, group)
+        return int(self._observed[self._key(partition, group)][threshold_index])
+
+    def percentile(
+        self, q: float, threshold_index: int, partition: int | None = None, group: int | None = None
+    ) -> float:
+        """``numpy.percentile(counts, q)`` (linear rule) of the per-pattern counts, exactly."""
+        h = self.histogram(threshold_index, partition, group)
+        if not 0 <= q <= 100:
+            raise StatsInputError(f"percentile q must be in [0, 100], got {q}")
+        return _percentile_of_histogram(h, q)
+
+    def median(self, threshold_index: int, partition: int | None = None, group: int | None = None) -> float:
+        """``numpy.median`` of the per-pattern counts."""
+        return self.percentile(50, threshold_index, partition, group)
+
+    def max_count(self, threshold_index: int, partition: int | None = None, group: int | None = None) -> int:
+        """The largest per-pattern count."""
+        h = self.histogram(threshold_index, partition, group)
+        return int(np.flatnonzero(h)[-1])
+
+    def n_at_least(
+        self, count: int, threshold_index: int, partition: int | None = None, group: int | None = None
+    ) -> int:
+        """Patterns whose count is >= ``count`` (e.g. how many permutations a p99 rests on)."""
+        h = self.histogram(threshold_index, partition, group)
+        c = max(int(np.ceil(count)), 0)
+        return int(h[c:].sum())
+
+    @property
+    def stat_obs(self) -> np.ndarray:
+        """Per unit, the observed statistic as the null computes it: |t| (two), t (greater,
+        less)."""
+        n = self.n_pairs
+        s = self._scores
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.tail == "two":
+                return np.array([_stats.abs_t_from_ratio(float(r), n) for r in s])
+            sign = np.sign(s) * (1.0 if self.tail == "greater" else -1.0)
+            return sign * np.array([_stats.abs_t_from_ratio(float(v * v), n) for v in s])
+
+    def fwer_p(self, stat_obs: np.ndarray | None = None, *, null: Literal["max", "max_abs"] = "max") -> np.ndarray:
+        """Max-statistic family-wise p per unit, for the units the tallies were built on.
+
+        Monte Carlo: ``(1 + k) / (P + 1)``; exact: ``k / 2 ** (n - 1)`` (two-sided) or
+        ``k / 2 ** n`` (one-sided), the identity among the ``k`` patterns whose max statistic
+        (max |t|, max t, or min t for ``less``) reaches the unit's observed one, as MNE's exact
+        ``permutation_t_test`` counts. Ties are decided on the null's own normalised sums with
+        relative tolerance 1e-10 (see :func:`fwer_p`). ``stat_obs`` (optional) is checked to be
+        the statistic of the same data (|t| or t per unit, e.g. ``stats.paired(diff).t``).
+
+        ``null="max_abs"`` (one-sided tails) compares each unit's signed t with the max |t| of
+        every pattern instead, as MNE-Python's ``permutation_t_test(tail=1 / -1)`` does: valid
+        but less powerful than the max-t null (a unit with t on the other side gets p = 1).
+        For ``tail="two"`` both are the same.
+        """
+        if stat_obs is not None:
+            self._check_stat(np.asarray(stat_obs, dtype=np.float64))
+        if null not in ("max", "max_abs"):
+            raise StatsInputError(f'null must be "max" or "max_abs", got {null!r}')
+        hits = (self._hits if null == "max" else self._abs_hits).astype(np.float64)
+        if self.exact:
+            return hits / self.n_permutations
+        return (1.0 + hits) / (self.n_permutations + 1)
+
+    def _check_stat(self, stat: np.ndarray) -> None:
+        if stat.shape != (self.n_units,):
+            raise StatsInputError(f"stat_obs has shape {stat.shape}; the tallies have {self.n_units} units")
+        if np.isnan(stat).any():
+            raise StatsInputError("stat_obs has NaN values")
+        n = self.n_pairs
+        r = _ratio_of_abs_t(np.abs(stat), n)
+        mine = self._scores * self._scores if self.tail != "two" else self._scores
+        bad = np.abs(r - mine) > 1e-6 * np.maximum(1.0, mine)
+        if self.tail != "two":
+            want = 1.0 if self.tail == "greater" else -1.0
+            bad |= (np.sign(stat) * want != np.sign(self._scores)) & (mine > 1e-12)
+        if bad.any():
+            u = int(np.flatnonzero(bad)[0])
+            raise StatsInputError(
+                f"stat_obs does not match the data the tallies were built on (unit {u}: {stat[u]} vs "
+                f"{self.stat_obs[u]}); pass the t of the same diff, or None"
+            )
+
+
+def _percentile_of_histogram(h: np.ndarray, q: float) -> float:
+    cum = np.cumsum(h)
+    n = int(cum[-1])
+
+    def value_at(i: int) -> np.int64:
+        return np.int64(np.searchsorted(cum, i, side="right"))
+
+    quant = np.true_divide(q, 100)
+    virtual = (n - 1) * quant
+    if virtual >= n - 1:
+        return float(value_at(n - 1))
+    prev = int(np.floor(virtual))
+    gamma = virtual - np.floor(virtual)
+    a, b = value_at(prev), value_at(prev + 1)
+    diff = np.float64(b - a)
+    if gamma >= 0.5:
+        return float(np.float64(b) - diff * (1 - gamma))
+    return float(np.float64(a) + diff * gamma)
+
+
+def sign_flip_tallies(
+    diff: np.ndarray,
+    *,
+    t_thresholds: Sequence[float] = (3.0, 5.0),
+    d_thresholds: Sequence[float] = (0.8,),
+    partitions: Sequence[np.ndarray] = (),
+    tail: Tail = "two",
+    permutations: int = 10_000,
+    exact: bool | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    time_limit_s: float | None = _EXACT_TIME_LIMIT_S,
+) -> NullTallies:
+    """The sign-flip null as streaming tallies (see :class:`NullTallies`).
+
+    ``partitions``: int label arrays ``[n_units]``, group ids ``0 .. k - 1``; every group's
+    counts are tallied in the same run. ``tail``: "two" (|t|, 2^(n-1) patterns), "greater" (t,
+    2^n patterns: every pair's sign free) or "less". ``exact=None`` enumerates every pattern
+    when there are at most ``permutations`` of them. Memory is independent of the number of
+    patterns (no per-pattern array is kept). An exact null is refused before the work when its
+    time, estimated from the first chunk, exceeds ``time_limit_s`` (None: no limit).
+    """
+    diff = _as_diff(diff)
+    n, m = diff.shape
+    t_thr = _thresholds(t_thresholds, "t")
+    d_thr = _thresholds(d_thresholds, "d")
+    if tail not in _TAILS:
+        raise StatsInputError(f"tail must be one of {_TAILS}, got {tail!r}")
+    permutations = _count(permutations, "permutations", 1)
+    seed = _seed(seed)
+    labels = _partitions(partitions, m)
+    per_j = 1 if tail == "two" else 2
+    if exact is None:
+        exact = n <= MAX_EXACT_PAIRS and per_j * 2 ** (n - 1) <= permutations
+    exact = bool(exact)
+    if exact and n > MAX_EXACT_PAIRS:
+        raise StatsInputError(
+            f"exact enumeration of the sign patterns of {n} pairs is out of reach (at most "
+            f"{MAX_EXACT_PAIRS} pairs); use Monte Carlo permutations (exact=False, e.g. permutations=10_000)"
+        )
+    sizes = [np.bincount(row, minlength=int(row.max()) + 1 if row.size else 0) for row in labels]
+    n_cols = len(t_thr) + len(d_thr)
+    out_bytes = 8 * (n_cols * (m + 1 + sum(int(s.sum()) + s.size for s in sizes)) + 4 * m)
+    _check_memory(out_bytes, "the tallies", "use fewer partitions or thresholds")
+    scores = _stats.sign_flip_unit_scores(diff, tail)
+    bars = scores - _FWER_RTOL * np.abs(scores)
+    order = np.argsort(bars, kind="stable")
+    sorted_bars = np.ascontiguousarray(bars[order])
+    total_j = 2 ** (n - 1) if exact else permutations
+    total = total_j * (per_j if exact else 1)
+    hist: np.ndarray | None = None
+    bins = np.zeros(m + 1, dtype=np.int64)
+    abs_bins = np.zeros(m + 1, dtype=np.int64)
+    done = 0
+    chunk = _TALLY_CHUNK_EXACT_TWO if exact and tail == "two" else _TALLY_CHUNK
+    first = True
+    t0 = time.perf_counter()
+    for start in range(0, total_j, chunk):
+        end = min(total_j, start + (min(chunk, _TALLY_FIRST_CHUNK) if first else chunk))
+        h, b, ab, npat = _stats.sign_flip_tallies(
+            diff, list(t_thr), list(d_thr), labels, tail, exact, seed, start, end, list(sorted_bars)
+        )
+        hist = h if hist is None else hist + h
+        bins += b
+        abs_bins += ab
+        done += int(npat)
+        if first and exact and time_limit_s is not None and end < total_j:
+            rate = (end - start) / max(time.perf_counter() - t0, 1e-9)
+            eta = total_j / rate
+            if eta > time_limit_s:
+                raise StatsInputError(
+                    f"an exact null over {total:,} sign patterns of {n} pairs would take about {eta:,.0f} s here "
+                    f"({rate * per_j:,.0f} patterns/s measured), over the limit of {time_limit_s:,.0f} s; use Monte "
+                    "Carlo (exact=False, e.g. permutations=10_000) or raise time_limit_s"
+                )
+        first = False
+        if progress is not None:
+            progress(done, total)
+        if end == total_j:
+            break
+    if hist is None:  # pragma: no cover - total_j >= 1
+        raise AssertionError("no patterns tallied")
+    observed = _stats.sign_flip_tally_observed(diff, list(t_thr), list(d_thr), labels, tail)
+    hits = _unit_hits(bins, order)
+    abs_hits = _unit_hits(abs_bins, order)
+    keys: list[tuple[int | None, int | None]] = [(None, None)]
+    group_sizes = [m]
+    for pi, s in enumerate(sizes):
+        for g in range(s.size):
+            keys.append((pi, g))
+            group_sizes.append(int(s[g]))
+    hists: dict[tuple[int | None, int | None], np.ndarray] = {}
+    obs: dict[tuple[int | None, int | None], np.ndarray] = {}
+    at = 0
+    for gi, (key, size) in enumerate(zip(keys, group_sizes, strict=True)):
+        width = n_cols * (size + 1)
+        hists[key] = hist[at : at + width].reshape(n_cols, size + 1)
+        obs[key] = observed[gi * n_cols : (gi + 1) * n_cols]
+        at += width
+    return NullTallies(
+        exact=exact,
+        n_permutations=total,
+        includes_identity=exact,
+        seed=seed,
+        tail=tail,
+        thresholds=tuple(("t", c) for c in t_thr) + tuple(("d", c) for c in d_thr),
+        n_pairs=n,
+        n_units=m,
+        group_sizes=tuple(tuple(int(v) for v in s) for s in sizes),
+        _hist=hists,
+        _observed=obs,
+        _scores=scores,
+        _hits=hits,
+        _abs_hits=abs_hits,
+    )
+
+
+def _unit_hits(bins: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Per unit, the patterns placed above its bar: bin b holds patterns with b bars at or below
+    their max, so the unit at sorted position i is reached by every pattern in bins i + 1 ..."""
+    suffix = np.cumsum(bins[::-1])[::-1]
+    hits = np.empty(order.size, dtype=np.int64)
+    hits[order] = suffix[1:]
+    return hits
+
+
+def _partitions(partitions: Sequence[np.ndarray], m: int) -> np.ndarray:
+    rows = []
+    for i, p in enumerate(partitions):
+        arr = np.asarray(p)
+        if arr.ndim != 1 or arr.shape[0] != m:
+            raise StatsInputError(f"partition {i} has shape {arr.shape}; it must label each of the {m} units")
+        if arr.dtype.kind not in "iu":
+            raise StatsInputError(f"partition {i} must hold integer group ids, got dtype {arr.dtype}")
+        if arr.size and (arr.min() < 0 or arr.max() >= 1 << 31):
+            raise StatsInputError(f"partition {i} has group ids outside 0 .. 2**31 - 1")
+        rows.append(arr.astype(np.uint32))
+    if not rows:
+        return np.zeros((0, m), dtype=np.uint32)
+    return np.ascontiguousarray(np.stack(rows))
 
 
 def split_assignments(n_pairs: int, n_splits: int, seed: int) -> np.ndarray:

@@ -1,0 +1,514 @@
+//! The hot loops, compiled once per instruction set and chosen at run time ([`crate::simd`]).
+//!
+//! Every `unsafe` block and every intrinsic of the sign-flip null lives in this file.
+
+use super::tables::{build_byte_major, fold_pair0, BlockTables};
+use super::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use crate::simd::{isa, Isa};
+
+/// Instruction-set tags for the generic kernels.
+const BASELINE: u8 = 0;
+const AVX2: u8 = 1;
+const AVX512: u8 = 2;
+
+/// Calls `$f::<G.., K>` with K (the last generic) = the number of thresholds, 0 ..= MAX_K.
+macro_rules! with_k {
+    ($k:expr, $f:ident::<$($g:tt),*>, ($($arg:expr),*)) => {
+        match $k {
+            0 => $f::<$($g),*, 0>($($arg),*),
+            1 => $f::<$($g),*, 1>($($arg),*),
+            2 => $f::<$($g),*, 2>($($arg),*),
+            3 => $f::<$($g),*, 3>($($arg),*),
+            _ => $f::<$($g),*, 4>($($arg),*),
+        }
+    };
+}
+
+pub(super) fn exact(prep: &Prepared, ratios: &[f64], start: u64, end: u64, counts: &mut [u32], max_ratio: &mut [f64]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked that the CPU has these features.
+        Isa::Avx512 => unsafe { exact_avx512(prep, ratios, start, end, counts, max_ratio) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { exact_avx2(prep, ratios, start, end, counts, max_ratio) },
+        _ => with_k!(
+            ratios.len(),
+            exact_impl::<BASELINE, 8>,
+            (prep, ratios, start, end, counts, max_ratio)
+        ),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
+unsafe fn exact_avx512(
+    prep: &Prepared,
+    ratios: &[f64],
+    start: u64,
+    end: u64,
+    counts: &mut [u32],
+    max_ratio: &mut [f64],
+) {
+    with_k!(
+        ratios.len(),
+        exact_impl::<AVX512, 32>,
+        (prep, ratios, start, end, counts, max_ratio)
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn exact_avx2(prep: &Prepared, ratios: &[f64], start: u64, end: u64, counts: &mut [u32], max_ratio: &mut [f64]) {
+    with_k!(
+        ratios.len(),
+        exact_impl::<AVX2, 8>,
+        (prep, ratios, start, end, counts, max_ratio)
+    )
+}
+
+pub(super) fn monte_carlo(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked that the CPU has these features.
+        Isa::Avx512 => unsafe { mc_avx512(prep, ratios, patterns, counts, max_ratio) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { mc_avx2(prep, ratios, patterns, counts, max_ratio) },
+        _ => mc_groups::<BASELINE>(prep, ratios, patterns, counts, max_ratio),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
+unsafe fn mc_avx512(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
+    mc_groups::<AVX512>(prep, ratios, patterns, counts, max_ratio)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+unsafe fn mc_avx2(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
+    mc_groups::<AVX2>(prep, ratios, patterns, counts, max_ratio)
+}
+
+/// Picks the Monte Carlo kernel for the number of groups (1 to 4 unrolled, more looped).
+#[inline(always)]
+fn mc_groups<const V: u8>(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
+    let k = ratios.len();
+    match prep.groups.len() {
+        1 => with_k!(k, mc_impl::<V, 1>, (prep, ratios, patterns, counts, max_ratio)),
+        2 => with_k!(k, mc_impl::<V, 2>, (prep, ratios, patterns, counts, max_ratio)),
+        3 => with_k!(k, mc_impl::<V, 3>, (prep, ratios, patterns, counts, max_ratio)),
+        4 => with_k!(k, mc_impl::<V, 4>, (prep, ratios, patterns, counts, max_ratio)),
+        _ => with_k!(k, mc_impl::<V, 0>, (prep, ratios, patterns, counts, max_ratio)),
+    }
+}
+
+#[inline(always)]
+fn max_if_skipped(bound: f64, reach: f64, skip: f64) -> f64 {
+    let kept = if reach <= skip { reach } else { f64::NEG_INFINITY };
+    if kept > bound {
+        kept
+    } else {
+        bound
+    }
+}
+
+/// Exact mode over patterns `start .. end` (one task).
+///
+/// Round 1: unit blocks outside, high-byte values `h` inside. Units whose `|B| + R` cannot
+/// reach the skip level are dropped for the whole `h`; the rest are filtered again per leaf
+/// (`A` consecutive low-byte patterns) with `|B + P_leaf| + R_leaf`, and each leaf is swept
+/// over its own units, one lane per pattern. Round 2 revisits the (block, h) whose skipped
+/// units could hold a pattern's max (only when no unit reached the skip level there).
+#[inline(always)]
+fn exact_impl<const V: u8, const A: usize, const K: usize>(
+    prep: &Prepared,
+    ratios: &[f64],
+    start: u64,
+    end: u64,
+    counts: &mut [u32],
+    max_ratio: &mut [f64],
+) {
+    let thr: [f64; K] = ratios.try_into().unwrap();
+    let low = prep.groups[0];
+    let n_low = 1usize << low.bits;
+    let stride = n_low.max(A);
+    let leaf_bits = (A.trailing_zeros() as usize).min(low.bits);
+    let ub = EXACT_UNIT_BLOCK.min(prep.m_pad);
+    let n_blocks = prep.m_pad.div_ceil(ub);
+    let h_first = start >> low.bits;
+    let n_h = ((((end - 1) >> low.bits) + 1) - h_first) as usize;
+    let skip = prep.skip_below;
+    let mut tables = BlockTables::new(prep, ub, stride, leaf_bits);
+    let n_leaf = tables.n_leaf;
+    let mut base = vec![0.0f64; ub];
+    let mut reach = vec![0.0f64; ub];
+    let mut h_units = vec![0u32; ub];
+    let mut h_base = vec![0.0f64; ub];
+    let mut leaf_units = vec![0u32; n_leaf * ub];
+    let mut leaf_base = vec![0.0f64; n_leaf * ub];
+    let mut leaf_len = vec![0usize; n_leaf];
+    let mut leaf_reach = vec![0.0f64; n_leaf];
+    let mut leaf_bound = vec![0.0f64; n_leaf];
+    // Per (block, h): the largest bound on |S| among the units skipped there (-inf: none).
+    let mut skipped = vec![f64::NEG_INFINITY; n_blocks * n_h];
+    let a_range = |h: u64| {
+        let j_base = h << low.bits;
+        (
+            start.saturating_sub(j_base) as usize,
+            ((end - j_base) as usize).min(n_low),
+        )
+    };
+
+    for (bi, u0) in (0..prep.m_pad).step_by(ub).enumerate() {
+        let w = ub.min(prep.m_pad - u0);
+        tables.build(prep, u0, w);
+        for hi in 0..n_h {
+            let h = h_first + hi as u64;
+            tables.base(prep, u0, w, h, &mut base);
+            // Level 1, whole h: |B| + R against the skip level (branch-free).
+            let mut bound_lanes = [f64::NEG_INFINITY; LANES];
+            for ((r, b), rad) in reach[..w]
+                .chunks_exact_mut(LANES)
+                .zip(base[..w].chunks_exact(LANES))
+                .zip(tables.radius[..w].chunks_exact(LANES))
+            {
+                for l in 0..LANES {
+                    r[l] = b[l].abs() + rad[l];
+                    bound_lanes[l] = max_if_skipped(bound_lanes[l], r[l], skip);
+                }
+            }
+            let mut h_len = 0;
+            for u in 0..w {
+                h_units[h_len] = u as u32;
+                h_base[h_len] = base[u];
+                h_len += (reach[u] > skip) as usize;
+            }
+            // Level 2, per leaf: |B + P_leaf| + R_leaf.
+            leaf_len.fill(0);
+            leaf_bound.fill(f64::NEG_INFINITY);
+            for (&u, &b) in h_units[..h_len].iter().zip(&h_base[..h_len]) {
+                let u = u as usize;
+                let offsets = &tables.leaf_offset[u * n_leaf..(u + 1) * n_leaf];
+                let radius = tables.leaf_radius[u];
+                for ((r, bound), &offset) in leaf_reach.iter_mut().zip(leaf_bound.iter_mut()).zip(offsets) {
+                    *r = (b + offset).abs() + radius;
+                    *bound = max_if_skipped(*bound, *r, skip);
+                }
+                for (q, (len, &r)) in leaf_len.iter_mut().zip(&leaf_reach).enumerate() {
+                    let at = q * ub + *len;
+                    leaf_units[at] = u as u32;
+                    leaf_base[at] = b;
+                    *len += (r > skip) as usize;
+                }
+            }
+            let bound = bound_lanes
+                .iter()
+                .chain(&leaf_bound)
+                .fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            skipped[bi * n_h + hi] = bound;
+            let (a_from, a_to) = a_range(h);
+            let j_base = h << low.bits;
+            for (q, &len) in leaf_len.iter().enumerate() {
+                let a0 = q * A;
+                if a0 + A <= a_from || a0 >= a_to {
+                    continue;
+                }
+                let units = &leaf_units[q * ub..q * ub + len];
+                let bases = &leaf_base[q * ub..q * ub + len];
+                let (mx, cnt) = sweep::<V, K, A>(units, bases, &tables.low, stride, a0, &thr);
+                for l in a_from.max(a0) - a0..(a_to - a0).min(A) {
+                    let p = (j_base + (a0 + l) as u64 - start) as usize;
+                    for k in 0..K {
+                        counts[p * K + k] += cnt[k][l] as u32;
+                    }
+                    if mx[l] > max_ratio[p] {
+                        max_ratio[p] = mx[l];
+                    }
+                }
+            }
+        }
+    }
+
+    // Round 2: the lowest max over each h's patterns, against each block's skipped bound.
+    let mut floor = vec![f64::INFINITY; n_h];
+    for (p, &r) in max_ratio.iter().enumerate() {
+        let hi = (((start + p as u64) >> low.bits) - h_first) as usize;
+        if r < floor[hi] {
+            floor[hi] = r;
+        }
+    }
+    let reach_sq = |bound: f64| {
+        let lim = bound + SKIP_MARGIN;
+        lim * lim
+    };
+    for (bi, u0) in (0..prep.m_pad).step_by(ub).enumerate() {
+        let needs = |hi: usize| {
+            let bound = skipped[bi * n_h + hi];
+            bound >= 0.0 && reach_sq(bound) > floor[hi]
+        };
+        if !(0..n_h).any(needs) {
+            continue;
+        }
+        let w = ub.min(prep.m_pad - u0);
+        tables.build(prep, u0, w);
+        for hi in (0..n_h).filter(|&hi| needs(hi)) {
+            let h = h_first + hi as u64;
+            tables.base(prep, u0, w, h, &mut base);
+            let lim = reach_sq(skipped[bi * n_h + hi]);
+            let (a_from, a_to) = a_range(h);
+            for a in a_from..a_to {
+                let p = ((h << low.bits) + a as u64 - start) as usize;
+                let mut best = max_ratio[p];
+                if best >= lim {
+                    continue;
+                }
+                for (u, (&b, &radius)) in base[..w].iter().zip(&tables.radius[..w]).enumerate() {
+                    let r = b.abs() + radius + SKIP_MARGIN;
+                    if r * r > best {
+                        let s = b + tables.low[u * stride + a];
+                        let sq = s * s;
+                        if sq > best {
+                            best = sq;
+                        }
+                    }
+                }
+                max_ratio[p] = best;
+            }
+        }
+    }
+}
+
+/// The `A` patterns of one leaf (from `a0`) over its units: max S^2 and counts above each
+/// ratio threshold, one lane per pattern.
+#[inline(always)]
+fn sweep<const V: u8, const K: usize, const A: usize>(
+    units: &[u32],
+    bases: &[f64],
+    low: &[f64],
+    stride: usize,
+    a0: usize,
+    thr: &[f64; K],
+) -> ([f64; A], [[u64; A]; K]) {
+    #[cfg(target_arch = "x86_64")]
+    if V == AVX512 && A == 32 {
+        // SAFETY: V == AVX512 only inside functions compiled for (and run on) AVX-512.
+        return unsafe { sweep_avx512::<K, A>(units, bases, low, stride, a0, thr) };
+    }
+    let mut mx = [0.0f64; A];
+    let mut cnt = [[0u64; A]; K];
+    for (&u, &b) in units.iter().zip(bases) {
+        let at = u as usize * stride + a0;
+        let row: &[f64; A] = low[at..at + A].try_into().unwrap();
+        let mut sq = [0.0f64; A];
+        for l in 0..A {
+            let s = b + row[l];
+            sq[l] = s * s;
+        }
+        for l in 0..A {
+            mx[l] = if sq[l] > mx[l] { sq[l] } else { mx[l] };
+        }
+        for k in 0..K {
+            for l in 0..A {
+                cnt[k][l] = if sq[l] > thr[k] { cnt[k][l] + 1 } else { cnt[k][l] };
+            }
+        }
+    }
+    (mx, cnt)
+}
+
+/// [`sweep`] for 32 patterns in four 512-bit registers, counting with masked adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+#[inline]
+unsafe fn sweep_avx512<const K: usize, const A: usize>(
+    units: &[u32],
+    bases: &[f64],
+    low: &[f64],
+    stride: usize,
+    a0: usize,
+    thr: &[f64; K],
+) -> ([f64; A], [[u64; A]; K]) {
+    assert!(A == 32);
+    let mut mx = [_mm512_setzero_pd(); 4];
+    let mut cnt = [[_mm512_setzero_si512(); 4]; K];
+    let t: [__m512d; K] = std::array::from_fn(|k| _mm512_set1_pd(thr[k]));
+    let one = _mm512_set1_epi64(1);
+    for (&u, &b) in units.iter().zip(bases) {
+        let at = u as usize * stride + a0;
+        let row = &low[at..at + 32];
+        let bv = _mm512_set1_pd(b);
+        for v in 0..4 {
+            // SAFETY: row holds 32 values, v * 8 + 8 <= 32.
+            let s = _mm512_add_pd(bv, unsafe { _mm512_loadu_pd(row.as_ptr().add(8 * v)) });
+            let sq = _mm512_mul_pd(s, s);
+            mx[v] = _mm512_max_pd(sq, mx[v]);
+            for k in 0..K {
+                let above = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(sq, t[k]);
+                cnt[k][v] = _mm512_mask_add_epi64(cnt[k][v], above, cnt[k][v], one);
+            }
+        }
+    }
+    let mut mx_out = [0.0f64; A];
+    let mut cnt_out = [[0u64; A]; K];
+    for v in 0..4 {
+        // SAFETY: both outputs hold A = 32 values.
+        unsafe {
+            _mm512_storeu_pd(mx_out.as_mut_ptr().add(8 * v), mx[v]);
+            for k in 0..K {
+                _mm512_storeu_si512(cnt_out[k].as_mut_ptr().add(8 * v).cast(), cnt[k][v]);
+            }
+        }
+    }
+    (mx_out, cnt_out)
+}
+
+/// Monte Carlo over the given patterns (one task): unit blocks outside, permutations inside,
+/// one lane per unit. `NG` is the number of groups (0: any, looped at run time).
+#[inline(always)]
+fn mc_impl<const V: u8, const NG: usize, const K: usize>(
+    prep: &Prepared,
+    ratios: &[f64],
+    patterns: &[u8],
+    counts: &mut [u32],
+    max_ratio: &mut [f64],
+) {
+    let thr: [f64; K] = ratios.try_into().unwrap();
+    let g = prep.groups.len();
+    debug_assert!(NG == 0 || NG == g);
+    let ub = (MC_TABLE_BUDGET / (8 * 256 * g) / LANES * LANES)
+        .clamp(LANES, 512)
+        .min(prep.m_pad);
+    let plane = 256 * ub;
+    let mut tables = vec![0.0f64; g * plane];
+    let mut offsets = vec![0usize; g];
+    for u0 in (0..prep.m_pad).step_by(ub) {
+        let w = ub.min(prep.m_pad - u0);
+        let lanes = w / LANES;
+        for (gi, group) in prep.groups.iter().enumerate() {
+            let t = &mut tables[gi * plane..(gi + 1) * plane];
+            build_byte_major(prep, group.first_pair, group.bits, u0, w, t);
+        }
+        // Pair 0 goes into the first table added to it: S = ((x_0 + G_1) + G_2 ...) + G_0.
+        let first = if g > 1 { 1 } else { 0 };
+        fold_pair0(
+            prep,
+            prep.groups[first].bits,
+            u0,
+            w,
+            &mut tables[first * plane..(first + 1) * plane],
+        );
+        for (p, bytes) in patterns.chunks_exact(g).enumerate() {
+            for gi in 0..g {
+                offsets[gi] = gi * plane + bytes[gi] as usize * w;
+            }
+            let row = |gi: usize| &tables[offsets[gi]..offsets[gi] + w].as_chunks::<LANES>().0[..lanes];
+            let low = row(0);
+            let mut mx = [0.0f64; LANES];
+            let mut cnt = [0u32; K];
+            if g == 1 {
+                for s in low {
+                    accumulate::<V, K>(s, &thr, &mut mx, &mut cnt);
+                }
+            } else if NG > 0 {
+                let highs: [&[[f64; LANES]]; 4] = std::array::from_fn(|i| if i + 1 < NG { row(i + 1) } else { low });
+                for c in 0..lanes {
+                    let mut s = highs[0][c];
+                    for high in highs.iter().take(NG - 1).skip(1) {
+                        for l in 0..LANES {
+                            s[l] += high[c][l];
+                        }
+                    }
+                    for l in 0..LANES {
+                        s[l] += low[c][l];
+                    }
+                    accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
+                }
+            } else {
+                for (c, low_c) in low.iter().enumerate() {
+                    let mut s = row(1)[c];
+                    for gi in 2..g {
+                        let high = &row(gi)[c];
+                        for l in 0..LANES {
+                            s[l] += high[l];
+                        }
+                    }
+                    for l in 0..LANES {
+                        s[l] += low_c[l];
+                    }
+                    accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
+                }
+            }
+            let mut best = max_ratio[p];
+            for &v in &mx {
+                best = if v > best { v } else { best };
+            }
+            max_ratio[p] = best;
+            for k in 0..K {
+                counts[p * K + k] += cnt[k];
+            }
+        }
+    }
+}
+
+/// One vector of units' S: running max of S^2, counts above each threshold.
+#[inline(always)]
+fn accumulate<const V: u8, const K: usize>(
+    s: &[f64; LANES],
+    thr: &[f64; K],
+    mx: &mut [f64; LANES],
+    cnt: &mut [u32; K],
+) {
+    let mut sq = [0.0f64; LANES];
+    for l in 0..LANES {
+        sq[l] = s[l] * s[l];
+    }
+    for l in 0..LANES {
+        mx[l] = if sq[l] > mx[l] { sq[l] } else { mx[l] };
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: V names the features of the function this is compiled (and run) in.
+        if V == AVX512 {
+            return unsafe { count_avx512(&sq, thr, cnt) };
+        }
+        if V == AVX2 {
+            return unsafe { count_avx2(&sq, thr, cnt) };
+        }
+    }
+    for k in 0..K {
+        cnt[k] += sq.iter().filter(|&&v| v > thr[k]).count() as u32;
+    }
+}
+
+/// Counts of lanes above each threshold: one compare to a mask register, then popcount.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
+#[inline]
+unsafe fn count_avx512<const K: usize>(sq: &[f64; LANES], thr: &[f64; K], cnt: &mut [u32; K]) {
+    // SAFETY: sq holds 8 values.
+    let v = unsafe { _mm512_loadu_pd(sq.as_ptr()) };
+    for k in 0..K {
+        let above = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(v, _mm512_set1_pd(thr[k]));
+        cnt[k] += (above as u32).count_ones();
+    }
+}
+
+/// The same with two 256-bit compares and sign-bit masks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+#[inline]
+unsafe fn count_avx2<const K: usize>(sq: &[f64; LANES], thr: &[f64; K], cnt: &mut [u32; K]) {
+    // SAFETY: sq holds 8 values.
+    let (lo, hi) = unsafe { (_mm256_loadu_pd(sq.as_ptr()), _mm256_loadu_pd(sq.as_ptr().add(4))) };
+    for k in 0..K {
+        let t = _mm256_set1_pd(thr[k]);
+        let bits = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(lo, t))
+            | (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(hi, t)) << 4);
+        cnt[k] += (bits as u32).count_ones();
+    }
+}

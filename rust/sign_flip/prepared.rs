@@ -1,0 +1,320 @@
+//! Normalised differences, groups of pairs and ratio thresholds: what every kernel reads.
+
+use super::*;
+use crate::paired::ScaledDiffs;
+use rayon::prelude::*;
+
+/// One group of pairs whose sign bits form one byte of the pattern.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Group {
+    pub(super) first_pair: usize,
+    pub(super) bits: usize,
+}
+
+/// Normalised differences and everything derived from the thresholds.
+pub(super) struct Prepared {
+    pub(super) n: usize,
+    /// Units, padded with all-zero units to a multiple of [`LANES`].
+    pub(super) m_pad: usize,
+    /// `n x m_pad`, each unit divided by the root of its sum of squares; constant units are 0.
+    pub(super) xt: Vec<f64>,
+    /// Group 0 holds the low bits (pairs 1..=8), the others the high bits, in order.
+    pub(super) groups: Vec<Group>,
+    /// Units whose |differences| are all equal and not 0, by sign pattern (closed form).
+    pub(super) classes: Vec<EqualClass>,
+    /// Each unit's index in `classes`, or [`NO_CLASS`].
+    pub(super) unit_class: Vec<u32>,
+    /// Sorted distinct ratio thresholds.
+    pub(super) ratios: Vec<f64>,
+    /// For each output column: its index in `ratios`, its threshold, whether it is a d column.
+    pub(super) columns: Vec<(usize, f64, bool)>,
+    /// Units with `|B| + R` at or below this are skipped in exact mode.
+    pub(super) skip_below: f64,
+}
+
+impl Prepared {
+    pub(super) fn new(diffs: &PairDiffs, thresholds: Thresholds) -> Result<Self, StatsError> {
+        for (&c, kind) in thresholds
+            .t
+            .iter()
+            .map(|c| (c, "t"))
+            .chain(thresholds.d.iter().map(|c| (c, "d")))
+        {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(StatsError::BadThreshold { kind, value: c });
+            }
+        }
+        let n = diffs.n_pairs();
+        let nf = n as f64;
+        let m = diffs.n_units();
+        let m_pad = m.div_ceil(LANES) * LANES;
+        let scaled = ScaledDiffs::new(diffs);
+        let mut xt = vec![0.0f64; n * m_pad];
+        let n_bytes = group_count(n);
+        let mut classes: Vec<EqualClass> = Vec::new();
+        let mut unit_class = vec![NO_CLASS; m];
+        for u in 0..m {
+            let first = scaled.pair(0)[u];
+            let magnitude = first.abs();
+            let mut equal = magnitude != 0.0;
+            let mut ss = 0.0;
+            for i in 0..n {
+                let x = scaled.pair(i)[u];
+                equal &= x.abs() == magnitude;
+                ss += x * x;
+            }
+            if ss == 0.0 {
+                continue; // all 0: S = 0 under every pattern
+            }
+            if equal {
+                let mut mask = vec![0u8; n_bytes];
+                for i in 1..n {
+                    if (scaled.pair(i)[u] < 0.0) != (first < 0.0) {
+                        mask[(i - 1) / 8] |= 1 << ((i - 1) % 8);
+                    }
+                }
+                let positive = first > 0.0;
+                let at = match classes.iter().position(|c| c.positive == positive && c.mask == mask) {
+                    Some(at) => at,
+                    None => {
+                        classes.push(EqualClass {
+                            mask,
+                            positive,
+                            count: 0,
+                        });
+                        classes.len() - 1
+                    }
+                };
+                classes[at].count += 1;
+                unit_class[u] = at as u32;
+                continue;
+            }
+            let norm = ss.sqrt();
+            for i in 0..n {
+                xt[i * m_pad + u] = scaled.pair(i)[u] / norm;
+            }
+        }
+        let mut groups = Vec::new();
+        let mut first_pair = 1;
+        while first_pair < n {
+            let bits = GROUP_BITS.min(n - first_pair);
+            groups.push(Group { first_pair, bits });
+            first_pair += bits;
+        }
+        if groups.is_empty() {
+            groups.push(Group { first_pair: 1, bits: 0 });
+        }
+        let mut raw: Vec<(f64, f64, bool)> = thresholds
+            .t
+            .iter()
+            .map(|&c| (ratio_for_t(c, nf), c, false))
+            .chain(thresholds.d.iter().map(|&c| (ratio_for_d(c, nf), c, true)))
+            .collect();
+        let mut ratios: Vec<f64> = raw.iter().map(|r| r.0).collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios.dedup();
+        let columns = raw
+            .drain(..)
+            .map(|(r, c, is_d)| (ratios.iter().position(|&x| x == r).unwrap(), c, is_d))
+            .collect();
+        let skip_ratio = ratios
+            .first()
+            .copied()
+            .unwrap_or(f64::INFINITY)
+            .min(ratio_for_t(3.0, nf));
+        Ok(Prepared {
+            n,
+            m_pad,
+            xt,
+            groups,
+            classes,
+            unit_class,
+            ratios,
+            columns,
+            skip_below: skip_ratio.sqrt() - SKIP_MARGIN,
+        })
+    }
+
+    pub(super) fn pair(&self, i: usize) -> &[f64] {
+        &self.xt[i * self.m_pad..(i + 1) * self.m_pad]
+    }
+
+    pub(super) fn low_bits(&self) -> usize {
+        self.groups[0].bits
+    }
+
+    /// The null over `start .. end`, split into tasks on the pool, written in place.
+    pub(super) fn run(&self, mode: Mode, start: u64, end: u64) -> NullRange {
+        let len = (end - start) as usize;
+        let cols = self.columns.len();
+        let mut out = NullRange {
+            counts: vec![0; len * cols],
+            max_abs_t: vec![0.0; len],
+            max_ratio: vec![0.0; len],
+        };
+        if len == 0 {
+            return out;
+        }
+        // Task boundaries: exact tasks cover whole high-byte values; Monte Carlo tasks are
+        // balanced over the pool. Neither changes any number.
+        let task_bounds: Vec<u64> = match mode {
+            Mode::Exact => {
+                let span = EXACT_H_CHUNK << self.low_bits();
+                let mut b = vec![start];
+                let mut next = (start / span + 1) * span;
+                while next < end {
+                    b.push(next);
+                    next += span;
+                }
+                b.push(end);
+                b
+            }
+            Mode::MonteCarlo { .. } | Mode::Identity => {
+                let tasks = 2 * crate::threads::current_threads() as u64;
+                let size = (end - start).div_ceil(tasks).clamp(512, 16_384);
+                let mut b: Vec<u64> = (start..end).step_by(size as usize).collect();
+                b.push(end);
+                b
+            }
+        };
+        let mut jobs = Vec::with_capacity(task_bounds.len() - 1);
+        let (mut counts, mut maxima, mut ratios) =
+            (&mut out.counts[..], &mut out.max_abs_t[..], &mut out.max_ratio[..]);
+        for w in task_bounds.windows(2) {
+            let k = (w[1] - w[0]) as usize;
+            let (c_head, c_tail) = std::mem::take(&mut counts).split_at_mut(k * cols);
+            let (m_head, m_tail) = std::mem::take(&mut maxima).split_at_mut(k);
+            let (r_head, r_tail) = std::mem::take(&mut ratios).split_at_mut(k);
+            jobs.push((w[0], w[1], c_head, m_head, r_head));
+            counts = c_tail;
+            maxima = m_tail;
+            ratios = r_tail;
+        }
+        crate::threads::install(|| {
+            jobs.into_par_iter().for_each(|(lo, hi, counts, maxima, ratios)| {
+                self.task(mode, lo, hi, counts, maxima, ratios);
+            });
+        });
+        out
+    }
+
+    /// One task: raw counts and max ratios over the units, then the closed-form constant units.
+    pub(super) fn task(
+        &self,
+        mode: Mode,
+        start: u64,
+        end: u64,
+        counts: &mut [i64],
+        max_abs_t: &mut [f64],
+        max_ratio_out: &mut [f64],
+    ) {
+        let len = (end - start) as usize;
+        let k_all = self.ratios.len();
+        let mut raw = vec![0u32; len * k_all];
+        let mut max_ratio = vec![0.0f64; len];
+        let mut patterns: Vec<u8> = Vec::new();
+        match mode {
+            Mode::MonteCarlo { key } => {
+                let g = self.groups.len();
+                patterns = vec![0u8; len * g];
+                for (i, bytes) in patterns.chunks_exact_mut(g).enumerate() {
+                    monte_carlo_pattern(key, start + i as u64, self.n, bytes);
+                }
+            }
+            Mode::Identity => patterns = vec![0u8; len * self.groups.len()],
+            Mode::Exact => {}
+        }
+        // Thresholds in passes of at most MAX_K; every pass also takes the max (idempotent).
+        let mut first = 0;
+        loop {
+            let batch = (k_all - first).min(MAX_K);
+            let ratios = &self.ratios[first..first + batch];
+            let mut batch_counts = vec![0u32; len * batch];
+            match mode {
+                Mode::Exact => kernels::exact(self, ratios, start, end, &mut batch_counts, &mut max_ratio),
+                Mode::MonteCarlo { .. } | Mode::Identity => {
+                    kernels::monte_carlo(self, ratios, &patterns, &mut batch_counts, &mut max_ratio)
+                }
+            }
+            for p in 0..len {
+                raw[p * k_all + first..p * k_all + first + batch]
+                    .copy_from_slice(&batch_counts[p * batch..(p + 1) * batch]);
+            }
+            first += batch;
+            if first >= k_all {
+                break;
+            }
+        }
+        let cols = self.columns.len();
+        let nf = self.n as f64;
+        let g = self.groups.len();
+        let mut class_t = vec![0.0f64; self.classes.len()];
+        for p in 0..len {
+            let exact_bytes = (start + p as u64).to_le_bytes();
+            let bytes: &[u8] = match mode {
+                Mode::Exact => &exact_bytes[..g],
+                Mode::MonteCarlo { .. } | Mode::Identity => &patterns[p * g..(p + 1) * g],
+            };
+            let mut ratio = max_ratio[p];
+            let mut abs_t = abs_t_from_ratio(ratio, self.n);
+            for (class, t) in self.classes.iter().zip(class_t.iter_mut()) {
+                let k = class.agreement(bytes, self.n);
+                *t = closed_form_abs_t(k, self.n);
+                let r = (k * k) as f64 / nf;
+                ratio = if r > ratio { r } else { ratio };
+                abs_t = abs_t.max(*t);
+            }
+            max_abs_t[p] = abs_t;
+            max_ratio_out[p] = ratio;
+            for (c, &(idx, threshold, is_d)) in self.columns.iter().enumerate() {
+                let mut v = raw[p * k_all + idx] as i64;
+                for (class, &t) in self.classes.iter().zip(&class_t) {
+                    let stat = if is_d { t / nf.sqrt() } else { t };
+                    if stat > threshold {
+                        v += class.count;
+                    }
+                }
+                counts[p * cols + c] = v;
+            }
+        }
+    }
+}
+
+/// `unit_class` of a unit that is not in a class.
+pub(super) const NO_CLASS: u32 = u32::MAX;
+
+/// Units whose |differences| all equal one value `v != 0`, with one sign pattern: under a
+/// pattern that leaves `k` = (agreeing - disagreeing) pairs, each has `|t| = sqrt((n-1) k^2 /
+/// (n^2 - k^2))`, infinite where every flipped value agrees (|k| = n). Constant units (every
+/// sign alike) are the case `mask = 0`. Computed in closed form: a float64 route through the
+/// normalised sums gives |k| = n only up to rounding (a huge finite |t| instead of inf).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct EqualClass {
+    /// Pattern bytes: bit `i - 1` set where pair `i`'s sign differs from pair 0's.
+    pub(super) mask: Vec<u8>,
+    /// Whether pair 0's difference is positive.
+    pub(super) positive: bool,
+    /// Units in the class.
+    pub(super) count: i64,
+}
+
+impl EqualClass {
+    /// `k`: pairs agreeing with pair 0 minus pairs disagreeing, after flipping by `bytes`.
+    #[inline]
+    pub(super) fn agreement(&self, bytes: &[u8], n: usize) -> i64 {
+        let differ: u32 = bytes.iter().zip(&self.mask).map(|(b, m)| (b ^ m).count_ones()).sum();
+        n as i64 - 2 * differ as i64
+    }
+}
+
+/// |t| of an equal-magnitude unit whose flipped values have agreement `k`.
+#[inline]
+pub(super) fn closed_form_abs_t(k: i64, n: usize) -> f64 {
+    let nf = n as f64;
+    if k.unsigned_abs() as usize == n {
+        f64::INFINITY
+    } else {
+        let k2 = (k * k) as f64;
+        ((nf - 1.0) * k2 / (nf * nf - k2)).sqrt()
+    }
+}

@@ -1,0 +1,169 @@
+//! Lookup tables of partial sums over groups of pairs (no `unsafe`).
+
+use super::prepared::{Group, Prepared};
+use super::GROUP_BITS;
+
+/// Partial sums of the `bits` pairs from `first_pair`, for units `u0 .. u0 + w`: entry `e` is
+/// the sum, in pair order, of those pairs' values with pair `first_pair + b` negated where bit
+/// `b` of `e` is set. Byte-major layout: `table[e * w + u]`.
+#[inline(always)]
+pub(super) fn build_byte_major(
+    prep: &Prepared,
+    first_pair: usize,
+    bits: usize,
+    u0: usize,
+    w: usize,
+    table: &mut [f64],
+) {
+    if bits == 0 {
+        table[..w].fill(0.0);
+        return;
+    }
+    let x = &prep.pair(first_pair)[u0..u0 + w];
+    for u in 0..w {
+        table[u] = x[u];
+        table[w + u] = -x[u];
+    }
+    for b in 1..bits {
+        let x = &prep.pair(first_pair + b)[u0..u0 + w];
+        let half = 1usize << b;
+        let (kept, flipped) = table.split_at_mut(half * w);
+        for (src, dst) in kept.chunks_exact_mut(w).zip(flipped.chunks_exact_mut(w)) {
+            for ((s, d), &v) in src.iter_mut().zip(dst.iter_mut()).zip(x) {
+                let old = *s;
+                *d = old - v;
+                *s = old + v;
+            }
+        }
+    }
+}
+
+/// The same sums, unit-major: `table[u * stride + e]` (same arithmetic, so the same bits).
+#[inline(always)]
+pub(super) fn build_unit_major(
+    prep: &Prepared,
+    first_pair: usize,
+    bits: usize,
+    u0: usize,
+    w: usize,
+    stride: usize,
+    table: &mut [f64],
+) {
+    for (u, t) in table.chunks_exact_mut(stride).take(w).enumerate() {
+        if bits == 0 {
+            t[0] = 0.0;
+            continue;
+        }
+        let v = prep.pair(first_pair)[u0 + u];
+        t[0] = v;
+        t[1] = -v;
+        for b in 1..bits {
+            let v = prep.pair(first_pair + b)[u0 + u];
+            let half = 1usize << b;
+            let (kept, flipped) = t.split_at_mut(half);
+            for (s, d) in kept.iter_mut().zip(&mut flipped[..half]) {
+                let old = *s;
+                *d = old - v;
+                *s = old + v;
+            }
+        }
+    }
+}
+
+/// Adds pair 0 into a byte-major table (`table[e] = x_0 + table[e]`): the first addition of
+/// every S, done once per entry instead of once per pattern, with the same bits.
+#[inline(always)]
+pub(super) fn fold_pair0(prep: &Prepared, bits: usize, u0: usize, w: usize, table: &mut [f64]) {
+    let x0 = &prep.pair(0)[u0..u0 + w];
+    for row in table[..(1usize << bits) * w].chunks_exact_mut(w) {
+        for (t, &x) in row.iter_mut().zip(x0) {
+            *t += x; // IEEE addition commutes: the same bits as x_0 + t
+        }
+    }
+}
+
+/// Lookup tables of one block of units for exact mode.
+pub(super) struct BlockTables {
+    /// Unit-major sums of the low group: `low[u * stride + a]`, zero past 2^bits.
+    pub(super) low: Vec<f64>,
+    pub(super) stride: usize,
+    /// Unit-major sums of the low group's top pairs (those choosing the leaf), per leaf.
+    pub(super) leaf_offset: Vec<f64>,
+    pub(super) n_leaf: usize,
+    pub(super) leaf_bits: usize,
+    /// Sum of |x| over the pairs swept inside a leaf, and over the whole low group.
+    pub(super) leaf_radius: Vec<f64>,
+    pub(super) radius: Vec<f64>,
+    /// Byte-major sums of each high group.
+    pub(super) high: Vec<Vec<f64>>,
+}
+
+impl BlockTables {
+    pub(super) fn new(prep: &Prepared, ub: usize, stride: usize, leaf_bits: usize) -> Self {
+        let low = prep.groups[0];
+        let n_leaf = 1usize << (low.bits - leaf_bits);
+        BlockTables {
+            low: vec![0.0; ub * stride],
+            stride,
+            leaf_offset: vec![0.0; ub * n_leaf],
+            n_leaf,
+            leaf_bits,
+            leaf_radius: vec![0.0; ub],
+            radius: vec![0.0; ub],
+            high: prep.groups[1..]
+                .iter()
+                .map(|g| vec![0.0; (1usize << g.bits) * ub])
+                .collect(),
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn build(&mut self, prep: &Prepared, u0: usize, w: usize) {
+        let low = prep.groups[0];
+        build_unit_major(prep, low.first_pair, low.bits, u0, w, self.stride, &mut self.low);
+        let top_first = low.first_pair + self.leaf_bits;
+        let top_bits = low.bits - self.leaf_bits;
+        build_unit_major(prep, top_first, top_bits, u0, w, self.n_leaf, &mut self.leaf_offset);
+        self.leaf_radius[..w].fill(0.0);
+        for b in 0..self.leaf_bits {
+            for (r, &v) in self.leaf_radius[..w]
+                .iter_mut()
+                .zip(&prep.pair(low.first_pair + b)[u0..u0 + w])
+            {
+                *r += v.abs();
+            }
+        }
+        self.radius[..w].copy_from_slice(&self.leaf_radius[..w]);
+        for b in 0..top_bits {
+            for (r, &v) in self.radius[..w].iter_mut().zip(&prep.pair(top_first + b)[u0..u0 + w]) {
+                *r += v.abs();
+            }
+        }
+        for (g, table) in prep.groups[1..].iter().zip(self.high.iter_mut()) {
+            build_byte_major(prep, g.first_pair, g.bits, u0, w, table);
+        }
+        if let (Some(g), Some(table)) = (prep.groups.get(1), self.high.first_mut()) {
+            fold_pair0(prep, g.bits, u0, w, table);
+        }
+    }
+
+    /// B for high-byte value `h`: pair 0 plus the high groups, added in group order (pair 0
+    /// is already folded into the first high table).
+    #[inline(always)]
+    pub(super) fn base(&self, prep: &Prepared, u0: usize, w: usize, h: u64, out: &mut [f64]) {
+        let byte = |gi: usize, g: &Group| ((h >> (GROUP_BITS * gi)) & ((1u64 << g.bits) - 1)) as usize;
+        match self.high.first() {
+            None => out[..w].copy_from_slice(&prep.pair(0)[u0..u0 + w]),
+            Some(table) => {
+                let b = byte(0, &prep.groups[1]);
+                out[..w].copy_from_slice(&table[b * w..(b + 1) * w]);
+            }
+        }
+        for (gi, (g, table)) in prep.groups[1..].iter().zip(&self.high).enumerate().skip(1) {
+            let b = byte(gi, g);
+            for (o, &v) in out[..w].iter_mut().zip(&table[b * w..(b + 1) * w]) {
+                *o += v;
+            }
+        }
+    }
+}

@@ -1,0 +1,471 @@
+//! Streaming tallies of the sign-flip null: fixed-size histograms instead of per-pattern rows.
+//!
+//! A caller asks for a range of patterns (exact) or permutations (Monte Carlo) at a time and
+//! adds the returned tallies up, so memory never grows with the number of patterns:
+//!
+//! * for every group of units (group 0 is every unit, then each group of each partition, in
+//!   order) and every threshold column, an int64 histogram of the per-pattern count of the
+//!   group's units over the threshold (length group size + 1);
+//! * for the max statistic over every unit, a histogram of where each pattern's max falls among
+//!   caller-given sorted "bars" (bin `b` = the number of bars at or below the max), from which a
+//!   suffix sum gives, per unit, how many patterns reach its observed statistic.
+//!
+//! # Tails
+//! `Two`: the statistic is |t|, on the 2^(n-1) patterns with pair 0 fixed, compared as `S^2`
+//! (the max |t| is the max `S^2 / SS`, see the module docs). `Greater`: t itself, on all 2^n
+//! patterns (pair 0 free): flipping every pair negates S, so pattern `j` of the two-sided
+//! enumeration stands for two one-sided patterns, S and -S, whose counts of t > c are the units
+//! with `S > 0, S^2 > r(c)` and `S < 0, S^2 > r(c)`, and whose max t follow from the max and
+//! the min of S. Monte Carlo draws pair 0's sign from one more hashed bit per permutation. The
+//! statistic is compared as S. `Less` is `Greater` on the negated differences (exactly: float64
+//! negation commutes with every operation used).
+
+use super::prepared::{closed_form_abs_t, Prepared, NO_CLASS};
+use super::tables::{build_byte_major, fold_pair0};
+use super::*;
+use rayon::prelude::*;
+
+/// Which side of the null a test looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// |t| large (counts of |t| > c, max |t|): 2^(n-1) patterns.
+    Two,
+    /// t large (counts of t > c, max t): 2^n patterns.
+    Greater,
+    /// t small (counts of t < -c, min t): 2^n patterns.
+    Less,
+}
+
+/// Tallies of one range of patterns, to be added to those of the other ranges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TallyRange {
+    /// Per group, per threshold column, the histogram of counts (see the module docs).
+    pub hist: Vec<i64>,
+    /// Length `bars.len() + 1`: patterns whose max statistic has `b` bars at or below it.
+    pub max_bins: Vec<i64>,
+    /// The same for the max |S| (max |t|) of each pattern, whatever the tail: the null of
+    /// MNE-Python's one-sided `permutation_t_test`, which compares signed t with max |t|.
+    pub abs_bins: Vec<i64>,
+    /// Patterns tallied (exact one-sided: twice the range's length).
+    pub patterns: u64,
+}
+
+/// Permutations (or one-sided exact patterns) per internal step: bounds the per-step rows.
+const STEP: u64 = 1 << 14;
+/// Two-sided exact patterns per internal step: several of the exact kernel's tasks (2^16
+/// patterns each), so that every thread has work; about 20 MiB of rows in flight.
+const STEP_EXACT_TWO: u64 = 1 << 19;
+/// Bit word of a Monte Carlo permutation that holds pair 0's sign (one-sided only).
+const PAIR0_WORD: u64 = 1 << 40;
+
+/// The unit indices of every group: all units, then each partition's groups `0 .. k`.
+pub fn unit_groups(n_units: usize, partitions: &[&[u32]]) -> Result<Vec<Vec<usize>>, StatsError> {
+    let mut groups = vec![(0..n_units).collect::<Vec<_>>()];
+    for (pi, labels) in partitions.iter().enumerate() {
+        if labels.len() != n_units {
+            return Err(StatsError::BadPartition {
+                partition: pi,
+                reason: format!("it labels {} units, the data have {n_units}", labels.len()),
+            });
+        }
+        let k = labels.iter().max().map_or(0, |&v| v as usize + 1);
+        let mut parts = vec![Vec::new(); k];
+        for (u, &l) in labels.iter().enumerate() {
+            parts[l as usize].push(u);
+        }
+        groups.extend(parts);
+    }
+    Ok(groups)
+}
+
+/// Per unit, its observed statistic as the tallies compare it: `S^2 / SS` (two-sided) or
+/// `S / sqrt(SS)` (one-sided, of the negated data for `Less`), through the null's own sums.
+pub fn unit_scores(diffs: &PairDiffs, tail: Tail) -> Result<Vec<f64>, StatsError> {
+    let negated;
+    let diffs = match tail {
+        Tail::Less => {
+            negated = negate(diffs);
+            PairDiffs::new(&negated, diffs.n_pairs(), diffs.n_units())?
+        }
+        _ => *diffs,
+    };
+    let prep = Prepared::new(&diffs, Thresholds { t: &[], d: &[] })?;
+    let m = diffs.n_units();
+    let mut s = vec![0.0f64; prep.m_pad];
+    let zero = vec![0u8; prep.groups.len()];
+    signed_sums(&prep, &zero, |_, u0, block| {
+        s[u0..u0 + block.len()].copy_from_slice(block)
+    });
+    let nf = prep.n as f64;
+    for (u, &c) in prep.unit_class.iter().enumerate().take(m) {
+        if c != NO_CLASS {
+            let class = &prep.classes[c as usize];
+            let k = class.agreement(&zero, prep.n);
+            let sign = if class.positive { 1.0 } else { -1.0 };
+            s[u] = sign * ((k * k) as f64 / nf).sqrt();
+        }
+    }
+    s.truncate(m);
+    if tail == Tail::Two {
+        for v in &mut s {
+            *v *= *v;
+        }
+    }
+    Ok(s)
+}
+
+/// The tallies of exact patterns (`exact`) or Monte Carlo permutations `start .. end`. Exact
+/// ranges index the 2^(n-1) two-sided patterns for every tail (see the module docs). `bars`
+/// must be sorted ascending, in the domain of [`unit_scores`].
+#[allow(clippy::too_many_arguments)]
+pub fn tallies(
+    diffs: &PairDiffs,
+    thresholds: Thresholds,
+    partitions: &[&[u32]],
+    tail: Tail,
+    exact: bool,
+    seed: u64,
+    start: u64,
+    end: u64,
+    bars: &[f64],
+) -> Result<TallyRange, StatsError> {
+    if exact {
+        check_range(start, end, n_patterns(diffs.n_pairs())?)?;
+    } else {
+        check_range(start, end, u64::MAX)?;
+    }
+    if bars
+        .windows(2)
+        .any(|w| w[0].partial_cmp(&w[1]).is_none_or(|o| o.is_gt()))
+    {
+        return Err(StatsError::BadPartition {
+            partition: usize::MAX,
+            reason: "the bars of the max statistic are not sorted ascending".into(),
+        });
+    }
+    let negated;
+    let diffs = match tail {
+        Tail::Less => {
+            negated = negate(diffs);
+            PairDiffs::new(&negated, diffs.n_pairs(), diffs.n_units())?
+        }
+        _ => *diffs,
+    };
+    let n = diffs.n_pairs();
+    let m = diffs.n_units();
+    let groups = unit_groups(m, partitions)?;
+    let cols = thresholds.len();
+    let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    let mut offsets = Vec::with_capacity(groups.len());
+    let mut total = 0;
+    for &s in &sizes {
+        offsets.push(total);
+        total += cols * (s + 1);
+    }
+    let mut out = TallyRange {
+        hist: vec![0; total],
+        max_bins: vec![0; bars.len() + 1],
+        abs_bins: vec![0; bars.len() + 1],
+        patterns: 0,
+    };
+    let per_j: u64 = if exact && tail != Tail::Two { 2 } else { 1 };
+    out.patterns = (end - start) * per_j;
+    let mode = if exact {
+        Mode::Exact
+    } else {
+        Mode::MonteCarlo {
+            key: rng::stream_key(seed, Stream::SignFlip),
+        }
+    };
+    for (gi, units) in groups.iter().enumerate() {
+        let hist = &mut out.hist[offsets[gi]..offsets[gi] + cols * (units.len() + 1)];
+        let stride = units.len() + 1;
+        if units.is_empty() {
+            for c in 0..cols {
+                hist[c * stride] += out.patterns as i64;
+            }
+            continue;
+        }
+        let mut sub = vec![0.0f64; n * units.len()];
+        for i in 0..n {
+            let row = diffs.pair(i);
+            for (k, &u) in units.iter().enumerate() {
+                sub[i * units.len() + k] = row[u];
+            }
+        }
+        let sub_diffs = PairDiffs::new(&sub, n, units.len())?;
+        let prep = Prepared::new(&sub_diffs, thresholds)?;
+        let step = if exact && tail == Tail::Two {
+            STEP_EXACT_TWO
+        } else {
+            STEP
+        };
+        let mut lo = start;
+        while lo < end {
+            let hi = end.min(lo + step);
+            let place = |score: f64, bins: &mut [i64]| {
+                bins[bars.partition_point(|&b| b <= score)] += 1;
+            };
+            if tail == Tail::Two {
+                let range = prep.run(mode, lo, hi);
+                for row in range.counts.chunks_exact(cols.max(1)).take((hi - lo) as usize) {
+                    for (c, &v) in row.iter().enumerate().take(cols) {
+                        hist[c * stride + v as usize] += 1;
+                    }
+                }
+                if gi == 0 {
+                    for &r in &range.max_ratio {
+                        place(r, &mut out.max_bins);
+                        place(r, &mut out.abs_bins);
+                    }
+                }
+            } else {
+                let s = signed_range(&prep, mode, lo, hi);
+                for p in 0..(hi - lo) as usize {
+                    let take_pos = match mode {
+                        Mode::MonteCarlo { key } => rng::counter_word(key, lo + p as u64, PAIR0_WORD) & 1 == 0,
+                        _ => true,
+                    };
+                    let both = exact;
+                    if gi == 0 {
+                        let abs_max = s.max_s[p].max(-s.min_s[p]);
+                        for _ in 0..(take_pos || both) as usize + (!take_pos || both) as usize {
+                            place(abs_max, &mut out.abs_bins);
+                        }
+                    }
+                    if take_pos || both {
+                        for c in 0..cols {
+                            hist[c * stride + s.pos[p * cols + c] as usize] += 1;
+                        }
+                        if gi == 0 {
+                            place(s.max_s[p], &mut out.max_bins);
+                        }
+                    }
+                    if !take_pos || both {
+                        for c in 0..cols {
+                            hist[c * stride + s.neg[p * cols + c] as usize] += 1;
+                        }
+                        if gi == 0 {
+                            place(-s.min_s[p], &mut out.max_bins);
+                        }
+                    }
+                }
+            }
+            lo = hi;
+        }
+    }
+    Ok(out)
+}
+
+/// The observed counts (identity pattern) per group and threshold column, through the
+/// tallies' route: `[groups x columns]`, row-major.
+pub fn observed(
+    diffs: &PairDiffs,
+    thresholds: Thresholds,
+    partitions: &[&[u32]],
+    tail: Tail,
+) -> Result<Vec<i64>, StatsError> {
+    let negated;
+    let diffs = match tail {
+        Tail::Less => {
+            negated = negate(diffs);
+            PairDiffs::new(&negated, diffs.n_pairs(), diffs.n_units())?
+        }
+        _ => *diffs,
+    };
+    let n = diffs.n_pairs();
+    let groups = unit_groups(diffs.n_units(), partitions)?;
+    let cols = thresholds.len();
+    let mut out = vec![0i64; groups.len() * cols];
+    for (gi, units) in groups.iter().enumerate() {
+        if units.is_empty() {
+            continue;
+        }
+        let mut sub = vec![0.0f64; n * units.len()];
+        for i in 0..n {
+            for (k, &u) in units.iter().enumerate() {
+                sub[i * units.len() + k] = diffs.pair(i)[u];
+            }
+        }
+        let sub_diffs = PairDiffs::new(&sub, n, units.len())?;
+        let prep = Prepared::new(&sub_diffs, thresholds)?;
+        let row: Vec<i64> = if tail == Tail::Two {
+            prep.run(Mode::Identity, 0, 1).counts
+        } else {
+            signed_range(&prep, Mode::Identity, 0, 1).pos
+        };
+        out[gi * cols..(gi + 1) * cols].copy_from_slice(&row);
+    }
+    Ok(out)
+}
+
+fn negate(diffs: &PairDiffs) -> Vec<f64> {
+    (0..diffs.n_pairs())
+        .flat_map(|i| diffs.pair(i).iter().map(|v| -v))
+        .collect()
+}
+
+/// Per two-sided pattern: counts of units with t > c and with t < -c per column, max and min S.
+struct Signed {
+    pos: Vec<i64>,
+    neg: Vec<i64>,
+    max_s: Vec<f64>,
+    min_s: Vec<f64>,
+}
+
+/// The signed statistics of patterns `start .. end` (exact `j`, Monte Carlo `i`, identity).
+fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
+    let len = (end - start) as usize;
+    let g = prep.groups.len();
+    let mut patterns = vec![0u8; len * g];
+    for (p, bytes) in patterns.chunks_exact_mut(g).enumerate() {
+        match mode {
+            Mode::Exact => bytes.copy_from_slice(&(start + p as u64).to_le_bytes()[..g]),
+            Mode::MonteCarlo { key } => monte_carlo_pattern(key, start + p as u64, prep.n, bytes),
+            Mode::Identity => {}
+        }
+    }
+    let cols = prep.columns.len();
+    let k_all = prep.ratios.len();
+    let tasks = (2 * crate::threads::current_threads()).max(1);
+    let per = len.div_ceil(tasks).max(256);
+    let parts: Vec<Signed> = crate::threads::install(|| {
+        patterns
+            .par_chunks(per * g)
+            .map(|chunk| {
+                let q = chunk.len() / g;
+                let mut pos_raw = vec![0i64; q * k_all];
+                let mut neg_raw = vec![0i64; q * k_all];
+                let mut max_s = vec![f64::NEG_INFINITY; q];
+                let mut min_s = vec![f64::INFINITY; q];
+                signed_sums(prep, chunk, |p, _, s| {
+                    let (mut hi, mut lo) = (max_s[p], min_s[p]);
+                    for &v in s {
+                        hi = if v > hi { v } else { hi };
+                        lo = if v < lo { v } else { lo };
+                    }
+                    max_s[p] = hi;
+                    min_s[p] = lo;
+                    for (k, &r) in prep.ratios.iter().enumerate() {
+                        let (mut a, mut b) = (0i64, 0i64);
+                        for &v in s {
+                            let above = v * v > r;
+                            a += (above & (v > 0.0)) as i64;
+                            b += (above & (v < 0.0)) as i64;
+                        }
+                        pos_raw[p * k_all + k] += a;
+                        neg_raw[p * k_all + k] += b;
+                    }
+                });
+                let nf = prep.n as f64;
+                let mut out = Signed {
+                    pos: vec![0; q * cols],
+                    neg: vec![0; q * cols],
+                    max_s,
+                    min_s,
+                };
+                for (p, bytes) in chunk.chunks_exact(g).enumerate() {
+                    for (c, &(idx, _, _)) in prep.columns.iter().enumerate() {
+                        out.pos[p * cols + c] = pos_raw[p * k_all + idx];
+                        out.neg[p * cols + c] = neg_raw[p * k_all + idx];
+                    }
+                    for class in &prep.classes {
+                        let k = class.agreement(bytes, prep.n);
+                        if k == 0 {
+                            continue; // t = 0
+                        }
+                        let positive = class.positive == (k > 0);
+                        let t = closed_form_abs_t(k, prep.n);
+                        let s = ((k * k) as f64 / nf).sqrt();
+                        if positive {
+                            out.max_s[p] = out.max_s[p].max(s);
+                        } else {
+                            out.min_s[p] = out.min_s[p].min(-s);
+                        }
+                        for (c, &(_, threshold, is_d)) in prep.columns.iter().enumerate() {
+                            let stat = if is_d { t / nf.sqrt() } else { t };
+                            if stat > threshold {
+                                let side = if positive { &mut out.pos } else { &mut out.neg };
+                                side[p * cols + c] += class.count;
+                            }
+                        }
+                    }
+                }
+                out
+            })
+            .collect()
+    });
+    let mut all = Signed {
+        pos: Vec::with_capacity(len * cols),
+        neg: Vec::with_capacity(len * cols),
+        max_s: Vec::with_capacity(len),
+        min_s: Vec::with_capacity(len),
+    };
+    for part in parts {
+        all.pos.extend(part.pos);
+        all.neg.extend(part.neg);
+        all.max_s.extend(part.max_s);
+        all.min_s.extend(part.min_s);
+    }
+    all
+}
+
+/// Calls `visit(p, u0, s)` with the flipped sums `s` of units `u0 .. u0 + s.len()` under each
+/// pattern `p` of `patterns` (bytes, as the Monte Carlo kernel reads them), added in the
+/// kernels' order `((x_0 + G_1) + G_2 ...) + G_0`, so the values are those the two-sided
+/// kernels square. Padding units are left out.
+fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, usize, &[f64])) {
+    let g = prep.groups.len();
+    let m = prep.unit_class.len();
+    let ub = (MC_TABLE_BUDGET / (8 * 256 * g) / LANES * LANES)
+        .clamp(LANES, 512)
+        .min(prep.m_pad);
+    let plane = 256 * ub;
+    let mut tables = vec![0.0f64; g * plane];
+    let mut s = vec![0.0f64; ub];
+    for u0 in (0..prep.m_pad).step_by(ub) {
+        let w = ub.min(prep.m_pad - u0);
+        for (gi, group) in prep.groups.iter().enumerate() {
+            build_byte_major(
+                prep,
+                group.first_pair,
+                group.bits,
+                u0,
+                w,
+                &mut tables[gi * plane..(gi + 1) * plane],
+            );
+        }
+        let first = if g > 1 { 1 } else { 0 };
+        fold_pair0(
+            prep,
+            prep.groups[first].bits,
+            u0,
+            w,
+            &mut tables[first * plane..(first + 1) * plane],
+        );
+        let real = w.min(m.saturating_sub(u0));
+        if real == 0 {
+            continue;
+        }
+        for (p, bytes) in patterns.chunks_exact(g).enumerate() {
+            let row = |gi: usize| {
+                let at = gi * plane + bytes[gi] as usize * w;
+                &tables[at..at + real]
+            };
+            if g == 1 {
+                s[..real].copy_from_slice(row(0));
+            } else {
+                s[..real].copy_from_slice(row(1));
+                for gi in 2..g {
+                    for (a, &b) in s[..real].iter_mut().zip(row(gi)) {
+                        *a += b;
+                    }
+                }
+                for (a, &b) in s[..real].iter_mut().zip(row(0)) {
+                    *a += b;
+                }
+            }
+            visit(p, u0, &s[..real]);
+        }
+    }
+}

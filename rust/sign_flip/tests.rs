@@ -1,0 +1,229 @@
+//! Tests of the sign-flip null against a float64 brute force.
+
+use super::*;
+
+/// A float64 brute force written differently: flip the raw differences, two-pass t.
+fn brute(data: &[f64], n: usize, m: usize, signs: &[i8], t_thr: &[f64], d_thr: &[f64]) -> (Vec<i64>, f64) {
+    let nf = n as f64;
+    let mut counts = vec![0i64; t_thr.len() + d_thr.len()];
+    let mut max_t = 0.0f64;
+    for u in 0..m {
+        let y: Vec<f64> = (0..n).map(|i| data[i * m + u] * signs[i] as f64).collect();
+        let mean = y.iter().sum::<f64>() / nf;
+        let t = if y.iter().all(|&v| v == y[0]) {
+            if y[0] == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else {
+            let sd = (y.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (nf - 1.0)).sqrt();
+            (mean / (sd / nf.sqrt())).abs()
+        };
+        max_t = max_t.max(t);
+        for (c, &thr) in t_thr.iter().enumerate() {
+            counts[c] += (t > thr) as i64;
+        }
+        for (c, &thr) in d_thr.iter().enumerate() {
+            counts[t_thr.len() + c] += (t / nf.sqrt() > thr) as i64;
+        }
+    }
+    (counts, max_t)
+}
+
+fn exact_signs(n: usize, j: u64) -> Vec<i8> {
+    (0..n)
+        .map(|i| if i > 0 && (j >> (i - 1)) & 1 == 1 { -1 } else { 1 })
+        .collect()
+}
+
+fn random_data(n: usize, m: usize, seed: u64) -> Vec<f64> {
+    let mut g = rng::SplitMix64::new(seed);
+    (0..n * m)
+        .map(|k| {
+            // Roughly normal, with a per-unit shift so that some units have large |t|.
+            let z: f64 = (0..4).map(|_| g.next_f64()).sum::<f64>() - 2.0;
+            z + 0.9 * ((k % m) % 5) as f64 / 5.0
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-10 * a.abs().max(b.abs())
+}
+
+const T: [f64; 3] = [2.0, 3.0, 5.0];
+const D: [f64; 2] = [0.8, 0.5];
+
+#[test]
+fn exact_matches_brute_force() {
+    // (11, 3): weak units, so most patterns have no unit near a threshold (the deferred max pass).
+    for &(n, m) in &[(3usize, 5usize), (6, 9), (10, 37), (11, 300), (11, 3), (14, 2)] {
+        let data = random_data(n, m, n as u64);
+        let diffs = PairDiffs::new(&data, n, m).unwrap();
+        let total = n_patterns(n).unwrap();
+        let got = exact(&diffs, Thresholds { t: &T, d: &D }, 0, total).unwrap();
+        for j in 0..total {
+            let (c, mx) = brute(&data, n, m, &exact_signs(n, j), &T, &D);
+            assert_eq!(&got.counts[j as usize * 5..j as usize * 5 + 5], &c[..], "n={n} j={j}");
+            assert!(
+                close(got.max_abs_t[j as usize], mx),
+                "n={n} j={j}: {} vs {mx}",
+                got.max_abs_t[j as usize]
+            );
+        }
+    }
+}
+
+#[test]
+fn monte_carlo_matches_brute_force_with_its_own_signs() {
+    // n = 41: five groups of pairs, the kernel that loops over groups at run time.
+    for &(n, m) in &[(4usize, 17usize), (13, 200), (41, 30)] {
+        let data = random_data(n, m, 5);
+        let diffs = PairDiffs::new(&data, n, m).unwrap();
+        let got = monte_carlo(&diffs, Thresholds { t: &T, d: &D }, 42, 100, 400).unwrap();
+        let signs = monte_carlo_signs(n, 42, 100, 400).unwrap();
+        for p in 0..300 {
+            let (c, mx) = brute(&data, n, m, &signs[p * n..(p + 1) * n], &T, &D);
+            assert_eq!(&got.counts[p * 5..p * 5 + 5], &c[..], "n={n} perm {p}");
+            assert!(close(got.max_abs_t[p], mx));
+        }
+    }
+}
+
+#[test]
+fn monte_carlo_and_exact_agree_bit_for_bit_on_the_same_pattern() {
+    for &(n, m) in &[(7usize, 40usize), (12, 70), (20, 33)] {
+        let data = random_data(n, m, 3 + n as u64);
+        let diffs = PairDiffs::new(&data, n, m).unwrap();
+        let thr = Thresholds { t: &T, d: &D };
+        let mc = monte_carlo(&diffs, thr, 8, 0, 200).unwrap();
+        let signs = monte_carlo_signs(n, 8, 0, 200).unwrap();
+        for p in 0..200 {
+            let j: u64 = (1..n).map(|i| ((signs[p * n + i] == -1) as u64) << (i - 1)).sum();
+            let ex = exact(&diffs, thr, j, j + 1).unwrap();
+            assert_eq!(ex.max_abs_t[0].to_bits(), mc.max_abs_t[p].to_bits(), "n={n} p={p}");
+            assert_eq!(&ex.counts[..], &mc.counts[p * 5..p * 5 + 5]);
+        }
+    }
+}
+
+#[test]
+fn identity_is_exact_pattern_zero_bit_for_bit() {
+    // Includes n = 41 (beyond exact enumeration: checked against the brute force) and a
+    // constant unit (closed form).
+    for &(n, m) in &[(5usize, 13usize), (10, 40), (25, 70), (41, 30)] {
+        let mut data = random_data(n, m, 11 + n as u64);
+        for i in 0..n {
+            data[i * m] = 0.25;
+        }
+        let diffs = PairDiffs::new(&data, n, m).unwrap();
+        let thr = Thresholds { t: &T, d: &D };
+        let id = identity(&diffs, thr).unwrap();
+        if n <= MAX_EXACT_PAIRS {
+            let ex = exact(&diffs, thr, 0, 1).unwrap();
+            assert_eq!(ex.max_abs_t[0].to_bits(), id.max_abs_t[0].to_bits(), "n={n}");
+            assert_eq!(ex.counts, id.counts, "n={n}");
+        }
+        let (c, mx) = brute(&data, n, m, &vec![1i8; n], &T, &D);
+        assert_eq!(id.counts, c, "n={n}");
+        assert!(close(id.max_abs_t[0], mx), "n={n}");
+    }
+}
+
+#[test]
+fn ranges_and_chunks_do_not_change_results() {
+    let (n, m) = (12, 90);
+    let data = random_data(n, m, 9);
+    let diffs = PairDiffs::new(&data, n, m).unwrap();
+    let thr = Thresholds { t: &T, d: &D };
+    let whole = exact(&diffs, thr, 0, 2048).unwrap();
+    let a = exact(&diffs, thr, 0, 700).unwrap();
+    let b = exact(&diffs, thr, 700, 2048).unwrap();
+    assert_eq!([a.counts, b.counts].concat(), whole.counts);
+    assert_eq!([a.max_abs_t, b.max_abs_t].concat(), whole.max_abs_t);
+    let mc = monte_carlo(&diffs, thr, 1, 0, 3000).unwrap();
+    let mc2 = monte_carlo(&diffs, thr, 1, 1234, 3000).unwrap();
+    assert_eq!(&mc.counts[1234 * 5..], &mc2.counts[..]);
+    assert_eq!(&mc.max_abs_t[1234..], &mc2.max_abs_t[..]);
+}
+
+#[test]
+fn many_thresholds_take_several_passes() {
+    let (n, m) = (9, 50);
+    let data = random_data(n, m, 2);
+    let diffs = PairDiffs::new(&data, n, m).unwrap();
+    let t = [0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 1.0];
+    let got = exact(&diffs, Thresholds { t: &t, d: &[0.3] }, 0, 256).unwrap();
+    for j in 0..256u64 {
+        let (c, _) = brute(&data, n, m, &exact_signs(n, j), &t, &[0.3]);
+        assert_eq!(&got.counts[j as usize * 8..j as usize * 8 + 8], &c[..]);
+    }
+}
+
+#[test]
+fn constant_units_are_handled_in_closed_form() {
+    // Units 0 and 1 constant (0 and 0.5), the others random; n = 7.
+    let (n, m) = (7, 6);
+    let mut data = random_data(n, m, 4);
+    for i in 0..n {
+        data[i * m] = 0.0;
+        data[i * m + 1] = 0.5;
+    }
+    let diffs = PairDiffs::new(&data, n, m).unwrap();
+    let got = exact(&diffs, Thresholds { t: &T, d: &D }, 0, 64).unwrap();
+    assert_eq!(got.max_abs_t[0], f64::INFINITY);
+    for j in 0..64u64 {
+        let (c, mx) = brute(&data, n, m, &exact_signs(n, j), &T, &D);
+        assert_eq!(&got.counts[j as usize * 5..j as usize * 5 + 5], &c[..], "j={j}");
+        assert!(close(got.max_abs_t[j as usize], mx), "j={j}");
+    }
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let data = random_data(4, 3, 1);
+    let diffs = PairDiffs::new(&data, 4, 3).unwrap();
+    let bad = [f64::NAN];
+    assert!(matches!(
+        exact(&diffs, Thresholds { t: &bad, d: &[] }, 0, 8),
+        Err(StatsError::BadThreshold { .. })
+    ));
+    assert!(matches!(
+        exact(&diffs, Thresholds { t: &[-1.0], d: &[] }, 0, 8),
+        Err(StatsError::BadThreshold { .. })
+    ));
+    assert!(matches!(
+        exact(&diffs, Thresholds { t: &T, d: &[] }, 0, 9),
+        Err(StatsError::BadRange { .. })
+    ));
+    assert!(matches!(
+        exact(&diffs, Thresholds { t: &T, d: &[] }, 5, 4),
+        Err(StatsError::BadRange { .. })
+    ));
+    assert!(matches!(n_patterns(40), Err(StatsError::TooManyPairsForExact { .. })));
+}
+
+#[test]
+fn equal_magnitude_units_with_mixed_signs_are_handled_in_closed_form() {
+    // Unit 0: 3 for every pair but pair 4 (-3): constant (|t| = inf) under the patterns that flip
+    // exactly pair 4; unit 1: +-0.5 in an alternating pattern; the others random.
+    let (n, m) = (9, 5);
+    let mut data = random_data(n, m, 6);
+    for i in 0..n {
+        data[i * m] = if i == 4 { -3.0 } else { 3.0 };
+        data[i * m + 1] = if i % 2 == 0 { 0.5 } else { -0.5 };
+    }
+    let diffs = PairDiffs::new(&data, n, m).unwrap();
+    let got = exact(&diffs, Thresholds { t: &T, d: &D }, 0, 256).unwrap();
+    assert_eq!(got.max_abs_t[1 << 3], f64::INFINITY);
+    for j in 0..256u64 {
+        let (c, mx) = brute(&data, n, m, &exact_signs(n, j), &T, &D);
+        assert_eq!(&got.counts[j as usize * 5..j as usize * 5 + 5], &c[..], "j={j}");
+        assert!(
+            close(got.max_abs_t[j as usize], mx),
+            "j={j}: {} vs {mx}",
+            got.max_abs_t[j as usize]
+        );
+    }
+}
