@@ -7,6 +7,7 @@ length tests by scipy.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -25,6 +26,8 @@ from dense_plantain.prompt_check import (
     word_changes,
 )
 from dense_plantain.prompts import bundled_path, bundled_prompts, find_problems, load_probe
+
+_REAL_MATCHER = difflib.SequenceMatcher
 
 BUNDLED = ["dense-plantain", "dense-plantain-apose-control", "ghost-plantain", "counterfact-plantain"]
 
@@ -260,6 +263,28 @@ def test_a_broken_pair_cannot_hide_a_duplicate(tmp_path):
     path = write(tmp_path, text)
     rendered = problems_text(path)
     assert "duplicate id; also used at line 1" in rendered
+
+
+def test_utf8_bom_is_named_with_the_fix(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + textwrap.dedent(THREE_PAIRS).lstrip("\n").encode())
+    probe, problems = find_problems(path)
+    assert probe is None and len(problems) == 1
+    message = str(problems[0])
+    assert message.startswith(f"{path}:1:") and "byte-order mark (BOM" in message and "without a BOM" in message
+    with pytest.raises(PromptFileError, match="BOM"):
+        load_probe(path)
+
+
+@pytest.mark.parametrize("nest", ["[" * 5000 + "]" * 5000, "{a = " * 5000 + "1" + "}" * 5000])
+def test_deeply_nested_toml_is_one_clear_error(tmp_path, nest):
+    path = tmp_path / "deep.toml"
+    path.write_text(f"[probe]\nname = {nest}\n" + textwrap.dedent(THREE_PAIRS), encoding="utf-8")
+    with pytest.raises(PromptFileError, match="nested inside each other too deeply") as info:
+        load_probe(path)
+    assert isinstance(info.value, PromptFileError) and str(path) in str(info.value)
+    result = _cli("prompts", "check", str(path))
+    assert result.exit_code == 1 and "too deeply" in re.sub(r"\s+", " ", result.output)
 
 
 # --- token counting --------------------------------------------------------------------------
@@ -591,6 +616,85 @@ def test_word_changes():
         "He stands, arms out to the sides, feet together.", "He kneels on the floor with one hand on the knee."
     )
     assert len(changes) == 1 and changes[0][0].startswith("stands") and changes[0][1].endswith("knee")
+
+
+class _CountingMatcher:
+    """Wraps difflib.SequenceMatcher and records the (words of A) x (words of B) of each use."""
+
+    sizes: list[int] = []
+
+    def __init__(self, a, b, autojunk=True):
+        _CountingMatcher.sizes.append(len(a) * len(b))
+        self._inner = _REAL_MATCHER(a=a, b=b, autojunk=autojunk)
+
+    def get_opcodes(self):
+        return self._inner.get_opcodes()
+
+
+def _first_last_difference(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:
+    """Independent brute force: the words from the first differing position to the last, per side."""
+    i = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
+    j = 0
+    while j < min(len(a), len(b)) - i and a[len(a) - 1 - j] == b[len(b) - 1 - j]:
+        j += 1
+    return a[i : len(a) - j], b[i : len(b) - j]
+
+
+def test_word_changes_is_bounded_on_long_prompts(monkeypatch):
+    """Two different 20,000-word prompts: the fine diff never sees more than WORD_DIFF_BUDGET comparisons
+    (difflib alone would compare about 4e8 word pairs), and the answer is exact about where they differ."""
+    import random
+
+    from dense_plantain import prompt_check
+
+    _CountingMatcher.sizes = []
+    monkeypatch.setattr(prompt_check.difflib, "SequenceMatcher", _CountingMatcher)
+    rng = random.Random(7)
+    vocab = [f"word{i}" for i in range(300)]
+    words_a = [rng.choice(vocab) for _ in range(20_000)]
+    words_b = [rng.choice(vocab) for _ in range(20_000)]
+    words_b[:5] = words_a[:5]
+    words_b[-3:] = words_a[-3:]
+    changes = word_changes(" ".join(words_a), " ".join(words_b))
+    assert max(_CountingMatcher.sizes, default=0) <= prompt_check.WORD_DIFF_BUDGET
+    side_a, side_b = _first_last_difference(words_a, words_b)
+    assert changes == [(" ".join(side_a), " ".join(side_b))]
+
+    # One word changed in the middle of a 20,000-word prompt: still the fine, one-word answer.
+    _CountingMatcher.sizes = []
+    edited = list(words_a)
+    edited[10_000] = "changed"
+    assert word_changes(" ".join(words_a), " ".join(edited)) == [(words_a[10_000], "changed")]
+    assert max(_CountingMatcher.sizes, default=0) <= prompt_check.WORD_DIFF_BUDGET
+
+
+def test_word_changes_on_short_prompts_matches_difflib_spans():
+    """Within the budget the spans are the longest-match diff's (checked against difflib directly)."""
+    a = "A man in a coat, standing upright in a T-pose, arms out, feet together, in a park at noon."
+    b = "A man in a coat, kneeling on one knee, one hand raised, feet apart, in a park at dusk."
+    words_a, words_b = re.findall(r"[\w'’-]+|[^\w\s]", a), re.findall(r"[\w'’-]+|[^\w\s]", b)
+    ops = [op for op in difflib.SequenceMatcher(a=words_a, b=words_b, autojunk=False).get_opcodes() if op[0] != "equal"]
+    changes = word_changes(a, b)
+    # the first change starts where difflib's does and the last ends where difflib's does
+    assert changes[0][0].split()[0] == words_a[ops[0][1]] and changes[-1][1].endswith(words_b[ops[-1][4] - 1])
+    assert word_changes(a, a) == []
+
+
+def test_a_100_kb_prompt_is_checked(tmp_path):
+    """A 100 KB prompt goes through the whole check (format, real tokens, diff) and is reported."""
+    long_a = "A photograph of a red cup on a table, " * 2700  # about 105 KB
+    long_b = long_a.replace("red", "blue", 1)
+    assert len(long_a.encode()) > 100_000
+    pairs = [
+        ("big", long_a, long_b, ""),
+        ("p2", "A red cup.", "A blue cup.", ""),
+        ("p3", "A red car.", "A blue car.", ""),
+    ]
+    report = check_probe(_pairs_file(tmp_path, pairs))
+    assert report.errors == []  # the difference is in the first 512 tokens
+    big = report.pairs[0]
+    assert big.changes == [("red", "blue")] and big.tokens_a > 20_000
+    assert any("pair 'big'" in w and "truncates at 512" in w for w in report.warnings)
 
 
 def test_report_lists_condition_words():
