@@ -117,6 +117,34 @@ def test_dense_main_and_control_are_matched():
     assert len({p.fields["setting"] for p in main.pairs}) == 25
 
 
+# Body-build words in the dense sets' subjects, read off the prompts for this test: the labels must
+# follow them (heavy = stocky / plus-size / heavyset).
+HEAVY_WORDS = ("stocky", "plus-size", "heavyset")
+
+
+@pytest.mark.parametrize(
+    "name", ["dense-plantain", "dense-plantain-apose-control", "dense-plantain-paraphrase-control"]
+)
+def test_dense_sets_carry_honest_factor_labels(name):
+    probe = load_probe(bundled_path(name))
+    main = load_probe(bundled_path("dense-plantain"))
+    assert [p.factors for p in probe.pairs] == [p.factors for p in main.pairs]  # same ids, same labels
+    levels = probe.factor_levels()
+    assert set(levels) == {"body", "clothing"}
+    for factor, by_level in levels.items():
+        ids = [i for members in by_level.values() for i in members]
+        assert sorted(ids) == sorted(probe.ids)  # a partition of the pairs
+        assert len(by_level) >= 2 and all(len(m) >= 3 for m in by_level.values()), (factor, by_level)
+    for pair in probe.pairs:
+        heavy = any(word in pair.fields["subject"] for word in HEAVY_WORDS)
+        assert pair.factors["body"] == ("heavy" if heavy else "not-heavy"), pair.id
+        subject = pair.fields["subject"]
+        if any(word in subject for word in ("leotard", "singlet")):
+            assert pair.factors["clothing"] == "fitted", pair.id
+        if any(word in subject for word in ("loose", "baggy", "coat", "dress", "overalls")):
+            assert pair.factors["clothing"] == "loose", pair.id
+
+
 def test_bundled_sets_keep_a_and_b_close_in_length():
     for name in BUNDLED:
         probe = load_probe(bundled_path(name))
@@ -285,6 +313,86 @@ def test_deeply_nested_toml_is_one_clear_error(tmp_path, nest):
     assert isinstance(info.value, PromptFileError) and str(path) in str(info.value)
     result = _cli("prompts", "check", str(path))
     assert result.exit_code == 1 and "too deeply" in re.sub(r"\s+", " ", result.output)
+
+
+def _factor_file(tmp_path, labels: list[str | None]) -> Path:
+    body = ""
+    for k, label in enumerate(labels):
+        body += f'\n[[pairs]]\nid = "p{k}"\na = "A red cup {k}."\nb = "A blue cup {k}."\n'
+        if label is not None:
+            body += f"factors = {label}\n"
+    return write(tmp_path, body)
+
+
+def test_factors_are_read_and_grouped(tmp_path):
+    labels = [
+        '{ body = "slim", clothing = "fitted" }',
+        '{ body = "heavy", clothing = "loose" }',
+        '{ body = "slim", clothing = "loose" }',
+        '{ body = "heavy", clothing = "fitted" }',
+        '{ body = "slim", clothing = "loose" }',
+        '{ body = "heavy", clothing = "fitted" }',
+    ]
+    probe = load_probe(_factor_file(tmp_path, labels))
+    assert probe.pairs[0].factors == {"body": "slim", "clothing": "fitted"}
+    assert "factors" not in probe.pairs[0].fields  # not a held-constant text field
+    expected: dict[str, dict[str, list[str]]] = {}
+    for k, label in enumerate(labels):
+        for name, level in re.findall(r'(\w+) = "(\w+)"', label):
+            expected.setdefault(name, {}).setdefault(level, []).append(f"p{k}")
+    assert probe.factor_levels() == expected
+    assert probe.factor_levels("body") == {"body": expected["body"]}
+    with pytest.raises(KeyError, match="no factor 'age'"):
+        probe.factor_levels("age")
+    assert probe.to_dict()["factors"] == expected and probe.to_dict()["pairs"][1]["factors"]["body"] == "heavy"
+
+
+def test_factor_problems_name_file_line_pair_and_fix(tmp_path):
+    # p2 lacks the clothing label; "average" labels only 2 pairs; clothing has one level only.
+    labels = [
+        '{ body = "slim", clothing = "fitted" }',
+        '{ body = "slim", clothing = "fitted" }',
+        '{ body = "slim" }',
+        '{ body = "heavy", clothing = "fitted" }',
+        '{ body = "heavy", clothing = "fitted" }',
+        '{ body = "heavy", clothing = "fitted" }',
+        '{ body = "average", clothing = "fitted" }',
+        '{ body = "average", clothing = "fitted" }',
+    ]
+    path = _factor_file(tmp_path, labels)
+    _, problems = find_problems(path)
+    by_pair = {}
+    for problem in problems:
+        by_pair.setdefault(problem.pair_id, []).append(problem)
+    missing = by_pair["p2"]
+    assert len(missing) == 1 and "no label for factor 'clothing'" in missing[0].message
+    assert missing[0].line == line_of(path, "factors", 3) and "Add it: factors = {" in missing[0].message
+    for pair_id, nth in (("p6", 7), ("p7", 8)):
+        (problem,) = by_pair[pair_id]
+        assert "level 'average' labels only 2 pair(s)" in problem.message and "at least 3 pairs" in problem.message
+        assert problem.line == line_of(path, "factors", nth) and str(problem).startswith(f"{path}:{problem.line}")
+    (one_level,) = by_pair[None]
+    assert "factor 'clothing' has 1 level" in one_level.message and "at least 2" in one_level.message
+    with pytest.raises(PromptFileError, match="no label for factor 'clothing'"):
+        load_probe(path)
+
+
+@pytest.mark.parametrize(
+    "label, message",
+    [
+        ('"slim"', "factors must be a table"),
+        ("{ body = 3 }", "must be a non-empty string level"),
+        ('{ body = "" }', "must be a non-empty string level"),
+        ("{}", "factors is empty"),
+        ('{ "2body" = "slim" }', "must start with a letter"),
+    ],
+)
+def test_malformed_factor_tables(tmp_path, label, message):
+    good = '{ body = "slim" }'
+    path = _factor_file(tmp_path, [label, good, good, good, '{ body = "x" }', '{ body = "x" }', '{ body = "x" }'])
+    _, problems = find_problems(path)
+    p0 = [p for p in problems if p.pair_id == "p0"]
+    assert len(p0) == 1 and message in p0[0].message and p0[0].line == line_of(path, "factors", 1)
 
 
 # --- token counting --------------------------------------------------------------------------

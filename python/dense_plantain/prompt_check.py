@@ -345,6 +345,7 @@ class CheckReport:
                 "held_constant": probe.held_constant,
                 "sha256": probe.sha256,
                 "n_pairs": len(probe.pairs),
+                "factors": probe.factor_levels(),
             },
             "tokenizer": None
             if self.counter is None
@@ -699,6 +700,11 @@ def render_report(report: CheckReport, console=None) -> None:
             console.print(
                 "words only in B: " + escape(", ".join(f"{w} ({n})" for w, n in report.words_only_b[:8]) or "-")
             )
+
+    if probe is not None and probe.factor_names:
+        for name, by_level in probe.factor_levels().items():
+            levels = ", ".join(f"{level} {len(ids)}" for level, ids in by_level.items())
+            console.print(f"factor {escape(name)}: {escape(levels)} pairs")
 
     for warning in report.warnings:
         console.print(f"[yellow]warning[/yellow] {escape(warning)}")
