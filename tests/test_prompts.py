@@ -29,7 +29,13 @@ from dense_plantain.prompts import bundled_path, bundled_prompts, find_problems,
 
 _REAL_MATCHER = difflib.SequenceMatcher
 
-BUNDLED = ["dense-plantain", "dense-plantain-apose-control", "ghost-plantain", "counterfact-plantain"]
+BUNDLED = [
+    "dense-plantain",
+    "dense-plantain-apose-control",
+    "dense-plantain-paraphrase-control",
+    "ghost-plantain",
+    "counterfact-plantain",
+]
 
 
 def write(tmp_path: Path, text: str, name: str = "probe.toml") -> Path:
@@ -143,6 +149,31 @@ def test_dense_sets_carry_honest_factor_labels(name):
             assert pair.factors["clothing"] == "fitted", pair.id
         if any(word in subject for word in ("loose", "baggy", "coat", "dress", "overalls")):
             assert pair.factors["clothing"] == "loose", pair.id
+
+
+def test_paraphrase_control_rewords_the_same_t_pose_at_the_main_sets_lengths():
+    from tokenizers import Tokenizer
+
+    main = load_probe(bundled_path("dense-plantain"))
+    para = load_probe(bundled_path("dense-plantain-paraphrase-control"))
+    assert [p.id for p in para.pairs] == [p.id for p in main.pairs]
+    raw = Tokenizer.from_file(str(_qwen3_json()))
+    clauses = set()
+    for m, c in zip(main.pairs, para.pairs):
+        assert c.a == m.a  # word for word
+        assert c.fields["subject"] == m.fields["subject"] and c.fields["setting"] == m.fields["setting"]
+        head, tail = f"A full-body photograph of {m.fields['subject']}, ", f", {m.fields['setting']}."
+        assert c.b.startswith(head) and c.b.endswith(tail)
+        clause = c.b[len(head) : -len(tail)]
+        clauses.add(clause)
+        # the same real length as the main set's B prompt, counted through the chat template
+        assert len(raw.encode(_chat(c.b)).ids) == len(raw.encode(_chat(m.b)).ids), m.id
+        # a T-pose: horizontal arms and palms down are said in every B, none of the main B's pose verbs
+        words = set(re.findall(r"[\w-]+", clause.lower()))
+        assert words & {"arms", "arm", "wingspan"} and words & {"palms", "palm-down", "hands"}, m.id
+        main_clause = m.b[len(head) : -len(tail)]
+        assert clause != main_clause and not (set(main_clause.split()[:1]) & set(clause.split()[:1])), m.id
+    assert len(clauses) == 25  # a different wording in every pair
 
 
 def test_bundled_sets_keep_a_and_b_close_in_length():
