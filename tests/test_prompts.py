@@ -33,6 +33,7 @@ BUNDLED = [
     "dense-plantain",
     "dense-plantain-apose-control",
     "dense-plantain-paraphrase-control",
+    "dense-plantain-extended",
     "ghost-plantain",
     "counterfact-plantain",
 ]
@@ -93,7 +94,7 @@ def test_bundled_set_passes_check(name):
     assert report.errors == [], [str(e) for e in report.errors]
     probe = report.probe
     assert probe.name == name
-    assert len(probe.pairs) == 25
+    assert len(probe.pairs) == (29 if name == "dense-plantain-extended" else 25)
     assert probe.thesis and len(probe.thesis.split()) > 40
     assert probe.label_a != probe.label_b
     assert probe.base_model == "black-forest-labs/FLUX.2-klein-base-4B"
@@ -174,6 +175,25 @@ def test_paraphrase_control_rewords_the_same_t_pose_at_the_main_sets_lengths():
         main_clause = m.b[len(head) : -len(tail)]
         assert clause != main_clause and not (set(main_clause.split()[:1]) & set(clause.split()[:1])), m.id
     assert len(clauses) == 25  # a different wording in every pair
+
+
+def test_extended_set_is_the_main_set_plus_four_pairs_with_three_body_levels():
+    main = load_probe(bundled_path("dense-plantain"))
+    ext = load_probe(bundled_path("dense-plantain-extended"))
+    assert len(ext.pairs) == 29
+    for m, e in zip(main.pairs, ext.pairs):  # the 25 pairs, word for word
+        assert (m.id, m.a, m.b, m.fields) == (e.id, e.a, e.b, e.fields)
+        assert m.factors["clothing"] == e.factors["clothing"]
+    t_pose = main.pairs[0].a[len(f"A full-body photograph of {main.pairs[0].fields['subject']}, ") :].split(", on ")[0]
+    for pair in ext.pairs:
+        subject = pair.fields["subject"]
+        assert t_pose in pair.a  # the one A clause
+        slim = any(w in subject.split() or w + "," in subject.split() for w in ("thin", "slim"))
+        heavy = any(w in subject for w in HEAVY_WORDS + ("overweight",))
+        assert pair.factors["body"] == ("slim" if slim else "heavy" if heavy else "average"), pair.id
+    levels = ext.factor_levels()
+    assert {level: len(ids) for level, ids in levels["body"].items()} == {"average": 20, "heavy": 5, "slim": 4}
+    assert all(len(ids) >= 3 for by_level in levels.values() for ids in by_level.values())
 
 
 def test_bundled_sets_keep_a_and_b_close_in_length():
