@@ -13,7 +13,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic_captures as syn  # noqa: E402
-
 from dense_plantain import analysis  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "golden_results.json"

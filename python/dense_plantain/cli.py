@@ -438,7 +438,7 @@ def _analysis_options(fn):
         ),
         click.option(
             "--permutations",
-            default=1000,
+            default=10_000,  # analysis.DEFAULT_PERMUTATIONS (not imported here: the CLI starts fast)
             show_default=True,
             type=click.IntRange(min=1),
             help="Null permutations (Monte Carlo), and the limit below which the null is exact.",
@@ -563,8 +563,8 @@ def analyze(
     type=click.Choice(["auto", "matched", "unmatched"]),
     default="auto",
     show_default=True,
-    help="matched: paired t of diff1 - diff2 (same pairs, same order); unmatched: Welch's t with a "
-    "label-shuffle null. auto: matched when both captures list the same pair ids in order.",
+    help="matched: paired t of diff1 - diff2 over pairs matched by pair id (ids that differ are refused); "
+    "unmatched: Welch's t with a label-shuffle null. auto: matched when both captures list the same pair ids.",
 )
 @click.option(
     "--allow-different-settings",
@@ -639,7 +639,7 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
     """Write a Hub model card (README.md) from a results folder or a capture file.
 
     SOURCE is a folder written by analyze/compare (its results.json is read), or a
-    capture file, which is analysed first with the default settings (1,000 permutations,
+    capture file, which is analysed first with the default settings (10,000 permutations,
     seed 0, 100 splits; run analyze and pass its folder for other settings).
     """
     import os

@@ -287,6 +287,30 @@ class Layout:
             start += n
         return cls(name=name, blocks=tuple(blocks), steps=steps)
 
+    def summary(self) -> dict[str, Any]:
+        """Per block: units, how many are attention / MLP, which token regions; plus the totals."""
+        labels = self.labels()
+        blocks = []
+        for b in self.blocks:
+            kinds = labels["kind"][b.units]
+            blocks.append(
+                {
+                    "name": b.name,
+                    "n_units": b.n_units,
+                    "n_attention": int((kinds == "attention").sum()),
+                    "n_mlp": int((kinds == "mlp").sum()),
+                    "regions": sorted(set(labels["region"][b.units].tolist())) if self.has_labels() else [],
+                }
+            )
+        per_head = {r.head_width // r.group_width for r in self.readouts if r.kind == "attention" and r.head_width}
+        return {
+            "name": self.name,
+            "labelled": self.has_labels(),
+            "counts": self.counts(),
+            "units_per_head": per_head.pop() if len(per_head) == 1 else None,
+            "blocks": blocks,
+        }
+
     def same_units(self, other: Layout) -> bool:
         return [(b.name, b.n_units) for b in self.blocks] == [(b.name, b.n_units) for b in other.blocks]
 
