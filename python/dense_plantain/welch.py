@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dense_plantain import nulls
+
 #: Budget for one chunk of shuffles: about this many float64 elements per ``chunk x units`` array.
 _CHUNK_ELEMENTS = 2_000_000
 #: Refuse an exact enumeration beyond this many labellings; Monte Carlo is the tool then.
 MAX_EXACT = 50_000_000
-#: Relative tolerance under which a null max |t| counts as equal to an observed |t|.
-_RELATIVE_TIE = 1e-10
 
 
 @dataclass(frozen=True)
@@ -278,15 +278,17 @@ def observed_counts(
 
 
 def fwer_p(abs_t_obs: np.ndarray, null: LabelShuffleNull) -> np.ndarray:
-    """Max-statistic p per unit: Monte Carlo ``(1 + #{max|t| >= |t|}) / (P + 1)``; exact ``# / P``."""
-    ranked = np.sort(null.max_abs_t)
-    abs_t_obs = np.nan_to_num(np.asarray(abs_t_obs, dtype=np.float64), nan=0.0)
-    # The null computes t from group sums, the observed t from the rows: the same number can differ
-    # in its last bits, and the observed labelling must still count as "at least as extreme".
-    at_least = ranked.size - np.searchsorted(ranked, abs_t_obs * (1.0 - _RELATIVE_TIE), side="left")
-    if null.exact:
-        return at_least / null.n_permutations
-    return (1.0 + at_least) / (null.n_permutations + 1.0)
+    """Max-statistic p per unit by the one rule of :func:`dense_plantain.nulls.fwer_p`.
+
+    Monte Carlo ``(1 + #{max|t| >= |t|}) / (P + 1)``; exact ``(1 + #{other labellings}) / P``, the
+    observed labelling (row 0) counted for every unit. NaN |t| gives NaN."""
+    return nulls.fwer_p(
+        null.max_abs_t,
+        abs_t_obs,
+        exact=null.exact,
+        n_permutations=null.n_permutations,
+        identity_row=0 if null.exact else None,
+    )
 
 
 def split_half(x1: np.ndarray, x2: np.ndarray, *, n_splits: int = 100, seed: int = 0) -> np.ndarray:

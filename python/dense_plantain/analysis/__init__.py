@@ -27,7 +27,6 @@ from typing import Any
 from dense_plantain.analysis import inputs
 from dense_plantain.analysis.designs import Design, NullOptions, PairedDesign, WelchDesign
 from dense_plantain.analysis.driver import BLOCK_T, D_THRESHOLDS, T_THRESHOLDS, bh_q, run_design
-from dense_plantain.analysis.nulls import NullDistribution
 from dense_plantain.analysis.records import (
     RESULTS_FORMAT,
     AnalysisResult,
@@ -36,6 +35,7 @@ from dense_plantain.analysis.records import (
     Threshold,
     UnitGroup,
 )
+from dense_plantain.nulls import NullDistribution
 from dense_plantain.store import Capture
 
 __all__ = [

@@ -30,8 +30,8 @@ from typing import Protocol
 import numpy as np
 
 from dense_plantain import stats, welch
-from dense_plantain.analysis.nulls import CountsNull, NullDistribution
 from dense_plantain.analysis.records import SplitHalfSummary
+from dense_plantain.nulls import CountsNull, NullDistribution
 from dense_plantain.stats import StatsInputError
 
 __all__ = ["Design", "NullOptions", "PairedDesign", "UnitStatistics", "WelchDesign", "two_sided_p"]

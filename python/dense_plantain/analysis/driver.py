@@ -19,8 +19,8 @@ import numpy as np
 
 from dense_plantain import __version__
 from dense_plantain.analysis.designs import Design, NullOptions, Progress
-from dense_plantain.analysis.nulls import NullDistribution
 from dense_plantain.analysis.records import AnalysisResult, BlockSummary, Threshold, UnitGroup
+from dense_plantain.nulls import NullDistribution
 from dense_plantain.units import Layout
 
 __all__ = ["BLOCK_T", "D_THRESHOLDS", "T_THRESHOLDS", "bh_q", "block_summaries", "run_design", "unit_partitions"]

@@ -1,4 +1,4 @@
-"""One protocol for every null distribution the analysis reads, and one max-statistic p-value.
+"""One protocol for every null distribution the analysis reads, and the one max-statistic p-value rule.
 
 A design's null (sign flips for paired designs, label shuffles for Welch, later random-weights
 baselines) is read only through `NullDistribution`: percentiles, median, maximum and tail counts
