@@ -119,8 +119,14 @@ def test_results_md_tables_hold_the_numbers(rep_run):
             x for x in record["thresholds"] if label.startswith(f"Units with \\|{x['metric']}\\| > {x['threshold']:g}")
         )
         if th["ratio"] is not None:
-            ratio = re.fullmatch(r"([\d.,]+)× empirical null p99", significance)
+            ratio = re.fullmatch(
+                r"([\d.,]+)× empirical null p99( \[p99 rests on (\d+) permutations? above it\])?", significance
+            )
             assert ratio, significance
+            # The note appears exactly when fewer than 10 null permutations lie above the p99.
+            assert (ratio.group(2) is not None) == (th["null_n_above_p99"] < 10)
+            if ratio.group(3) is not None:
+                assert int(ratio.group(3)) == th["null_n_above_p99"]
             assert _number(ratio.group(1)) == pytest.approx(count / th["null_p99"], rel=0.06)
     value, iqr = rows["Split-half r (median)"]
     assert float(value) == pytest.approx(record["split_half"]["median"], abs=5e-4)

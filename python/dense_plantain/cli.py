@@ -632,7 +632,8 @@ def compare(
 @click.option(
     "--base-model",
     default=None,
-    help="Hub id for the front matter's base_model (default: the captured model when it is a Hub id).",
+    help="Hub id for the front matter's base_model (default: the captured model when it is a Hub id; "
+    "never written for random weights).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing file that report did not write.")
 def report(source: str, out: str, license_: str, base_model: str | None, force: bool) -> None:
@@ -649,10 +650,12 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
     from dense_plantain.store import read_capture
 
     reporting.check_card_path(out, force)
+    results_dir = None
     if os.path.isdir(source):
         record = reporting.load_results(source)
+        results_dir = source
     else:
         cap = read_capture(source)
         record = _run_with_progress(False, lambda progress: analysis.analyze(cap, progress=progress)).to_json()
-    reporting.write_card(record, out, force=force, license=license_, base_model=base_model)
+    reporting.write_card(record, out, force=force, license=license_, base_model=base_model, results_dir=results_dir)
     click.echo(f"wrote {out}")

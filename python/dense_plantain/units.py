@@ -308,6 +308,7 @@ class Layout:
             "labelled": self.has_labels(),
             "counts": self.counts(),
             "units_per_head": per_head.pop() if len(per_head) == 1 else None,
+            "group_widths": sorted({r.group_width for r in self.readouts}),
             "blocks": blocks,
         }
 

@@ -66,13 +66,20 @@ def write_card(
     force: bool = False,
     license: str = "apache-2.0",
     base_model: str | None = None,
+    results_dir: str | Path | None = None,
 ) -> Path:
-    """Write the model card for a results record to ``out`` atomically."""
+    """Write the model card for a results record to ``out`` atomically.
+
+    ``results_dir``: the results folder the record came from; its figures are embedded by a link
+    relative to the card (None: the card says it has no figures)."""
     from dense_plantain.store import atomic_write_bytes
 
     out = Path(out)
     check_card_path(out, force)
-    text = card.model_card(record, license=license, base=base_model)
+    figures_dir = None
+    if results_dir is not None:
+        figures_dir = Path(os.path.relpath(Path(results_dir).resolve(), out.resolve().parent)).as_posix()
+    text = card.model_card(record, license=license, base=base_model, figures_dir=figures_dir)
     atomic_write_bytes(out, text.encode("utf-8"))
     os.chmod(out, 0o666 & ~current_umask())  # the temporary file was private; a README is for sharing
     return out
