@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import re
 from pathlib import Path
@@ -351,11 +352,11 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, rep_small_capture, mon
     result = analysis.analyze(rep_small_capture, permutations=20, splits=5)
 
     def broken(*_args, **_kwargs):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(figures, "write_figures", broken)
     out = tmp_path / "never"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(report.OutputFolderError, match="the disk is full.*nothing was written"):
         report.write_results(result, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.safetensors"]
     # And a previous results folder survives a failed rewrite untouched.
@@ -363,7 +364,7 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, rep_small_capture, mon
     report.write_results(result, out)
     before = (out / "results.json").read_bytes()
     monkeypatch.setattr(figures, "write_figures", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(report.OutputFolderError):
         report.write_results(result, out)
     assert (out / "results.json").read_bytes() == before and {p.name for p in out.iterdir()} == FILES
 
