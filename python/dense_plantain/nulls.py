@@ -119,7 +119,11 @@ class CountsNull:
 
     def max_stat_percentile(self, q: float) -> float:
         """A percentile of the null's max |t| over all units (results.json's ``max_abs_t_p95``/``p99``)."""
-        return float(np.percentile(self.max_abs_t, q))
+        with np.errstate(invalid="ignore"):  # inf - inf when both neighbours are infinite t
+            value = float(np.percentile(self.max_abs_t, q))
+        if np.isnan(value) and not np.isnan(self.max_abs_t).any():
+            value = float("inf")  # interpolating between two infinite maxima
+        return value
 
     def fwer_p(self, stat_obs: np.ndarray) -> np.ndarray:
         return fwer_p(

@@ -171,6 +171,9 @@ def _capture_lines(res: Mapping[str, Any]) -> list[str]:
         revision = meta["model"].get("revision") if isinstance(meta.get("model"), dict) else None
         if revision:
             model += f" at revision `{revision}`"
+        weights = meta.get("weights") if isinstance(meta.get("weights"), dict) else {}
+        if weights.get("random"):  # the id names a shape at most; no trained weights ran
+            model = f"random weights ({weights.get('kind', 'random')}: {weights.get('description', 'no description')})"
         items = _setting_items(meta.get("settings"))
         setting_text = ", ".join(f"{k} = {v}" for k, v in items) if items else "settings not recorded"
         lines.append(f"- Model for {label}: {model}; {setting_text}.")
