@@ -171,9 +171,9 @@ def units(model: str, layout: str, names: bool) -> None:
     heads     true attention heads (RMS over head_dim columns), image and text
               tokens apart, single-block MLP activations apart
     """
-    from dense_plantain.capture.layout_table import print_layout
     from dense_plantain.capture.model import load_transformer_config
     from dense_plantain.errors import ModelLoadError
+    from dense_plantain.report.layout_table import print_layout
     from dense_plantain.units import build_layout
 
     config, where = load_transformer_config(model)

@@ -16,12 +16,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from dense_plantain.units import kind_word, region_word
+
 MD_PIPE = "\\|"
 #: A null p99 with fewer permutations than this above it is flagged (analysis.driver.FEW_ABOVE_P99).
 FEW_ABOVE_P99 = 10
-#: Readable names for token regions.
-REGION_NAMES = {"image": "image tokens", "text": "text tokens", "all": "text + image tokens pooled"}
-KIND_NAMES = {"attention": "attention", "mlp": "MLP"}
 
 
 def number(x: float | str | None, digits: int = 2) -> str:
@@ -149,8 +148,7 @@ def block_line(b: Mapping[str, Any], pipe: str = MD_PIPE) -> str:
 
 
 def group_name(g: Mapping[str, Any]) -> str:
-    names = KIND_NAMES if g["axis"] == "kind" else REGION_NAMES
-    return names.get(g["group"], g["group"])
+    return kind_word(g["group"]) if g["axis"] == "kind" else region_word(g["group"])
 
 
 def title(res: Mapping[str, Any]) -> str:

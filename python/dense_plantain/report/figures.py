@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from dense_plantain import units
 from dense_plantain.analysis import AnalysisResult
 from dense_plantain.report import cells
 
@@ -53,7 +54,7 @@ def abs_t_by_block(result: AnalysisResult, res: dict) -> Figure:
     for kind in ("attention", "mlp", "unknown"):
         mask = labels["kind"] == kind
         if mask.any():
-            name = "units" if kind == "unknown" else cells.KIND_NAMES[kind] + " units"
+            name = "units" if kind == "unknown" else units.kind_word(kind) + " units"
             # One marker line per kind (much faster to draw than a scatter collection), rasterised.
             ax.plot(
                 x[mask],
