@@ -415,7 +415,7 @@ def demo(out: str, batch_size: int) -> None:
     captures the bundled dense-plantain pairs at 64x64, and analyses the capture. The weights
     are random, so the numbers show the machinery working, not a finding about FLUX.2.
     """
-    from dense_plantain.capture.demo import run_demo
+    from dense_plantain.demo import run_demo
 
     run_demo(out, batch_size=batch_size)
 
