@@ -498,3 +498,12 @@ def test_default_permutations_are_10000():
     assert inspect.signature(analysis.analyze).parameters["permutations"].default == 10_000
     option = next(p for p in analyze_cmd.params if p.name == "permutations")
     assert option.default == analysis.DEFAULT_PERMUTATIONS
+
+
+def test_welch_raises_the_same_input_error_as_the_paired_path():
+    from dense_plantain import stats, welch
+
+    with pytest.raises(stats.StatsInputError, match="at least 2 rows per group"):
+        welch.welch(np.zeros((1, 3)), np.zeros((4, 3)))
+    with pytest.raises(stats.StatsInputError):
+        stats.paired_diff(np.zeros((2, 3)), np.zeros((2, 3)))
