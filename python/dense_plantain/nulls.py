@@ -33,11 +33,22 @@ FWER_RTOL = 1e-10
 class NullDistribution(Protocol):
     """What the driver reads from a null; ``stats.NullTallies`` has this shape."""
 
-    exact: bool
-    n_permutations: int
-    includes_identity: bool  # the observed pattern / labelling is one of the null's rows
-    seed: int
-    tail: str  # "two" today
+    @property
+    def exact(self) -> bool: ...
+
+    @property
+    def n_permutations(self) -> int: ...
+
+    @property
+    def includes_identity(self) -> bool:  # the observed pattern / labelling is one of the null's rows
+        ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def tail(self) -> str:  # "two" today
+        ...
 
     def percentile(
         self, q: float, threshold_index: int, partition: int | None = None, group: int | None = None
@@ -67,17 +78,19 @@ def fwer_p(
     obs = np.abs(np.asarray(stat_obs, dtype=np.float64))
     undefined = np.isnan(obs)
     bar = np.nan_to_num(obs, nan=0.0) * (1.0 - FWER_RTOL)
-    null_max = np.asarray(null_max, dtype=np.float64)
+    maxima = np.asarray(null_max, dtype=np.float64)
     if exact:
-        rest = np.sort(np.delete(null_max, identity_row) if identity_row is not None else null_max)
+        rest = np.sort(np.delete(maxima, identity_row) if identity_row is not None else maxima)
         extra = 1.0 if identity_row is not None else 0.0
-        p = (extra + rest.size - np.searchsorted(rest, bar, side="left")) / n_permutations
+        at_least = extra + rest.size - np.searchsorted(rest, bar, side="left")
+        denominator = float(n_permutations)
     else:
-        ordered = np.sort(null_max)
-        p = (1.0 + ordered.size - np.searchsorted(ordered, bar, side="left")) / (n_permutations + 1.0)
-    p = np.asarray(p, dtype=np.float64)
-    p[undefined] = np.nan
-    return p
+        ordered = np.sort(maxima)
+        at_least = 1.0 + ordered.size - np.searchsorted(ordered, bar, side="left")
+        denominator = n_permutations + 1.0
+    out = np.asarray(at_least / denominator, dtype=np.float64)
+    out[undefined] = np.nan
+    return out
 
 
 @dataclass(frozen=True, eq=False)

@@ -479,13 +479,20 @@ def _plantain_readouts(shape: ModelShape, width: int = PLANTAIN_SLICE) -> list[R
     for i in range(shape.n_joint):
         out.append(
             Readout(
-                f"joint[{i}]", _joint_module(i), "image", "attention", 0, width, shape.inner // width, shape.head_dim
+                f"joint[{i}]",
+                _joint_module(i),
+                Region.IMAGE,
+                Kind.ATTENTION,
+                0,
+                width,
+                shape.inner // width,
+                shape.head_dim,
             )
         )
     for i in range(shape.n_single):
         name, mod = f"single[{i}]", _single_module(i)
-        out.append(Readout(name, mod, "all", "attention", 0, width, shape.inner // width, shape.head_dim))
-        out.append(Readout(name, mod, "all", "mlp", shape.inner, width, shape.mlp_hidden // width))
+        out.append(Readout(name, mod, Region.ALL, Kind.ATTENTION, 0, width, shape.inner // width, shape.head_dim))
+        out.append(Readout(name, mod, Region.ALL, Kind.MLP, shape.inner, width, shape.mlp_hidden // width))
     return out
 
 
@@ -496,14 +503,14 @@ def _heads_readouts(shape: ModelShape) -> list[Readout]:
     out = []
     for i in range(shape.n_joint):
         name = f"joint[{i}]"
-        out.append(Readout(name, _joint_module(i), "image", "attention", 0, hd, shape.n_heads, hd))
-        out.append(Readout(name, _joint_module(i, text=True), "text", "attention", 0, hd, shape.n_heads, hd))
+        out.append(Readout(name, _joint_module(i), Region.IMAGE, Kind.ATTENTION, 0, hd, shape.n_heads, hd))
+        out.append(Readout(name, _joint_module(i, text=True), Region.TEXT, Kind.ATTENTION, 0, hd, shape.n_heads, hd))
     for i in range(shape.n_single):
         name, mod = f"single[{i}]", _single_module(i)
-        for region in ("image", "text"):
-            out.append(Readout(name, mod, region, "attention", 0, hd, shape.n_heads, hd))
-        for region in ("image", "text"):
-            out.append(Readout(name, mod, region, "mlp", shape.inner, hd, shape.mlp_hidden // hd))
+        for region in (Region.IMAGE, Region.TEXT):
+            out.append(Readout(name, mod, region, Kind.ATTENTION, 0, hd, shape.n_heads, hd))
+        for region in (Region.IMAGE, Region.TEXT):
+            out.append(Readout(name, mod, region, Kind.MLP, shape.inner, hd, shape.mlp_hidden // hd))
     return out
 
 

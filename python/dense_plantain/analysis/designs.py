@@ -73,8 +73,13 @@ class Design(Protocol):
 
     name: str  # results.json "design"
     null_method: str  # results.json null.method
-    n_pairs: int  # pairs behind each statistic (Welch: n1 + n2)
-    group_sizes: tuple[int, ...]
+
+    @property
+    def n_pairs(self) -> int:  # pairs behind each statistic (Welch: n1 + n2)
+        ...
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]: ...
 
     def statistic(self) -> UnitStatistics: ...
 
@@ -106,9 +111,9 @@ def _per_group_null(
     """A `CountsNull` from one engine run over all units and one per group (same seed, so the
     same permutations); the progress count spans all runs."""
     jobs: list[tuple[int | None, int | None, np.ndarray | None]] = [(None, None, None)]
-    for k, labels in enumerate(partitions):
-        for g in sorted(set(np.asarray(labels).tolist()) - {-1}):
-            jobs.append((k, int(g), np.flatnonzero(labels == g)))
+    for index, labels in enumerate(partitions):
+        for label in sorted(set(np.asarray(labels).tolist()) - {-1}):
+            jobs.append((index, int(label), np.flatnonzero(labels == label)))
     counts: dict[tuple[int | None, int | None], np.ndarray] = {}
     max_abs_t = np.empty(0)
     exact, n_perm = False, 0

@@ -216,7 +216,8 @@ def weights(cap: Capture) -> dict[str, Any] | None:
 
 
 def conditions(cap: Capture) -> dict[str, Any]:
-    probe = cap.meta.get("probe") if isinstance(cap.meta.get("probe"), dict) else {}
+    recorded = cap.meta.get("probe")
+    probe: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     return {
         "probe": probe.get("name") or (cap.path.stem if cap.path else None),
         "a": probe.get("label_a") or "A",

@@ -86,7 +86,7 @@ def clean_stale_staging(out: Path) -> list[Path]:
     (``.OUT.*.old`` folders are never removed here: one left by a crash may hold the only copy of
     the previous results.)"""
     parent = out.parent if str(out.parent) else Path(".")
-    removed = []
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for path in parent.glob(f".{out.name}.*"):
