@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -69,25 +70,33 @@ def make_capture(folder: Path) -> tuple[Path, np.ndarray]:
     return path, np.asarray(b, np.float64) - np.asarray(a, np.float64)
 
 
-def time_analyze(capture: Path, folder: Path, repeats: int) -> list[float]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_analyze(capture: Path, folder: Path, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds (user + sys, all threads) of each whole analyze process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    times = []
+    wall, cpu_s = [], []
     for k in range(repeats):
         out = folder / f"results{k}"
         cmd = [sys.executable, "-m", "dense_plantain", "analyze", str(capture), "--out", str(out), "-q"]
         cmd += ["--permutations", str(PERMUTATIONS), "--monte-carlo"]
-        start = time.perf_counter()
+        cpu0, start = _children_cpu(), time.perf_counter()
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu_s.append(_children_cpu() - cpu0)
+    return wall, cpu_s
 
 
-def time_mne(diff: np.ndarray) -> float:
+def time_mne(diff: np.ndarray) -> tuple[float, float]:
+    """Wall and CPU seconds of MNE's permutation_t_test (one job), MNE already imported."""
     from mne.stats import permutation_t_test
 
-    start = time.perf_counter()
+    cpu0, start = time.process_time(), time.perf_counter()
     permutation_t_test(diff, n_permutations=PERMUTATIONS, tail=0, n_jobs=1, verbose=False)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu0
 
 
 def main() -> None:
@@ -97,8 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         capture, diff = make_capture(Path(tmp))
-        analyze = time_analyze(capture, Path(tmp), args.repeats)
-        mne_s = time_mne(diff)
+        analyze, analyze_cpu = time_analyze(capture, Path(tmp), args.repeats)
+        mne_s, mne_cpu = time_mne(diff)
     best, median = min(analyze), statistics.median(analyze)
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -108,7 +117,10 @@ def main() -> None:
         "analyze_s": analyze,
         "analyze_best_s": best,
         "analyze_median_s": median,
+        "analyze_cpu_s": analyze_cpu,
         "mne_permutation_t_test_s": mne_s,
+        "mne_permutation_t_test_cpu_s": mne_cpu,
+        "load_average": os.getloadavg(),
         "ratio_mne_over_analyze_median": mne_s / median,
     }
     print(
@@ -117,6 +129,11 @@ def main() -> None:
     )
     print(f"MNE permutation_t_test, same data, n_permutations = {PERMUTATIONS:,}: {mne_s:.2f} s")
     print(f"ratio MNE / analyze: {mne_s / median:.1f}x (median), {mne_s / best:.1f}x (best)")
+    cpu_med = statistics.median(analyze_cpu)
+    print(
+        f"CPU seconds (user + sys): analyze {cpu_med:.2f} s (median), MNE {mne_cpu:.2f} s, ratio {mne_cpu / cpu_med:.1f}x"
+    )
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps(record, indent=1) + "\n")
 
