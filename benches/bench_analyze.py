@@ -131,7 +131,8 @@ def main() -> None:
     print(f"ratio MNE / analyze: {mne_s / median:.1f}x (median), {mne_s / best:.1f}x (best)")
     cpu_med = statistics.median(analyze_cpu)
     print(
-        f"CPU seconds (user + sys): analyze {cpu_med:.2f} s (median), MNE {mne_cpu:.2f} s, ratio {mne_cpu / cpu_med:.1f}x"
+        f"CPU seconds (user + sys): analyze {cpu_med:.2f} s (median), MNE {mne_cpu:.2f} s, "
+        f"ratio {mne_cpu / cpu_med:.1f}x"
     )
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json:
