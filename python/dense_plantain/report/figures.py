@@ -102,7 +102,8 @@ def null_counts(result: AnalysisResult, res: dict) -> Figure:
         label = f"null ({result.null_permutations:,} permutations, {mode})"
         if clipped:
             label += f"\n{clipped:,} above {top:,} drawn in the last bar (max {int(counts.max()):,})"
-        ax.hist(shown, bins=edges, color="#7f7f7f", label=label)
+        heights, _ = np.histogram(shown, bins=edges)
+        ax.stairs(heights, edges, fill=True, color="#7f7f7f", label=label)  # one artist, not one per bar
         ax.axvline(th.null_p99, color="black", ls="--", lw=1, label=f"null p99 = {th.null_p99:,.4g}")
         null_right = top + 0.5 + max(1.0, 0.05 * top)
         if th.count <= 2 * null_right:
@@ -150,7 +151,8 @@ def split_half(result: AnalysisResult, res: dict) -> Figure:
         )
         ax.set_axis_off()
         return fig
-    ax.hist(r, bins=min(30, max(5, r.size // 3)), color="#2ca02c", alpha=0.8)
+    heights, edges = np.histogram(r, bins=min(30, max(5, r.size // 3)))
+    ax.stairs(heights, edges, fill=True, color="#2ca02c", alpha=0.8)
     ax.axvspan(sh["q25"], sh["q75"], color="#2ca02c", alpha=0.15, label=f"IQR [{sh['q25']:.2f}, {sh['q75']:.2f}]")
     ax.axvline(sh["median"], color="black", lw=1.5, label=f"median r = {sh['median']:.3f}")
     ax.set_xlabel("Pearson r across units between the two halves' t")
