@@ -296,3 +296,214 @@ def test_threshold_counts_agree_with_the_null_identity_at_exact_ties(tmp_path):
     assert row.count == row.null_counts[0]
     t_counts, _, _ = _brute_force_sign_flips(diff)
     assert row.null_counts.shape == t_counts[:, 0].shape
+
+
+# --- golden numbers: the analysis before the design/driver refactor ---------------------------
+
+
+def _same_numbers(got, want, where: str) -> None:
+    """Every number of ``want`` (the fixture) in ``got``: ints and strings equal, floats to 1e-12.
+
+    Keys that the fixture lacks (added to results.json later) are not compared."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict), where
+        for key, value in want.items():
+            assert key in got, f"{where}.{key} missing"
+            _same_numbers(got[key], value, f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _same_numbers(g, w, f"{where}[{i}]")
+    elif isinstance(want, float) and not isinstance(got, str):
+        assert got is not None, where
+        if np.isnan(want):
+            assert np.isnan(got), where
+        else:
+            assert got == pytest.approx(want, rel=1e-12, abs=1e-300), where
+    else:
+        assert got == want, where
+
+
+def test_golden_results(tmp_path):
+    """results.json numbers and per-unit arrays equal those saved by the pre-refactor code (659d1eb)."""
+    import golden
+
+    want = json.loads(golden.FIXTURE.read_text(encoding="utf-8"))
+    got = golden.golden_records(tmp_path)
+    assert set(got) == set(want)
+    for name in want:
+        _same_numbers(got[name], want[name], name)
+
+
+# --- hostile capture files (issue 10) ---------------------------------------------------------
+
+
+def _raw_capture(path, a, b, meta):
+    from safetensors.numpy import save_file
+
+    save_file({"a": a, "b": b}, str(path), metadata={store.META_KEY: json.dumps(meta)})
+    return path
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.float16])
+def test_wrong_dtypes_are_refused_naming_file_and_tensor(tmp_path, an_layout, dtype):
+    a, b = correlated_pairs(an_layout, 5, seed=3)
+    meta = {**an_layout.to_metadata(), "format": 1}
+    path = _raw_capture(tmp_path / "bad.safetensors", a, b.astype(dtype), meta)
+    with pytest.raises(CaptureFileError) as err:
+        store.read_capture(path)
+    text = str(err.value)
+    assert str(path) in text and "'b'" in text and np.dtype(dtype).name in text
+
+
+def test_float64_is_read_as_is(tmp_path, an_layout):
+    a, b = correlated_pairs(an_layout, 6, seed=4)
+    a64 = a.astype(np.float64) + 1e-9  # not representable in float32
+    meta = {**an_layout.to_metadata(), "format": 1}
+    path = _raw_capture(tmp_path / "f64.safetensors", a64, b.astype(np.float64), meta)
+    cap = store.read_capture(path)
+    assert cap.a.dtype == np.float64 and np.array_equal(cap.a, a64)
+    result = analysis.analyze(path, permutations=20, splits=4)
+    np.testing.assert_allclose(result.t, paired_t(b.astype(np.float64) - a64), rtol=1e-10)
+
+
+@pytest.mark.parametrize("value", ["false", "true", 0, None])
+def test_partial_must_be_a_boolean(tmp_path, an_layout, value):
+    a, b = correlated_pairs(an_layout, 5, seed=3)
+    meta = {**an_layout.to_metadata(), "format": 1, "partial": value}
+    path = _raw_capture(tmp_path / "p.safetensors", a, b, meta)
+    with pytest.raises(CaptureFileError, match="'partial'.*true or false"):
+        store.read_capture(path)
+
+
+def test_infinite_t_is_kept_in_json_and_shown(tmp_path, an_layout):
+    from dense_plantain.report import cells, records, tables
+
+    a, b = correlated_pairs(an_layout, 8, seed=5)
+    a, b = a.copy(), b.copy()
+    j = an_layout.block("single[1]").start + 3
+    a[:, j] = np.float32(2.0)  # exactly representable: a constant non-zero difference, t = +inf by definition
+    b[:, j] = np.float32(2.5)
+    path = write(tmp_path / "inf.safetensors", a, b, an_layout, **probe_meta(8))
+    result = analysis.analyze(path, permutations=50, splits=4)
+    diff = b.astype(np.float64) - a.astype(np.float64)
+    assert np.ptp(diff[:, j]) == 0 and diff[0, j] > 0  # the premise, computed independently
+    rec = json.loads(records.results_json_text(result.to_json()))
+    name = an_layout.unit_names()[j]
+    assert rec["max_abs_t"] == "inf" and rec["max_abs_t_unit"] == name
+    top = rec["top_blocks"][0]
+    assert top["block"] == "single[1]" and top["max_abs_t"] == "inf" and top["max_unit"] == name
+    assert analysis.records.read_number(rec["max_abs_t"]) == float("inf")
+    md = tables.results_markdown(rec)
+    assert f"| ∞ | {name}, max-statistic p" in md
+    assert f"max\\|t\\|=∞ ({name}" in md
+    assert cells.number("-inf") == "−∞" and cells.number(None) == "—"
+
+
+# --- matched compare by pair id, shared B prompts ----------------------------------------------
+
+
+def test_matched_compare_pairs_by_id_not_position(tmp_path, an_layout):
+    a1, b1 = correlated_pairs(an_layout, 8, planted=PLANTED, seed=6)
+    a2, b2 = correlated_pairs(an_layout, 8, seed=7)
+    ids = [f"id{i}" for i in range(8)]
+    p1 = write(tmp_path / "one.safetensors", a1, b1, an_layout, **probe_meta(8, ids=ids))
+    order = np.array([3, 0, 7, 1, 6, 2, 5, 4])
+    p2 = write(
+        tmp_path / "two.safetensors", a2[order], b2[order], an_layout, **probe_meta(8, ids=[ids[k] for k in order])
+    )
+    result = analysis.compare(p1, p2, pairing="matched", permutations=30, splits=4)
+    expected = paired_t((b1.astype(np.float64) - a1) - (b2.astype(np.float64) - a2))
+    np.testing.assert_allclose(result.t, expected, rtol=1e-9)
+    assert result.design == "contrast-paired"
+    auto = analysis.compare(p1, p2, permutations=30, splits=4)  # same ids, other order: still matched
+    assert auto.design == "contrast-paired"
+
+
+def test_matched_compare_refuses_different_ids(tmp_path, an_layout):
+    a1, b1 = correlated_pairs(an_layout, 6, seed=6)
+    p1 = write(tmp_path / "one.safetensors", a1, b1, an_layout, **probe_meta(6))
+    ids = [f"pair-{i:02d}" for i in range(5)] + ["other"]
+    p2 = write(tmp_path / "two.safetensors", a1, b1, an_layout, **probe_meta(6, ids=ids))
+    with pytest.raises(AnalysisError, match=r"ids differ.*'pair-05'.*'other'"):
+        analysis.compare(p1, p2, pairing="matched", permutations=10, splits=4)
+
+
+def test_shared_b_prompts_are_named(tmp_path, an_layout):
+    from dense_plantain.report import cells
+
+    a1, b1 = correlated_pairs(an_layout, 6, seed=8)
+    a2, _ = correlated_pairs(an_layout, 6, seed=9)
+    meta1 = probe_meta(6, name="one")
+    meta2 = probe_meta(6, name="two")
+    for p in meta2["pairs"]:
+        p["a"] = "a different A prompt " + p["id"]  # A differs, B texts are the same as capture 1's
+    p1 = write(tmp_path / "one.safetensors", a1, b1, an_layout, **meta1)
+    p2 = write(tmp_path / "two.safetensors", a2, b1, an_layout, **meta2)
+    result = analysis.compare(p1, p2, permutations=20, splits=4)
+    # (B1 - A1) - (B2 - A2) with B1 = B2 is A2 - A1, unit for unit.
+    np.testing.assert_allclose(result.t, paired_t(a2.astype(np.float64) - a1), rtol=1e-9)
+    rec = result.to_json()
+    assert rec["conditions"]["shared_b"] is True
+    assert "is A2 − A1" in cells.title(rec)
+    other = write(tmp_path / "three.safetensors", a2, b1, an_layout, **probe_meta(6, name="three"))
+    meta_b = probe_meta(6)
+    meta_b["pairs"][0]["b"] = "another B"
+    four = write(tmp_path / "four.safetensors", a1, b1, an_layout, **meta_b)
+    assert "shared_b" not in analysis.compare(other, four, permutations=20, splits=4).to_json()["conditions"]
+
+
+# --- the null's summaries and the design protocol -----------------------------------------------
+
+
+def test_null_summaries_match_the_null_counts(an_capture):
+    result = analysis.analyze(an_capture, permutations=300, splits=4)
+    for row in result.thresholds + [r for g in result.groups for r in g.thresholds]:
+        counts = np.asarray(row.null_counts)
+        assert row.null_p99 == np.percentile(counts, 99)
+        assert row.null_max == counts.max() and row.null_median == np.median(counts)
+        assert row.null_n_above_p99 == int((counts > row.null_p99).sum())
+
+
+def test_both_nulls_satisfy_the_protocol(an_capture, tmp_path, an_layout):
+    from dense_plantain import nulls
+    from dense_plantain.analysis import designs, driver
+
+    diff = _diff(an_capture)[0]
+    opts = driver.null_options(analysis.inputs.settings(100, None, 0, 4, True))
+    for design in (designs.PairedDesign(diff), designs.WelchDesign(diff[:6], diff[6:])):
+        null = design.null(opts, [], None)
+        assert isinstance(null, nulls.NullDistribution)
+        assert null.n_permutations == 100 and not null.exact and not null.includes_identity
+
+
+def test_fwer_rule_exact_counts_the_identity_once():
+    from dense_plantain import nulls
+
+    null_max = np.array([5.0, 1.0, 6.0, 4.999999999999])  # row 0: the identity
+    p = nulls.fwer_p(null_max, np.array([5.0, 0.5, np.nan]), exact=True, n_permutations=4, identity_row=0)
+    # 5.0: identity + 6.0 + 4.999999999999 (within the 1e-10 tie rule) = 3 of 4.
+    np.testing.assert_allclose(p[:2], [3 / 4, 1.0])
+    assert np.isnan(p[2])
+    mc = nulls.fwer_p(null_max, np.array([5.0]), exact=False, n_permutations=4, identity_row=None)
+    np.testing.assert_allclose(mc, [(1 + 3) / 5])
+
+
+def test_default_permutations_are_10000():
+    import inspect
+
+    from dense_plantain.cli import analyze as analyze_cmd
+
+    assert analysis.DEFAULT_PERMUTATIONS == 10_000
+    assert inspect.signature(analysis.analyze).parameters["permutations"].default == 10_000
+    option = next(p for p in analyze_cmd.params if p.name == "permutations")
+    assert option.default == analysis.DEFAULT_PERMUTATIONS
+
+
+def test_welch_raises_the_same_input_error_as_the_paired_path():
+    from dense_plantain import stats, welch
+
+    with pytest.raises(stats.StatsInputError, match="at least 2 rows per group"):
+        welch.welch(np.zeros((1, 3)), np.zeros((4, 3)))
+    with pytest.raises(stats.StatsInputError):
+        stats.paired_diff(np.zeros((2, 3)), np.zeros((2, 3)))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import re
 from pathlib import Path
 
@@ -119,8 +121,14 @@ def test_results_md_tables_hold_the_numbers(rep_run):
             x for x in record["thresholds"] if label.startswith(f"Units with \\|{x['metric']}\\| > {x['threshold']:g}")
         )
         if th["ratio"] is not None:
-            ratio = re.fullmatch(r"([\d.,]+)× empirical null p99", significance)
+            ratio = re.fullmatch(
+                r"([\d.,]+)× empirical null p99( \[p99 rests on (\d+) permutations? above it\])?", significance
+            )
             assert ratio, significance
+            # The note appears exactly when fewer than 10 null permutations lie above the p99.
+            assert (ratio.group(2) is not None) == (th["null_n_above_p99"] < 10)
+            if ratio.group(3) is not None:
+                assert int(ratio.group(3)) == th["null_n_above_p99"]
             assert _number(ratio.group(1)) == pytest.approx(count / th["null_p99"], rel=0.06)
     value, iqr = rows["Split-half r (median)"]
     assert float(value) == pytest.approx(record["split_half"]["median"], abs=5e-4)
@@ -345,11 +353,11 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, rep_small_capture, mon
     result = analysis.analyze(rep_small_capture, permutations=20, splits=5)
 
     def broken(*_args, **_kwargs):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(figures, "write_figures", broken)
     out = tmp_path / "never"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(report.OutputFolderError, match="the disk is full.*nothing was written"):
         report.write_results(result, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.safetensors"]
     # And a previous results folder survives a failed rewrite untouched.
@@ -357,7 +365,7 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, rep_small_capture, mon
     report.write_results(result, out)
     before = (out / "results.json").read_bytes()
     monkeypatch.setattr(figures, "write_figures", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(report.OutputFolderError):
         report.write_results(result, out)
     assert (out / "results.json").read_bytes() == before and {p.name for p in out.iterdir()} == FILES
 
@@ -469,3 +477,94 @@ def test_bad_captures_fail_cleanly(tmp_path, case, message):
     readme = tmp_path / "README.md"
     res = CliRunner().invoke(main, ["report", str(path), "--out", str(readme)])
     assert res.exit_code != 0 and path.name in res.output and not readme.exists()
+
+
+# --- honest weights, the card's figures and command, clean failures (issue 10) --------------------
+
+RANDOM_WEIGHTS = {
+    "random": True,
+    "kind": "tiny-random",
+    "description": "tiny random FLUX.2-shaped pipeline (seed 0)",
+    "seed": 0,
+    "parts": ["transformer", "text_encoder", "vae"],
+    "sha256": None,
+}
+
+
+def test_random_weights_are_said_first_and_no_base_model_is_claimed(tmp_path):
+    layout = small_layout()
+    a, b = correlated_pairs(layout, 6, seed=3)
+    meta = probe_meta(6)
+    meta["command"] = ["dense-plantain", "capture", "prompts/x.toml", "--model", "tiny", "--out", "r.safetensors"]
+    capture = write(tmp_path / "random.safetensors", a, b, layout, weights=RANDOM_WEIGHTS, **meta)
+    out, readme = tmp_path / "results", tmp_path / "card" / "README.md"
+    assert _analyze(capture, out).exit_code == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["weights"]["random"] is True and record["weights"]["recorded"] is True
+    md_head = (out / "results.md").read_text().splitlines()[:3]
+    assert any("Random weights" in line for line in md_head), md_head
+    res = CliRunner().invoke(main, ["report", str(out), "--out", str(readme)])
+    assert res.exit_code == 0, res.output
+    text = readme.read_text()
+    front = _front_matter(text)
+    assert "base_model" not in front
+    assert front["pipeline_tag"] == "text-to-image" and front["language"] == ["en"]
+    body = text.split("\n---\n", 1)[1]
+    first = [line for line in body.splitlines() if line.strip() and not line.startswith("<!--")][:2]
+    assert "random weights" in first[0] and "Random weights" in first[1], first
+    assert "FLUX.2-klein-base-4B" not in body  # the probe's meta names it as the model; the card must not claim it
+    # Figures embedded by relative links that resolve to the results folder's PNGs.
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert len(links) == 3 and all((readme.parent / link).resolve().is_file() for link in links)
+    # Reproduce holds the recorded capture command line.
+    assert "dense-plantain capture prompts/x.toml --model tiny --out r.safetensors" in text
+    assert "## Limitations" in text and "Controls not run" in text
+
+
+def test_old_captures_say_weights_not_recorded(rep_run, tmp_path):
+    record = json.loads((rep_run["out"] / "results.json").read_text())
+    assert record["weights"] == {"recorded": False, "random": None}
+    assert "Weights: not recorded" in (rep_run["out"] / "results.md").read_text().splitlines()[2]
+    text = card.model_card(record)
+    assert "Weights not recorded" in text
+    # Without a recorded command line, the capture command is rebuilt from the settings.
+    assert "dense-plantain capture prompts/synthetic.toml --model black-forest-labs/FLUX.2-klein-base-4B" in text
+
+
+def test_a_hand_edited_results_json_is_one_clear_error(rep_run, tmp_path):
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    record = json.loads((rep_run["out"] / "results.json").read_text())
+    record["thresholds"][0]["count"] = "many"
+    (folder / "results.json").write_text(json.dumps(record))
+    readme = tmp_path / "README.md"
+    res = CliRunner().invoke(main, ["report", str(folder), "--out", str(readme)])
+    assert res.exit_code == 2 and "edited by hand" in res.output and "Traceback" not in res.output
+    assert not readme.exists()
+
+
+@pytest.mark.parametrize("code,words", [(errno.EROFS, "read-only"), (errno.ENOSPC, "the disk is full")])
+def test_disk_errors_in_analyze_exit_2_and_leave_nothing(tmp_path, rep_small_capture, monkeypatch, code, words):
+    def broken(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(figures, "write_figures", broken)
+    out = tmp_path / "res"
+    res = _analyze(rep_small_capture, out)
+    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.safetensors"]
+
+
+def test_stale_staging_folders_are_cleaned_and_live_ones_kept(tmp_path, rep_small_capture):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, live = tmp_path / ".res.dead1.partial", tmp_path / ".res.live1.partial"
+    for folder, pid in ((stale, int(dead.stdout)), (live, os.getpid())):
+        folder.mkdir()
+        (folder / "owner").write_text(f"{pid} {socket.gethostname()}\n")
+        (folder / "results.json").write_text("{}")
+    assert _analyze(rep_small_capture, tmp_path / "res").exit_code == 0
+    assert not stale.exists() and live.exists()

@@ -106,7 +106,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     """The demo on a shortened bundled set: capture file written, random-weights caveat printed."""
     from click.testing import CliRunner
 
-    from dense_plantain.capture import demo
+    from dense_plantain import demo
     from dense_plantain.cli import main
     from dense_plantain.store import read_capture
 

@@ -175,9 +175,9 @@ def units(model: str, layout: str, names: bool) -> None:
     heads     true attention heads (RMS over head_dim columns), image and text
               tokens apart, single-block MLP activations apart
     """
-    from dense_plantain.capture.layout_table import print_layout
     from dense_plantain.capture.model import load_transformer_config
     from dense_plantain.errors import ModelLoadError
+    from dense_plantain.report.layout_table import print_layout
     from dense_plantain.units import build_layout
 
     config, where = load_transformer_config(model)
@@ -421,7 +421,7 @@ def demo(out: str, batch_size: int) -> None:
     captures the bundled dense-plantain pairs at 64x64, and analyses the capture. The weights
     are random, so the numbers show the machinery working, not a finding about FLUX.2.
     """
-    from dense_plantain.capture.demo import run_demo
+    from dense_plantain.demo import run_demo
 
     run_demo(out, batch_size=batch_size)
 
@@ -444,7 +444,7 @@ def _analysis_options(fn):
         ),
         click.option(
             "--permutations",
-            default=1000,
+            default=10_000,  # analysis.DEFAULT_PERMUTATIONS (not imported here: the CLI starts fast)
             show_default=True,
             type=click.IntRange(min=1),
             help="Null permutations (Monte Carlo), and the limit below which the null is exact.",
@@ -569,8 +569,8 @@ def analyze(
     type=click.Choice(["auto", "matched", "unmatched"]),
     default="auto",
     show_default=True,
-    help="matched: paired t of diff1 - diff2 (same pairs, same order); unmatched: Welch's t with a "
-    "label-shuffle null. auto: matched when both captures list the same pair ids in order.",
+    help="matched: paired t of diff1 - diff2 over pairs matched by pair id (ids that differ are refused); "
+    "unmatched: Welch's t with a label-shuffle null. auto: matched when both captures list the same pair ids.",
 )
 @click.option(
     "--allow-different-settings",
@@ -638,14 +638,15 @@ def compare(
 @click.option(
     "--base-model",
     default=None,
-    help="Hub id for the front matter's base_model (default: the captured model when it is a Hub id).",
+    help="Hub id for the front matter's base_model (default: the captured model when it is a Hub id; "
+    "never written for random weights).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing file that report did not write.")
 def report(source: str, out: str, license_: str, base_model: str | None, force: bool) -> None:
     """Write a Hub model card (README.md) from a results folder or a capture file.
 
     SOURCE is a folder written by analyze/compare (its results.json is read), or a
-    capture file, which is analysed first with the default settings (1,000 permutations,
+    capture file, which is analysed first with the default settings (10,000 permutations,
     seed 0, 100 splits; run analyze and pass its folder for other settings).
     """
     import os
@@ -655,10 +656,12 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
     from dense_plantain.store import read_capture
 
     reporting.check_card_path(out, force)
+    results_dir = None
     if os.path.isdir(source):
         record = reporting.load_results(source)
+        results_dir = source
     else:
         cap = read_capture(source)
         record = _run_with_progress(False, lambda progress: analysis.analyze(cap, progress=progress)).to_json()
-    reporting.write_card(record, out, force=force, license=license_, base_model=base_model)
+    reporting.write_card(record, out, force=force, license=license_, base_model=base_model, results_dir=results_dir)
     click.echo(f"wrote {out}")

@@ -3,7 +3,8 @@
 A capture file is a safetensors file with
 
 * ``a`` and ``b``: float32 ``[pairs x units]``, the unit values under conditions A and B, rows
-  in pair order, columns in layout order;
+  in pair order, columns in layout order (``read_capture`` also reads float64 as is; any other
+  dtype, e.g. float16, int or bool, is refused with the tensor's name);
 * metadata key ``dense_plantain``: a JSON object. Required: ``format`` (= 1) and ``blocks``
   (``[{"name": "joint[0]", "n_units": 192}, ...]`` in unit order, summing to the unit count).
   Written by ``dense-plantain capture`` and read when present: ``layout``, ``readouts`` and
@@ -38,8 +39,8 @@ class Capture:
     """A capture file in memory."""
 
     path: Path | None
-    a: np.ndarray  # float32 [pairs x units]
-    b: np.ndarray  # float32 [pairs x units]
+    a: np.ndarray  # float32 [pairs x units] (float64 when the file holds float64)
+    b: np.ndarray  # same dtype and shape as a
     meta: dict[str, Any]
     layout: Layout
 
@@ -60,7 +61,7 @@ class Capture:
 
     @property
     def partial(self) -> bool:
-        return bool(self.meta.get("partial", False))
+        return self.meta.get("partial", False) is True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -96,6 +97,11 @@ def write_capture(path: str | os.PathLike, a: np.ndarray, b: np.ndarray, meta: d
     data = save({"a": a, "b": b}, metadata={META_KEY: json.dumps(meta, separators=(",", ":"))})
     atomic_write_bytes(path, data)
     return path
+
+
+#: dtypes ``read_capture`` accepts for ``a`` and ``b``: float32 (what capture writes) and float64
+#: (read as is, not rounded to float32). Anything else is refused, never cast.
+READ_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _fail(path: Path, what: str, fix: str) -> CaptureFileError:
@@ -155,6 +161,20 @@ def read_capture(path: str | os.PathLike, *, allow_partial: bool = False, check_
             f"has capture format {meta.get('format')!r}; this dense-plantain reads format {FORMAT}",
             "Upgrade dense-plantain or capture again",
         )
+    for name, arr in (("a", a), ("b", b)):
+        if arr.dtype not in READ_DTYPES:
+            raise _fail(
+                path,
+                f"tensor {name!r} has dtype {arr.dtype}; capture values must be float32 (float64 is also read)",
+                "Write the unit values as float32 (int, bool and float16 values are refused rather than cast)",
+            )
+    partial = meta.get("partial", False)
+    if not isinstance(partial, bool):
+        raise _fail(
+            path,
+            f"its metadata 'partial' is {partial!r} ({type(partial).__name__}); it must be JSON true or false",
+            'Rewrite the metadata with a boolean (a string such as "false" is not read as false)',
+        )
     if a.ndim != 2 or b.ndim != 2:
         raise _fail(
             path,
@@ -177,9 +197,7 @@ def read_capture(path: str | os.PathLike, *, allow_partial: bool = False, check_
             f"'blocks' sum to {layout.n_units} units but 'a' and 'b' have {a.shape[1]} columns",
             "The blocks must list every unit, in column order",
         )
-    cap = Capture(
-        path=path, a=np.asarray(a, dtype=np.float32), b=np.asarray(b, dtype=np.float32), meta=meta, layout=layout
-    )
+    cap = Capture(path=path, a=np.asarray(a), b=np.asarray(b), meta=meta, layout=layout)
     if cap.partial and not allow_partial:
         total = meta.get("n_pairs_total", "?")
         raise _fail(

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,72 @@ import numpy as np
 #: The plantain cards' slice width ("head" = 16 columns).
 PLANTAIN_SLICE = 16
 LAYOUTS = ("plantain", "heads")
-REGIONS = ("all", "image", "text")
-KINDS = ("attention", "mlp", "unknown")
+
+
+class Kind(StrEnum):
+    """What a unit reads (str-valued: JSON and label arrays hold the plain words)."""
+
+    ATTENTION = "attention"
+    MLP = "mlp"
+    UNKNOWN = "unknown"
+
+
+class Region(StrEnum):
+    """Which tokens a unit pools."""
+
+    ALL = "all"
+    IMAGE = "image"
+    TEXT = "text"
+
+
+class Stream(StrEnum):
+    """Which tokens a hooked module sees: image only, text only, or text then image (joint)."""
+
+    IMAGE = "image"
+    TEXT = "text"
+    JOINT = "joint"
+
+
+REGIONS = tuple(r.value for r in Region)
+KINDS = tuple(k.value for k in Kind)
+
+#: Display words, for every table, card and figure.
+KIND_WORDS = {Kind.ATTENTION: "attention", Kind.MLP: "MLP", Kind.UNKNOWN: "unknown"}
+REGION_WORDS = {Region.IMAGE: "image tokens", Region.TEXT: "text tokens", Region.ALL: "text + image tokens pooled"}
+#: Shorter region words for the layout table.
+REGION_SHORT = {Region.ALL: "text+image pooled", Region.IMAGE: "image", Region.TEXT: "text"}
+
+#: The module paths a layout may hook, by block type: joint blocks keep the streams apart.
+_JOINT_IMAGE_MODULE = "attn.to_out.0"
+_JOINT_TEXT_MODULE = "attn.to_add_out"
+_SINGLE_MODULE = "attn.to_out"
+_JOINT_PREFIX = "transformer_blocks."
+_SINGLE_PREFIX = "single_transformer_blocks."
+
+
+def kind_word(kind: str) -> str:
+    return KIND_WORDS.get(Kind(kind), kind) if kind in KINDS else kind
+
+
+def region_word(region: str) -> str:
+    return REGION_WORDS.get(Region(region), region) if region in REGIONS else region
+
+
+def module_stream(module: str) -> Stream:
+    """The stream a hooked module path sees; ``ValueError`` for a path no layout builds."""
+    for prefix, suffixes in (
+        (_JOINT_PREFIX, {_JOINT_IMAGE_MODULE: Stream.IMAGE, _JOINT_TEXT_MODULE: Stream.TEXT}),
+        (_SINGLE_PREFIX, {_SINGLE_MODULE: Stream.JOINT}),
+    ):
+        if module.startswith(prefix):
+            index, _, rest = module[len(prefix) :].partition(".")
+            if index.isdigit() and rest in suffixes:
+                return suffixes[rest]
+    raise ValueError(
+        f"module {module!r} is not an attention output projection of a Flux2 transformer; readouts can hook "
+        f"{_JOINT_PREFIX}<i>.{_JOINT_IMAGE_MODULE}, {_JOINT_PREFIX}<i>.{_JOINT_TEXT_MODULE} and "
+        f"{_SINGLE_PREFIX}<i>.{_SINGLE_MODULE}"
+    )
 
 
 @dataclass(frozen=True)
@@ -89,17 +154,48 @@ class Readout:
 
     block: str  # "joint[3]" / "single[0]" (with "@step<k>" when several steps)
     module: str  # dotted path inside the transformer, e.g. "transformer_blocks.3.attn.to_out.0"
-    region: str  # "all" | "image" | "text": which tokens of the hooked input are pooled
-    kind: str  # "attention" | "mlp"
+    region: Region  # which tokens of the hooked input are pooled (a plain string is converted)
+    kind: Kind  # attention | mlp
     col_start: int
     group_width: int
     n_groups: int
     head_width: int = 0  # columns per real attention head (0 for MLP): labels heads and slices
     step: int = 0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "region", Region(self.region))
+        object.__setattr__(self, "kind", Kind(self.kind))
+
     @property
     def col_stop(self) -> int:
         return self.col_start + self.n_groups * self.group_width
+
+    @property
+    def block_type(self) -> str:
+        """``joint`` or ``single``: the block's name before its index."""
+        return self.block.split("[", 1)[0]
+
+    @property
+    def stream(self) -> Stream:
+        return module_stream(self.module)
+
+
+@dataclass
+class KindRow:
+    """The layout of one block type (joint / single) at one step; its blocks are alike, so the
+    counts are per block, taken from the first."""
+
+    block_type: str
+    step: int
+    blocks: list[str] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)  # hooked modules, the part after ".attn."
+    attention: int = 0
+    mlp: int = 0
+    regions: list[Region] = field(default_factory=list)
+
+    @property
+    def units(self) -> int:
+        return self.attention + self.mlp
 
 
 @dataclass(frozen=True)
@@ -287,6 +383,79 @@ class Layout:
             start += n
         return cls(name=name, blocks=tuple(blocks), steps=steps)
 
+    def kind_rows(self) -> list[KindRow]:
+        """One row per block type and step, with per-block unit counts (blocks of a type are alike)."""
+        rows: dict[tuple[str, int], KindRow] = {}
+        for r in self.readouts:
+            row = rows.setdefault((r.block_type, r.step), KindRow(r.block_type, r.step))
+            if r.block not in row.blocks:
+                row.blocks.append(r.block)
+            if row.blocks[0] != r.block:
+                continue  # count the first block of each type; the others repeat it
+            module = r.module.split(".attn.", 1)[-1]  # the block column already says which blocks
+            if module not in row.modules:
+                row.modules.append(module)
+            if r.kind == Kind.MLP:
+                row.mlp += r.n_groups
+            else:
+                row.attention += r.n_groups
+            if r.region not in row.regions:
+                row.regions.append(r.region)
+        return list(rows.values())
+
+    def caveats(self) -> list[str]:
+        """Plain statements of what the units are (and are not), computed from the layout."""
+        lines: list[str] = []
+        if self.name != "plantain":
+            return lines
+        for r in self.readouts:
+            if r.kind == Kind.ATTENTION and r.head_width and r.group_width < r.head_width:
+                lines.append(
+                    f'A plantain "head" is a {r.group_width}-column slice, not an attention head: each real '
+                    f"{r.head_width}-dim head is {r.head_width // r.group_width} slices."
+                )
+                break
+        rows = self.kind_rows()
+        single = [row for row in rows if row.block_type == "single"]
+        if single and single[0].mlp:
+            row = single[0]
+            lines.append(
+                f"In single blocks {row.mlp} of the {row.units} slices per block are SwiGLU MLP activations, not "
+                f"attention ({row.mlp * len(row.blocks):,} of the {self.n_units:,} units in all), and every "
+                "single-block value pools text and image tokens, so wording differences between A and B prompts "
+                "leak into them."
+            )
+        joint = [row for row in rows if row.block_type == "joint"]
+        if joint and joint[0].regions == [Region.IMAGE]:
+            lines.append("Joint blocks are read on image tokens only (their text tokens leave through to_add_out).")
+        lines.append("`--layout heads` gives true attention heads with image and text tokens apart, and MLP apart.")
+        return lines
+
+    def summary(self) -> dict[str, Any]:
+        """Per block: units, how many are attention / MLP, which token regions; plus the totals."""
+        labels = self.labels()
+        blocks = []
+        for b in self.blocks:
+            kinds = labels["kind"][b.units]
+            blocks.append(
+                {
+                    "name": b.name,
+                    "n_units": b.n_units,
+                    "n_attention": int((kinds == "attention").sum()),
+                    "n_mlp": int((kinds == "mlp").sum()),
+                    "regions": sorted(set(labels["region"][b.units].tolist())) if self.has_labels() else [],
+                }
+            )
+        per_head = {r.head_width // r.group_width for r in self.readouts if r.kind == "attention" and r.head_width}
+        return {
+            "name": self.name,
+            "labelled": self.has_labels(),
+            "counts": self.counts(),
+            "units_per_head": per_head.pop() if len(per_head) == 1 else None,
+            "group_widths": sorted({r.group_width for r in self.readouts}),
+            "blocks": blocks,
+        }
+
     def same_units(self, other: Layout) -> bool:
         return [(b.name, b.n_units) for b in self.blocks] == [(b.name, b.n_units) for b in other.blocks]
 
@@ -295,11 +464,11 @@ class Layout:
 
 
 def _joint_module(i: int, text: bool = False) -> str:
-    return f"transformer_blocks.{i}.attn." + ("to_add_out" if text else "to_out.0")
+    return f"{_JOINT_PREFIX}{i}." + (_JOINT_TEXT_MODULE if text else _JOINT_IMAGE_MODULE)
 
 
 def _single_module(i: int) -> str:
-    return f"single_transformer_blocks.{i}.attn.to_out"
+    return f"{_SINGLE_PREFIX}{i}.{_SINGLE_MODULE}"
 
 
 def _plantain_readouts(shape: ModelShape, width: int = PLANTAIN_SLICE) -> list[Readout]:
@@ -310,13 +479,20 @@ def _plantain_readouts(shape: ModelShape, width: int = PLANTAIN_SLICE) -> list[R
     for i in range(shape.n_joint):
         out.append(
             Readout(
-                f"joint[{i}]", _joint_module(i), "image", "attention", 0, width, shape.inner // width, shape.head_dim
+                f"joint[{i}]",
+                _joint_module(i),
+                Region.IMAGE,
+                Kind.ATTENTION,
+                0,
+                width,
+                shape.inner // width,
+                shape.head_dim,
             )
         )
     for i in range(shape.n_single):
         name, mod = f"single[{i}]", _single_module(i)
-        out.append(Readout(name, mod, "all", "attention", 0, width, shape.inner // width, shape.head_dim))
-        out.append(Readout(name, mod, "all", "mlp", shape.inner, width, shape.mlp_hidden // width))
+        out.append(Readout(name, mod, Region.ALL, Kind.ATTENTION, 0, width, shape.inner // width, shape.head_dim))
+        out.append(Readout(name, mod, Region.ALL, Kind.MLP, shape.inner, width, shape.mlp_hidden // width))
     return out
 
 
@@ -327,14 +503,14 @@ def _heads_readouts(shape: ModelShape) -> list[Readout]:
     out = []
     for i in range(shape.n_joint):
         name = f"joint[{i}]"
-        out.append(Readout(name, _joint_module(i), "image", "attention", 0, hd, shape.n_heads, hd))
-        out.append(Readout(name, _joint_module(i, text=True), "text", "attention", 0, hd, shape.n_heads, hd))
+        out.append(Readout(name, _joint_module(i), Region.IMAGE, Kind.ATTENTION, 0, hd, shape.n_heads, hd))
+        out.append(Readout(name, _joint_module(i, text=True), Region.TEXT, Kind.ATTENTION, 0, hd, shape.n_heads, hd))
     for i in range(shape.n_single):
         name, mod = f"single[{i}]", _single_module(i)
-        for region in ("image", "text"):
-            out.append(Readout(name, mod, region, "attention", 0, hd, shape.n_heads, hd))
-        for region in ("image", "text"):
-            out.append(Readout(name, mod, region, "mlp", shape.inner, hd, shape.mlp_hidden // hd))
+        for region in (Region.IMAGE, Region.TEXT):
+            out.append(Readout(name, mod, region, Kind.ATTENTION, 0, hd, shape.n_heads, hd))
+        for region in (Region.IMAGE, Region.TEXT):
+            out.append(Readout(name, mod, region, Kind.MLP, shape.inner, hd, shape.mlp_hidden // hd))
     return out
 
 

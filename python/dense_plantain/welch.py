@@ -28,12 +28,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dense_plantain import nulls
+from dense_plantain.stats import StatsInputError
+
+__all__ = [
+    "MAX_EXACT",
+    "LabelShuffleNull",
+    "ObservedCounts",
+    "Welch",
+    "fwer_p",
+    "label_shuffle_null",
+    "n_labellings",
+    "observed_counts",
+    "split_half",
+    "welch",
+]
+
 #: Budget for one chunk of shuffles: about this many float64 elements per ``chunk x units`` array.
 _CHUNK_ELEMENTS = 2_000_000
 #: Refuse an exact enumeration beyond this many labellings; Monte Carlo is the tool then.
 MAX_EXACT = 50_000_000
-#: Relative tolerance under which a null max |t| counts as equal to an observed |t|.
-_RELATIVE_TIE = 1e-10
 
 
 @dataclass(frozen=True)
@@ -139,7 +153,7 @@ def welch(x1: np.ndarray, x2: np.ndarray) -> Welch:
     x2 = np.asarray(x2, dtype=np.float64)
     n1, n2 = x1.shape[0], x2.shape[0]
     if n1 < 2 or n2 < 2:
-        raise ValueError(f"Welch's t needs at least 2 rows per group, got {n1} and {n2}")
+        raise StatsInputError(f"Welch's t needs at least 2 rows per group, got {n1} and {n2}")
     m1, m2 = x1.mean(axis=0), x2.mean(axis=0)
     v1, v2 = x1.var(axis=0, ddof=1), x2.var(axis=0, ddof=1)
     t, d = _t_and_d(m1, m2, v1, v2, n1, n2)
@@ -193,14 +207,14 @@ def label_shuffle_null(
     x2 = np.asarray(x2, dtype=np.float64)
     n1, n2 = x1.shape[0], x2.shape[0]
     if n1 < 2 or n2 < 2:
-        raise ValueError(f"a label-shuffle null needs at least 2 rows per group, got {n1} and {n2}")
+        raise StatsInputError(f"a label-shuffle null needs at least 2 rows per group, got {n1} and {n2}")
     if permutations < 1:
-        raise ValueError(f"permutations must be at least 1, got {permutations}")
+        raise StatsInputError(f"permutations must be at least 1, got {permutations}")
     total = n_labellings(n1, n2)
     if exact is None:
         exact = total <= permutations
     if exact and total > MAX_EXACT:
-        raise ValueError(
+        raise StatsInputError(
             f"an exact label-shuffle null would enumerate {total:,} labellings "
             f"(more than {MAX_EXACT:,}); use Monte Carlo permutations instead"
         )
@@ -261,7 +275,7 @@ def observed_counts(
     x2 = np.asarray(x2, dtype=np.float64)
     n1, n2 = x1.shape[0], x2.shape[0]
     if n1 < 2 or n2 < 2:
-        raise ValueError(f"Welch's t needs at least 2 rows per group, got {n1} and {n2}")
+        raise StatsInputError(f"Welch's t needs at least 2 rows per group, got {n1} and {n2}")
     rows, squares, s, q = _pooled(x1, x2)
     member = np.zeros((1, n1 + n2), dtype=np.float64)
     member[0, :n1] = 1.0
@@ -278,15 +292,17 @@ def observed_counts(
 
 
 def fwer_p(abs_t_obs: np.ndarray, null: LabelShuffleNull) -> np.ndarray:
-    """Max-statistic p per unit: Monte Carlo ``(1 + #{max|t| >= |t|}) / (P + 1)``; exact ``# / P``."""
-    ranked = np.sort(null.max_abs_t)
-    abs_t_obs = np.nan_to_num(np.asarray(abs_t_obs, dtype=np.float64), nan=0.0)
-    # The null computes t from group sums, the observed t from the rows: the same number can differ
-    # in its last bits, and the observed labelling must still count as "at least as extreme".
-    at_least = ranked.size - np.searchsorted(ranked, abs_t_obs * (1.0 - _RELATIVE_TIE), side="left")
-    if null.exact:
-        return at_least / null.n_permutations
-    return (1.0 + at_least) / (null.n_permutations + 1.0)
+    """Max-statistic p per unit by the one rule of :func:`dense_plantain.nulls.fwer_p`.
+
+    Monte Carlo ``(1 + #{max|t| >= |t|}) / (P + 1)``; exact ``(1 + #{other labellings}) / P``, the
+    observed labelling (row 0) counted for every unit. NaN |t| gives NaN."""
+    return nulls.fwer_p(
+        null.max_abs_t,
+        abs_t_obs,
+        exact=null.exact,
+        n_permutations=null.n_permutations,
+        identity_row=0 if null.exact else None,
+    )
 
 
 def split_half(x1: np.ndarray, x2: np.ndarray, *, n_splits: int = 100, seed: int = 0) -> np.ndarray:
@@ -299,7 +315,7 @@ def split_half(x1: np.ndarray, x2: np.ndarray, *, n_splits: int = 100, seed: int
     x2 = np.asarray(x2, dtype=np.float64)
     n1, n2 = x1.shape[0], x2.shape[0]
     if n1 < 4 or n2 < 4:
-        raise ValueError(f"split halves of Welch's t need at least 4 rows per group, got {n1} and {n2}")
+        raise StatsInputError(f"split halves of Welch's t need at least 4 rows per group, got {n1} and {n2}")
     rng = np.random.default_rng(seed)
     r = np.empty(n_splits, dtype=np.float64)
     for k in range(n_splits):

@@ -39,34 +39,16 @@ For benchmarks on a bare ``Flux2Transformer2DModel``::
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from dense_plantain import units
 from dense_plantain.units import Layout, Readout
 
-#: Which tokens a hooked module sees. Joint blocks keep the streams apart (image tokens through
-#: ``to_out.0``, text tokens through ``to_add_out``); single blocks see ``[text | image]``.
-_IMAGE_STREAM = re.compile(r"^transformer_blocks\.\d+\.attn\.to_out\.0$")
-_TEXT_STREAM = re.compile(r"^transformer_blocks\.\d+\.attn\.to_add_out$")
-_JOINT_STREAM = re.compile(r"^single_transformer_blocks\.\d+\.attn\.to_out$")
-
-
-def module_stream(module: str) -> str:
-    """``image``, ``text`` or ``joint`` (text then image tokens) for a hooked module path."""
-    if _IMAGE_STREAM.match(module):
-        return "image"
-    if _TEXT_STREAM.match(module):
-        return "text"
-    if _JOINT_STREAM.match(module):
-        return "joint"
-    raise ValueError(
-        f"module {module!r} is not an attention output projection of a Flux2 transformer; readouts can hook "
-        "transformer_blocks.<i>.attn.to_out.0, transformer_blocks.<i>.attn.to_add_out and "
-        "single_transformer_blocks.<i>.attn.to_out"
-    )
+#: Which tokens a hooked module sees: ``units`` owns the module paths and their streams.
+module_stream = units.module_stream
 
 
 def _check_region(module: str, region: str) -> None:

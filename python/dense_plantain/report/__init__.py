@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dense_plantain.analysis import AnalysisResult
-from dense_plantain.report import card, figures, records, tables
-from dense_plantain.report.folder import OutputFolderError, check_out_dir, current_umask, write_folder
+from dense_plantain.report import card, records, tables
+from dense_plantain.report.folder import OutputFolderError, check_out_dir, current_umask, disk_error, write_folder
 from dense_plantain.report.records import ResultsFileError, load_results
 
 __all__ = [
@@ -37,6 +37,8 @@ def write_results(result: AnalysisResult, out: str | Path, *, force: bool = Fals
         (folder / records.RESULTS_JSON).write_text(records.results_json_text(record), encoding="utf-8")
         (folder / records.UNITS_CSV).write_text(records.units_csv_text(result), encoding="utf-8")
         (folder / "results.md").write_text(tables.results_markdown(record), encoding="utf-8")
+        from dense_plantain.report import figures  # matplotlib is loaded only when drawing
+
         figures.write_figures(result, folder, record)
 
     return write_folder(Path(out), fill, force=force)
@@ -66,13 +68,31 @@ def write_card(
     force: bool = False,
     license: str = "apache-2.0",
     base_model: str | None = None,
+    results_dir: str | Path | None = None,
 ) -> Path:
-    """Write the model card for a results record to ``out`` atomically."""
+    """Write the model card for a results record to ``out`` atomically.
+
+    ``results_dir``: the results folder the record came from; its figures are embedded by a link
+    relative to the card (None: the card says it has no figures)."""
     from dense_plantain.store import atomic_write_bytes
 
     out = Path(out)
     check_card_path(out, force)
-    text = card.model_card(record, license=license, base=base_model)
-    atomic_write_bytes(out, text.encode("utf-8"))
-    os.chmod(out, 0o666 & ~current_umask())  # the temporary file was private; a README is for sharing
+    figures_dir = None
+    if results_dir is not None:
+        figures_dir = Path(os.path.relpath(Path(results_dir).resolve(), out.resolve().parent)).as_posix()
+    try:
+        text = card.model_card(record, license=license, base=base_model, figures_dir=figures_dir)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        where = f"{results_dir}/results.json" if results_dir is not None else "the results record"
+        raise ResultsFileError(
+            f"{where} cannot be rendered: a field has an unexpected value or type ({err.__class__.__name__}: "
+            f"{err}); the file was probably edited by hand. Nothing was written. Run `dense-plantain analyze` "
+            "(or `compare`) again to rewrite it"
+        ) from None
+    try:
+        atomic_write_bytes(out, text.encode("utf-8"))
+        os.chmod(out, 0o666 & ~current_umask())  # the temporary file was private; a README is for sharing
+    except OSError as err:
+        raise disk_error(out, err) from None
     return out

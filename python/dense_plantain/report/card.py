@@ -9,6 +9,7 @@ record itself shows (unit labelling of the layout, pooled tokens, Monte Carlo re
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,8 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
 
 
-def front_matter(res: Mapping[str, Any], license: str, base: str) -> str:
+def front_matter(res: Mapping[str, Any], license: str, base: str | None) -> str:
+    """YAML front matter; ``base=None`` (random weights) leaves ``base_model`` out."""
     names = [_probe(_source_meta(res, i)).get("name") for i in range(len(res.get("sources") or [{}]))]
     tags = ["interpretability", "paired-prompt-probe", "dense-plantain", "flux2", "per-unit-statistics"]
     for n in names:
@@ -73,7 +75,12 @@ def front_matter(res: Mapping[str, Any], license: str, base: str) -> str:
             tags.append(_slug(n))
     if res["design"] != "paired":
         tags.append("contrast-of-contrasts")
-    data = {"license": license, "base_model": base, "library_name": "diffusers", "tags": tags}
+    if cells.is_random(res):
+        tags.append("random-weights")
+    data: dict[str, Any] = {"license": license}
+    if base is not None:
+        data["base_model"] = base
+    data.update({"library_name": "diffusers", "pipeline_tag": "text-to-image", "language": ["en"], "tags": tags})
     return "---\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True) + "---\n"
 
 
@@ -164,6 +171,9 @@ def _capture_lines(res: Mapping[str, Any]) -> list[str]:
         revision = meta["model"].get("revision") if isinstance(meta.get("model"), dict) else None
         if revision:
             model += f" at revision `{revision}`"
+        weights = meta.get("weights") if isinstance(meta.get("weights"), dict) else {}
+        if weights.get("random"):  # the id names a shape at most; no trained weights ran
+            model = f"random weights ({weights.get('kind', 'random')}: {weights.get('description', 'no description')})"
         items = _setting_items(meta.get("settings"))
         setting_text = ", ".join(f"{k} = {v}" for k, v in items) if items else "settings not recorded"
         lines.append(f"- Model for {label}: {model}; {setting_text}.")
@@ -181,17 +191,47 @@ def _layout_lines(res: Mapping[str, Any]) -> list[str]:
             f"{counts.get('attention', 0):,} read attention output and {counts.get('mlp', 0):,} read MLP activations"
         )
     text = "- Units: " + "; ".join(parts) + "."
-    if layout["name"] == "plantain":
+    widths = layout.get("group_widths") or []
+    if layout["name"] == "plantain" and len(widths) == 1:
         text += (
-            " A unit is one value per prompt: the root mean square, over tokens and 16 columns, of the input "
-            "to a block's attention output projection, as in the other plantain probes."
+            f" A unit is one value per prompt: the root mean square, over tokens and {widths[0]} columns, of the "
+            "input to a block's attention output projection, as in the other plantain probes."
         )
     return [text]
 
 
 def limitations(res: Mapping[str, Any]) -> list[str]:
+    """What this run can and cannot show, from the record: weights, controls not run, layout caveats."""
     warning = cells.settings_warning(res)
     out = [warning] if warning else []
+    w = res.get("weights") or {}
+    if w.get("random"):
+        out.append(
+            "**Random weights.** The model's weights were random, so nothing here describes a trained model; "
+            "the run shows that capture, statistics and report work end to end, and what chance structure "
+            "the permutation null has to absorb."
+        )
+    elif not w.get("recorded"):
+        out.append(
+            "**Weights not recorded.** The capture predates weight records, so which weights ran (and whether "
+            "they were trained) cannot be read from it."
+        )
+    seed = (_source_meta(res).get("settings") or {}).get("seed")
+    seed_text = f"seed {seed}" if seed is not None else "one seed"
+    absent = [
+        f"one generation {seed_text} for every prompt (no second seed to show the effect survives the noise draw)",
+        "no random-weights baseline measured with the same prompts (how many units a null-free untrained model "
+        "would flag)"
+        if not w.get("random")
+        else "no trained-weights run to compare with",
+        "no A-versus-A control (two paraphrases of the same condition)",
+    ]
+    out.append("**Controls not run.** This record holds " + "; ".join(absent) + ".")
+    if (res.get("conditions") or {}).get("shared_b"):
+        out.append(
+            "**Shared B prompts.** Both captures used the same B prompts, so the contrast of contrasts is exactly "
+            "A2 − A1: it compares the two A conditions and says nothing about B."
+        )
     layout = res["layout"]
     mixed = [b for b in layout["blocks"] if b.get("n_mlp") and b.get("n_attention")]
     pooled = [b for b in layout["blocks"] if "all" in (b.get("regions") or [])]
@@ -250,10 +290,52 @@ def limitations(res: Mapping[str, Any]) -> list[str]:
         )
     elif res["design"] == "contrast-paired":
         out.append(
-            "**Matched by pair id.** The two captures were paired by their pair ids, in order; the contrast "
-            "assumes pair i describes the same subject and setting in both prompt files."
+            "**Matched by pair id.** The two captures were paired by their pair ids; the contrast assumes a pair "
+            "id describes the same subject and setting in both prompt files."
         )
     return out
+
+
+def _capture_commands(res: Mapping[str, Any]) -> list[str]:
+    """Each capture's command line: recorded argv (meta["command"]), else rebuilt from its settings."""
+    out = []
+    for src in res.get("sources") or []:
+        meta = src.get("metadata") or {}
+        argv = meta.get("command")
+        if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+            out.append(shlex.join(["dense-plantain", *argv[1:]]) if "dense-plantain" in argv[0] else shlex.join(argv))
+            continue
+        probe = _probe(meta)
+        settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+        words = ["dense-plantain", "capture", str(probe.get("path") or "PROMPTS.toml")]
+        model = _model_id(meta)
+        if model:
+            words += ["--model", model]
+        flags = {"height": "--height", "width": "--width", "steps": "--steps", "seed": "--seed", "dtype": "--dtype"}
+        flags.update({"layout": "--layout", "guidance_scale": "--guidance-scale"})
+        for key, flag in flags.items():
+            if settings.get(key) is not None:
+                words += [flag, str(settings[key])]
+        words += ["--out", Path(str(src.get("path") or "capture.safetensors")).name]
+        out.append("# rebuilt from the recorded settings (the capture did not record its command line):")
+        out.append(shlex.join(words))
+    return out
+
+
+def _figures(res: Mapping[str, Any], figures_dir: str | None) -> str:
+    if figures_dir is None:
+        return (
+            "Figures: none with this card (it was made straight from a capture file); "
+            "`dense-plantain analyze` writes them into its results folder."
+        )
+    lines = []
+    for name, alt in (
+        ("abs_t_by_block.png", "|t| of every unit, by block"),
+        ("null_counts.png", "observed counts against their null distributions"),
+        ("split_half_r.png", "split-half correlations"),
+    ):
+        lines.append(f"![{alt}]({figures_dir.rstrip('/')}/{name})")
+    return "\n\n".join(lines)
 
 
 def _reproduce(res: Mapping[str, Any]) -> str:
@@ -276,7 +358,7 @@ def _reproduce(res: Mapping[str, Any]) -> str:
         cmd = f"dense-plantain compare {names[0]} {names[1]} --out results {flags} --pairing {pairing}"
         if s.get("allow_different_settings"):
             cmd += " --allow-different-settings"
-    lines = ["```bash", cmd, "dense-plantain report results --out README.md", "```", ""]
+    lines = ["```bash", *_capture_commands(res), cmd, "dense-plantain report results --out README.md", "```", ""]
     for src in res.get("sources") or []:
         lines.append(f"- `{Path(str(src.get('path') or '?')).name}`: sha256 `{src.get('sha256') or 'not recorded'}`")
     versions = res.get("versions") or {}
@@ -286,9 +368,17 @@ def _reproduce(res: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def model_card(res: Mapping[str, Any], *, license: str = "apache-2.0", base: str | None = None) -> str:
-    """The complete README.md text for a results record."""
-    base = base or base_model(res)
+def model_card(
+    res: Mapping[str, Any], *, license: str = "apache-2.0", base: str | None = None, figures_dir: str | None = None
+) -> str:
+    """The complete README.md text for a results record.
+
+    ``figures_dir``: the results folder relative to the card, for the embedded figures (None: no
+    figures). A run on random weights gets no ``base_model`` (whatever ``base`` says), a title
+    that says random weights, and says so in its first lines."""
+    random = cells.is_random(res)
+    base = None if random else (base or base_model(res))
+    model_words = f"`{base}`" if base else "a model with random weights"
     paired = res["design"] == "paired"
     meta = _source_meta(res)
     probe = _probe(meta)
@@ -297,17 +387,18 @@ def model_card(res: Mapping[str, Any], *, license: str = "apache-2.0", base: str
         c = res["conditions"]
         name = f"{c['capture_1'].get('probe') or 'capture 1'} vs {c['capture_2'].get('probe') or 'capture 2'}"
 
-    parts = [front_matter(res, license, base) + MARKER, f"# {name}"]
+    title = f"{name} (random weights)" if random else name
+    parts = [front_matter(res, license, base) + MARKER, f"# {title}", cells.weights_line(res)]
     if paired:
         parts.append(
-            f"Paired-prompt probe of `{base}`: does any internal unit separate "
+            f"Paired-prompt probe of {model_words}: does any internal unit separate "
             f"*{probe.get('label_a') or 'A'}* from *{probe.get('label_b') or 'B'}*? {res['n_pairs']} prompt "
             f"pairs, {res['n_units']:,} units, each tested on its own and all counted against a "
             "permutation null."
         )
     else:
         parts.append(
-            f"A contrast of contrasts on `{base}`: per unit, does the B − A effect of the first probe "
+            f"A contrast of contrasts on {model_words}: per unit, does the B − A effect of the first probe "
             f"differ from that of the second? {res['n_units']:,} units, each tested on its own and all "
             "counted against a permutation null."
         )
@@ -339,7 +430,7 @@ def model_card(res: Mapping[str, Any], *, license: str = "apache-2.0", base: str
     results = ["## Results", "", tables.results_table_md(res)]
     if cells.any_zero_p99(res):
         results += ["", cells.zero_p99_note(res)]
-    results += ["", tables.top_blocks_md(res)]
+    results += ["", tables.top_blocks_md(res), "", _figures(res, figures_dir)]
     groups = tables.group_tables_md(res)
     if groups:
         results += ["", groups]
@@ -348,7 +439,11 @@ def model_card(res: Mapping[str, Any], *, license: str = "apache-2.0", base: str
     parts.append("## Limitations\n\n" + "\n".join(f"- {item}" for item in limitations(res)))
     parts.append("## Reproduce\n\n" + _reproduce(res))
     parts.append(
-        f"## License\n\nThis card and its results: {license}. The base model `{base}` comes with its "
-        "own license; check it before reusing generated images."
+        f"## License\n\nThis card and its results: {license}."
+        + (
+            f" The base model `{base}` comes with its own license; check it before reusing generated images."
+            if base
+            else ""
+        )
     )
     return "\n\n".join(parts) + "\n"

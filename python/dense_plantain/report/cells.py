@@ -16,14 +16,22 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from dense_plantain.units import kind_word, region_word
+
 MD_PIPE = "\\|"
-#: Readable names for token regions.
-REGION_NAMES = {"image": "image tokens", "text": "text tokens", "all": "text + image tokens pooled"}
-KIND_NAMES = {"attention": "attention", "mlp": "MLP"}
+#: A null p99 with fewer permutations than this above it is flagged (analysis.driver.FEW_ABOVE_P99).
+FEW_ABOVE_P99 = 10
 
 
-def number(x: float | None, digits: int = 2) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{digits}f}"
+def number(x: float | str | None, digits: int = 2) -> str:
+    """A results.json number: ``None``/NaN as "—", ``"inf"``/``"-inf"`` (or an infinity) as "∞"/"−∞"."""
+    if isinstance(x, str):
+        x = float(x) if x in ("inf", "-inf") else float("nan")
+    if x is None or math.isnan(x):
+        return "—"
+    if math.isinf(x):
+        return "∞" if x > 0 else "−∞"
+    return f"{x:,.{digits}f}"
 
 
 def threshold_value(x: float) -> str:
@@ -77,8 +85,13 @@ def short_significance(th: Mapping[str, Any]) -> str:
 
 
 def _small_p99(th: Mapping[str, Any]) -> str:
-    """A p99 under 1 is an interpolation between a 0 and a 1 count: say so, as the ratio balloons."""
-    return f" (p99 = {th['null_p99']:.2g})" if 0 < th["null_p99"] < 1 else ""
+    """A p99 under 1 is an interpolation between a 0 and a 1 count: say so, as the ratio balloons;
+    and a p99 with fewer than 10 permutations above it rests on a handful of them: say so too."""
+    note = f" (p99 = {th['null_p99']:.2g})" if 0 < th["null_p99"] < 1 else ""
+    above = th.get("null_n_above_p99")
+    if above is not None and above < FEW_ABOVE_P99:
+        note += f" [p99 rests on {above} permutation{'s' if above != 1 else ''} above it]"
+    return note
 
 
 def group_cell(th: Mapping[str, Any]) -> str:
@@ -119,21 +132,23 @@ def max_t_cells(res: Mapping[str, Any]) -> tuple[str, str]:
         return "—", "—"
     unit = res.get("max_abs_t_unit") or ""
     p = res.get("max_abs_t_p_maxT")
-    return f"{res['max_abs_t']:.2f}", f"{unit}, max-statistic p = {p_value(p)}"
+    return number(res["max_abs_t"]), f"{unit}, max-statistic p = {p_value(p)}"
 
 
 def block_line(b: Mapping[str, Any], pipe: str = MD_PIPE) -> str:
     """ "single[0]: max|t|=22.45, 283/768 units at |t|>3, median |d|=0.45"."""
     abs_t = f"{pipe}t{pipe}"
+    top = number(b["max_abs_t"])
+    if b["max_abs_t"] in ("inf", "-inf") and b.get("max_unit"):
+        top += f" ({b['max_unit']}: its differences are all equal and non-zero)"
     return (
-        f"{b['block']}: max{abs_t}={number(b['max_abs_t'])}, {b['n_t_gt3']:,}/{b['n_units']:,} units at "
+        f"{b['block']}: max{abs_t}={top}, {b['n_t_gt3']:,}/{b['n_units']:,} units at "
         f"{abs_t}>3, median {pipe}d{pipe}={number(b['median_abs_d'])}"
     )
 
 
 def group_name(g: Mapping[str, Any]) -> str:
-    names = KIND_NAMES if g["axis"] == "kind" else REGION_NAMES
-    return names.get(g["group"], g["group"])
+    return kind_word(g["group"]) if g["axis"] == "kind" else region_word(g["group"])
 
 
 def title(res: Mapping[str, Any]) -> str:
@@ -141,7 +156,29 @@ def title(res: Mapping[str, Any]) -> str:
     if res["design"] == "paired":
         return f"{c.get('probe') or 'probe'}: {c['b']} vs {c['a']}"
     c1, c2 = c["capture_1"], c["capture_2"]
-    return f"{c1.get('probe') or 'capture 1'} vs {c2.get('probe') or 'capture 2'}: contrast of contrasts"
+    what = "contrast of contrasts"
+    if c.get("shared_b"):
+        what += " (both share their B prompts, so (B1 − A1) − (B2 − A2) is A2 − A1)"
+    return f"{c1.get('probe') or 'capture 1'} vs {c2.get('probe') or 'capture 2'}: {what}"
+
+
+def weights_line(res: Mapping[str, Any]) -> str:
+    """What weights the numbers come from, for the first lines of every output."""
+    w = res.get("weights") or {}
+    if not w.get("recorded"):
+        return "Weights: not recorded (a capture from an older dense-plantain); what model weights ran is unknown."
+    desc = w.get("description") or w.get("kind") or "unknown"
+    if w.get("random"):
+        return (
+            f"**Random weights ({w.get('kind', 'random')}): {desc}.** These numbers come from untrained "
+            "weights; they test the pipeline, not what any trained model holds."
+        )
+    sha = f", sha256 {w['sha256'][:12]}…" if isinstance(w.get("sha256"), str) else ""
+    return f"Weights: {desc} ({w.get('kind', 'pretrained')}{sha})."
+
+
+def is_random(res: Mapping[str, Any]) -> bool:
+    return bool((res.get("weights") or {}).get("random"))
 
 
 def contrast_sentence(res: Mapping[str, Any]) -> str:
@@ -153,8 +190,10 @@ def contrast_sentence(res: Mapping[str, Any]) -> str:
         return f"Per unit, {c['b']} (B) minus {c['a']} (A) over {res['n_pairs']} pairs; {m:,} units, {layout} layout."
     c1, c2 = c["capture_1"], c["capture_2"]
     what = f"({c1['b']} − {c1['a']}) − ({c2['b']} − {c2['a']})"
+    if c.get("shared_b"):
+        what += " (both captures share their B prompts, so this is A2 − A1)"
     if res["design"] == "contrast-paired":
-        how = f"paired over {res['n_pairs']} matched pairs"
+        how = f"paired over {res['n_pairs']} pairs matched by pair id"
     else:
         n1, n2 = res["group_sizes"]
         how = f"Welch's t over {n1} and {n2} pairs (the captures do not share pairs)"
@@ -169,12 +208,16 @@ def null_description(res: Mapping[str, Any]) -> str:
         if nl["mode"] == "exact":
             return (
                 f"all {p:,} distinct sign patterns of the {n} pair differences (exact; 2^(n−1), because "
-                "flipping every sign leaves |t| unchanged)"
+                "flipping every sign leaves |t| unchanged; the identity pattern, the observed data, is one of "
+                "them, so the null max is never below the observed count)"
             )
         return f"{p:,} random sign patterns of the {n} pair differences (Monte Carlo, seed {nl['seed']})"
     n1, n2 = res["group_sizes"]
     if nl["mode"] == "exact":
-        return f"all {p:,} ways to assign the {n1 + n2} differences to the two captures ({n1} and {n2}; exact)"
+        return (
+            f"all {p:,} ways to assign the {n1 + n2} differences to the two captures ({n1} and {n2}; exact; the "
+            "observed assignment is one of them, so the null max is never below the observed count)"
+        )
     return (
         f"{p:,} random reassignments of the {n1 + n2} differences to the two captures (Monte Carlo, seed {nl['seed']})"
     )

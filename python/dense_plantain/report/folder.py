@@ -2,7 +2,11 @@
 
 Every output is first written into a hidden staging folder next to DIR (``.DIR.<random>.partial``);
 only when all of them are complete is the staging folder moved into place, so a failure (or a
-crash) leaves DIR as it was. The policy for an existing DIR:
+crash) leaves DIR as it was. The staging folder holds an ``owner`` file (``pid host``) while it
+is filled; a staging folder for DIR whose owner process no longer runs on this host (a run killed
+with kill -9) is removed by the next run. A disk error (read-only, full) becomes one
+`OutputFolderError` naming DIR and the error, with nothing half-written left. The policy for an
+existing DIR:
 
 * missing or empty: the staging folder becomes DIR;
 * a previous dense-plantain results folder (its ``results.json`` is ours and it holds only files
@@ -13,9 +17,12 @@ crash) leaves DIR as it was. The policy for an existing DIR:
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +35,65 @@ OUTPUT_NAMES = frozenset(
 )
 
 
+#: The file in a staging folder that names the process filling it: "<pid> <host>".
+OWNER = "owner"
+
+
 class OutputFolderError(DensePlantainError):
-    """The output folder cannot be written without losing files that are not ours."""
+    """The output folder cannot be written (not ours, read-only, full, ...); nothing was written."""
+
+
+def disk_error(path: Path, err: OSError) -> OutputFolderError:
+    """One clear sentence for an OSError while writing ``path``."""
+    why = {
+        errno.EROFS: "the file system is read-only",
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }.get(err.errno or 0, err.strerror or str(err))
+    return OutputFolderError(
+        f"cannot write {path}: {why} ({err.__class__.__name__}, errno {err.errno}); nothing was written. "
+        "Free space, or choose an --out on a writable disk"
+    )
+
+
+def _owner_alive(staging: Path) -> bool:
+    """True unless the staging folder's recorded owner is a process of this host that has ended."""
+    try:
+        pid_text, host = (staging / OWNER).read_text(encoding="utf-8").split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        # No owner file: a folder from before owner files, or one being created this instant.
+        try:
+            return staging.stat().st_mtime > time.time() - 3600
+        except OSError:
+            return False
+    if host != socket.gethostname():
+        return True  # another machine's run (shared disk): not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(out: Path) -> list[Path]:
+    """Remove ``.OUT.*.partial`` staging folders next to ``out`` whose owner has ended.
+
+    (``.OUT.*.old`` folders are never removed here: one left by a crash may hold the only copy of
+    the previous results.)"""
+    parent = out.parent if str(out.parent) else Path(".")
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for path in parent.glob(f".{out.name}.*"):
+        if path.is_dir() and path.suffix == ".partial" and not _owner_alive(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def is_results_folder(folder: Path) -> bool:
@@ -61,18 +125,24 @@ def write_folder(out: Path, fill: Callable[[Path], None], force: bool = False) -
     out = Path(out)
     check_out_dir(out, force)
     parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the results folder should not be
+    staging: Path | None = None
     try:
+        parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the results folder should not be
+        (staging / OWNER).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
         fill(staging)
+        (staging / OWNER).unlink()
         names = sorted(p.name for p in staging.iterdir())
         unknown = set(names) - OUTPUT_NAMES
         if unknown:
             raise RuntimeError(f"results folder writer produced unlisted files {sorted(unknown)}")
         _publish(staging, out, force)
+    except OSError as err:
+        raise disk_error(out, err) from None
     finally:
-        if staging.exists():
+        if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return [out / name for name in names]
 

@@ -71,7 +71,7 @@ def group_tables_md(res: Mapping[str, Any], level: str = "###") -> str:
 
 def results_markdown(res: Mapping[str, Any]) -> str:
     """results.md: the table, top blocks, per-group tables and a methods paragraph."""
-    parts = [f"# Results: {cells.title(res)}", cells.contrast_sentence(res)]
+    parts = [f"# Results: {cells.title(res)}", cells.weights_line(res), cells.contrast_sentence(res)]
     warning = cells.settings_warning(res)
     if warning:
         parts.append(warning)
@@ -96,6 +96,7 @@ def print_results(res: Mapping[str, Any], console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
+    console.print(cells.weights_line(res).replace("**", ""), highlight=False, markup=False)
     table = Table(title=cells.title(res), caption=cells.contrast_sentence(res), title_justify="left")
     for col, justify in (("Metric", "left"), ("Value", "right"), ("Significance", "left")):
         table.add_column(col, justify=justify)

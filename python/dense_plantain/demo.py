@@ -1,4 +1,5 @@
-"""``dense-plantain demo``: the whole flow on a tiny random pipeline, on the CPU, offline.
+"""``dense-plantain demo``: the whole flow on a tiny random pipeline, on the CPU, offline (it orchestrates
+capture, analysis and report, so it lives above all three).
 
 prompts (the bundled dense-plantain pairs) -> capture (tiny Klein pipeline, 64x64, CPU) ->
 capture file -> analysis -> results folder. The pipeline's weights are random, so the demo shows
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 from rich.markup import escape
+
+__all__ = ["run_demo"]
 
 RANDOM_WEIGHTS_NOTE = (
     "The tiny model's weights are random: these numbers show the machinery working end to end, "

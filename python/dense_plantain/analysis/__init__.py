@@ -1,0 +1,182 @@
+"""From capture files to results: per-unit statistics, nulls, block summaries. No rendering.
+
+``analyze`` tests one capture (condition B minus condition A, paired by pair). ``compare`` tests
+the contrast of two captures' contrasts, ``(B1 - A1) - (B2 - A2)``: paired again when both
+captures list the same pair ids (matched by id), Welch's t over the two samples of differences
+otherwise. Both return an `AnalysisResult`; ``AnalysisResult.to_json()`` is the ``results.json``
+record that the report renders, and that ``dense-plantain report DIR`` reads back.
+
+Every count is "units strictly over a threshold": |t| > 3, |t| > 5, |d| > 0.8. Each count is
+set against the same count under the null (sign flips for paired designs, label shuffles for
+Welch): the null's 99th percentile (``numpy.percentile``, linear interpolation) and the ratio
+observed / p99. When the p99 is 0 the ratio is undefined; ``ratio`` is then ``None`` and
+``null_max`` (the largest null count) is what the report shows instead.
+
+Modules: ``designs`` (what is tested and what the null exchanges: `PairedDesign`,
+`WelchDesign`), ``nulls`` (the `NullDistribution` protocol and the one ``fwer_p`` rule),
+``driver`` (one function from a design to an `AnalysisResult`), ``records`` (the result records
+and results.json's number encoding), ``inputs`` (loading and cross-checking captures, provenance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dense_plantain.analysis import inputs
+from dense_plantain.analysis.designs import Design, NullOptions, PairedDesign, WelchDesign
+from dense_plantain.analysis.driver import BLOCK_T, D_THRESHOLDS, T_THRESHOLDS, bh_q, run_design
+from dense_plantain.analysis.records import (
+    RESULTS_FORMAT,
+    AnalysisResult,
+    BlockSummary,
+    SplitHalfSummary,
+    Threshold,
+    UnitGroup,
+)
+from dense_plantain.nulls import NullDistribution
+from dense_plantain.store import Capture
+
+__all__ = [
+    "BLOCK_T",
+    "DEFAULT_PERMUTATIONS",
+    "D_THRESHOLDS",
+    "RESULTS_FORMAT",
+    "T_THRESHOLDS",
+    "AnalysisResult",
+    "BlockSummary",
+    "Design",
+    "NullDistribution",
+    "NullOptions",
+    "PairedDesign",
+    "SplitHalfSummary",
+    "Threshold",
+    "UnitGroup",
+    "WelchDesign",
+    "analyze",
+    "bh_q",
+    "compare",
+    "run_design",
+]
+
+#: Monte Carlo permutations by default (and the limit below which the null is exact).
+DEFAULT_PERMUTATIONS = 10_000
+
+#: ``progress(done, total)``: called between chunks of null permutations, over all null runs.
+Progress = Callable[[int, int], None]
+
+
+def analyze(
+    capture: Capture | str | Path,
+    *,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    exact: bool | None = None,
+    seed: int = 0,
+    splits: int = 100,
+    group_nulls: bool = True,
+    progress: Progress | None = None,
+) -> AnalysisResult:
+    """Test every unit of one capture for a B - A difference over its pairs.
+
+    ``exact=None`` enumerates all 2^(n-1) sign patterns when there are at most ``permutations``
+    of them; ``True`` forces the enumeration, ``False`` forces Monte Carlo. ``group_nulls`` also
+    runs the null on the attention / MLP units and on each token region apart, so that their
+    tables carry their own p99.
+    """
+    cap = inputs.load(capture)
+    inputs.require_pairs(cap)
+    inputs.check_settings(permutations, splits)
+    design = PairedDesign(inputs.diff(cap.a, cap.b, cap))
+    return run_design(
+        design,
+        cap.layout,
+        inputs.settings(permutations, exact, seed, splits, group_nulls),
+        conditions=inputs.conditions(cap),
+        sources=[inputs.provenance(cap, "capture")],
+        weights=inputs.weights(cap),
+        progress=progress,
+    )
+
+
+def compare(
+    capture1: Capture | str | Path,
+    capture2: Capture | str | Path,
+    *,
+    pairing: str = "auto",
+    permutations: int = DEFAULT_PERMUTATIONS,
+    exact: bool | None = None,
+    seed: int = 0,
+    splits: int = 100,
+    group_nulls: bool = True,
+    allow_different_settings: bool = False,
+    progress: Progress | None = None,
+) -> AnalysisResult:
+    """Per unit, the contrast of contrasts ``(B1 - A1) - (B2 - A2)``.
+
+    ``pairing="auto"`` uses the paired design (paired t of diff1 - diff2 over pairs matched by
+    id, sign-flip null) when both captures list the same pair ids, and Welch's t on the two
+    samples of differences (label-shuffle null) otherwise. ``"matched"`` / ``"unmatched"`` force
+    a design; ``"matched"`` refuses captures whose pair ids differ. Both captures must share a
+    unit layout, and (where both record them) the model and capture settings: a difference is
+    refused unless ``allow_different_settings``, and is recorded either way.
+    """
+    if pairing not in ("auto", "matched", "unmatched"):
+        raise ValueError(f"pairing must be auto, matched or unmatched, got {pairing!r}")
+    cap1, cap2 = inputs.load(capture1), inputs.load(capture2)
+    inputs.check_same_layout(cap1, cap2)
+    settings_check = inputs.check_same_capture_settings(cap1, cap2, allow_different_settings)
+    for cap in (cap1, cap2):
+        inputs.require_pairs(cap)
+    inputs.check_settings(permutations, splits)
+    diff1 = inputs.diff(cap1.a, cap1.b, cap1)
+    diff2 = inputs.diff(cap2.a, cap2.b, cap2)
+    matched = inputs.is_matched(cap1, cap2) if pairing == "auto" else pairing == "matched"
+    settings: dict[str, Any] = {
+        **inputs.settings(permutations, exact, seed, splits, group_nulls),
+        "pairing": pairing,
+        "allow_different_settings": bool(allow_different_settings),
+    }
+    conditions: dict[str, Any] = {
+        "capture_1": inputs.conditions(cap1),
+        "capture_2": inputs.conditions(cap2),
+        "contrast": "(B1 - A1) - (B2 - A2)",
+        "settings_check": settings_check,
+    }
+    if inputs.shared_b_prompts(cap1, cap2):
+        conditions["shared_b"] = True
+        conditions["contrast_note"] = "both captures share their B prompts, so (B1 - A1) - (B2 - A2) is A2 - A1"
+    sources = [inputs.provenance(cap1, "capture_1"), inputs.provenance(cap2, "capture_2")]
+    w1, w2 = inputs.weights(cap1), inputs.weights(cap2)
+    weights = _combined_weights(w1, w2)
+    design: Design
+    if matched:
+        order = inputs.matched_order(cap1, cap2)
+        contrast = inputs.diff(diff2[order], diff1, cap1)  # diff1 - diff2, per pair
+        design = PairedDesign(contrast, name="contrast-paired")
+    else:
+        design = WelchDesign(diff1, diff2)
+    return run_design(
+        design, cap1.layout, settings, conditions=conditions, sources=sources, weights=weights, progress=progress
+    )
+
+
+def _combined_weights(w1: dict[str, Any] | None, w2: dict[str, Any] | None) -> dict[str, Any] | None:
+    """One weights record for a comparison: capture 1's when both agree; random if either is."""
+    if w1 is None or w2 is None:
+        known = w1 or w2
+        return (
+            {**known, "description": f"{known.get('description', '')} (the other capture records no weights)"}
+            if known
+            else None
+        )
+    if w1 == w2:
+        return w1
+    return {
+        "random": bool(w1.get("random")) or bool(w2.get("random")),
+        "kind": w1.get("kind") if w1.get("kind") == w2.get("kind") else "mixed",
+        "description": f"capture 1: {w1.get('description')}; capture 2: {w2.get('description')}",
+        "seed": None,
+        "parts": sorted(set(w1.get("parts") or []) | set(w2.get("parts") or [])),
+        "sha256": None,
+    }

@@ -1,0 +1,208 @@
+"""One driver for every design: statistic, nulls, counts, groups, blocks, split half, FWER, q.
+
+`run_design(design, layout, settings, ...)` asks the design (:mod:`.designs`) for its per-unit
+statistic, its null over all units and over each group of the layout's partitions (kind, token
+region), the observed counts and the split half, and builds the `AnalysisResult` the same way for
+all of them: thresholds against the null's p99 / median / max, the max-statistic p through the
+null's ``fwer_p``, Benjamini-Hochberg q, block summaries.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import sys
+from importlib import metadata as _metadata
+from typing import Any
+
+import numpy as np
+
+from dense_plantain import __version__
+from dense_plantain.analysis.designs import Design, NullOptions, Progress
+from dense_plantain.analysis.records import AnalysisResult, BlockSummary, Threshold, UnitGroup
+from dense_plantain.nulls import NullDistribution
+from dense_plantain.units import Layout
+
+__all__ = ["BLOCK_T", "D_THRESHOLDS", "T_THRESHOLDS", "bh_q", "block_summaries", "run_design", "unit_partitions"]
+
+T_THRESHOLDS = (3.0, 5.0)
+D_THRESHOLDS = (0.8,)
+#: The block summary counts units over this |t| (the cards' "heads at |t|>3").
+BLOCK_T = 3.0
+#: A p99 with fewer permutations than this above it is flagged in the tables.
+FEW_ABOVE_P99 = 10
+
+
+def null_options(settings: dict[str, Any]) -> NullOptions:
+    return NullOptions(
+        t_thresholds=T_THRESHOLDS,
+        d_thresholds=D_THRESHOLDS,
+        permutations=int(settings["permutations"]),
+        exact=settings["exact"],
+        seed=int(settings["seed"]),
+        tail=str(settings.get("tail", "two")),
+    )
+
+
+def run_design(
+    design: Design,
+    layout: Layout,
+    settings: dict[str, Any],
+    *,
+    conditions: dict[str, Any],
+    sources: list[dict[str, Any]],
+    weights: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> AnalysisResult:
+    """The whole analysis of one design over one unit layout."""
+    options = null_options(settings)
+    st = design.statistic()
+    partitions = unit_partitions(layout)
+    labels = [_labels(parts, layout.n_units) for _, parts in partitions]
+    null = design.null(options, labels if settings["group_nulls"] else [], progress)
+
+    p_max = np.asarray(null.fwer_p(st.t), dtype=np.float64)
+    thresholds = _threshold_rows(st.t, st.d, null, design.observed_counts(None, options), options)
+    groups = []
+    for k, (axis, parts) in enumerate(partitions):
+        for g, (name, cols) in enumerate(parts):
+            observed = design.observed_counts(cols, options)
+            where = (k, g) if settings["group_nulls"] else None
+            rows = _threshold_rows(st.t[cols], st.d[cols], null if where else None, observed, options, where)
+            groups.append(UnitGroup(axis, name, int(cols.size), _nanmax(np.abs(st.t[cols])), rows))
+
+    max_q = getattr(null, "max_stat_percentile", None)
+    return AnalysisResult(
+        design=design.name,
+        layout=layout,
+        n_pairs=int(design.n_pairs),
+        group_sizes=tuple(int(v) for v in design.group_sizes),
+        mean_diff=st.mean_diff,
+        t=st.t,
+        d=st.d,
+        df=st.df,
+        p=st.p,
+        p_maxT=p_max,
+        q=bh_q(st.p),
+        thresholds=thresholds,
+        groups=groups,
+        blocks=block_summaries(layout, st.t, st.d),
+        split_half=design.split_half(int(settings["splits"]), int(settings["seed"])),
+        null_method=design.null_method,
+        null_exact=bool(null.exact),
+        null_permutations=int(null.n_permutations),
+        null_includes_identity=bool(null.includes_identity),
+        null_max_abs_t_p95=float(max_q(95)) if max_q else float("nan"),
+        null_max_abs_t_p99=float(max_q(99)) if max_q else float("nan"),
+        weights=weights,
+        settings=settings,
+        conditions=conditions,
+        sources=sources,
+        versions=versions(),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _labels(parts: list[tuple[str, np.ndarray]], n_units: int) -> np.ndarray:
+    """A partition as one int label per unit (the part's index; -1 for units in no part)."""
+    out = np.full(n_units, -1, dtype=np.int64)
+    for g, (_, cols) in enumerate(parts):
+        out[cols] = g
+    return out
+
+
+def _threshold_rows(
+    t: np.ndarray,
+    d: np.ndarray,
+    null: NullDistribution | None,
+    observed: np.ndarray,
+    options: NullOptions,
+    where: tuple[int, int] | None = None,
+) -> list[Threshold]:
+    """One row per threshold: the observed count (through the null's route) and the null's summaries."""
+    partition, group = where if where else (None, None)
+    rows = []
+    specs = [("t", th, np.abs(t)) for th in options.t_thresholds] + [
+        ("d", th, np.abs(d)) for th in options.d_thresholds
+    ]
+    for i, (metric, th, values) in enumerate(specs):
+        row = Threshold(metric, float(th), int(observed[i]), int(values.size))
+        if null is not None:
+            row.null_p99 = float(null.percentile(99, i, partition, group))
+            row.null_max = int(null.max_count(i, partition, group))
+            row.null_median = float(null.median(i, partition, group))
+            row.null_n_above_p99 = int(null.n_at_least(int(np.floor(row.null_p99)) + 1, i, partition, group))
+            column = getattr(null, "column", None)
+            if column is not None:
+                row.null_counts = column(i, partition, group)
+        rows.append(row)
+    return rows
+
+
+def bh_q(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values over the finite p-values (NaN p stays NaN)."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if not m:
+        return q
+    order = np.argsort(p[ok], kind="stable")
+    scaled = p[ok][order] * m / np.arange(1, m + 1)
+    monotone = np.minimum.accumulate(scaled[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(monotone, 1.0)
+    q[ok] = out
+    return q
+
+
+def block_summaries(layout: Layout, t: np.ndarray, d: np.ndarray) -> list[BlockSummary]:
+    """Every block: max |t| (and its unit), units with |t| > 3, median |d|; largest max |t| first."""
+    names = layout.unit_names()
+    abs_t, abs_d = np.abs(t), np.abs(d)
+    out = []
+    for b in layout.blocks:
+        bt, bd = abs_t[b.units], abs_d[b.units]
+        finite = ~np.isnan(bt)
+        if finite.any():
+            j = int(np.nanargmax(bt))
+            top, unit = float(bt[j]), names[b.start + j]
+        else:
+            top, unit = float("nan"), ""
+        med = float(np.nanmedian(bd)) if (~np.isnan(bd)).any() else float("nan")
+        out.append(BlockSummary(b.name, b.n_units, top, unit, int((bt > BLOCK_T).sum()), med))
+    # Stable sort: blocks without a defined t last, ties in layout order.
+    return sorted(out, key=lambda s: (np.isnan(s.max_abs_t), -np.nan_to_num(s.max_abs_t, nan=0.0)))
+
+
+def unit_partitions(layout: Layout) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """Partitions of the units worth a table of their own: by kind and by token region.
+
+    Only for labelled layouts, and only when a partition has more than one part. Returns
+    ``[(axis, [(name, column indices), ...]), ...]``.
+    """
+    if not layout.has_labels():
+        return []
+    labels = layout.labels()
+    out = []
+    for axis in ("kind", "region"):
+        values = labels[axis]
+        names = [v for v in dict.fromkeys(values.tolist()) if v != "unknown"]
+        if len(names) > 1:
+            out.append((axis, [(name, np.flatnonzero(values == name)) for name in names]))
+    return out
+
+
+def _nanmax(x: np.ndarray) -> float:
+    finite = x[~np.isnan(x)]
+    return float(finite.max()) if finite.size else float("nan")
+
+
+def versions() -> dict[str, str]:
+    out = {"dense_plantain": __version__, "python": platform.python_version(), "platform": sys.platform}
+    for dist in ("numpy", "scipy", "matplotlib", "safetensors"):
+        try:
+            out[dist] = _metadata.version(dist)
+        except _metadata.PackageNotFoundError:
+            pass
+    return out
