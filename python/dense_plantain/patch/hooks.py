@@ -155,14 +155,25 @@ class Write(_HookSet):
     """Write kept columns into the next forwards, in place, before each module reads its input.
 
     ``source[(module, region)]`` holds ``[B, tokens, columns of kept_plan]``; ``plan`` (a subset of
-    ``kept_plan``) says which of them to write.
+    ``kept_plan``) says which of them to write. With ``other`` (a second source of the same shape)
+    the written values are the mean of the two, formed per module as it runs (float32 sum, halved,
+    cast back), so no third copy is kept.
     """
 
-    def __init__(self, transformer: Any, plan: ColumnPlan, kept_plan: ColumnPlan, source: dict[tuple[str, str], Any]):
+    def __init__(
+        self,
+        transformer: Any,
+        plan: ColumnPlan,
+        kept_plan: ColumnPlan,
+        source: dict[tuple[str, str], Any],
+        other: dict[tuple[str, str], Any] | None = None,
+        positions: dict[tuple[str, str], Any] | None = None,
+    ):
         super().__init__(transformer, plan.modules())
         self.plan = plan
         self.source = source
-        self.positions = plan.positions_in(kept_plan)
+        self.other = other
+        self.positions = positions if positions is not None else plan.positions_in(kept_plan)
 
     def _make(self, path: str, stream: str):
         groups = [g for g in self.plan.groups if g.module == path]
@@ -175,6 +186,9 @@ class Write(_HookSet):
                 pos = self.positions[key]
                 if pos is not None:
                     src = src.index_select(-1, pos)
+                if self.other is not None:
+                    oth = self.other[key] if pos is None else self.other[key].index_select(-1, pos)
+                    src = (src.float() + oth.float()).mul_(0.5).to(src.dtype)
                 view = _tokens(x, stream, g.region, self.n_text)
                 if view.shape[:2] != src.shape[:2]:
                     raise RuntimeError(

@@ -263,8 +263,17 @@ class BatchPatcher:
         self.forwards["pipeline"] += 1
         return rec.kwargs, rec.out, keep.kept
 
-    def forward(self, kwargs: dict[str, Any], plan: ColumnPlan | None, kept_plan: ColumnPlan, source):
-        """One transformer forward on kept inputs, with ``plan``'s columns written from ``source``."""
+    def forward(
+        self,
+        kwargs: dict[str, Any],
+        plan: ColumnPlan | None,
+        kept_plan: ColumnPlan,
+        source,
+        other=None,
+        positions: dict | None = None,
+    ):
+        """One transformer forward on kept inputs, with ``plan``'s columns written from ``source``
+        (or the mean of ``source`` and ``other``)."""
         import torch
 
         t = self.pipe.transformer
@@ -272,7 +281,7 @@ class BatchPatcher:
             if plan is None or not plan.groups:
                 out = t(**kwargs)[0]
             else:
-                with Write(t, plan, kept_plan, source):
+                with Write(t, plan, kept_plan, source, other, positions):
                     out = t(**kwargs)[0]
         self.forwards["patched"] += 1
         return out[:, : self.n_image]
@@ -302,12 +311,21 @@ def run_batch(patcher: BatchPatcher, pairs, sets: list[UnitSet], fold: int) -> l
         instances.append((str(i), s.units_for(fold)))
         for r, rand in enumerate(s.random):
             instances.append((f"{i}/{r}", rand[fold if len(rand) > 1 else 0]))
-    union = np.unique(np.concatenate([u for _, u in instances])) if instances else np.zeros(0, np.int64)
-    keep_plan = patcher.plan(union)
+    import torch
+
+    cache = patcher.__dict__.setdefault("_plans", {})
+    ident = (fold, tuple((id(s), s.spec, len(s.random)) for s in sets))
+    if ident not in cache:  # plans and column positions are the same for every batch of a fold
+        union = np.unique(np.concatenate([u for _, u in instances])) if instances else np.zeros(0, np.int64)
+        keep_plan = patcher.plan(union)
+        plans = {}
+        for key, units in instances:
+            plan = patcher.plan(units)
+            plans[key] = (plan, plan.positions_in(keep_plan))
+        cache[ident] = (keep_plan, plans)
+    keep_plan, plans = cache[ident]
     kw_a, la, kept_a = patcher.base_pass([p.a for p in pairs], keep_plan)
     kw_b, lb, kept_b = patcher.base_pass([p.b for p in pairs], keep_plan)
-    kept_m = {k: (kept_a[k].float() + kept_b[k].float()).mul_(0.5).to(kept_a[k].dtype) for k in kept_a}
-    import torch
 
     e2 = (lb.reshape(len(pairs), -1).double() - la.reshape(len(pairs), -1).double()).pow(2).sum(1)
     if bool((e2 == 0).any()):
@@ -317,12 +335,12 @@ def run_batch(patcher: BatchPatcher, pairs, sets: list[UnitSet], fold: int) -> l
             "truncation to 512 tokens?), so no fraction of their difference exists; fix or drop those pairs"
         )
     rows = []
-    for key, units in instances:
-        plan = patcher.plan(units)
-        l_ab = patcher.forward(kw_a, plan, keep_plan, kept_b)
-        l_ba = patcher.forward(kw_b, plan, keep_plan, kept_a)
-        l_am = patcher.forward(kw_a, plan, keep_plan, kept_m)
-        l_bm = patcher.forward(kw_b, plan, keep_plan, kept_m)
+    for key, _ in instances:
+        plan, pos = plans[key]
+        l_ab = patcher.forward(kw_a, plan, keep_plan, kept_b, positions=pos)
+        l_ba = patcher.forward(kw_b, plan, keep_plan, kept_a, positions=pos)
+        l_am = patcher.forward(kw_a, plan, keep_plan, kept_a, kept_b, positions=pos)
+        l_bm = patcher.forward(kw_b, plan, keep_plan, kept_a, kept_b, positions=pos)
         rows.append((key, _measures(la, lb, l_ab, l_ba, l_am, l_bm)))
     values = torch.stack([m for _, m in rows]).cpu().numpy() if rows else np.zeros((0, len(pairs), 3))
     out: list[dict[str, list[float]]] = [{} for _ in pairs]
