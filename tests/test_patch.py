@@ -100,9 +100,9 @@ def test_all_is_one_none_is_zero(basic_run):
 
 
 @pytest.fixture(scope="module")
-def reference_fractions() -> dict[str, float]:
+def reference_fractions() -> dict[str, list[float]]:
     """Plain pipeline runs with the test's own hooks: B (keep whole module inputs), A, then A with B's
-    whole input at one module; the fraction of pair p1 computed in numpy float64."""
+    whole input at one module, B with A's, both with their mean; pair p1's measures in numpy float64."""
     import torch
 
     from dense_plantain.capture.run import initial_noise
@@ -113,7 +113,6 @@ def reference_fractions() -> dict[str, float]:
     t = pipe.transformer
     modules = {m: dict(t.named_modules())[m] for m in REFERENCE_MODULES}
     preds: list[np.ndarray] = []
-    kept: dict[str, object] = {}
     noise = initial_noise(pipe, SIZE, SIZE, 0)
 
     def run(prompt: str, hooks: dict) -> np.ndarray:
@@ -134,24 +133,37 @@ def reference_fractions() -> dict[str, float]:
                 h.remove()
         return preds.pop().reshape(-1)
 
-    def keeper(name):
+    def keeper(store: dict, name: str):
         def hook(mod, args):
-            kept[name] = args[0].clone()
+            store[name] = args[0].clone()
 
         return hook
 
-    def writer(name):
+    def writer(value):
         def hook(mod, args):
-            return (kept[name],) + tuple(args[1:])
+            return (value,) + tuple(args[1:])
 
         return hook
 
+    kept_a: dict[str, torch.Tensor] = {}
+    kept_b: dict[str, torch.Tensor] = {}
     h_out = t.register_forward_hook(lambda m, args, out: preds.append(out[0].double().numpy().copy()))
     try:
-        lb = run(b, {m: keeper(m) for m in modules})
-        la = run(a, {})
+        lb = run(b, {m: keeper(kept_b, m) for m in modules})
+        la = run(a, {m: keeper(kept_a, m) for m in modules})
         e = lb - la
-        return {m: float(np.dot(run(a, {m: writer(m)}) - la, e) / np.dot(e, e)) for m in modules}
+        out = {}
+        for m in modules:
+            mean = (kept_a[m] + kept_b[m]) * 0.5
+            l_ab = run(a, {m: writer(kept_b[m])})
+            l_ba = run(b, {m: writer(kept_a[m])})
+            l_am, l_bm = run(a, {m: writer(mean)}), run(b, {m: writer(mean)})
+            out[m] = [
+                float(np.dot(l_ab - la, e) / np.dot(e, e)),
+                float(np.dot(lb - l_ba, e) / np.dot(e, e)),
+                float(1 - np.linalg.norm(l_bm - l_am) / np.linalg.norm(e)),
+            ]
+        return out
     finally:
         h_out.remove()
 
@@ -164,8 +176,8 @@ def test_block_agrees_with_plain_reference(basic_run, reference_fractions, index
     pair = basic_run.pairs[0]
     assert pair.id == PAIRS[0][0]
     ref = reference_fractions[block_module]
-    assert 0.0 < abs(ref) and ref != 1.0
-    np.testing.assert_allclose(pair.values[str(index)][0], ref, rtol=1e-9, atol=1e-12)
+    assert 0.0 < abs(ref[0]) and ref[0] != 1.0
+    np.testing.assert_allclose(pair.values[str(index)], ref, rtol=1e-9, atol=1e-12)
 
 
 # --- specs, folds, random sets -------------------------------------------------------------------

@@ -79,12 +79,10 @@ class ColumnPlan:
         for g in self.groups:
             key = (g.module, g.region)
             theirs = next((h.columns for h in other.groups if (h.module, h.region) == key), None)
-            pos = np.searchsorted(theirs, g.columns) if theirs is not None else None
-            if (
-                theirs is None
-                or np.any(pos >= len(theirs))
-                or np.any(theirs[np.minimum(pos, len(theirs) - 1)] != g.columns)
-            ):
+            if theirs is None:
+                raise ValueError(f"plan is not a subset of the kept columns: nothing kept at {key}")
+            pos = np.searchsorted(theirs, g.columns)
+            if np.any(pos >= len(theirs)) or np.any(theirs[np.minimum(pos, len(theirs) - 1)] != g.columns):
                 raise ValueError(f"plan is not a subset of the kept columns at {key}")
             dev = other.index[key].device
             out[key] = None if len(pos) == len(theirs) else torch.as_tensor(pos, device=dev)
