@@ -350,3 +350,25 @@ def test_resume_keeps_finished_pairs(probe_file, tmp_path, basic_run, monkeypatc
     assert [p.values for p in resumed.pairs] == [p.values for p in basic_run.pairs]
     record = patch_record(resumed, build_layout(dict(tiny_loaded().pipe.transformer.config), "plantain"))
     assert record["resumed_from"] == 1
+
+
+def test_results_folder_leads_to_its_capture(probe_file, layout, tmp_path):
+    from dense_plantain import analysis, report
+    from dense_plantain.patch.run import check_selection_capture, selection_capture
+    from dense_plantain.prompts import load_probe
+
+    cap_path = _synthetic_capture(tmp_path / "cap.safetensors", probe_file, layout)
+    results = tmp_path / "results"
+    report.write_results(analysis.analyze(cap_path, permutations=8, splits=4, group_nulls=False), results)
+    cap, selection = selection_capture(results, None)
+    assert selection["capture"] == str(cap_path) and selection["results"] == str(results)
+    probe = load_probe(probe_file)
+    model_meta = tiny_loaded().provenance()
+    assert check_selection_capture(cap, probe, layout, model_meta) == []
+    heads = build_layout(dict(tiny_loaded().pipe.transformer.config), "heads")
+    assert any(p.startswith("layout") for p in check_selection_capture(cap, probe, heads, model_meta))
+    other = {**model_meta, "config_sha256": "f" * 64}
+    assert any(p.startswith("model") for p in check_selection_capture(cap, probe, layout, other))
+    cap_path.write_bytes(cap_path.read_bytes() + b" ")  # the capture changed since the analysis
+    with pytest.raises(PatchError, match="changed since"):
+        selection_capture(results, None)
