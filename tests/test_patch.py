@@ -92,6 +92,30 @@ def test_all_units_give_b_bit_for_bit(layout):
     assert torch.equal(patcher.forward(kw_a, None, plan, kept_b), la)  # nothing patched: A again, exactly
 
 
+def test_heads_layout_all_gives_b_bit_for_bit():
+    """The heads layout patches image and text tokens apart (to_add_out too); all of it gives B again."""
+    import torch
+
+    from dense_plantain.patch.run import BatchPatcher
+
+    pipe = tiny_loaded().pipe
+    heads = build_layout(dict(pipe.transformer.config), "heads")
+    patcher = BatchPatcher(pipe, PatchSettings(height=SIZE, width=SIZE, layout="heads"), heads)
+    plan = patcher.plan(np.arange(heads.n_units))
+    assert {g.region for g in plan.groups} == {"image", "text"}
+    pipe.set_progress_bar_config(disable=True)
+    kw_a, la, _ = patcher.base_pass([PAIRS[2][1]], plan)
+    _, lb, kept_b = patcher.base_pass([PAIRS[2][2]], plan)
+    assert torch.equal(patcher.forward(kw_a, plan, plan, kept_b), lb)
+    # Image tokens reach the output only through the image-token inputs of the projections, so those
+    # alone already give B exactly; the text-token units alone move the output, but not to B.
+    region = heads.labels()["region"]
+    image_only = patcher.plan(np.flatnonzero(region == "image"))
+    assert torch.equal(patcher.forward(kw_a, image_only, plan, kept_b), lb)
+    text_only = patcher.forward(kw_a, patcher.plan(np.flatnonzero(region == "text")), plan, kept_b)
+    assert not torch.equal(text_only, lb) and not torch.equal(text_only, la)
+
+
 def test_all_is_one_none_is_zero(basic_run):
     for p in basic_run.pairs:
         assert p.values["0"] == [1.0, 1.0, 1.0], p.id

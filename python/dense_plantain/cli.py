@@ -749,7 +749,6 @@ def patch(
     from dense_plantain.patch.run import partial_path
     from dense_plantain.patch.spec import expand_specs
     from dense_plantain.prompts import bundled_prompts
-    from dense_plantain.units import build_layout
 
     path = Path(prompts_file)
     if not path.exists() and prompts_file in bundled_prompts():
@@ -777,8 +776,7 @@ def patch(
         force=force,
         show_progress=not quiet,
     )
-    lay = build_layout(run.provenance["model"]["transformer_config"], layout)
-    paths = write_patch_folder(run, lay, out)
+    paths = write_patch_folder(run, run.layout, out)
     partial_path(out).unlink(missing_ok=True)
     for st in run.sets:
         key = str(run.sets.index(st))

@@ -107,6 +107,7 @@ class PatchRun:
     forwards: dict[str, int]
     seconds: float
     resumed_from: int = 0
+    layout: Any = None  # the units.Layout the sets index
 
 
 def partial_path(out: str | Path) -> Path:
@@ -475,7 +476,7 @@ def run_patch(
                 except _oom_type() as err:
                     raise PatchError(
                         f"out of GPU memory at --batch-size {settings.batch_size} ({err.__class__.__name__}); lower "
-                        "--batch-size (results do not depend on it)" + _kept_note(partial, len(done))
+                        "--batch-size (results do not depend on it)"
                     ) from None
                 for p, row in zip(batch, rows):
                     done[p.id] = row
@@ -485,6 +486,8 @@ def run_patch(
                 bar.advance(len(batch))
     except KeyboardInterrupt:
         raise PatchError("interrupted." + _kept_note(partial, len(done))) from None
+    except PatchError as err:
+        raise PatchError(str(err) + "." + _kept_note(partial, len(done))) from None
     finally:
         pipe._progress_bar_config = saved
     records = [PairRecord(p.id, int(folds[i]), done[p.id]) for i, p in enumerate(probe.pairs)]
@@ -514,6 +517,7 @@ def run_patch(
         forwards=forwards,
         seconds=time.monotonic() - t0,
         resumed_from=n_resumed,
+        layout=layout,
     )
 
 
