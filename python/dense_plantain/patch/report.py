@@ -47,7 +47,7 @@ def markdown(record: dict[str, Any]) -> str:
         r = st["random"]
         if r.get("n_sets"):
             rand = f"{_num(r['mean'])} [{_num(r['p05'])}, {_num(r['p95'])}] (n={r['n_sets']})"
-            p_set = _p(r["p_set"])
+            p_set = f"{round(r['p_set'] * r['n_sets'])}/{r['n_sets']}"
             t = r["paired_t"]
             tt = "n/a" if t.get("t") is None else f"{t['t']:.2f} (p {_p(t['p'])})"
             sf = r["sign_flip"]
@@ -108,6 +108,12 @@ def figure(record: dict[str, Any], path: Path) -> None:
                 label="random sets, 5-95 %",
             )
         ax.set_xscale("log")
+        from matplotlib.ticker import NullFormatter, NullLocator
+
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(ks, [f"{int(k):,}" for k in ks])
+        ax.set_xlim(ks.min() / 1.5, ks.max() * 1.5)
         ax.set_xlabel("K (units patched)")
         ax.set_ylabel("fraction of the B - A output difference")
         ax.axhline(0, color="black", lw=0.5)
