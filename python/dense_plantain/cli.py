@@ -665,3 +665,130 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
         record = _run_with_progress(False, lambda progress: analysis.analyze(cap, progress=progress)).to_json()
     reporting.write_card(record, out, force=force, license=license_, base_model=base_model, results_dir=results_dir)
     click.echo(f"wrote {out}")
+
+
+# --- patch (interventions) ---------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--model",
+    default="black-forest-labs/FLUX.2-klein-base-4B",
+    show_default=True,
+    metavar="MODEL",
+    help="Hub id or a local Flux2KleinPipeline folder (as capture).",
+)
+@click.option("--prompts", "prompts_file", required=True, metavar="FILE", help="Prompt file, or a bundled set's name.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    metavar="DIR",
+    help="Folder to write (patch.json, patch.md, fraction_by_k.png), whole or not at all. Unfinished pairs "
+    "are kept in DIR.partial.json.",
+)
+@click.option(
+    "--units",
+    "unit_specs",
+    multiple=True,
+    metavar="SPEC",
+    help="A unit set: all, none, block:NAME (e.g. block:single[3]), kind:attention, kind:mlp, top:K "
+    "(cross-fitted; needs --results or --capture), top:16,64 (several K), or a file of unit names. "
+    "Repeat for several sets; they share the A and B passes. Default: all and none.",
+)
+@click.option(
+    "--results",
+    type=click.Path(),
+    default=None,
+    help="Results folder of `analyze` on a capture of these prompts: top:K reads that capture's per-pair differences.",
+)
+@click.option("--capture", "capture_file", type=click.Path(), default=None, help="The capture top:K chooses on.")
+@click.option(
+    "--random-sets",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Random unit sets per set, matched per block, kind and token region.",
+)
+@click.option("--layout", type=click.Choice(["plantain", "heads"]), default="plantain", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the shared noise.")
+@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the two folds.")
+@click.option("--height", default=1024, show_default=True, type=int)
+@click.option("--width", default=1024, show_default=True, type=int)
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True
+)
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Pairs per forward.")
+@click.option("--resume", is_flag=True, help="Continue an unfinished run of --out (same settings required).")
+@click.option("--force", is_flag=True, help="Discard an unfinished run of --out and start over.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def patch(
+    model: str,
+    prompts_file: str,
+    out: str,
+    unit_specs: tuple[str, ...],
+    results: str | None,
+    capture_file: str | None,
+    random_sets: int,
+    layout: str,
+    seed: int,
+    split_seed: int,
+    height: int,
+    width: int,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Move unit values between the two prompts of each pair; measure what reaches the output.
+
+    \b
+    Per pair (shared noise, one step, guidance 1.0): A and B once, then A with a
+    unit set's columns from B, B with them from A, and both with the A/B mean.
+    fraction = <L_patched - L_A, L_B - L_A> / ||L_B - L_A||^2, with L the
+    transformer's prediction for the image tokens. Each set is set against
+    composition-matched random sets (p, paired t, sign-flip p over pairs).
+    """
+    from pathlib import Path
+
+    from dense_plantain.patch import PatchSettings, run_patch, write_patch_folder
+    from dense_plantain.patch.run import partial_path
+    from dense_plantain.patch.spec import expand_specs
+    from dense_plantain.prompts import bundled_prompts
+
+    path = Path(prompts_file)
+    if not path.exists() and prompts_file in bundled_prompts():
+        path = bundled_prompts()[prompts_file]
+    settings = PatchSettings(
+        layout=layout,
+        seed=seed,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        random_sets=random_sets,
+        split_seed=split_seed,
+        units=expand_specs(unit_specs or ("all", "none")),
+    )
+    run = run_patch(
+        model,
+        path,
+        out,
+        settings=settings,
+        results=results,
+        capture=capture_file,
+        device=device,
+        dtype=dtype,
+        resume=resume,
+        force=force,
+        show_progress=not quiet,
+    )
+    paths = write_patch_folder(run, run.layout, out)
+    partial_path(out).unlink(missing_ok=True)
+    for st in run.sets:
+        key = str(run.sets.index(st))
+        mean = sum(p.values[key][0] for p in run.pairs) / len(run.pairs)
+        click.echo(f"  {st.spec:<24} {st.n_units:>7,} units  mean fraction {mean:.3f}")
+    click.echo(f"wrote {Path(out)}: " + ", ".join(p.name for p in paths) + f" in {run.seconds:.1f} s")
