@@ -402,11 +402,11 @@ def test_compare_unmatched_threshold_counts_are_the_null_identity_row_at_ties(tm
     p2 = store.write_capture(tmp_path / "y.safetensors", np.zeros_like(x2), x2, blocks)
     result = analysis.compare(p1, p2, permutations=1000, splits=10)
     assert result.design == "contrast-welch" and result.null_exact
-    for row in result.thresholds:
-        assert row.count == row.null_counts[0], (row.metric, row.threshold)
-    for group in result.groups:
-        for row in group.rows:
-            if row.null_counts is not None:
-                assert row.count == row.null_counts[0]
+    from dense_plantain.analysis import designs, driver
+
+    opts = driver.null_options(analysis.inputs.settings(1000, None, 0, 10, True))
+    null = designs.WelchDesign(x1.astype(np.float64), x2.astype(np.float64)).null(opts, [], None)
+    for i, row in enumerate(result.thresholds):
+        assert row.count == null.column(i)[null.identity_row], (row.metric, row.threshold)
     d_row = next(r for r in result.thresholds if r.metric == "d")
     assert d_row.count != int((np.abs(result.d) > 0.8).sum())  # two-pass d would count otherwise

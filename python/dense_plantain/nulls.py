@@ -62,6 +62,10 @@ class NullDistribution(Protocol):
         self, count: int, threshold_index: int, partition: int | None = None, group: int | None = None
     ) -> int: ...
 
+    def histogram(self, threshold_index: int, partition: int | None = None, group: int | None = None) -> np.ndarray:
+        """int64 ``[n_units_in_group + 1]``: how many patterns put exactly k units over the threshold."""
+        ...
+
     def fwer_p(self, stat_obs: np.ndarray) -> np.ndarray: ...
 
 
@@ -110,6 +114,9 @@ class CountsNull:
     def column(self, threshold_index: int, partition: int | None = None, group: int | None = None) -> np.ndarray:
         """The null counts of one threshold (for figures); ``KeyError`` for a group without a null."""
         return np.asarray(self.counts[(partition, group)])[:, threshold_index]
+
+    def histogram(self, threshold_index: int, partition: int | None = None, group: int | None = None) -> np.ndarray:
+        return np.bincount(self.column(threshold_index, partition, group)).astype(np.int64)
 
     def has(self, partition: int | None, group: int | None) -> bool:
         return (partition, group) in self.counts

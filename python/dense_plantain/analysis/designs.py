@@ -171,26 +171,27 @@ class PairedDesign:
     def _part(self, cols: np.ndarray | None) -> np.ndarray:
         return self.diff if cols is None else np.ascontiguousarray(self.diff[:, cols])
 
-    def null(self, options: NullOptions, partitions: Sequence[np.ndarray], progress: Progress | None) -> CountsNull:
-        _tail(options)
-
-        def run(cols: np.ndarray | None, report: Progress | None):
-            try:
-                null = stats.sign_flip_null(
-                    self._part(cols),
-                    t_thresholds=options.t_thresholds,
-                    d_thresholds=options.d_thresholds,
-                    permutations=options.permutations,
-                    exact=options.exact,
-                    seed=options.seed,
-                    progress=report,
-                )
-            except ValueError as err:  # e.g. an exact null over too many pairs to enumerate
-                raise StatsInputError(f"sign-flip null: {err}") from None
-            counts = np.concatenate([np.asarray(null.t_counts), np.asarray(null.d_counts)], axis=1)
-            return counts, np.asarray(null.max_abs_t, np.float64), bool(null.exact), int(null.n_permutations)
-
-        return _per_group_null(run, partitions, options, progress)
+    def null(
+        self, options: NullOptions, partitions: Sequence[np.ndarray], progress: Progress | None
+    ) -> NullDistribution:
+        """The engine's streaming tallies: every group of every partition counted in one run,
+        memory independent of the number of patterns (``stats.sign_flip_tallies``)."""
+        # Units in no group (label -1) get a group of their own that the driver never reads.
+        labels = [np.where(p < 0, int(p.max(initial=-1)) + 1, p).astype(np.int64) for p in map(np.asarray, partitions)]
+        try:
+            return stats.sign_flip_tallies(
+                self.diff,
+                t_thresholds=options.t_thresholds,
+                d_thresholds=options.d_thresholds,
+                partitions=labels,
+                tail=options.tail,
+                permutations=options.permutations,
+                exact=options.exact,
+                seed=options.seed,
+                progress=progress,
+            )
+        except ValueError as err:  # e.g. an exact null too slow to enumerate
+            raise StatsInputError(f"sign-flip null: {err}") from None
 
     def observed_counts(self, columns: np.ndarray | None, options: NullOptions) -> np.ndarray:
         obs = stats.observed_counts(

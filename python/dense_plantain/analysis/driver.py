@@ -132,9 +132,7 @@ def _threshold_rows(
             row.null_max = int(null.max_count(i, partition, group))
             row.null_median = float(null.median(i, partition, group))
             row.null_n_above_p99 = int(null.n_at_least(int(np.floor(row.null_p99)) + 1, i, partition, group))
-            column = getattr(null, "column", None)
-            if column is not None:
-                row.null_counts = column(i, partition, group)
+            row.null_histogram = np.asarray(null.histogram(i, partition, group), dtype=np.int64)
         rows.append(row)
     return rows
 

@@ -61,8 +61,9 @@ class Threshold:
     The null summaries are read from the design's `NullDistribution` by the driver; all are
     ``None`` when no null was run for these units. ``null_n_above_p99`` is how many permutations
     put more units over the threshold than the p99 (when it is under 10 the p99 rests on a
-    handful of permutations, and the tables say so). ``null_counts`` (int64 [P]) is kept only
-    for the figure, where the null provides per-permutation counts.
+    handful of permutations, and the tables say so). ``null_histogram`` (int64, index k: how
+    many patterns put k units over the threshold) is kept for the figure; its size does not grow
+    with the number of permutations.
     """
 
     metric: str  # "t" | "d"
@@ -73,7 +74,7 @@ class Threshold:
     null_max: int | None = None
     null_median: float | None = None
     null_n_above_p99: int | None = None
-    null_counts: np.ndarray | None = field(default=None, repr=False)
+    null_histogram: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def fraction(self) -> float:

@@ -84,6 +84,12 @@ def abs_t_by_block(result: AnalysisResult, res: dict) -> Figure:
     return fig
 
 
+def _hist_quantile(hist: np.ndarray, q: float) -> float:
+    """The smallest count k with at least a share q of the patterns at or below it."""
+    cum = np.cumsum(hist)
+    return float(np.searchsorted(cum, q * cum[-1], side="left"))
+
+
 def null_counts(result: AnalysisResult, res: dict) -> Figure:
     rows = result.thresholds
     fig = Figure(figsize=(5 * len(rows), 4))
@@ -91,18 +97,21 @@ def null_counts(result: AnalysisResult, res: dict) -> Figure:
     axes = fig.subplots(1, len(rows), squeeze=False)[0]
     mode = "exact" if result.null_exact else "Monte Carlo"
     for ax, th, row in zip(axes, rows, res["thresholds"]):
-        counts = np.asarray(th.null_counts)
+        hist = np.asarray(th.null_histogram, dtype=np.int64)  # hist[k]: patterns with k units over
+        null_max = int(np.flatnonzero(hist)[-1])
         # The null's range: up to well past its p99, but not out to a lone extreme permutation,
         # which would squash the bulk into one bar. Clipped permutations land in the last bar.
-        top = int(min(counts.max(), max(np.ceil(2.5 * th.null_p99), np.percentile(counts, 99.5)) + 1))
-        clipped = int((counts > top).sum())
-        shown = np.minimum(counts, top)
+        top = int(min(null_max, max(np.ceil(2.5 * th.null_p99), _hist_quantile(hist, 0.995)) + 1))
+        clipped = int(hist[top + 1 :].sum())
         width = max(1, int(np.ceil((top + 1) / 50)))  # whole counts per bar, so no bar is half empty
         edges = np.arange(-0.5, top + width + 0.5, width)
         label = f"null ({result.null_permutations:,} permutations, {mode})"
         if clipped:
-            label += f"\n{clipped:,} above {top:,} drawn in the last bar (max {int(counts.max()):,})"
-        heights, _ = np.histogram(shown, bins=edges)
+            label += f"\n{clipped:,} above {top:,} drawn in the last bar (max {null_max:,})"
+        shown = hist[: top + 1].copy()
+        shown[top] += clipped
+        heights = np.add.reduceat(shown, np.arange(0, top + 1, width))
+        heights = np.pad(heights, (0, len(edges) - 1 - heights.size))
         ax.stairs(heights, edges, fill=True, color="#7f7f7f", label=label)  # one artist, not one per bar
         ax.axvline(th.null_p99, color="black", ls="--", lw=1, label=f"null p99 = {th.null_p99:,.4g}")
         null_right = top + 0.5 + max(1.0, 0.05 * top)
