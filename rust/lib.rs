@@ -142,3 +142,4 @@ impl<'a> PairDiffs<'a> {
         &self.data[i * self.n_units..(i + 1) * self.n_units]
     }
 }
+pub mod direction;
