@@ -648,7 +648,11 @@ mod tests {
             let r = observed(&v);
             for u in 0..m {
                 let (d, a, dn) = naive(&x, n, m, w, u, &vec![1.0; n]);
-                assert!((r.d[u] - d).abs() < 1e-10 * (1.0 + d.abs()), "n {n} unit {u}: {} vs {d}", r.d[u]);
+                assert!(
+                    (r.d[u] - d).abs() < 1e-10 * (1.0 + d.abs()),
+                    "n {n} unit {u}: {} vs {d}",
+                    r.d[u]
+                );
                 assert!((r.d_norm[u] - dn).abs() < 1e-10, "n {n} unit {u}");
                 assert_eq!(r.agree[u], a, "n {n} unit {u}");
             }
@@ -718,7 +722,10 @@ mod tests {
             assert_eq!(all.count_max[u], a.count_max[u] + b.count_max[u]);
         }
         assert_eq!((all.d[2], all.d_norm[2], all.agree[2]), (0.0, 0.0, 0));
-        assert_eq!((all.count_d[2], all.count_agree[2], all.count_max[2]), (40_000, 40_000, 40_000));
+        assert_eq!(
+            (all.count_d[2], all.count_agree[2], all.count_max[2]),
+            (40_000, 40_000, 40_000)
+        );
     }
 
     #[test]

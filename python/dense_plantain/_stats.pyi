@@ -63,3 +63,33 @@ def threads() -> int:
 
 def simd_variant() -> str:
     """ "avx512", "avx2" or "baseline"."""
+
+DIRECTION_TIE_REL: float
+
+def direction_null(
+    delta_vec: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    width: int,
+    exact: bool,
+    seed: int,
+    start: int,
+    end: int,
+) -> tuple[
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+]:
+    """(D, D_norm, agree count, count_d, count_agree, count_max) per unit over patterns start..end."""
+
+def bootstrap_indices(n_pairs: int, draws: int, seed: int) -> npt.NDArray[np.uint32]:
+    """[draws x n_pairs] pair indices of the pair bootstrap."""
+
+def bootstrap_counts(
+    diff: npt.NDArray[np.float64],
+    t_thresholds: list[float],
+    d_thresholds: list[float],
+    indices: npt.NDArray[np.uint32],
+) -> npt.NDArray[np.int64]:
+    """[draws x (t + d thresholds)] counts of units above each threshold per draw."""
