@@ -291,8 +291,8 @@ struct Scratch {
     x: Vec<f64>,
     /// Columns of H over positions: `cols[p * n_pos + pos]`.
     cols: Vec<f64>,
-    /// `tables[(g * 256 + e) * n_pos + pos]`.
-    tables: Vec<f64>,
+    /// `tables[(g * 256 + e) * n_chunks + c]`: lanes `8c .. 8c + 8` of entry `e` of group `g`.
+    tables: Vec<[f64; LANES]>,
 }
 
 impl<'a, T: Value> Engine<'a, T> {
@@ -311,7 +311,7 @@ impl<'a, T: Value> Engine<'a, T> {
         Scratch {
             x: vec![0.0; self.n * self.v.width],
             cols: vec![0.0; self.n * self.n_pos],
-            tables: vec![0.0; self.n_groups * 256 * self.n_pos],
+            tables: vec![[0.0; LANES]; self.n_groups * 256 * (self.n_pos / LANES)],
         }
     }
 
@@ -440,10 +440,10 @@ impl<'a, T: Value> Engine<'a, T> {
         let (mut trace, mut abs_off) = (0.0f64, 0.0f64);
         for i in 0..n {
             let xi = &s.x[i * w..(i + 1) * w];
-            trace += xi.iter().map(|a| a * a).sum::<f64>();
+            trace += dot(xi, xi);
             for j in 0..i {
                 let xj = &s.x[j * w..(j + 1) * w];
-                let g: f64 = xi.iter().zip(xj).map(|(a, b)| a * b).sum();
+                let g = dot(xi, xj);
                 s.cols[j * np + pos(i)] = g;
                 s.cols[i * np + pos(j)] = g;
                 abs_off += 2.0 * g.abs();
@@ -472,7 +472,7 @@ impl<'a, T: Value> Engine<'a, T> {
         for g in 0..self.n_groups {
             let first = 1 + LANES * g;
             let bits = LANES.min(n - first);
-            let t = &mut s.tables[g * 256 * np..(g + 1) * 256 * np];
+            let t = &mut s.tables.as_flattened_mut()[g * 256 * np..(g + 1) * 256 * np];
             if g == 0 {
                 t[..np].copy_from_slice(&s.cols[..np]);
             } else {
@@ -494,106 +494,135 @@ impl<'a, T: Value> Engine<'a, T> {
     }
 
     /// D and the agreement count of the identity pattern (the kernel's arithmetic).
-    fn identity(&self, tables: &[f64]) -> (f64, u32) {
+    fn identity(&self, tables: &[[f64; LANES]]) -> (f64, u32) {
         let bytes = vec![0u8; self.n_groups];
-        let (mut d, mut a) = (0.0, 0u32);
-        pattern_stats(self, tables, &bytes, &mut d, &mut a);
-        (d, a)
+        pattern_stats::<0, 0>(self.n_groups, self.n_pos / LANES, tables, &self.signs, &bytes)
     }
 }
 
-/// D and agreement of one pattern: lanes of `H s`, signs applied, summed in a fixed order.
-#[inline(always)]
-fn pattern_stats<T: Value>(e: &Engine<T>, tables: &[f64], bytes: &[u8], d: &mut f64, agree: &mut u32) {
-    let np = e.n_pos;
-    let ng = e.n_groups;
+/// `sum_k a_k b_k` in a fixed order: eight lane sums (k mod 8), then a fixed tree.
+#[inline]
+fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; LANES];
-    let mut count = 0u32;
-    for c in 0..np / LANES {
-        let mut v = [0.0f64; LANES];
-        let row = &tables[bytes[0] as usize * np + c * LANES..][..LANES];
-        v.copy_from_slice(row);
-        for (g, &b) in bytes.iter().enumerate().take(ng).skip(1) {
-            let row = &tables[(g * 256 + b as usize) * np + c * LANES..][..LANES];
+    let (ca, ra) = a.as_chunks::<LANES>();
+    let (cb, rb) = b.as_chunks::<LANES>();
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += x * y;
+    }
+    hsum(&acc)
+}
+
+#[inline(always)]
+fn hsum(a: &[f64; LANES]) -> f64 {
+    ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+}
+
+/// D and agreement of one pattern: lanes of `H s` summed over the groups' table rows, signs
+/// applied, then summed in a fixed order. `NG`, `NC` > 0 fix the group and chunk counts at
+/// compile time (same arithmetic as the run-time counts `ng`, `nc` used when they are 0).
+#[inline(always)]
+fn pattern_stats<const NG: usize, const NC: usize>(
+    ng: usize,
+    nc: usize,
+    tables: &[[f64; LANES]],
+    signs: &[[f64; LANES]],
+    bytes: &[u8],
+) -> (f64, u32) {
+    let ng = if NG > 0 { NG } else { ng };
+    let nc = if NC > 0 { NC } else { nc };
+    let mut acc = [0.0f64; LANES];
+    let mut count = [0.0f64; LANES];
+    for c in 0..nc {
+        let mut v = tables[bytes[0] as usize * nc + c];
+        for g in 1..ng {
+            let row = &tables[(g * 256 + bytes[g] as usize) * nc + c];
             for l in 0..LANES {
                 v[l] += row[l];
             }
         }
-        let sg = &e.signs[if c < ng { bytes[c] as usize } else { 0 }];
+        let sg = &signs[if c < ng { bytes[c] as usize } else { 0 }];
         for l in 0..LANES {
             let y = v[l] * sg[l];
             acc[l] += y;
-            count += (y > 0.0) as u32;
+            count[l] += if y > 0.0 { 1.0 } else { 0.0 };
         }
     }
-    *d = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    *agree = count;
+    // Lane counts are small integers: exact in float64, and the same whatever the order.
+    (hsum(&acc), hsum(&count) as u32)
 }
 
 /// Counts and maxima of one unit over the chunk's patterns, compiled per instruction set.
 fn kernel<T: Value>(
     e: &Engine<T>,
-    tables: &[f64],
+    tables: &[[f64; LANES]],
     patterns: &[u8],
     d_bar: f64,
     agree_obs: u32,
     inv_trace: f64,
     max: &mut [f64],
 ) -> (u64, u64) {
+    let args = (tables, &e.signs[..], patterns, d_bar, agree_obs, inv_trace, max);
+    let (ng, nc) = (e.n_groups, e.n_pos / LANES);
     match crate::simd::isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked that the CPU has these features.
-        crate::simd::Isa::Avx512 => unsafe { kernel_avx512(e, tables, patterns, d_bar, agree_obs, inv_trace, max) },
+        crate::simd::Isa::Avx512 => unsafe { kernel_avx512(ng, nc, args) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        crate::simd::Isa::Avx2 => unsafe { kernel_avx2(e, tables, patterns, d_bar, agree_obs, inv_trace, max) },
-        _ => kernel_impl(e, tables, patterns, d_bar, agree_obs, inv_trace, max),
+        crate::simd::Isa::Avx2 => unsafe { kernel_avx2(ng, nc, args) },
+        _ => kernel_sizes(ng, nc, args),
     }
 }
 
+type KernelArgs<'a> = (
+    &'a [[f64; LANES]],
+    &'a [[f64; LANES]],
+    &'a [u8],
+    f64,
+    u32,
+    f64,
+    &'a mut [f64],
+);
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-unsafe fn kernel_avx512<T: Value>(
-    e: &Engine<T>,
-    tables: &[f64],
-    patterns: &[u8],
-    d_bar: f64,
-    agree_obs: u32,
-    inv_trace: f64,
-    max: &mut [f64],
-) -> (u64, u64) {
-    kernel_impl(e, tables, patterns, d_bar, agree_obs, inv_trace, max)
+unsafe fn kernel_avx512(ng: usize, nc: usize, args: KernelArgs) -> (u64, u64) {
+    kernel_sizes(ng, nc, args)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn kernel_avx2<T: Value>(
-    e: &Engine<T>,
-    tables: &[f64],
-    patterns: &[u8],
-    d_bar: f64,
-    agree_obs: u32,
-    inv_trace: f64,
-    max: &mut [f64],
-) -> (u64, u64) {
-    kernel_impl(e, tables, patterns, d_bar, agree_obs, inv_trace, max)
+unsafe fn kernel_avx2(ng: usize, nc: usize, args: KernelArgs) -> (u64, u64) {
+    kernel_sizes(ng, nc, args)
+}
+
+/// Picks a kernel with the group and chunk counts fixed (up to 33 pairs), else the general one.
+#[inline(always)]
+fn kernel_sizes(ng: usize, nc: usize, args: KernelArgs) -> (u64, u64) {
+    match (ng, nc) {
+        (1, 1) => kernel_impl::<1, 1>(ng, nc, args),
+        (1, 2) => kernel_impl::<1, 2>(ng, nc, args),
+        (2, 2) => kernel_impl::<2, 2>(ng, nc, args),
+        (2, 3) => kernel_impl::<2, 3>(ng, nc, args),
+        (3, 3) => kernel_impl::<3, 3>(ng, nc, args),
+        (3, 4) => kernel_impl::<3, 4>(ng, nc, args),
+        (4, 4) => kernel_impl::<4, 4>(ng, nc, args),
+        (4, 5) => kernel_impl::<4, 5>(ng, nc, args),
+        _ => kernel_impl::<0, 0>(ng, nc, args),
+    }
 }
 
 #[inline(always)]
-fn kernel_impl<T: Value>(
-    e: &Engine<T>,
-    tables: &[f64],
-    patterns: &[u8],
-    d_bar: f64,
-    agree_obs: u32,
-    inv_trace: f64,
-    max: &mut [f64],
-) -> (u64, u64) {
-    let ng = e.n_groups;
+fn kernel_impl<const NG: usize, const NC: usize>(ng: usize, nc: usize, args: KernelArgs) -> (u64, u64) {
+    let (tables, signs, patterns, d_bar, agree_obs, inv_trace, max) = args;
     let (mut count_d, mut count_a) = (0u64, 0u64);
     for (bytes, mx) in patterns.chunks_exact(ng).zip(max.iter_mut()) {
-        let (mut d, mut a) = (0.0, 0u32);
-        pattern_stats(e, tables, bytes, &mut d, &mut a);
+        let (d, a) = pattern_stats::<NG, NC>(ng, nc, tables, signs, bytes);
         count_d += (d >= d_bar) as u64;
         count_a += (a >= agree_obs) as u64;
         let dn = d * inv_trace;
