@@ -26,7 +26,7 @@ fn vectors(width: usize, seed: u64) -> Vec<f32> {
     let cols = UNITS * width;
     let effect: Vec<f64> = (0..cols)
         .map(|c| {
-            if (c / width) % 3 == 0 {
+            if (c / width).is_multiple_of(3) {
                 0.5 * normal(&mut g)
             } else {
                 0.0

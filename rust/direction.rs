@@ -571,7 +571,7 @@ fn kernel<T: Value>(
     match crate::simd::isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked that the CPU has these features.
-        crate::simd::Isa::Avx512 => unsafe { kernel_avx512(ng, nc, args) },
+        crate::simd::Isa::Avx512 => unsafe { avx512::kernel(ng, nc, args) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         crate::simd::Isa::Avx2 => unsafe { kernel_avx2(ng, nc, args) },
@@ -589,10 +589,67 @@ type KernelArgs<'a> = (
     &'a mut [f64],
 );
 
+/// The AVX-512 kernel, written with intrinsics: the same float64 operations in the same order
+/// as [`pattern_stats`] (lane-wise adds over groups, one multiply by the sign, lane sums over
+/// chunks, then the same fixed tree over lanes), so the same bits.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-unsafe fn kernel_avx512(ng: usize, nc: usize, args: KernelArgs) -> (u64, u64) {
-    kernel_sizes(ng, nc, args)
+mod avx512 {
+    use super::{hsum, kernel_sizes, KernelArgs, LANES};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
+    pub(super) unsafe fn kernel(ng: usize, nc: usize, args: KernelArgs) -> (u64, u64) {
+        match (ng, nc) {
+            (1, 1) => fixed::<1, 1>(args),
+            (1, 2) => fixed::<1, 2>(args),
+            (2, 2) => fixed::<2, 2>(args),
+            (2, 3) => fixed::<2, 3>(args),
+            (3, 3) => fixed::<3, 3>(args),
+            (3, 4) => fixed::<3, 4>(args),
+            (4, 4) => fixed::<4, 4>(args),
+            (4, 5) => fixed::<4, 5>(args),
+            _ => kernel_sizes(ng, nc, args),
+        }
+    }
+
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // c indexes the rows, the lanes and the sign byte
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
+    unsafe fn fixed<const NG: usize, const NC: usize>(args: KernelArgs) -> (u64, u64) {
+        let (tables, signs, patterns, d_bar, agree_obs, inv_trace, max) = args;
+        assert!(tables.len() >= NG * 256 * NC && signs.len() >= 256);
+        let tp = tables.as_ptr() as *const f64;
+        let sp = signs.as_ptr() as *const f64;
+        let zero = _mm512_setzero_pd();
+        let (mut count_d, mut count_a) = (0u64, 0u64);
+        let mut lanes = [0.0f64; LANES];
+        for (bytes, mx) in patterns.chunks_exact(NG).zip(max.iter_mut()) {
+            let mut rows = [0usize; NG];
+            for g in 0..NG {
+                rows[g] = (g * 256 + bytes[g] as usize) * NC;
+            }
+            let mut acc = zero;
+            let mut count = 0u32;
+            for c in 0..NC {
+                // SAFETY: rows[g] + c < NG * 256 * NC <= tables.len() (asserted), 8 lanes a row.
+                let mut v = _mm512_loadu_pd(tp.add((rows[0] + c) * LANES));
+                for row in rows.iter().skip(1) {
+                    v = _mm512_add_pd(v, _mm512_loadu_pd(tp.add((row + c) * LANES)));
+                }
+                let sb = if c < NG { bytes[c] as usize } else { 0 };
+                let y = _mm512_mul_pd(v, _mm512_loadu_pd(sp.add(sb * LANES)));
+                acc = _mm512_add_pd(acc, y);
+                count += _mm512_cmp_pd_mask::<_CMP_GT_OQ>(y, zero).count_ones();
+            }
+            _mm512_storeu_pd(lanes.as_mut_ptr(), acc);
+            let d = hsum(&lanes);
+            count_d += (d >= d_bar) as u64;
+            count_a += (count >= agree_obs) as u64;
+            let dn = d * inv_trace;
+            *mx = if dn > *mx { dn } else { *mx };
+        }
+        (count_d, count_a)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -148,6 +148,16 @@ def test_monte_carlo_is_thread_count_invariant():
         runs[threads] = json.loads(out.stdout)
         assert runs[threads].pop("threads") == int(threads)
     assert runs["1"] == runs["2"] == runs["3"]
+    # The instruction sets give the same bits (the AVX-512 kernel is written with intrinsics).
+    for isa in ("baseline", "avx2"):
+        env = {**os.environ, "DENSE_PLANTAIN_NUM_THREADS": "2", "DENSE_PLANTAIN_SIMD": isa}
+        out = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(THREAD_SCRIPT)], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        run = json.loads(out.stdout)
+        run.pop("threads")
+        assert run == runs["1"], isa
 
 
 def rotation(direction: np.ndarray, angle: float, rng: np.random.Generator) -> np.ndarray:
