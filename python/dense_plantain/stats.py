@@ -640,7 +640,9 @@ def bootstrap_counts(
     Draws come from :func:`bootstrap_indices`; per draw the engine recomputes each unit's t and
     d_z over the resampled pairs (a unit whose resampled differences are all equal is +/-inf,
     or 0 when they are all 0, as :func:`paired` says) and counts. ``splits > 0`` also gives each
-    draw's split-half median r (``splits`` splits of the resampled pairs, seeded by ``seed``).
+    draw's split-half median r (``splits`` splits of the resampled pairs, seeded by ``seed``):
+    ``draws x splits`` split-halves, one engine call per draw (about 0.3 s per draw with 100
+    splits at 25 x 16,320 on two busy cores), so far slower than the counts.
     """
     diff = _as_diff(diff)
     n = diff.shape[0]
