@@ -193,3 +193,5 @@ impl<'a> PairDiffs<'a> {
         &self.data[i * self.n_units..(i + 1) * self.n_units]
     }
 }
+pub mod bootstrap;
+pub mod direction;

@@ -314,5 +314,112 @@ fn _stats(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MIN_PAIRS", crate::MIN_PAIRS)?;
     m.add("MIN_SPLIT_PAIRS", core_split::MIN_SPLIT_PAIRS)?;
     m.add("THREAD_ENV_VARS", crate::threads::THREAD_ENV_VARS.to_vec())?;
+    register_direction_bootstrap(m)?;
+    Ok(())
+}
+
+// --- direction test and pair bootstrap ---------------------------------------------------------
+
+type DirectionArrays<'py> = (
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+);
+
+fn direction_run<T: crate::direction::Value + numpy::Element>(
+    py: Python<'_>,
+    array: &PyReadonlyArray2<'_, T>,
+    width: usize,
+    mode: crate::direction::Mode,
+    start: u64,
+    end: u64,
+) -> PyResult<crate::direction::DirectionRange> {
+    let (data, n, cols) = matrix(array, "delta_vec")?;
+    let v = crate::direction::VecDiffs::new(data, n, cols, width).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    py.detach(|| crate::direction::null(&v, mode, start, end))
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// direction_null(delta_vec f32|f64 [n x units*W], width, exact, seed, start, end)
+/// -> (d, d_norm, agree, count_d, count_agree, count_max), one value per unit each
+#[pyfunction]
+fn direction_null<'py>(
+    py: Python<'py>,
+    delta_vec: &Bound<'py, PyAny>,
+    width: usize,
+    exact: bool,
+    seed: u64,
+    start: u64,
+    end: u64,
+) -> PyResult<DirectionArrays<'py>> {
+    let mode = if exact {
+        crate::direction::Mode::Exact
+    } else {
+        crate::direction::Mode::MonteCarlo { seed }
+    };
+    let r = if let Ok(a) = delta_vec.extract::<PyReadonlyArray2<'py, f32>>() {
+        direction_run(py, &a, width, mode, start, end)?
+    } else {
+        let a: PyReadonlyArray2<'py, f64> = delta_vec.extract()?;
+        direction_run(py, &a, width, mode, start, end)?
+    };
+    let ints = |v: Vec<u64>| v.into_iter().map(|x| x as i64).collect::<Vec<i64>>().into_pyarray(py);
+    let agree: Vec<i64> = r.agree.iter().map(|&a| a as i64).collect();
+    Ok((
+        r.d.into_pyarray(py),
+        r.d_norm.into_pyarray(py),
+        agree.into_pyarray(py),
+        ints(r.count_d),
+        ints(r.count_agree),
+        ints(r.count_max),
+    ))
+}
+
+/// bootstrap_indices(n_pairs, draws, seed) -> uint32 [draws x n_pairs] of pair indices
+#[pyfunction]
+fn bootstrap_indices(py: Python<'_>, n_pairs: usize, draws: usize, seed: u64) -> PyResult<Bound<'_, PyArray2<u32>>> {
+    let idx = crate::bootstrap::indices(n_pairs, draws, seed).map_err(value_error)?;
+    Ok(Array2::from_shape_vec((draws, n_pairs), idx)
+        .expect("indices shape")
+        .into_pyarray(py))
+}
+
+/// bootstrap_counts(diff, t_thresholds, d_thresholds, indices uint32 [draws x n]) -> int64 [draws x k]
+#[pyfunction]
+fn bootstrap_counts<'py>(
+    py: Python<'py>,
+    diff: PyReadonlyArray2<'py, f64>,
+    t_thresholds: Vec<f64>,
+    d_thresholds: Vec<f64>,
+    indices: PyReadonlyArray2<'py, u32>,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let d = diffs(&diff)?;
+    let (idx, draws, width) = matrix(&indices, "indices")?;
+    if width != d.n_pairs() {
+        return Err(PyValueError::new_err(format!(
+            "indices have {width} columns, diff has {} pairs",
+            d.n_pairs()
+        )));
+    }
+    let thresholds = Thresholds {
+        t: &t_thresholds,
+        d: &d_thresholds,
+    };
+    let c = py
+        .detach(|| crate::bootstrap::counts(&d, thresholds, idx))
+        .map_err(value_error)?;
+    Ok(Array2::from_shape_vec((draws, thresholds.len()), c)
+        .expect("counts shape")
+        .into_pyarray(py))
+}
+
+fn register_direction_bootstrap(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(direction_null, m)?)?;
+    m.add_function(wrap_pyfunction!(bootstrap_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(bootstrap_counts, m)?)?;
+    m.add("DIRECTION_TIE_REL", crate::direction::TIE_REL)?;
     Ok(())
 }

@@ -7,6 +7,31 @@ functions take C-contiguous float64 ``[pairs x units]`` matrices and raise ``Val
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "DIRECTION_TIE_REL",
+    "MAX_EXACT_PAIRS",
+    "MIN_PAIRS",
+    "MIN_SPLIT_PAIRS",
+    "THREAD_ENV_VARS",
+    "abs_t_from_ratio",
+    "bootstrap_counts",
+    "bootstrap_indices",
+    "direction_null",
+    "monte_carlo_signs",
+    "n_patterns",
+    "paired",
+    "sign_flip_exact",
+    "sign_flip_identity",
+    "sign_flip_monte_carlo",
+    "sign_flip_tallies",
+    "sign_flip_tally_observed",
+    "sign_flip_unit_scores",
+    "simd_variant",
+    "split_assignments",
+    "split_half",
+    "threads",
+]
+
 MAX_EXACT_PAIRS: int
 MIN_PAIRS: int
 MIN_SPLIT_PAIRS: int
@@ -89,3 +114,33 @@ def sign_flip_tally_observed(
     tail: str,
 ) -> npt.NDArray[np.int64]:
     """Observed counts per group (all units, then each partition's groups) and threshold column, flat."""
+
+DIRECTION_TIE_REL: float
+
+def direction_null(
+    delta_vec: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    width: int,
+    exact: bool,
+    seed: int,
+    start: int,
+    end: int,
+) -> tuple[
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+]:
+    """(D, D_norm, agree count, count_d, count_agree, count_max) per unit over patterns start..end."""
+
+def bootstrap_indices(n_pairs: int, draws: int, seed: int) -> npt.NDArray[np.uint32]:
+    """[draws x n_pairs] pair indices of the pair bootstrap."""
+
+def bootstrap_counts(
+    diff: npt.NDArray[np.float64],
+    t_thresholds: list[float],
+    d_thresholds: list[float],
+    indices: npt.NDArray[np.uint32],
+) -> npt.NDArray[np.int64]:
+    """[draws x (t + d thresholds)] counts of units above each threshold per draw."""
