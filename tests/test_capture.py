@@ -602,6 +602,7 @@ def test_cli_capture_and_errors(tmp_path, probe_file):
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     assert f"{len(PAIRS)} pairs x 340 units" in res.output
+    assert read_capture(out).meta["command"] == ["dense-plantain", *args]
     again = runner.invoke(main, args)
     assert again.exit_code == 2 and "already exists" in again.output and "Traceback" not in again.output
     bad = runner.invoke(main, args[:-7] + ["--height", "50", "--width", str(SIZE), "--force"])
@@ -621,6 +622,11 @@ def test_cli_make_tiny_model(tmp_path):
     res = CliRunner().invoke(main, ["make-tiny-model", str(tmp_path / "m"), "--seed", "0"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "m" / "model_index.json").is_file()
+    from dense_plantain.store import current_umask
+
+    mask = current_umask()  # the folder and its files follow the umask (mkdtemp made the folder 0700)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "m" / "model_index.json").stat().st_mode & 0o777 == 0o666 & ~mask
     # same seed, same files as the shared tiny model
     for name in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
         assert (tmp_path / "m" / name).read_bytes() == (tiny_dir() / name).read_bytes()
@@ -792,3 +798,26 @@ def test_comparable_settings_are_one_list():
         other = {**base, "settings": {**base["settings"], key: 2}}
         assert compare_metas(base, other) == [f"{key}: capture 1 1, capture 2 2"]
     assert set(capture_identity(base)) == {f"settings.{k}" for k in COMPARABLE_SETTINGS} | {"model.config_sha256"}
+
+
+def test_cli_read_only_disk_is_one_message_and_exit_2(tmp_path, probe_file, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    from dense_plantain import store
+    from dense_plantain.capture import model as model_module
+    from dense_plantain.cli import main
+
+    def read_only(path, a, b, meta):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(store, "write_capture", read_only)
+    monkeypatch.setattr(model_module, "load_pipeline", lambda *a, **k: tiny_loaded())
+    out = tmp_path / "ro.safetensors"
+    args = ["capture", "--model", str(tiny_dir()), "--prompts", str(probe_file), "--out", str(out)]
+    res = CliRunner().invoke(main, [*args, "--height", str(SIZE), "--width", str(SIZE), "--batch-size", "2", "-q"])
+    assert res.exit_code == 2, res.output
+    assert "the file system is read-only" in res.output and "No finished pair is on disk" in res.output
+    assert "Traceback" not in res.output and res.output.count("error:") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.toml"]
