@@ -821,3 +821,37 @@ def test_cli_read_only_disk_is_one_message_and_exit_2(tmp_path, probe_file, monk
     assert "the file system is read-only" in res.output and "No finished pair is on disk" in res.output
     assert "Traceback" not in res.output and res.output.count("error:") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.toml"]
+
+
+def test_cli_ctrl_c_during_a_long_cpu_forward_stops_within_seconds(tmp_path, probe_file):
+    """At 1024x1024 one forward of the tiny pipeline on the CPU is minutes of C++ (attention over 262k
+    image tokens) in which Python runs no signal handler; the CLI must still stop at once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import dense_plantain
+
+    env = dict(os.environ, PYTHONPATH=str(Path(dense_plantain.__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
+    out = tmp_path / "slow.safetensors"
+    cmd = [sys.executable, "-m", "dense_plantain", "capture", "--model", str(tiny_dir()), "--prompts", str(probe_file)]
+    cmd += ["--out", str(out), "--device", "cpu", "--height", "1024", "--width", "1024"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "slow.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(15)  # model loaded, tokens counted: the first forward is running
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, output
+    assert "interrupted." in output and "Traceback" not in output
+    assert seconds < 10, seconds
+    assert not (tmp_path / "slow.lock").exists() and not out.exists()

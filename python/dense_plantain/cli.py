@@ -335,6 +335,7 @@ def capture(
       torchrun --standalone --nproc-per-node 2 -m dense_plantain capture \\
           --prompts prompts/dense-plantain.toml --out dense.safetensors
     """
+    import os
     import sys
     import warnings
     from pathlib import Path
@@ -346,7 +347,7 @@ def capture(
         torchrun_launch,
     )
     from dense_plantain.capture.job import CaptureJob, CaptureSettings
-    from dense_plantain.capture.run import CaptureWarning
+    from dense_plantain.capture.run import CaptureWarning, abandoned_forward
     from dense_plantain.prompts import bundled_prompts
 
     path = Path(prompts_file)
@@ -372,6 +373,7 @@ def capture(
         resume=resume,
         force=force,
         show_progress=not quiet,
+        interruptible=True,
         command=("dense-plantain", *click.get_current_context().meta.get("dense_plantain.argv", sys.argv[1:])),
     )
     launch = require_launch() if distributed else (torchrun_launch() if distributed is None else None)
@@ -386,12 +388,22 @@ def capture(
                 shown(message, category, *args, **kwargs)
 
         warnings.showwarning = show
-        if launch is not None:
-            result = run_distributed_capture(job, launch=launch, timeout_min=dist_timeout)
-            if result is None:  # not rank 0: rank 0 reports
-                return
-        else:
-            result = capture_here(job)
+        try:
+            if launch is not None:
+                result = run_distributed_capture(job, launch=launch, timeout_min=dist_timeout)
+                if result is None:  # not rank 0: rank 0 reports
+                    return
+            else:
+                result = capture_here(job)
+        except DensePlantainError as err:
+            if not abandoned_forward():
+                raise
+            # Ctrl-C left a forward running in a worker thread; the finished pairs are on disk and the
+            # lock is released. End now: the interpreter's shutdown would wait for the forward, then abort.
+            click.echo(click.style("error: ", fg="red", bold=True) + str(err), err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
     resumed = f", {result.resumed_from} of them from the unfinished run" if result.resumed_from else ""
     by = f" by {result.world_size} processes" if result.world_size > 1 else (" by 1 process" if launch else "")
     click.echo(

@@ -7,9 +7,12 @@ A capture file is a safetensors file with
 * metadata key ``dense_plantain``: a JSON object. Required: ``format`` (= 1) and ``blocks``
   (``[{"name": "joint[0]", "n_units": 192}, ...]`` in unit order, summing to the unit count).
   Written by ``dense-plantain capture`` and read when present: ``layout``, ``readouts`` and
-  ``steps`` (per-unit labels, see ``units``), ``pairs`` (ids and prompt texts), ``probe``,
-  ``model``, ``settings``, ``versions``, ``started``, ``finished``, and ``partial`` (true while a
-  capture is unfinished; ``n_pairs_total`` then says how many pairs the run will have).
+  ``steps`` (per-unit labels, see ``units``), ``pairs`` (ids, prompt texts and each prompt's real
+  token count ``tokens_a``/``tokens_b``), ``text`` (``max_sequence_length`` and the prompts it
+  cut), ``probe``, ``model``, ``weights`` (``random``, ``kind``, ``description``, ``seed``,
+  ``parts``, ``sha256``), ``settings``, ``versions``, ``command`` (the argv that started the
+  capture), ``started``, ``finished``, and ``partial`` (true while a capture is unfinished;
+  ``n_pairs_total`` then says how many pairs the run will have).
 
 Other tools may write such files; ``read_capture`` accepts any file with ``a``, ``b`` and
 ``blocks``. Writes are atomic: the file appears under its final name whole, or not at all.

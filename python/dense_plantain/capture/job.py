@@ -114,6 +114,7 @@ class CaptureJob:
     ``prompts`` is a prompt file (TOML) path; ``out`` the capture file to write. ``resume``
     continues an unfinished capture of ``out``; ``force`` overwrites ``out`` and discards
     unfinished work. ``command`` is the argv that started the run, recorded as ``meta["command"]``.
+    ``show_progress`` draws a progress bar; ``interruptible`` see below.
     """
 
     prompts: str | Path
@@ -127,6 +128,10 @@ class CaptureJob:
     force: bool = False
     show_progress: bool = True
     command: tuple[str, ...] | None = None
+    #: Run each forward in a worker thread so that Ctrl-C stops the run within a second (a long CPU
+    #: forward never returns to Python otherwise). For a process that ends after the run (the CLI):
+    #: the interrupted forward is abandoned, not stopped.
+    interruptible: bool = False
 
     @property
     def out_path(self) -> Path:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import resource
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -359,21 +360,83 @@ class _Pairs:
         return np.stack(self.a_rows), np.stack(self.b_rows)
 
 
+#: Forwards left running in a worker thread by Ctrl-C (``_interruptible``).
+_ABANDONED: list[threading.Thread] = []
+_WORKER = "dense-plantain-forward"
+
+
+def abandoned_forward() -> bool:
+    """True when Ctrl-C left a forward running in a worker thread: the process should end with
+    ``os._exit`` (after its message), as the interpreter's shutdown would abort on the running thread."""
+    return bool(_ABANDONED) or any(t.name == _WORKER and t.is_alive() for t in threading.enumerate())
+
+
+def _interruptible(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker thread while the main thread waits in short, interruptible steps.
+
+    One forward of a large image on the CPU is a few long C++ operations (attention over 260k
+    tokens for the tiny pipeline at 1024x1024), during which Python never runs a signal handler,
+    so Ctrl-C would wait for minutes. Waiting in ``join(0.1)`` lets KeyboardInterrupt through at
+    once; the abandoned forward (a daemon thread) writes nothing and ends with the process.
+    Off the main thread (where no signal arrives) ``fn`` simply runs here.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as err:  # handed to the waiting thread
+            box["error"] = err
+
+    worker = threading.Thread(target=work, name=_WORKER, daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        _ABANDONED.append(worker)
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _forward_in_thread(runner: PromptRunner, texts: list[str], batch_size: int) -> np.ndarray:
+    device = getattr(runner.pipe, "device", None)
+    if getattr(device, "type", None) == "cuda" and device.index is not None:
+        import torch
+
+        torch.cuda.set_device(device)  # the current CUDA device is per thread
+    return _run_batch_guarded(runner, texts, batch_size)
+
+
 def _capture_batches(
     runner: PromptRunner,
     done: _Pairs,
     batch_size: int,
     progress: _Progress,
     on_batch: Callable[[int, int, float], None] | None = None,
+    *,
+    interruptible: bool = False,
 ) -> None:
-    """Run every prompt left in ``done``; ``on_batch(batch_index, n_batches, seconds)`` after each batch."""
+    """Run every prompt left in ``done``; ``on_batch(batch_index, n_batches, seconds)`` after each batch.
+
+    ``interruptible``: run each forward in a worker thread so that Ctrl-C stops the run at once
+    (``_interruptible``); for the CLI's runs, whose process ends after the interruption.
+    """
     prompts = done.prompts_left()
     n_batches = -(-len(prompts) // batch_size)
     for k, start in enumerate(range(0, len(prompts), batch_size)):
         batch = prompts[start : start + batch_size]
         progress.describe(f"pair {done.pairs[batch[0][0]].id}")
         t0 = time.monotonic()
-        values = _run_batch_guarded(runner, [text for _, _, text in batch], batch_size)
+        texts = [text for _, _, text in batch]
+        if interruptible:
+            values = _interruptible(_forward_in_thread, runner, texts, batch_size)
+        else:
+            values = _run_batch_guarded(runner, texts, batch_size)
         bad = _first_bad(values, runner.layout)
         if bad:
             row, unit = bad
@@ -561,6 +624,7 @@ def run_job(
     writable folder, the output lock). ``after_batch(pairs_done, pairs_total)`` runs after each
     batch's pairs are safe on disk; ``loaded`` (a ``model.LoadedModel``) skips loading. On failure
     the ``CaptureError`` carries ``kept_pair_ids`` (read back from the partial file) and ``partial_path``.
+    ``job.interruptible`` runs the forwards in a worker thread so that Ctrl-C stops at once.
     """
     from dense_plantain.capture.model import device_name, load_pipeline
     from dense_plantain.prompts import load_probe
@@ -670,7 +734,7 @@ def run_job(
         progress = _Progress(job.show_progress, total=2 * n_total, done=2 * n_resumed)
         try:
             with runner, _progress_bar_off(pipe), progress:
-                _capture_batches(runner, done, batch_size, progress, on_batch)
+                _capture_batches(runner, done, batch_size, progress, on_batch, interruptible=job.interruptible)
             history[-1]["finished"] = utc_now()
             a, b = done.arrays()
             write_capture(out, a, b, metadata(n_total, finished=True))
