@@ -335,6 +335,9 @@ def merge_shards(out: Path, states: list[ShardState], *, launched: dict[str, Any
         ranks.append(record)
     merged = {key: value for key, value in first.items() if key not in ("shard", "partial", "n_pairs_total")}
     merged["pairs"] = [pair for cap in caps for pair in cap.meta.get("pairs", [])]
+    if isinstance(first.get("text"), dict):  # each shard lists the prompts the text limit cut in its own pairs
+        cut = [item for cap in caps for item in (cap.meta.get("text") or {}).get("truncated", [])]
+        merged["text"] = {**first["text"], "truncated": cut}
     merged["settings"] = {**first["settings"], "device": _device_summary([r["device"] for r in ranks])}
     merged["started"] = min(str(cap.meta.get("started", "")) for cap in caps)
     merged["runs"] = sorted(
