@@ -602,6 +602,7 @@ def test_cli_capture_and_errors(tmp_path, probe_file):
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     assert f"{len(PAIRS)} pairs x 340 units" in res.output
+    assert read_capture(out).meta["command"] == ["dense-plantain", *args]
     again = runner.invoke(main, args)
     assert again.exit_code == 2 and "already exists" in again.output and "Traceback" not in again.output
     bad = runner.invoke(main, args[:-7] + ["--height", "50", "--width", str(SIZE), "--force"])
@@ -621,6 +622,11 @@ def test_cli_make_tiny_model(tmp_path):
     res = CliRunner().invoke(main, ["make-tiny-model", str(tmp_path / "m"), "--seed", "0"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "m" / "model_index.json").is_file()
+    from dense_plantain.store import current_umask
+
+    mask = current_umask()  # the folder and its files follow the umask (mkdtemp made the folder 0700)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "m" / "model_index.json").stat().st_mode & 0o777 == 0o666 & ~mask
     # same seed, same files as the shared tiny model
     for name in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
         assert (tmp_path / "m" / name).read_bytes() == (tiny_dir() / name).read_bytes()
@@ -635,3 +641,217 @@ def test_asking_for_a_missing_gpu_is_a_model_load_error():
     with pytest.raises(ModelLoadError, match="--device cuda was asked for, but PyTorch sees no CUDA GPU"):
         choose_device("cuda")
     assert choose_device("auto").type in ("cpu", "mps")
+
+
+# --- trustworthy outputs (issue 10): the text limit, kept work, locks, disks, modes, weights -------
+
+
+def _chat_token_count(tokenizer, prompt: str) -> int:
+    """Tokens of a prompt as the pipeline builds them, counted through the padding path's attention mask."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    return int(sum(tokenizer(text, padding="max_length", max_length=100_000)["attention_mask"]))
+
+
+LONG = " ".join(["stage"] * 600)
+
+
+def test_pairs_equal_after_the_text_limit_are_refused_before_any_forward(tmp_path, pipe):
+    from dense_plantain.capture import capture_pairs
+
+    pairs = PAIRS[:2] + [("cut", LONG + " in red", LONG + " in blue")]
+    probe = write_probe(tmp_path / "long.toml", pairs)
+    n_a = _chat_token_count(pipe.tokenizer, LONG + " in red")
+    n_b = _chat_token_count(pipe.tokenizer, LONG + " in blue")
+    assert n_a > 512 and n_b > 512
+    # the pipeline's own encoder sees A and B as one prompt: the pair would measure nothing
+    ea, eb = (pipe.encode_prompt(prompt=p, device="cpu", max_sequence_length=512)[0] for p in pairs[2][1:])
+    assert torch.equal(ea, eb)
+    forwards = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    try:
+        with pytest.raises(CaptureError) as info:
+            _capture(tmp_path, probe)
+        with pytest.raises(CaptureError):
+            capture_pairs(pipe, probe, settings=CaptureSettings(height=SIZE, width=SIZE))
+    finally:
+        handle.remove()
+    text = str(info.value)
+    assert f"pair 'cut' (A {n_a} tokens, B {n_b} tokens)" in text and "512 tokens" in text
+    assert forwards == [] and not (tmp_path / "cap.safetensors").exists()
+
+
+def test_cut_prompts_warn_slow_runs_warn_and_meta_records_tokens_weights_modes(tmp_path, pipe, monkeypatch):
+    import hashlib
+    import os
+    import warnings
+
+    from dense_plantain.capture import run as run_module
+    from dense_plantain.capture.run import CaptureWarning
+
+    pairs = PAIRS[:2] + [("long", LONG, "a short prompt about a dancer")]
+    probe = write_probe(tmp_path / "long.toml", pairs)
+    monkeypatch.setattr(run_module, "SLOW_RUN_S", 0.0)
+    old_mask = os.umask(0o027)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = _capture(tmp_path, probe, command=("dense-plantain", "capture", "--out", "x"))
+    finally:
+        os.umask(old_mask)
+    messages = [str(w.message) for w in caught if issubclass(w.category, CaptureWarning)]
+    n_long = _chat_token_count(pipe.tokenizer, LONG)
+    assert any(f"long A ({n_long} tokens)" in m and "lose their end" in m for m in messages), messages
+    assert any("first batch took" in m and "--height" in m for m in messages), messages
+    cap = read_capture(result.path)
+    assert oct(result.path.stat().st_mode & 0o777) == oct(0o640)
+    for record, (pid, a, b) in zip(cap.meta["pairs"], pairs):
+        assert record["id"] == pid
+        assert (record["tokens_a"], record["tokens_b"]) == (
+            _chat_token_count(pipe.tokenizer, a),
+            _chat_token_count(pipe.tokenizer, b),
+        )
+    assert cap.meta["text"]["max_sequence_length"] == 512
+    assert cap.meta["text"]["truncated"] == [{"id": "long", "condition": "a", "tokens": n_long}]
+    assert cap.meta["command"] == ["dense-plantain", "capture", "--out", "x"]
+    weights = cap.meta["weights"]
+    files = sorted(tiny_dir().rglob("*.safetensors"), key=lambda p: p.relative_to(tiny_dir()).as_posix())
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+    assert weights["sha256"] == digest and weights["random"] is True and weights["kind"] == "tiny-random"
+    assert weights["seed"] == 0 and {"transformer", "text_encoder", "vae"} <= set(weights["parts"])
+    assert "random" in weights["description"]
+
+
+def test_failed_save_reports_only_pairs_on_disk_and_leaves_nothing_half_written(tmp_path, probe_file, monkeypatch):
+    import errno
+
+    from dense_plantain import store
+
+    real = store.write_capture
+    calls = {"n": 0}
+
+    def full_disk(path, a, b, meta):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second partial write (pairs p1, p2): the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, a, b, meta)
+
+    monkeypatch.setattr(store, "write_capture", full_disk)
+    out = tmp_path / "cap.safetensors"
+    with pytest.raises(CaptureError) as info:
+        _capture(tmp_path, probe_file, out.name, batch_size=2)
+    err = info.value
+    on_disk = read_capture(partial_path(out), allow_partial=True).pair_ids
+    assert on_disk == ["p1"] and err.kept_pair_ids == on_disk and err.partial_path == partial_path(out)
+    assert "the disk is full" in str(err) and "The 1 of 5 pairs" in str(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["probe.toml", partial_path(out).name])
+
+
+def test_unwritable_output_folder_is_refused_before_the_model_loads(tmp_path, probe_file):
+    t0 = time.monotonic()
+    with pytest.raises(CaptureError, match=r"cannot write the lock file /sys/cap\.lock: permission denied"):
+        run_capture("/no/such/model", probe_file, "/sys/cap.safetensors", show_progress=False)
+    assert time.monotonic() - t0 < 5
+
+
+def test_second_run_on_the_same_out_is_refused_naming_the_first(tmp_path, probe_file):
+    import os
+    import socket
+
+    from dense_plantain.capture.partial import OutputLock
+
+    out = tmp_path / "cap.safetensors"
+    with OutputLock(out):
+        with pytest.raises(CaptureError) as info:
+            run_capture("/no/such/model", probe_file, out, show_progress=False)
+    text = str(info.value)
+    assert f"pid {os.getpid()} on {socket.gethostname()}, started 20" in text and "another capture" in text
+    with pytest.raises(ModelLoadError):  # once released, the next run gets as far as the model
+        run_capture("/no/such/model", probe_file, out, show_progress=False)
+    assert not (tmp_path / "cap.lock").exists()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, np.float16])
+def test_capture_files_take_only_float_values(tmp_path, dtype):
+    from dense_plantain.store import write_capture
+
+    blocks = {"blocks": [{"name": "only", "n_units": 2}]}
+    x = np.ones((3, 2), dtype=dtype)
+    with pytest.raises(ValueError, match=f"must be float32 .*got {np.dtype(dtype)}"):
+        write_capture(tmp_path / "x.safetensors", x, x, blocks)
+    y = np.full((3, 2), 0.1, dtype=np.float64)  # accepted explicitly, rounded to float32
+    cap = read_capture(write_capture(tmp_path / "y.safetensors", y, y, blocks))
+    assert cap.a.dtype == np.float32 and np.array_equal(cap.a, y.astype(np.float32))
+
+
+def test_comparable_settings_are_one_list():
+    from dense_plantain.capture.provenance import COMPARABLE_SETTINGS, capture_identity, compare_metas
+
+    base = {
+        "settings": {k: 1 for k in COMPARABLE_SETTINGS} | {"device": "cpu", "batch_size": 2},
+        "model": {"source": "folder", "id": "/a", "config_sha256": "c"},
+    }
+    moved = {**base, "model": {**base["model"], "id": "/b"}, "settings": {**base["settings"], "device": "cuda:0"}}
+    assert compare_metas(base, moved) == []  # a moved folder and another device change no value
+    for key in COMPARABLE_SETTINGS:
+        other = {**base, "settings": {**base["settings"], key: 2}}
+        assert compare_metas(base, other) == [f"{key}: capture 1 1, capture 2 2"]
+    assert set(capture_identity(base)) == {f"settings.{k}" for k in COMPARABLE_SETTINGS} | {"model.config_sha256"}
+
+
+def test_cli_read_only_disk_is_one_message_and_exit_2(tmp_path, probe_file, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    from dense_plantain import store
+    from dense_plantain.capture import model as model_module
+    from dense_plantain.cli import main
+
+    def read_only(path, a, b, meta):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(store, "write_capture", read_only)
+    monkeypatch.setattr(model_module, "load_pipeline", lambda *a, **k: tiny_loaded())
+    out = tmp_path / "ro.safetensors"
+    args = ["capture", "--model", str(tiny_dir()), "--prompts", str(probe_file), "--out", str(out)]
+    res = CliRunner().invoke(main, [*args, "--height", str(SIZE), "--width", str(SIZE), "--batch-size", "2", "-q"])
+    assert res.exit_code == 2, res.output
+    assert "the file system is read-only" in res.output and "No finished pair is on disk" in res.output
+    assert "Traceback" not in res.output and res.output.count("error:") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.toml"]
+
+
+def test_cli_ctrl_c_during_a_long_cpu_forward_stops_within_seconds(tmp_path, probe_file):
+    """At 1024x1024 one forward of the tiny pipeline on the CPU is minutes of C++ (attention over 262k
+    image tokens) in which Python runs no signal handler; the CLI must still stop at once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import dense_plantain
+
+    env = dict(os.environ, PYTHONPATH=str(Path(dense_plantain.__file__).resolve().parents[1]), HF_HUB_OFFLINE="1")
+    out = tmp_path / "slow.safetensors"
+    cmd = [sys.executable, "-m", "dense_plantain", "capture", "--model", str(tiny_dir()), "--prompts", str(probe_file)]
+    cmd += ["--out", str(out), "--device", "cpu", "--height", "1024", "--width", "1024"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "slow.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(45)  # model loaded, tokens counted: the first forward (minutes long) is running
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, output
+    assert "interrupted." in output and "Traceback" not in output
+    assert seconds < 10, seconds
+    assert not (tmp_path / "slow.lock").exists() and not out.exists()

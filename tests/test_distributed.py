@@ -36,6 +36,7 @@ from dense_plantain.capture.distributed import (
     shard_range,
     torchrun_launch,
 )
+from dense_plantain.capture.job import CaptureJob
 from dense_plantain.capture.run import CaptureSettings, partial_path
 from dense_plantain.errors import CaptureError
 from dense_plantain.store import read_capture, write_capture
@@ -201,12 +202,14 @@ def test_cli_distributed_without_torchrun_is_refused(monkeypatch, probe, tmp_pat
 def test_more_processes_than_pairs_are_refused_before_joining(probe, tmp_path):
     with pytest.raises(CaptureError, match="6 processes for 5 pairs"):
         run_distributed_capture(
-            "/no/model/needed",
-            probe,
-            tmp_path / "x.safetensors",
+            CaptureJob(
+                prompts=probe,
+                out=tmp_path / "x.safetensors",
+                model="/no/model/needed",
+                settings=CaptureSettings(height=SIZE, width=SIZE),
+                device="cpu",
+            ),
             launch=Launch(0, 6, 0, "nowhere:1"),
-            settings=CaptureSettings(height=SIZE, width=SIZE),
-            device="cpu",
         )
 
 
@@ -246,7 +249,9 @@ def test_failed_rank_leaves_shards_names_missing_pairs_and_resume_finishes(probe
 
     # one process refuses to start over them; torchrun --resume captures only p4, p5 and merges
     with pytest.raises(CaptureError, match="unfinished distributed capture .* Pass --resume"):
-        capture_here(str(tiny_dir()), probe, out, settings=CaptureSettings(height=SIZE, width=SIZE), device="cpu")
+        capture_here(
+            CaptureJob(prompts=probe, out=out, model=str(tiny_dir()), settings=CaptureSettings(height=SIZE, width=SIZE))
+        )
     code, output = _run(_capture_cmd(probe, out, "--resume"))
     assert code == 0, output
     assert "3 of them from the unfinished run" in output
@@ -340,12 +345,7 @@ def test_shards_of_another_process_count_are_not_mixed_in(probe, tmp_path):
     settings = CaptureSettings(height=SIZE, width=SIZE)
     with pytest.raises(CaptureError, match="shards of a 3-process capture .* --nproc-per-node 3 --resume"):
         run_distributed_capture(
-            "/no/model/needed",
-            probe,
-            out,
+            CaptureJob(prompts=probe, out=out, model="/no/model/needed", settings=settings, device="cpu", resume=True),
             launch=Launch(0, 2, 0, "nowhere:1"),
-            settings=settings,
-            device="cpu",
-            resume=True,
         )
     assert sorted(shard_files(out)) == [3]

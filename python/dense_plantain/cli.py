@@ -10,11 +10,17 @@ from __future__ import annotations
 import click
 
 from dense_plantain import __version__
+from dense_plantain.capture.model import DEFAULT_MODEL, DEVICES, DTYPES
 from dense_plantain.errors import DensePlantainError
+from dense_plantain.units import LAYOUTS
 
 
 class _Group(click.Group):
     """A click group that reports the project's errors without a traceback."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta.setdefault("dense_plantain.argv", list(args))  # the command line, for a capture's meta["command"]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -204,7 +210,7 @@ def _parse_steps(text: str) -> tuple[int, ...]:
 @main.command()
 @click.option(
     "--model",
-    default="black-forest-labs/FLUX.2-klein-base-4B",
+    default=DEFAULT_MODEL,
     show_default=True,
     metavar="MODEL",
     help="Hub id (downloaded by diffusers) or a local Flux2KleinPipeline folder.",
@@ -223,7 +229,7 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     metavar="CAPTURE.safetensors",
     help="Capture file to write (atomically). Unfinished work goes to CAPTURE.partial.safetensors.",
 )
-@click.option("--layout", type=click.Choice(["plantain", "heads"]), default="plantain", show_default=True)
+@click.option("--layout", type=click.Choice(list(LAYOUTS)), default="plantain", show_default=True)
 @click.option(
     "--seed",
     default=0,
@@ -233,10 +239,10 @@ def _parse_steps(text: str) -> tuple[int, ...]:
 )
 @click.option("--height", default=1024, show_default=True, type=int, help="Image height (a multiple of 16).")
 @click.option("--width", default=1024, show_default=True, type=int, help="Image width (a multiple of 16).")
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True)
 @click.option(
     "--dtype",
-    type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+    type=click.Choice(list(DTYPES)),
     default="auto",
     show_default=True,
     help="auto: bfloat16 on a GPU, float32 on the CPU.",
@@ -333,6 +339,9 @@ def capture(
       torchrun --standalone --nproc-per-node 2 -m dense_plantain capture \\
           --prompts prompts/dense-plantain.toml --out dense.safetensors
     """
+    import os
+    import sys
+    import warnings
     from pathlib import Path
 
     from dense_plantain.capture.distributed import (
@@ -341,7 +350,8 @@ def capture(
         run_distributed_capture,
         torchrun_launch,
     )
-    from dense_plantain.capture.run import CaptureSettings
+    from dense_plantain.capture.job import CaptureJob, CaptureSettings
+    from dense_plantain.capture.run import CaptureWarning, abandoned_forward
     from dense_plantain.prompts import bundled_prompts
 
     path = Path(prompts_file)
@@ -356,7 +366,10 @@ def capture(
         capture_steps=_parse_steps(capture_steps),
         image=image,
     )
-    options = dict(
+    job = CaptureJob(
+        prompts=path,
+        out=out,
+        model=model,
         settings=settings,
         device=device,
         dtype=dtype,
@@ -364,14 +377,37 @@ def capture(
         resume=resume,
         force=force,
         show_progress=not quiet,
+        interruptible=True,
+        command=("dense-plantain", *click.get_current_context().meta.get("dense_plantain.argv", sys.argv[1:])),
     )
     launch = require_launch() if distributed else (torchrun_launch() if distributed is None else None)
-    if launch is not None:
-        result = run_distributed_capture(model, path, out, launch=launch, timeout_min=dist_timeout, **options)
-        if result is None:  # not rank 0: rank 0 reports
-            return
-    else:
-        result = capture_here(model, path, out, **options)
+    with warnings.catch_warnings():  # restores showwarning on exit
+        warnings.simplefilter("always", CaptureWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if issubclass(category, CaptureWarning):
+                click.echo(click.style("warning: ", fg="yellow", bold=True) + str(message), err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        try:
+            if launch is not None:
+                result = run_distributed_capture(job, launch=launch, timeout_min=dist_timeout)
+                if result is None:  # not rank 0: rank 0 reports
+                    return
+            else:
+                result = capture_here(job)
+        except DensePlantainError as err:
+            if not abandoned_forward():
+                raise
+            # Ctrl-C left a forward running in a worker thread; the finished pairs are on disk and the
+            # lock is released. End now: the interpreter's shutdown would wait for the forward, then abort.
+            click.echo(click.style("error: ", fg="red", bold=True) + str(err), err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
     resumed = f", {result.resumed_from} of them from the unfinished run" if result.resumed_from else ""
     by = f" by {result.world_size} processes" if result.world_size > 1 else (" by 1 process" if launch else "")
     click.echo(

@@ -22,7 +22,37 @@ class ModelLoadError(DensePlantainError):
 
 
 class CaptureError(DensePlantainError):
-    """A capture run failed (out of memory, non-finite values, ...); finished pairs are kept."""
+    """A capture run failed (out of memory, non-finite values, ...); finished pairs are kept.
+
+    What was kept is data, not prose: ``reason`` is the failure alone; ``kept_pair_ids`` the ids
+    of the pairs on disk in ``partial_path`` (None: the error is not about a run's kept work);
+    ``n_pairs_total`` the pairs the run was to capture. ``str(err)`` is the reason followed by one
+    sentence about the kept pairs.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        kept_pair_ids: list[str] | None = None,
+        partial_path: object = None,
+        n_pairs_total: int | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kept_pair_ids = kept_pair_ids
+        self.partial_path = partial_path
+        self.n_pairs_total = n_pairs_total
+
+    def __str__(self) -> str:
+        if self.kept_pair_ids is None:
+            return self.reason
+        if not self.kept_pair_ids:
+            return f"{self.reason} No finished pair is on disk, so nothing is kept."
+        return (
+            f"{self.reason} The {len(self.kept_pair_ids)} of {self.n_pairs_total} pairs finished before this are "
+            f"kept in {self.partial_path}; run the same command with --resume to continue from there."
+        )
 
 
 class AnalysisError(DensePlantainError):

@@ -8,9 +8,12 @@ A capture file is a safetensors file with
 * metadata key ``dense_plantain``: a JSON object. Required: ``format`` (= 1) and ``blocks``
   (``[{"name": "joint[0]", "n_units": 192}, ...]`` in unit order, summing to the unit count).
   Written by ``dense-plantain capture`` and read when present: ``layout``, ``readouts`` and
-  ``steps`` (per-unit labels, see ``units``), ``pairs`` (ids and prompt texts), ``probe``,
-  ``model``, ``settings``, ``versions``, ``started``, ``finished``, and ``partial`` (true while a
-  capture is unfinished; ``n_pairs_total`` then says how many pairs the run will have).
+  ``steps`` (per-unit labels, see ``units``), ``pairs`` (ids, prompt texts and each prompt's real
+  token count ``tokens_a``/``tokens_b``), ``text`` (``max_sequence_length`` and the prompts it
+  cut), ``probe``, ``model``, ``weights`` (``random``, ``kind``, ``description``, ``seed``,
+  ``parts``, ``sha256``), ``settings``, ``versions``, ``command`` (the argv that started the
+  capture), ``started``, ``finished``, and ``partial`` (true while a capture is unfinished;
+  ``n_pairs_total`` then says how many pairs the run will have).
 
 Other tools may write such files; ``read_capture`` accepts any file with ``a``, ``b`` and
 ``blocks``. Writes are atomic: the file appears under its final name whole, or not at all.
@@ -64,13 +67,41 @@ class Capture:
         return self.meta.get("partial", False) is True
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc allows, else set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike, *, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would: 0o666 (0o777 for a folder) less the umask.
+
+    ``tempfile.mkstemp`` and ``mkdtemp`` create 0600/0700 for privacy; files that are renamed
+    into place as results must look like any other file the user writes.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the umask's mode (not mkstemp's 0600). On any failure (a full or read-only
+    disk) the temporary file is removed and whatever was at ``path`` before is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -80,11 +111,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+#: The value types a capture file's ``a`` and ``b`` may be handed in as. float32 is the format;
+#: float64 is accepted explicitly and rounded to float32 (numpy analyses produce it); bool, integer
+#: and half-precision arrays are refused, as they are not unit values measured by a capture.
+WRITABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def write_capture(path: str | os.PathLike, a: np.ndarray, b: np.ndarray, meta: dict[str, Any]) -> Path:
-    """Write a capture file atomically. ``meta`` must hold ``blocks``; ``format`` is set here."""
+    """Write a capture file atomically. ``meta`` must hold ``blocks``; ``format`` is set here.
+
+    ``a`` and ``b`` must be float32 (float64 is rounded to float32; any other dtype is a ValueError).
+    """
     from safetensors.numpy import save
 
     path = Path(path)
+    for name, x in (("a", a), ("b", b)):
+        dtype = np.asarray(x).dtype
+        if dtype not in WRITABLE_DTYPES:
+            raise ValueError(
+                f"capture values {name!r} must be float32 (the capture format), got {dtype}; refusing to cast "
+                f"{dtype} silently. Convert them yourself if the values are meaningful as float32."
+            )
     a = np.ascontiguousarray(a, dtype=np.float32)
     b = np.ascontiguousarray(b, dtype=np.float32)
     if a.shape != b.shape or a.ndim != 2:

@@ -1,14 +1,20 @@
 """Capture: prompts through FLUX.2 [klein], one number per unit per prompt.
 
-Public API:
+Modules, one idea each:
 
-* ``capture_prompts(pipe, prompts, ...) -> UnitValues``: notebooks; an already-loaded
-  ``Flux2KleinPipeline`` and a list of prompts give float32 ``[prompts x units]`` plus the layout.
-* ``run_capture(model, prompts_file, out, ...)``: the ``dense-plantain capture`` command (pairs,
-  batches, partial files, resume, provenance).
-* ``run_distributed_capture(...)``: the same under torchrun, one shard of pairs per process,
-  merged by rank 0; ``finish_shards(...)`` finishes and merges a distributed run's shards in one
-  process (``distributed``).
+* ``job``: ``CaptureSettings`` (what is measured), ``CaptureJob`` (the whole option list of a run,
+  spelled once) and ``ShardPlan`` (which pairs a process captures; one process is world_size 1).
+* ``run``: the runner and the notebook API: ``capture_pairs(pipe, probe) -> store.Capture``
+  (in memory, ``analysis.analyze`` takes it), ``capture_prompts(pipe, prompts) -> UnitValues``,
+  ``run_job(job)`` and ``run_capture(model, prompts_file, out, ...)`` (the CLI's capture file).
+* ``partial``: unfinished work: the partial file, resume checks, pairs kept on disk, the output lock.
+* ``distributed``: torchrun shards and their merge (``run_distributed_capture(job)``, ``finish_shards(job)``).
+* ``provenance``: what a capture records; ``COMPARABLE_SETTINGS`` and ``compare_metas``, the one
+  rule for which captures are comparable; the weights' record and hash.
+* ``text``: prompt token counts under the pipeline's tokenizer and chat template; the 512-token cut.
+* ``hooks``: the unit hooks; ``model``: finding and loading pipelines; ``tiny``: tiny random pipelines.
+
+Public API:
 * ``install_unit_hooks(transformer, layout) -> UnitHooks``: the hooks alone, on a bare
   ``Flux2Transformer2DModel`` (benchmarks): forward, then ``hooks.end()`` (device tensor) or
   ``hooks.collect()`` (numpy), ``hooks.remove()``. ``random_transformer("klein-4b", ...)`` and
@@ -21,6 +27,7 @@ Heavy imports (torch, diffusers) happen inside the functions, so importing this 
 
 from dense_plantain.capture.distributed import finish_shards, run_distributed_capture, shard_range
 from dense_plantain.capture.hooks import UnitHooks, install_unit_hooks, plan_reductions
+from dense_plantain.capture.job import CaptureJob, CaptureSettings, ShardPlan
 from dense_plantain.capture.model import (
     DEFAULT_MODEL,
     KLEIN_4B_CONFIG,
@@ -31,18 +38,28 @@ from dense_plantain.capture.model import (
     resolve_model,
     synthetic_inputs,
 )
+from dense_plantain.capture.partial import partial_path
+from dense_plantain.capture.provenance import COMPARABLE_SETTINGS, compare_metas
 from dense_plantain.capture.run import (
     CaptureResult,
-    CaptureSettings,
+    CaptureWarning,
     UnitValues,
+    capture_pairs,
     capture_prompts,
     initial_noise,
-    partial_path,
     run_capture,
+    run_job,
 )
 from dense_plantain.capture.tiny import build_tiny_pipeline, cached_tiny_model, make_tiny_model
 
 __all__ = [
+    "COMPARABLE_SETTINGS",
+    "CaptureJob",
+    "CaptureWarning",
+    "ShardPlan",
+    "capture_pairs",
+    "compare_metas",
+    "run_job",
     "DEFAULT_MODEL",
     "KLEIN_4B_CONFIG",
     "CaptureResult",

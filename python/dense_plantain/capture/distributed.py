@@ -56,14 +56,17 @@ from typing import Any
 
 import numpy as np
 
-from dense_plantain.capture.run import (
-    CaptureResult,
-    CaptureSettings,
+from dense_plantain.capture.job import CaptureJob, CaptureSettings, ShardPlan
+from dense_plantain.capture.partial import OutputLock, partial_path, stem
+from dense_plantain.capture.provenance import (
+    file_sha256,
     identity_problems,
-    partial_path,
-    run_capture,
+    model_record,
     settings_record,
+    utc_now,
+    weights_record,
 )
+from dense_plantain.capture.run import CaptureResult, run_job
 from dense_plantain.errors import CaptureError, CaptureFileError, DensePlantainError
 
 #: The variables torchrun (``python -m torch.distributed.run``) sets for every process it starts.
@@ -79,8 +82,6 @@ FAILURE_HOOK_ENV = "DENSE_PLANTAIN_TEST_FAIL_RANK"
 
 _SHARD_NAME = re.compile(r"^(?P<stem>.+)\.shard-(?P<rank>\d+)-of-(?P<world>\d+)(?:\.partial)?\.safetensors$")
 _MAX_IDS_SHOWN = 20
-#: The sentence ``run_capture`` adds to its errors about the pairs it kept (``run._kept_note``).
-_KEPT_NOTE = re.compile(r" (?:The \d+ of \d+ pairs finished before this are kept|Nothing was finished yet)")
 
 
 # --- where this process stands -----------------------------------------------------------------
@@ -139,17 +140,14 @@ def require_launch(environ: dict[str, str] | None = None) -> Launch:
 
 def shard_range(n_pairs: int, rank: int, world_size: int) -> tuple[int, int]:
     """Pairs ``[start, stop)`` of rank ``rank`` of ``world_size``: contiguous, in pair order, sizes within one."""
-    return rank * n_pairs // world_size, (rank + 1) * n_pairs // world_size
-
-
-def _stem(out: Path) -> str:
-    return out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
+    plan = ShardPlan.of(n_pairs, rank, world_size)
+    return plan.start, int(plan.stop or 0)
 
 
 def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
     """The finished shard of rank ``rank``: ``OUT.shard-<r>-of-<W>.safetensors`` next to ``out``."""
     out = Path(out)
-    return out.with_name(f"{_stem(out)}.shard-{rank}-of-{world_size}.safetensors")
+    return out.with_name(f"{stem(out)}.shard-{rank}-of-{world_size}.safetensors")
 
 
 def shard_files(out: str | Path) -> dict[int, list[Path]]:
@@ -160,7 +158,7 @@ def shard_files(out: str | Path) -> dict[int, list[Path]]:
         return found
     for path in sorted(out.parent.iterdir()):
         match = _SHARD_NAME.match(path.name)
-        if match and match["stem"] == _stem(out):
+        if match and match["stem"] == stem(out):
             found.setdefault(int(match["world"]), []).append(path)
     return found
 
@@ -179,23 +177,23 @@ class RunIdentity:
     settings: dict[str, Any]
     model: dict[str, Any]
     probe: Any  # prompts.Probe
+    weights: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """This run's ``settings``, ``model`` and ``weights`` records (``provenance.identity_problems``)."""
+        return {"settings": self.settings, "model": self.model, "weights": self.weights}
 
 
 def run_identity(model: str, settings: CaptureSettings, device, dtype: str, probe) -> RunIdentity:
     """This run's identity, as ``run_capture`` would record it, without loading the pipeline."""
-    from dense_plantain.capture.model import choose_dtype, config_sha256, resolve_model
-    from dense_plantain.capture.run import _file_sha256
+    from dense_plantain.capture.model import choose_dtype, resolve_model
 
     source = resolve_model(model)
-    model_meta = {
-        "id": source.spec if source.kind == "hub" else str(source.path),
-        "source": source.kind,
-        "revision": source.revision,
-        "config_sha256": config_sha256(source.path) if source.path else None,
-    }
-    image_sha = _file_sha256(settings.image) if settings.image else None
+    image_sha = file_sha256(settings.image) if settings.image else None
     dtype_name = str(choose_dtype(dtype, device)).removeprefix("torch.")
-    return RunIdentity(settings_record(settings, dtype_name, image_sha), model_meta, probe)
+    return RunIdentity(
+        settings_record(settings, dtype_name, image_sha), model_record(source), probe, weights_record(source)
+    )
 
 
 @dataclass
@@ -234,7 +232,7 @@ def inspect_shard(out: Path, rank: int, world_size: int, identity: RunIdentity) 
         except CaptureFileError as err:
             state.problem = f"cannot be read ({err})"
             return state
-        problems = identity_problems(cap.meta, identity.settings, identity.model, probe, then="shard")
+        problems = identity_problems(cap.meta, identity.record(), probe, then="shard")
         if cap.meta.get("shard") != expected:
             problems.append(f"pair range: shard {cap.meta.get('shard')!r}, this run {expected!r}")
         elif cap.pair_ids != probe.ids[start:stop]:
@@ -313,7 +311,6 @@ def _device_summary(devices: list[str]) -> str:
 
 def merge_shards(out: Path, states: list[ShardState], *, launched: dict[str, Any]) -> Path:
     """Concatenate complete shards in pair order into ``out`` (atomically) and remove the shards."""
-    from dense_plantain.capture.run import _utc_now
     from dense_plantain.store import write_capture
 
     caps = [s.capture for s in states]
@@ -338,6 +335,9 @@ def merge_shards(out: Path, states: list[ShardState], *, launched: dict[str, Any
         ranks.append(record)
     merged = {key: value for key, value in first.items() if key not in ("shard", "partial", "n_pairs_total")}
     merged["pairs"] = [pair for cap in caps for pair in cap.meta.get("pairs", [])]
+    if isinstance(first.get("text"), dict):  # each shard lists the prompts the text limit cut in its own pairs
+        cut = [item for cap in caps for item in (cap.meta.get("text") or {}).get("truncated", [])]
+        merged["text"] = {**first["text"], "truncated": cut}
     merged["settings"] = {**first["settings"], "device": _device_summary([r["device"] for r in ranks])}
     merged["started"] = min(str(cap.meta.get("started", "")) for cap in caps)
     merged["runs"] = sorted(
@@ -345,7 +345,7 @@ def merge_shards(out: Path, states: list[ShardState], *, launched: dict[str, Any
         key=lambda run: str(run.get("started", "")),
     )
     merged["distributed"] = {"world_size": len(states), **launched, "ranks": ranks}
-    merged["finished"] = _utc_now()
+    merged["finished"] = utc_now()
     write_capture(out, np.concatenate([c.a for c in caps]), np.concatenate([c.b for c in caps]), merged)
     _remove_shards(out, [len(states)])
     return out
@@ -434,58 +434,37 @@ class _Outcome:
 
     def to_report(self) -> dict[str, Any]:
         text = None
-        if isinstance(self.error, DensePlantainError):
-            # What was kept is said once, for every shard, by rank 0's summary.
-            text = _KEPT_NOTE.split(str(self.error))[0]
+        if isinstance(self.error, CaptureError):
+            text = self.error.reason  # what was kept is said once, for every shard, by rank 0's summary
+        elif isinstance(self.error, DensePlantainError):
+            text = str(self.error)
         elif self.error is not None:
             text = f"{type(self.error).__name__}: {self.error}"
         return {"rank": self.rank, "device": self.device, "resumed": self.resumed, "error": text}
 
 
 def _capture_shard(
-    model,
-    prompts_file,
-    out: Path,
-    launch: Launch,
-    identity: RunIdentity,
-    dev,
-    *,
-    settings,
-    dtype,
-    batch_size,
-    resume,
-    force,
-    show_progress,
-    loaded=None,
+    job: CaptureJob, launch: Launch, identity: RunIdentity, dev, *, loaded=None, show_progress: bool = True
 ) -> _Outcome:
     outcome = _Outcome(launch.rank, str(dev))
     world = launch.world_size
-    start, stop = shard_range(len(identity.probe.pairs), launch.rank, world)
-    path = shard_path(out, launch.rank, world)
+    plan = ShardPlan.of(len(identity.probe.pairs), launch.rank, world)
+    path = shard_path(job.out, launch.rank, world)
     try:
-        if resume and path.exists():
-            state = inspect_shard(out, launch.rank, world, identity)
+        if job.resume and path.exists():
+            state = inspect_shard(Path(job.out), launch.rank, world, identity)
             if state.problem:
                 raise CaptureError(
                     f"cannot resume: the finished shard {path} {state.problem}. Pass --force (without "
                     "--resume) to capture it again."
                 )
-            outcome.resumed = stop - start
+            outcome.resumed = int(plan.stop or 0) - plan.start
             return outcome
-        result = run_capture(
-            model,
-            prompts_file,
-            path,
-            settings=settings,
-            device=str(dev),
-            dtype=dtype,
-            batch_size=batch_size,
-            resume=resume,
-            force=force,
-            show_progress=show_progress,
+        result = run_job(
+            job.replace(out=path, device=str(dev), show_progress=show_progress),
+            plan=plan,
             after_batch=_failure_hook(launch.rank),
             loaded=loaded,
-            shard={"rank": launch.rank, "world_size": world, "start": start, "stop": stop},
         )
         outcome.resumed = result.resumed_from
     except KeyboardInterrupt:
@@ -559,19 +538,7 @@ def _announce(group, verdict: str | None) -> str | None:
 
 
 def run_distributed_capture(
-    model: str,
-    prompts_file: str | Path,
-    out: str | Path,
-    *,
-    settings: CaptureSettings = CaptureSettings(),
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int = 1,
-    resume: bool = False,
-    force: bool = False,
-    show_progress: bool = True,
-    timeout_min: float = DEFAULT_TIMEOUT_MIN,
-    launch: Launch | None = None,
+    job: CaptureJob, *, timeout_min: float = DEFAULT_TIMEOUT_MIN, launch: Launch | None = None
 ) -> CaptureResult | None:
     """This rank's part of a capture by every process torchrun started (see the module docstring).
 
@@ -587,24 +554,22 @@ def run_distributed_capture(
     t0 = time.monotonic()
     launch = launch or require_launch()
     rank, world = launch.rank, launch.world_size
-    out = Path(out)
+    out = job.out_path
     # Checks every rank makes alike, before joining the others: a mistake stops every rank at once.
-    settings.validate()
-    if batch_size < 1:
-        raise CaptureError(f"--batch-size must be at least 1, got {batch_size}.")
+    job.validate()
     if timeout_min <= 0:
         raise CaptureError(f"--dist-timeout must be positive, got {timeout_min}.")
-    probe = load_probe(prompts_file)
+    probe = load_probe(job.prompts)
     if world > len(probe.pairs):
         raise CaptureError(
             f"{world} processes for {len(probe.pairs)} pairs: every process needs at least one pair; "
             f"start at most {len(probe.pairs)} (--nproc-per-node)."
         )
-    _check_outputs(out, world, resume, force)
-    dev = _rank_device(device, launch)
+    _check_outputs(out, world, job.resume, job.force)
+    dev = _rank_device(job.device, launch)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    identity = run_identity(model, settings, dev, dtype, probe)
+    identity = run_identity(job.model, job.settings, dev, job.dtype, probe)
 
     backend = "nccl" if dev.type == "cuda" else "gloo"
     timeout = datetime.timedelta(minutes=timeout_min)
@@ -622,20 +587,7 @@ def run_distributed_capture(
     verdict = None  # rank 0's account of what is missing; None once merged
     try:
         signals.capturing()
-        outcome = _capture_shard(
-            model,
-            prompts_file,
-            out,
-            launch,
-            identity,
-            dev,
-            settings=settings,
-            dtype=dtype,
-            batch_size=batch_size,
-            resume=resume,
-            force=force,
-            show_progress=show_progress and rank == 0,
-        )
+        outcome = _capture_shard(job, launch, identity, dev, show_progress=job.show_progress and rank == 0)
         signals.meeting()
         reports, meet_error = _meet(group, outcome.to_report(), world, timeout)
         if rank == 0 or reports is None:
@@ -645,10 +597,14 @@ def run_distributed_capture(
                 known = reports if reports is not None else {rank: outcome.to_report()}
                 verdict = incomplete_message(out, states, identity, reports=known, meet_error=meet_error)
             elif rank == 0:
-                if force:
-                    _remove_shards(out, [w for w in shard_files(out) if w != world])
-                    partial_path(out).unlink(missing_ok=True)
-                merge_shards(out, states, launched={"merged_by": "rank 0 (torchrun)", "backend": backend})
+                try:
+                    with OutputLock(out, list(job.command) if job.command else None):
+                        if job.force:
+                            _remove_shards(out, [w for w in shard_files(out) if w != world])
+                            partial_path(out).unlink(missing_ok=True)
+                        merge_shards(out, states, launched={"merged_by": "rank 0 (torchrun)", "backend": backend})
+                except CaptureError as err:
+                    verdict = f"every shard is complete, but rank 0 could not merge them: {err}"
         if reports is not None:
             _announce(group, verdict if rank == 0 else None)
     finally:
@@ -679,30 +635,19 @@ def run_distributed_capture(
 # --- one process finishing a distributed capture ---------------------------------------------------
 
 
-def finish_shards(
-    model: str,
-    prompts_file: str | Path,
-    out: str | Path,
-    *,
-    settings: CaptureSettings = CaptureSettings(),
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int = 1,
-    force: bool = False,
-    show_progress: bool = True,
-) -> CaptureResult:
+def finish_shards(job: CaptureJob) -> CaptureResult:
     """Finish a distributed capture's shards one after the other in this process, then merge them.
 
     What ``dense-plantain capture --resume`` does without torchrun when shards of ``out`` exist:
     each unfinished shard continues (or starts) exactly as its rank would have, so the merged
     file is the one the distributed run would have written.
     """
-    from dense_plantain.capture.model import choose_device, load_pipeline
+    from dense_plantain.capture.model import choose_device
     from dense_plantain.prompts import load_probe
 
     t0 = time.monotonic()
-    out = Path(out)
-    settings.validate()
+    out = job.out_path
+    job.validate()
     files = shard_files(out)
     if len(files) != 1:
         listing = "; ".join(f"{w} processes: {', '.join(p.name for p in ps)}" for w, ps in sorted(files.items()))
@@ -711,16 +656,24 @@ def finish_shards(
             "you do not want, then run again with --resume."
         )
     world = next(iter(files))
-    if out.exists() and not force:
+    if out.exists() and not job.force:
         raise CaptureError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
-    probe = load_probe(prompts_file)
+    probe = load_probe(job.prompts)
     if world > len(probe.pairs):
         raise CaptureError(
             f"{out} has shards of a {world}-process capture, but the prompt file has only "
             f"{len(probe.pairs)} pairs: it changed since. Pass --force to start over."
         )
-    dev = choose_device(device)
-    identity = run_identity(model, settings, dev, dtype, probe)
+    dev = choose_device(job.device)
+    identity = run_identity(job.model, job.settings, dev, job.dtype, probe)
+    with OutputLock(out, list(job.command) if job.command else None):
+        return _finish_locked(job, out, world, identity, dev, t0)
+
+
+def _finish_locked(job: CaptureJob, out: Path, world: int, identity: RunIdentity, dev, t0: float) -> CaptureResult:
+    from dense_plantain.capture.model import load_pipeline
+
+    probe = identity.probe
     loaded, resumed = None, 0
     for rank in range(world):
         launch = Launch(rank, world, 0, "")
@@ -728,21 +681,9 @@ def finish_shards(
         if state.complete:
             resumed += state.n_done
             continue
-        loaded = loaded or load_pipeline(model, device=device, dtype=dtype)
+        loaded = loaded or load_pipeline(job.model, device=job.device, dtype=job.dtype)
         outcome = _capture_shard(
-            model,
-            prompts_file,
-            out,
-            launch,
-            identity,
-            dev,
-            settings=settings,
-            dtype=dtype,
-            batch_size=batch_size,
-            resume=True,
-            force=False,
-            show_progress=show_progress,
-            loaded=loaded,
+            job.replace(resume=True, force=False), launch, identity, dev, loaded=loaded, show_progress=job.show_progress
         )
         if outcome.error is not None:
             states = [inspect_shard(out, r, world, identity) for r in range(world)]
@@ -759,33 +700,20 @@ def finish_shards(
     return CaptureResult(out, len(probe.pairs), states[0].capture.n_units, resumed, time.monotonic() - t0, world)
 
 
-def capture_here(
-    model: str,
-    prompts_file: str | Path,
-    out: str | Path,
-    *,
-    settings: CaptureSettings = CaptureSettings(),
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int = 1,
-    resume: bool = False,
-    force: bool = False,
-    show_progress: bool = True,
-) -> CaptureResult:
+def capture_here(job: CaptureJob) -> CaptureResult:
     """A capture in this one process.
 
-    ``finish_shards`` when ``--resume`` finds shards of ``out``, else ``run_capture``.
+    ``finish_shards`` when ``--resume`` finds shards of ``job.out``, else ``run.run_job``.
     """
-    options = dict(settings=settings, device=device, dtype=dtype, batch_size=batch_size, show_progress=show_progress)
-    files = shard_files(out)
+    files = shard_files(job.out)
     if files:
-        if resume:
-            return finish_shards(model, prompts_file, out, force=force, **options)
-        if not force:
+        if job.resume:
+            return finish_shards(job)
+        if not job.force:
             names = ", ".join(p.name for paths in files.values() for p in paths)
             raise CaptureError(
                 f"an unfinished distributed capture of this output exists ({names}). Pass --resume to "
                 "finish it (here, or with torchrun), or --force to discard it and start over."
             )
-        _remove_shards(Path(out), list(files))
-    return run_capture(model, prompts_file, out, resume=resume, force=force, **options)
+        _remove_shards(job.out_path, list(files))
+    return run_job(job)

@@ -280,13 +280,11 @@ class LoadedModel:
     dtype: Any
 
     def provenance(self) -> dict[str, Any]:
-        """The ``model`` record of a capture file."""
-        folder = self.source.path
+        """The ``model`` record of a capture file: its identity (``provenance.model_record``) and classes."""
+        from dense_plantain.capture.provenance import model_record
+
         return {
-            "id": self.source.spec if self.source.kind == "hub" else str(self.source.path),
-            "source": self.source.kind,
-            "revision": self.source.revision,
-            "config_sha256": config_sha256(folder) if folder else None,
+            **model_record(self.source),
             "pipeline_class": type(self.pipe).__name__,
             "transformer_config": _plain(dict(self.pipe.transformer.config)),
         }

@@ -1,91 +1,92 @@
-"""The capture run: prompts through the pipeline, unit values out, kept safe on disk.
-
-Protocol (PROTOCOL.md): one denoising step (``steps=1``) at ``guidance_scale=1.0``, pipeline
-defaults for the rest (512 text tokens, text-encoder layers 9, 18, 27), ``output_type="latent"``.
+"""The capture runner and the notebook API: prompts through the pipeline, unit values out.
 
 Noise: every prompt starts from the very latents the pipeline draws for a *single* prompt with
 ``generator=torch.Generator("cpu").manual_seed(seed)`` at that height and width. The run draws
 them once (as the pipeline would, same shape, dtype and generator) and passes them repeated as
 ``latents=``, so batching cannot change them and plain diffusers reproduces any capture.
 
-Two entry points:
+Entry points:
 
-* ``capture_prompts(pipe, prompts, ...)``: for notebooks; an already-loaded pipeline and a list of
-  prompts in, ``UnitValues`` (float32 ``[prompts x units]`` in layout order, plus the layout) out.
-* ``run_capture(model, prompts_file, out, ...)``: what ``dense-plantain capture`` runs. Pairs
-  A/B in batches; after every batch the finished pairs go atomically to ``OUT.partial.safetensors``
-  (store's ``partial: true``), so an interruption (Ctrl-C, crash, out of memory) loses at most one
-  batch; ``resume=True`` continues from that file after checking that model, settings and prompts
-  match; the finished capture is written atomically and the partial file removed.
+* ``capture_pairs(pipe, probe, ...) -> store.Capture``: for notebooks; an already-loaded pipeline
+  and a prompt file (or ``Probe``) in, the capture in memory out (layout and metadata included),
+  so ``analysis.analyze(capture_pairs(pipe, probe))`` works without a file.
+* ``capture_prompts(pipe, prompts, ...) -> UnitValues``: a plain list of prompts (benchmarks).
+* ``run_job(job, plan=ShardPlan())``: a ``CaptureJob`` into its capture file, in batches, with the
+  partial file, resume and the output lock of ``partial``; ``run_capture(model, prompts_file, out,
+  ...)`` is the same with the job's options as keywords (the CLI and the demo).
 """
 
 from __future__ import annotations
 
-import hashlib
-import platform
+import errno
+import resource
+import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dense_plantain.capture.job import (
+    GUIDANCE_SCALE,
+    SIZE_MULTIPLE,
+    TEXT_LAYERS,
+    TEXT_TOKENS,
+    CaptureJob,
+    CaptureSettings,
+    ShardPlan,
+)
+from dense_plantain.capture.partial import (
+    OutputLock,
+    check_resumable,
+    disk_error,
+    kept_pair_ids,
+    partial_path,
+)
+from dense_plantain.capture.provenance import (
+    file_sha256,
+    package_versions,
+    settings_record,
+    utc_now,
+    weights_record,
+)
+from dense_plantain.capture.text import PairTokens, check_pairs, truncation_warning
 from dense_plantain.errors import CaptureError, CaptureFileError
-from dense_plantain.units import LAYOUTS, Layout, build_layout
+from dense_plantain.units import Layout, build_layout
 
-#: guidance 1.0: no classifier-free second pass; the family's protocol.
-GUIDANCE_SCALE = 1.0
-#: The Klein pipeline's defaults, recorded in every capture.
-TEXT_TOKENS = 512
-TEXT_LAYERS = (9, 18, 27)
-#: FLUX.2's VAE downsamples 8x and the transformer packs 2x2 latent patches.
-SIZE_MULTIPLE = 16
+__all__ = [
+    "GUIDANCE_SCALE",
+    "SIZE_MULTIPLE",
+    "TEXT_LAYERS",
+    "TEXT_TOKENS",
+    "CaptureJob",
+    "CaptureResult",
+    "CaptureSettings",
+    "CaptureWarning",
+    "ShardPlan",
+    "UnitValues",
+    "capture_pairs",
+    "capture_prompts",
+    "initial_noise",
+    "partial_path",
+    "run_capture",
+    "run_job",
+]
+
+#: A run whose estimated remaining time exceeds this (seconds) is warned about after its first batch.
+SLOW_RUN_S = 600.0
 
 
-@dataclass(frozen=True)
-class CaptureSettings:
-    """What a capture measures; everything here is recorded and must match on ``--resume``."""
+class CaptureWarning(UserWarning):
+    """Something about a capture the user should know that does not stop it (cut prompts, a long run)."""
 
-    layout: str = "plantain"
-    seed: int = 0
-    height: int = 1024
-    width: int = 1024
-    steps: int = 1
-    capture_steps: tuple[int, ...] = (0,)
-    image: str | None = None  # path of a reference image every prompt is conditioned on
 
-    def validate(self) -> None:
-        """Raise ``CaptureError`` on a setting the pipeline cannot run; touches nothing else."""
-        if self.layout not in LAYOUTS:
-            raise CaptureError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}.")
-        for name, value in (("height", self.height), ("width", self.width)):
-            if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
-                lower = (
-                    max(SIZE_MULTIPLE, (int(value) // SIZE_MULTIPLE) * SIZE_MULTIPLE)
-                    if isinstance(value, int)
-                    else SIZE_MULTIPLE
-                )
-                raise CaptureError(
-                    f"--{name} {value} is not a positive multiple of {SIZE_MULTIPLE}: FLUX.2 downsamples images 8x "
-                    f"and packs 2x2 latent patches, and the pipeline would silently resize. Use e.g. {lower} or "
-                    f"{lower + SIZE_MULTIPLE}."
-                )
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise CaptureError(f"--seed must be a non-negative integer, got {self.seed!r}.")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise CaptureError(f"--steps must be at least 1, got {self.steps!r}.")
-        steps = tuple(self.capture_steps)
-        if not steps or len(set(steps)) != len(steps) or any(not isinstance(s, int) or s < 0 for s in steps):
-            raise CaptureError(f"--capture-steps must be distinct non-negative step indices, got {list(steps)}.")
-        if max(steps) >= self.steps:
-            raise CaptureError(
-                f"--capture-steps {','.join(map(str, steps))} asks for step {max(steps)}, but the run has only "
-                f"{self.steps} denoising step(s) (indices 0..{self.steps - 1}); raise --steps."
-            )
-        if self.image is not None and not Path(self.image).is_file():
-            raise CaptureError(f"reference image {self.image} does not exist (or is not a file).")
+def warn(message: str) -> None:
+    warnings.warn(message, CaptureWarning, stacklevel=2)
 
 
 @dataclass
@@ -216,14 +217,6 @@ def _open_image(pipe, path: str):
     return img
 
 
-def _file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _first_bad(values: np.ndarray, layout: Layout) -> tuple[int, int] | None:
     bad = ~np.isfinite(values)
     if not bad.any():
@@ -254,6 +247,29 @@ def _oom_message(batch_size: int) -> str:
         "CUDA ran out of memory at --batch-size 1. Free the GPU (other processes), use a smaller --height/--width, "
         "or a GPU with more memory."
     )
+
+
+def _run_batch_guarded(runner: PromptRunner, batch: Sequence[str], batch_size: int) -> np.ndarray:
+    import torch
+
+    try:
+        return runner.run(batch)
+    except torch.cuda.OutOfMemoryError:
+        raise CaptureError(_oom_message(batch_size)) from None
+
+
+class _progress_bar_off:
+    """Hide the pipeline's own per-call step bar, restoring the user's setting afterwards."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __enter__(self):
+        self.saved = dict(getattr(self.pipe, "_progress_bar_config", {}) or {})
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def __exit__(self, *exc):
+        self.pipe._progress_bar_config = self.saved
 
 
 def capture_prompts(
@@ -310,132 +326,240 @@ def capture_prompts(
     return UnitValues(np.concatenate(out, axis=0), runner.layout, prompts, info)
 
 
-def _run_batch_guarded(runner: PromptRunner, batch: Sequence[str], batch_size: int) -> np.ndarray:
-    import torch
-
-    try:
-        return runner.run(batch)
-    except torch.cuda.OutOfMemoryError:
-        raise CaptureError(_oom_message(batch_size)) from None
+# --- pairs -------------------------------------------------------------------------------------
 
 
-class _progress_bar_off:
-    """Hide the pipeline's own per-call step bar, restoring the user's setting afterwards."""
+class _Pairs:
+    """Pairs captured so far: rows of A and B in pair order; a batch may split a pair (``pending``)."""
 
-    def __init__(self, pipe):
-        self.pipe = pipe
+    def __init__(self, pairs: list[Any], a_rows: list[np.ndarray], b_rows: list[np.ndarray]):
+        self.pairs = pairs
+        self.a_rows = list(a_rows)
+        self.b_rows = list(b_rows)
+        self.pending: dict[int, list[np.ndarray | None]] = {}
 
-    def __enter__(self):
-        self.saved = dict(getattr(self.pipe, "_progress_bar_config", {}) or {})
-        self.pipe.set_progress_bar_config(disable=True)
+    @property
+    def n_done(self) -> int:
+        return len(self.a_rows)
 
-    def __exit__(self, *exc):
-        self.pipe._progress_bar_config = self.saved
+    def prompts_left(self) -> list[tuple[int, str, str]]:
+        """(pair index, condition, text) of every prompt still to run, A then B, in pair order."""
+        order = [(i, cond, getattr(p, cond)) for i, p in enumerate(self.pairs) for cond in ("a", "b")]
+        return order[2 * self.n_done :]
+
+    def add(self, batch: list[tuple[int, str, str]], values: np.ndarray) -> None:
+        for row, (i, cond, _) in enumerate(batch):
+            slot = self.pending.setdefault(i, [None, None])
+            slot[0 if cond == "a" else 1] = values[row]
+            if slot[0] is not None and slot[1] is not None:
+                self.a_rows.append(slot[0])
+                self.b_rows.append(slot[1])
+                del self.pending[i]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.stack(self.a_rows), np.stack(self.b_rows)
 
 
-# --- capture files ---------------------------------------------------------------------------
+#: Forwards left running in a worker thread by Ctrl-C (``_interruptible``).
+_ABANDONED: list[threading.Thread] = []
+_WORKER = "dense-plantain-forward"
 
 
-def partial_path(out: str | Path) -> Path:
-    """Where an unfinished capture of ``out`` is kept: ``X.partial.safetensors`` next to it."""
-    out = Path(out)
-    stem = out.name[: -len(".safetensors")] if out.name.endswith(".safetensors") else out.name
-    return out.with_name(f"{stem}.partial.safetensors")
+def abandoned_forward() -> bool:
+    """True when Ctrl-C left a forward running in a worker thread: the process should end with
+    ``os._exit`` (after its message), as the interpreter's shutdown would abort on the running thread."""
+    return bool(_ABANDONED) or any(t.name == _WORKER and t.is_alive() for t in threading.enumerate())
 
 
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def _interruptible(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker thread while the main thread waits in short, interruptible steps.
 
+    One forward of a large image on the CPU is a few long C++ operations (attention over 260k
+    tokens for the tiny pipeline at 1024x1024), during which Python never runs a signal handler,
+    so Ctrl-C would wait for minutes. Waiting in ``join(0.1)`` lets KeyboardInterrupt through at
+    once; the abandoned forward (a daemon thread) writes nothing and ends with the process.
+    Off the main thread (where no signal arrives) ``fn`` simply runs here.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+    box: dict[str, Any] = {}
 
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from dense_plantain import __version__
-
-    out = {"dense-plantain": __version__, "python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers", "tokenizers", "numpy", "safetensors"):
+    def work() -> None:
         try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+            box["value"] = fn(*args)
+        except BaseException as err:  # handed to the waiting thread
+            box["error"] = err
+
+    worker = threading.Thread(target=work, name=_WORKER, daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        _ABANDONED.append(worker)
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
-#: Settings that must agree between an unfinished capture and the run that resumes it.
-_RESUME_KEYS = (
-    "layout",
-    "seed",
-    "height",
-    "width",
-    "steps",
-    "capture_steps",
-    "guidance_scale",
-    "text_tokens",
-    "text_encoder_layers",
-    "dtype",
-    "image_sha256",
-)
+def _forward_in_thread(runner: PromptRunner, texts: list[str], batch_size: int) -> np.ndarray:
+    device = getattr(runner.pipe, "device", None)
+    if getattr(device, "type", None) == "cuda" and device.index is not None:
+        import torch
+
+        torch.cuda.set_device(device)  # the current CUDA device is per thread
+    return _run_batch_guarded(runner, texts, batch_size)
 
 
-def settings_record(settings: CaptureSettings, dtype: str, image_sha256: str | None) -> dict[str, Any]:
-    """The ``settings`` record of a capture file, less the run's device and batch size."""
+def _capture_batches(
+    runner: PromptRunner,
+    done: _Pairs,
+    batch_size: int,
+    progress: _Progress,
+    on_batch: Callable[[int, int, float], None] | None = None,
+    *,
+    interruptible: bool = False,
+) -> None:
+    """Run every prompt left in ``done``; ``on_batch(batch_index, n_batches, seconds)`` after each batch.
+
+    ``interruptible``: run each forward in a worker thread so that Ctrl-C stops the run at once
+    (``_interruptible``); for the CLI's runs, whose process ends after the interruption.
+    """
+    prompts = done.prompts_left()
+    n_batches = -(-len(prompts) // batch_size)
+    for k, start in enumerate(range(0, len(prompts), batch_size)):
+        batch = prompts[start : start + batch_size]
+        progress.describe(f"pair {done.pairs[batch[0][0]].id}")
+        t0 = time.monotonic()
+        texts = [text for _, _, text in batch]
+        if interruptible:
+            values = _interruptible(_forward_in_thread, runner, texts, batch_size)
+        else:
+            values = _run_batch_guarded(runner, texts, batch_size)
+        bad = _first_bad(values, runner.layout)
+        if bad:
+            row, unit = bad
+            i, cond, text = batch[row]
+            raise CaptureError(
+                _non_finite_message(
+                    values, runner.layout, row, unit, f"pair {done.pairs[i].id!r}, condition {cond.upper()} ({text!r})"
+                )
+            )
+        done.add(batch, values)
+        progress.advance(len(batch))
+        if on_batch is not None:
+            on_batch(k, n_batches, time.monotonic() - t0)
+
+
+def _pair_records(pairs: list[Any], counts: list[PairTokens]) -> list[dict[str, Any]]:
+    return [
+        {"id": p.id, "a": p.a, "b": p.b, "tokens_a": c.tokens_a, "tokens_b": c.tokens_b} for p, c in zip(pairs, counts)
+    ]
+
+
+def _text_record(counts: list[PairTokens]) -> dict[str, Any]:
+    cut = [
+        {"id": c.pair_id, "condition": cond, "tokens": n}
+        for c in counts
+        for cond, n in (("a", c.tokens_a), ("b", c.tokens_b))
+        if n > TEXT_TOKENS
+    ]
     return {
-        **asdict(settings),
-        "capture_steps": list(settings.capture_steps),
-        "image_sha256": image_sha256,
-        "guidance_scale": GUIDANCE_SCALE,
-        "text_tokens": TEXT_TOKENS,
-        "text_encoder_layers": list(TEXT_LAYERS),
-        "dtype": dtype,
-        "noise": (
-            f"torch.Generator('cpu').manual_seed({settings.seed}); the single-prompt draw of "
-            "Flux2KleinPipeline.prepare_latents, repeated for every prompt"
-        ),
+        "max_sequence_length": TEXT_TOKENS,
+        "counted_with": "the pipeline's tokenizer and chat template, as Flux2KleinPipeline.encode_prompt",
+        "truncated": cut,
     }
 
 
-def identity_problems(
-    meta: dict, settings_meta: dict, model_meta: dict, probe, *, then: str = "unfinished run"
-) -> list[str]:
-    """How a capture file's settings, model and prompt file differ from this run's (empty: they agree)."""
-    problems = []
-    old = meta.get("settings") or {}
-    for key in _RESUME_KEYS:
-        if old.get(key) != settings_meta.get(key):
-            problems.append(f"{key}: {then} {old.get(key)!r}, this run {settings_meta.get(key)!r}")
-    old_model = meta.get("model") or {}
-    # A folder may move between runs; its configuration is what must not change.
-    keys = ("config_sha256",) if model_meta.get("source") == "folder" else ("id", "revision", "config_sha256")
-    for key in keys:
-        if old_model.get(key) != model_meta.get(key):
-            problems.append(f"model {key}: {then} {old_model.get(key)!r}, this run {model_meta.get(key)!r}")
-    old_probe = meta.get("probe") or {}
-    if old_probe.get("sha256") != probe.sha256:
-        problems.append(
-            f"prompt file {probe.path} changed since the {then} (sha256 "
-            f"{str(old_probe.get('sha256'))[:12]}... then, {probe.sha256[:12]}... now)"
-        )
-    return problems
+def _count_tokens(pipe, pairs: list[Any]) -> list[PairTokens]:
+    counts = check_pairs(pipe.tokenizer, pairs, TEXT_TOKENS)
+    message = truncation_warning(counts, TEXT_TOKENS)
+    if message:
+        warn(message)
+    return counts
 
 
-def _check_resumable(
-    partial: Path, meta: dict, settings_meta: dict, model_meta: dict, probe, n_total: int, shard: dict[str, int] | None
-) -> None:
-    problems = identity_problems(meta, settings_meta, model_meta, probe)
-    if meta.get("n_pairs_total") != n_total:
-        problems.append(f"pairs: unfinished run expects {meta.get('n_pairs_total')}, this run has {n_total}")
-    if meta.get("shard") != shard:
-        problems.append(f"shard: unfinished run {meta.get('shard')!r}, this run {shard!r}")
-    if problems:
-        raise CaptureError(
-            f"cannot resume from {partial}: it was made with different settings, model or prompts: "
-            + "; ".join(problems)
-            + ". Rerun with the same options, or pass --force to discard it and start over."
-        )
+def _in_memory_model(pipe) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``model`` and ``weights`` records of a pipeline loaded by the caller (notebooks)."""
+    from dense_plantain.capture.model import ModelSource, _plain, config_sha256
+
+    name = str(getattr(pipe.config, "_name_or_path", "") or getattr(pipe, "name_or_path", "") or "")
+    folder = Path(name) if name and Path(name).is_dir() else None
+    model = {
+        "id": str(folder.resolve()) if folder else (name or None),
+        "source": "folder" if folder else "in-memory",
+        "revision": None,
+        "config_sha256": config_sha256(folder) if folder else None,
+        "pipeline_class": type(pipe).__name__,
+        "transformer_config": _plain(dict(pipe.transformer.config)),
+    }
+    if folder is not None:
+        weights = weights_record(ModelSource(name, "folder", folder.resolve()))
+    else:
+        weights = {
+            "random": False,
+            "kind": "pretrained",
+            "description": f"an in-memory pipeline ({name or 'origin unknown'}); its weights were not hashed",
+            "seed": None,
+            "parts": [],
+            "sha256": None,
+        }
+    return model, weights
 
 
-def _pair_records(pairs) -> list[dict[str, str]]:
-    return [{"id": p.id, "a": p.a, "b": p.b} for p in pairs]
+def capture_pairs(
+    pipe,
+    probe,
+    *,
+    settings: CaptureSettings = CaptureSettings(),
+    batch_size: int = 1,
+    show_progress: bool = False,
+) -> Any:
+    """Capture every pair of ``probe`` (a ``prompts.Probe``, or a prompt file's path) under a loaded pipeline.
+
+    Returns a ``store.Capture`` in memory (``path`` None): ``a``/``b`` float32 ``[pairs x units]``,
+    the layout, and the metadata a capture file carries (pairs with token counts, settings,
+    model, weights, versions), so ``analysis.analyze(capture_pairs(pipe, probe))`` works as on a
+    file. Pairs whose A and B are the same after the 512-token cut are refused before any forward.
+    """
+    from dense_plantain.capture.model import device_name
+    from dense_plantain.prompts import Probe, load_probe
+    from dense_plantain.store import Capture
+
+    probe = probe if isinstance(probe, Probe) else load_probe(probe)
+    settings.validate()
+    if batch_size < 1:
+        raise CaptureError(f"batch size must be at least 1, got {batch_size}.")
+    counts = _count_tokens(pipe, probe.pairs)
+    model, weights = _in_memory_model(pipe)
+    image_sha = file_sha256(settings.image) if settings.image else None
+    settings_meta = settings_record(settings, str(pipe.transformer.dtype).removeprefix("torch."), image_sha)
+    settings_meta.update(device=device_name(pipe.device), batch_size=batch_size)
+    runner = PromptRunner(pipe, settings)
+    done = _Pairs(probe.pairs, [], [])
+    started = utc_now()
+    with runner, _progress_bar_off(pipe), _Progress(show_progress, total=2 * len(probe.pairs), done=0) as progress:
+        _capture_batches(runner, done, batch_size, progress)
+    a, b = done.arrays()
+    meta = {
+        **runner.layout.to_metadata(),
+        "pairs": _pair_records(probe.pairs, counts),
+        "probe": probe.to_dict(),
+        "model": model,
+        "weights": weights,
+        "settings": settings_meta,
+        "text": _text_record(counts),
+        "tokens": runner.token_counts,
+        "versions": package_versions(),
+        "command": None,
+        "started": started,
+        "finished": utc_now(),
+    }
+    return Capture(path=None, a=a, b=b, meta=meta, layout=runner.layout)
+
+
+# --- the capture job -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -448,172 +572,207 @@ class CaptureResult:
     world_size: int = 1  # processes that captured it (torchrun), see ``distributed``
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def peak_memory_gib(device: Any) -> float:
+    """Peak memory of this run so far: the GPU's allocator peak on CUDA, the process's peak RSS elsewhere."""
+    import torch
+
+    if getattr(device, "type", None) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def slow_run_message(
+    first_batch_s: float, batches_left: int, settings: CaptureSettings, device: Any, random_weights: bool
+) -> str | None:
+    """A warning when the first batch says the rest of the run will take longer than ``SLOW_RUN_S``."""
+    eta = first_batch_s * batches_left
+    if eta < SLOW_RUN_S:
+        return None
+    text = (
+        f"the first batch took {first_batch_s:.1f} s, so the remaining {batches_left} batch(es) will take about "
+        f"{_duration(eta)} at {settings.height}x{settings.width} on {getattr(device, 'type', device)} "
+        f"(peak memory so far {peak_memory_gib(device):.1f} GiB)."
+    )
+    if random_weights or getattr(device, "type", None) == "cpu":
+        side = max(SIZE_MULTIPLE, min(settings.height, settings.width, 64))
+        text += (
+            f" To try the tool, a small image is enough: --height {side} --width {side} (the time grows with the "
+            "square of the image's token count)."
+        )
+    return text + " Ctrl-C stops it and keeps the finished pairs; --resume continues."
+
+
+def run_job(
+    job: CaptureJob,
+    *,
+    plan: ShardPlan = ShardPlan(),
+    loaded=None,
+    after_batch: Callable[[int, int], None] | None = None,
+) -> CaptureResult:
+    """Capture ``plan``'s pairs of ``job.prompts`` into ``job.out`` (see the module docstring).
+
+    Everything that needs no model is checked first (settings, prompt file, existing outputs, a
+    writable folder, the output lock). ``after_batch(pairs_done, pairs_total)`` runs after each
+    batch's pairs are safe on disk; ``loaded`` (a ``model.LoadedModel``) skips loading. On failure
+    the ``CaptureError`` carries ``kept_pair_ids`` (read back from the partial file) and ``partial_path``.
+    ``job.interruptible`` runs the forwards in a worker thread so that Ctrl-C stops at once.
+    """
+    from dense_plantain.capture.model import device_name, load_pipeline
+    from dense_plantain.prompts import load_probe
+    from dense_plantain.store import read_capture, write_capture
+
+    t0 = time.monotonic()
+    job.validate()
+    settings, batch_size = job.settings, job.batch_size
+    out = job.out_path
+    partial = partial_path(out)
+    probe = load_probe(job.prompts)
+    lock = OutputLock(out, list(job.command) if job.command else None).acquire()
+    try:
+        if out.exists() and not job.force:
+            raise CaptureError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
+        pairs = plan.select(probe.pairs)
+        n_total = len(pairs)
+        previous = None
+        if partial.exists():
+            if job.resume:
+                try:
+                    previous = read_capture(partial, allow_partial=True)
+                except CaptureFileError as err:
+                    raise CaptureError(f"cannot resume: {err} Pass --force (without --resume) to start over.") from None
+            elif not job.force:
+                kept = kept_pair_ids(partial)
+                what = f"{len(kept)} of {n_total} pairs" if kept else "unreadable or empty"
+                raise CaptureError(
+                    f"an unfinished capture of this output exists ({partial}, {what}). Pass --resume to continue "
+                    "it, or --force to discard it and start over."
+                )
+        image_sha = file_sha256(settings.image) if settings.image else None
+
+        loaded = loaded or load_pipeline(job.model, device=job.device, dtype=job.dtype)
+        pipe = loaded.pipe
+        counts = _count_tokens(pipe, pairs)  # before any forward: refuses pairs the 512-token cut makes equal
+        model_meta = loaded.provenance()
+        weights = weights_record(loaded.source)
+        settings_meta = settings_record(settings, str(loaded.dtype).removeprefix("torch."), image_sha)
+        settings_meta.update(device=device_name(loaded.device), batch_size=batch_size)
+        shard = plan.record()
+        started = utc_now()
+        done = _Pairs(pairs, [], [])
+        history: list[dict[str, Any]] = []
+        if previous is not None:
+            this_run = {"settings": settings_meta, "model": model_meta, "weights": weights}
+            check_resumable(partial, previous.meta, this_run, probe, n_total, shard)
+            done = _Pairs(pairs, list(previous.a), list(previous.b))
+            started = previous.meta.get("started", started)
+            history = list(previous.meta.get("runs", []))
+        elif partial.exists():  # --force: start over
+            partial.unlink()
+        n_resumed = done.n_done
+        history.append(
+            {
+                "started": utc_now(),
+                "device": settings_meta["device"],
+                "batch_size": batch_size,
+                "pairs_before": n_resumed,
+            }
+        )
+        runner = PromptRunner(pipe, settings)
+
+        def metadata(n_done: int, finished: bool) -> dict[str, Any]:
+            meta = {
+                **runner.layout.to_metadata(),
+                "pairs": _pair_records(pairs[:n_done], counts[:n_done]),
+                "probe": probe.to_dict(),
+                "model": model_meta,
+                "weights": weights,
+                "settings": settings_meta,
+                "text": _text_record(counts),
+                "tokens": runner.token_counts,
+                "versions": package_versions(),
+                "command": list(job.command) if job.command else None,
+                "started": started,
+                "runs": history,
+            }
+            if shard is not None:
+                meta["shard"] = dict(shard)
+            if finished:
+                meta["finished"] = utc_now()
+            else:
+                meta["partial"] = True
+                meta["n_pairs_total"] = n_total
+            return meta
+
+        written = {"n": n_resumed}
+
+        def on_batch(k: int, n_batches: int, seconds: float) -> None:
+            if written["n"] < done.n_done < n_total:
+                a, b = done.arrays()
+                write_capture(partial, a, b, metadata(done.n_done, finished=False))
+                written["n"] = done.n_done
+            if k == 0:
+                message = slow_run_message(seconds, n_batches - 1, settings, loaded.device, weights["random"])
+                if message:
+                    warn(message)
+            if after_batch is not None:
+                after_batch(done.n_done, n_total)
+
+        def failed(reason: str) -> CaptureError:
+            return CaptureError(
+                reason, kept_pair_ids=kept_pair_ids(partial), partial_path=partial, n_pairs_total=n_total
+            )
+
+        progress = _Progress(job.show_progress, total=2 * n_total, done=2 * n_resumed)
+        try:
+            with runner, _progress_bar_off(pipe), progress:
+                _capture_batches(runner, done, batch_size, progress, on_batch, interruptible=job.interruptible)
+            history[-1]["finished"] = utc_now()
+            a, b = done.arrays()
+            write_capture(out, a, b, metadata(n_total, finished=True))
+        except KeyboardInterrupt:
+            raise failed("interrupted.") from None
+        except CaptureError as err:
+            raise failed(err.reason) from None
+        except OSError as err:
+            words = disk_error(err, Path(err.filename) if err.filename else partial, "the capture file")
+            if words is None and err.errno not in (errno.EIO,):
+                raise
+            raise failed(
+                (words or f"cannot write the capture ({err}).") + " Free space or choose another --out."
+            ) from None
+        except BaseException as err:
+            if isinstance(err, Exception):
+                err.add_note(str(failed("")).strip())
+            raise
+        partial.unlink(missing_ok=True)
+        return CaptureResult(out, n_total, runner.layout.n_units, n_resumed, time.monotonic() - t0)
+    finally:
+        lock.release()
+
+
 def run_capture(
     model: str,
     prompts_file: str | Path,
     out: str | Path,
     *,
-    settings: CaptureSettings = CaptureSettings(),
-    device: str = "auto",
-    dtype: str = "auto",
-    batch_size: int = 1,
-    resume: bool = False,
-    force: bool = False,
-    show_progress: bool = True,
-    after_batch: Callable[[int, int], None] | None = None,
     loaded=None,
-    shard: dict[str, int] | None = None,
+    after_batch: Callable[[int, int], None] | None = None,
+    plan: ShardPlan = ShardPlan(),
+    **options: Any,
 ) -> CaptureResult:
-    """Capture every pair of a prompt file into ``out`` (see the module docstring).
-
-    ``after_batch(pairs_done, pairs_total)`` runs after each batch's pairs are safe on disk.
-    ``loaded`` (a ``model.LoadedModel``) skips loading, for callers that hold the pipeline.
-    ``shard`` (``{"rank", "world_size", "start", "stop"}``, see ``distributed``) captures only
-    pairs ``start:stop`` of the prompt file and records the range in the file's ``shard`` key.
-    """
-    from dense_plantain.capture.model import load_pipeline
-    from dense_plantain.prompts import load_probe
-    from dense_plantain.store import read_capture, write_capture
-
-    t0 = time.monotonic()
-    # Everything that needs no model is checked before loading one.
-    settings.validate()
-    if batch_size < 1:
-        raise CaptureError(f"--batch-size must be at least 1, got {batch_size}.")
-    out = Path(out)
-    partial = partial_path(out)
-    if out.is_dir():
-        raise CaptureError(
-            f"--out {out} is a folder; give the capture file's name, e.g. {out / 'capture.safetensors'}."
-        )
-    probe = load_probe(prompts_file)
-    if out.exists() and not force:
-        raise CaptureError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
-    previous = None
-    if partial.exists():
-        if resume:
-            try:
-                previous = read_capture(partial, allow_partial=True)
-            except CaptureFileError as err:
-                raise CaptureError(f"cannot resume: {err} Pass --force (without --resume) to start over.") from None
-        elif not force:
-            try:
-                done = read_capture(partial, allow_partial=True, check_finite=False).n_pairs
-                what = f"{done} of {len(probe.pairs)} pairs"
-            except CaptureFileError:
-                what = "unreadable"
-            raise CaptureError(
-                f"an unfinished capture of this output exists ({partial}, {what}). Pass --resume to continue it, "
-                "or --force to discard it and start over."
-            )
-    image_sha = _file_sha256(settings.image) if settings.image else None
-
-    loaded = loaded or load_pipeline(model, device=device, dtype=dtype)
-    pipe = loaded.pipe
-    model_meta = loaded.provenance()
-    started = _utc_now()
-    settings_meta = settings_record(settings, str(loaded.dtype).removeprefix("torch."), image_sha)
-    from dense_plantain.capture.model import device_name
-
-    settings_meta["device"] = device_name(loaded.device)
-    settings_meta["batch_size"] = batch_size
-    pairs = probe.pairs if shard is None else probe.pairs[shard["start"] : shard["stop"]]
-    n_total = len(pairs)
-    a_rows: list[np.ndarray] = []
-    b_rows: list[np.ndarray] = []
-    n_resumed = 0
-    history: list[dict[str, Any]] = []
-    if previous is not None:
-        _check_resumable(partial, previous.meta, settings_meta, model_meta, probe, n_total, shard)
-        a_rows = list(previous.a)
-        b_rows = list(previous.b)
-        n_resumed = previous.n_pairs
-        started = previous.meta.get("started", started)
-        history = list(previous.meta.get("runs", []))
-    elif partial.exists():  # --force: start over
-        partial.unlink()
-    history.append(
-        {"started": _utc_now(), "device": settings_meta["device"], "batch_size": batch_size, "pairs_before": n_resumed}
-    )
-
-    runner = PromptRunner(pipe, settings)
-    layout = runner.layout
-
-    def metadata(n_done: int, finished: bool) -> dict[str, Any]:
-        meta = {
-            **layout.to_metadata(),
-            "pairs": _pair_records(pairs[:n_done]),
-            "probe": probe.to_dict(),
-            "model": model_meta,
-            "settings": settings_meta,
-            "tokens": runner.token_counts,
-            "versions": package_versions(),
-            "started": started,
-            "runs": history,
-        }
-        if shard is not None:
-            meta["shard"] = dict(shard)
-        if finished:
-            meta["finished"] = _utc_now()
-        else:
-            meta["partial"] = True
-            meta["n_pairs_total"] = n_total
-        return meta
-
-    # Prompts in pair order, A then B; a batch may split a pair, whose first half waits in `pending`.
-    prompts = [(i, cond, getattr(p, cond)) for i, p in enumerate(pairs) for cond in ("a", "b")][2 * n_resumed :]
-    pending: dict[int, list[np.ndarray | None]] = {}
-    n_done = n_written = n_resumed
-    progress = _Progress(show_progress, total=2 * n_total, done=2 * n_resumed)
-    try:
-        with runner, _progress_bar_off(pipe), progress:
-            for start in range(0, len(prompts), batch_size):
-                batch = prompts[start : start + batch_size]
-                progress.describe(f"pair {pairs[batch[0][0]].id}")
-                values = _run_batch_guarded(runner, [text for _, _, text in batch], batch_size)
-                bad = _first_bad(values, layout)
-                if bad:
-                    row, unit = bad
-                    i, cond, text = batch[row]
-                    raise CaptureError(
-                        _non_finite_message(
-                            values, layout, row, unit, f"pair {pairs[i].id!r}, condition {cond.upper()} ({text!r})"
-                        )
-                    )
-                for row, (i, cond, _) in enumerate(batch):
-                    pending.setdefault(i, [None, None])[0 if cond == "a" else 1] = values[row]
-                    if pending[i][0] is not None and pending[i][1] is not None:
-                        a_rows.append(pending[i][0])
-                        b_rows.append(pending[i][1])
-                        del pending[i]
-                        n_done += 1
-                progress.advance(len(batch))
-                if n_written < n_done < n_total:
-                    write_capture(partial, np.stack(a_rows), np.stack(b_rows), metadata(n_done, finished=False))
-                    n_written = n_done
-                if after_batch is not None:
-                    after_batch(n_done, n_total)
-    except KeyboardInterrupt:
-        raise CaptureError("interrupted." + _kept_note(partial, n_done, n_total)) from None
-    except CaptureError as err:
-        raise CaptureError(str(err) + _kept_note(partial, n_done, n_total)) from None
-    except BaseException as err:
-        if isinstance(err, Exception) and hasattr(err, "add_note"):
-            err.add_note(_kept_note(partial, n_done, n_total).strip())
-        raise
-    history[-1]["finished"] = _utc_now()
-    write_capture(out, np.stack(a_rows), np.stack(b_rows), metadata(n_total, finished=True))
-    partial.unlink(missing_ok=True)
-    return CaptureResult(out, n_total, layout.n_units, n_resumed, time.monotonic() - t0)
-
-
-def _kept_note(partial: Path, n_done: int, n_total: int) -> str:
-    if n_done == 0:
-        return " Nothing was finished yet, so nothing is kept."
-    return (
-        f" The {n_done} of {n_total} pairs finished before this are kept in {partial}; run the same command "
-        "with --resume to continue from there."
-    )
+    """``run_job`` with the ``CaptureJob``'s options as keywords (``settings``, ``device``, ``dtype``,
+    ``batch_size``, ``resume``, ``force``, ``show_progress``, ``command``)."""
+    job = CaptureJob(prompts=prompts_file, out=out, model=model, **options)
+    return run_job(job, plan=plan, loaded=loaded, after_batch=after_batch)
 
 
 class _Progress:

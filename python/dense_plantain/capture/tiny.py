@@ -195,6 +195,9 @@ def make_tiny_model(folder: str | os.PathLike, seed: int = 0, *, overwrite: bool
         (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
         if folder.exists():
             folder.rmdir()
+        from dense_plantain.store import follow_umask
+
+        follow_umask(tmp, directory=True)  # mkdtemp made it 0700; the folder is the user's, like any other
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
