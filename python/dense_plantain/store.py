@@ -15,6 +15,10 @@ A capture file is a safetensors file with
   capture), ``started``, ``finished``, and ``partial`` (true while a capture is unfinished;
   ``n_pairs_total`` then says how many pairs the run will have).
 
+Optional tensors beside ``a`` and ``b`` (``Capture.extra``), each a condition-A/condition-B pair
+of float32 arrays with the pairs on a known axis, are listed in `EXTRA_TENSORS` with their
+meaning; files without them read exactly as before.
+
 Other tools may write such files; ``read_capture`` accepts any file with ``a``, ``b`` and
 ``blocks``. Writes are atomic: the file appears under its final name whole, or not at all.
 """
@@ -24,7 +28,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,10 @@ from dense_plantain.units import Layout
 FORMAT = 1
 META_KEY = "dense_plantain"
 
+#: Optional tensors a capture may hold beside ``a`` and ``b``: name -> (the axis that runs over
+#: pairs, what it holds). Each comes as an ``a_*`` / ``b_*`` pair of one shape, float32.
+EXTRA_TENSORS: dict[str, tuple[int, str]] = {}
+
 
 @dataclass
 class Capture:
@@ -46,6 +55,8 @@ class Capture:
     b: np.ndarray  # same dtype and shape as a
     meta: dict[str, Any]
     layout: Layout
+    #: Optional tensors (`EXTRA_TENSORS`), by name; empty for a plain capture.
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_pairs(self) -> int:
@@ -117,8 +128,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 WRITABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def write_capture(path: str | os.PathLike, a: np.ndarray, b: np.ndarray, meta: dict[str, Any]) -> Path:
+def write_capture(
+    path: str | os.PathLike,
+    a: np.ndarray,
+    b: np.ndarray,
+    meta: dict[str, Any],
+    extra: Mapping[str, np.ndarray] | None = None,
+) -> Path:
     """Write a capture file atomically. ``meta`` must hold ``blocks``; ``format`` is set here.
+
+    ``extra``: optional tensors named in `EXTRA_TENSORS` (float32, pairs on their declared axis).
 
     ``a`` and ``b`` must be float32 (float64 is rounded to float32; any other dtype is a ValueError).
     """
@@ -141,9 +160,40 @@ def write_capture(path: str | os.PathLike, a: np.ndarray, b: np.ndarray, meta: d
     layout = Layout.from_metadata(meta)  # raises ValueError on a malformed description
     if layout.n_units != a.shape[1]:
         raise ValueError(f"blocks sum to {layout.n_units} units but the arrays have {a.shape[1]}")
-    data = save({"a": a, "b": b}, metadata={META_KEY: json.dumps(meta, separators=(",", ":"))})
+    tensors = {"a": a, "b": b, **_checked_extra(extra or {}, a.shape[0])}
+    data = save(tensors, metadata={META_KEY: json.dumps(meta, separators=(",", ":"))})
     atomic_write_bytes(path, data)
     return path
+
+
+def _checked_extra(extra: Mapping[str, np.ndarray], n_pairs: int) -> dict[str, np.ndarray]:
+    """The optional tensors, validated for writing: known names, A/B both present, float32,
+    one shape per A/B pair, ``n_pairs`` along the declared axis."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in extra.items():
+        problem = _extra_problem(name, np.asarray(value), extra, n_pairs)
+        if problem:
+            raise ValueError(f"extra tensor {name!r}: {problem}")
+        out[name] = np.ascontiguousarray(value, dtype=np.float32)
+    return out
+
+
+def _extra_problem(name: str, value: np.ndarray, all_extra: Mapping[str, Any], n_pairs: int) -> str | None:
+    stem = name[2:] if name[:2] in ("a_", "b_") else None
+    if stem is None or stem not in EXTRA_TENSORS:
+        known = ", ".join(f"a_{k}/b_{k}" for k in EXTRA_TENSORS) or "none"
+        return f"not a known capture tensor (known: {known})"
+    twin = ("b_" if name.startswith("a_") else "a_") + stem
+    if twin not in all_extra:
+        return f"comes without {twin!r}; condition A and B tensors go together"
+    if value.dtype != np.float32:
+        return f"dtype {value.dtype}; optional capture tensors are float32"
+    if value.shape != np.shape(all_extra[twin]):
+        return f"shape {value.shape} differs from {twin!r}'s {np.shape(all_extra[twin])}"
+    axis = EXTRA_TENSORS[stem][0]
+    if value.ndim <= axis or value.shape[axis] != n_pairs:
+        return f"shape {value.shape} must have the {n_pairs} pairs along axis {axis}"
+    return None
 
 
 #: dtypes ``read_capture`` accepts for ``a`` and ``b``: float32 (what capture writes) and float64
@@ -181,6 +231,8 @@ def read_capture(path: str | os.PathLike, *, allow_partial: bool = False, check_
                 )
             a = fh.get_tensor("a")
             b = fh.get_tensor("b")
+            # Tensors this version does not know (another tool's) are left unread, not refused.
+            extra = {k: fh.get_tensor(k) for k in sorted(keys - {"a", "b"}) if k[2:] in EXTRA_TENSORS}
     except CaptureFileError:
         raise
     except Exception as err:  # safetensors raises its own error types for truncated/corrupt files
@@ -244,7 +296,11 @@ def read_capture(path: str | os.PathLike, *, allow_partial: bool = False, check_
             f"'blocks' sum to {layout.n_units} units but 'a' and 'b' have {a.shape[1]} columns",
             "The blocks must list every unit, in column order",
         )
-    cap = Capture(path=path, a=np.asarray(a), b=np.asarray(b), meta=meta, layout=layout)
+    for name, value in extra.items():
+        problem = _extra_problem(name, value, extra, a.shape[0])
+        if problem:
+            raise _fail(path, f"tensor {name!r}: {problem}", "Capture it again, or remove the tensor")
+    cap = Capture(path=path, a=np.asarray(a), b=np.asarray(b), meta=meta, layout=layout, extra=extra)
     if cap.partial and not allow_partial:
         total = meta.get("n_pairs_total", "?")
         raise _fail(
