@@ -34,7 +34,7 @@ text tokens). With several captured steps, names carry ``@step<k>``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -129,7 +129,7 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
         """From a ``Flux2Transformer2DModel`` config (a dict or the model's ``.config``)."""
-        get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+        get: Callable[..., Any] = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
         n_heads = int(get("num_attention_heads"))
         head_dim = int(get("attention_head_dim"))
         inner = n_heads * head_dim

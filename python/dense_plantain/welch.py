@@ -92,7 +92,9 @@ class LabelShuffleNull:
     d_thresholds: tuple[float, ...]
 
 
-def _moments(s1: np.ndarray, q1: np.ndarray, s: np.ndarray, q: np.ndarray, n1: int, n2: int):
+def _moments(
+    s1: np.ndarray, q1: np.ndarray, s: np.ndarray, q: np.ndarray, n1: int, n2: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Means and variances (n-1) of both groups from group-1 sums and the totals."""
     s2, q2 = s - s1, q - q1
     m1, m2 = s1 / n1, s2 / n2

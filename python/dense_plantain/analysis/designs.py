@@ -50,7 +50,7 @@ class NullOptions:
     permutations: int
     exact: bool | None
     seed: int
-    tail: str = "two"
+    tail: stats.Tail = "two"
 
     @property
     def n_thresholds(self) -> int:

@@ -13,7 +13,7 @@ import datetime as _dt
 import platform
 import sys
 from importlib import metadata as _metadata
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from dense_plantain import __version__
 from dense_plantain.analysis.designs import Design, NullOptions, Progress
 from dense_plantain.analysis.records import AnalysisResult, BlockSummary, Threshold, UnitGroup
 from dense_plantain.nulls import NullDistribution
+from dense_plantain.stats import Tail
 from dense_plantain.units import Layout
 
 __all__ = ["BLOCK_T", "D_THRESHOLDS", "T_THRESHOLDS", "bh_q", "block_summaries", "run_design", "unit_partitions"]
@@ -40,7 +41,7 @@ def null_options(settings: dict[str, Any]) -> NullOptions:
         permutations=int(settings["permutations"]),
         exact=settings["exact"],
         seed=int(settings["seed"]),
-        tail=str(settings.get("tail", "two")),
+        tail=cast(Tail, str(settings.get("tail", "two"))),  # the engine refuses any other word
     )
 
 

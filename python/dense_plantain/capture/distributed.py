@@ -484,7 +484,7 @@ class _Signals:
     so rank 0 can say what is missing. torchrun kills a rank 30 s after SIGTERM in any case.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.saved: dict[int, Any] = {}
         self.active = threading.current_thread() is threading.main_thread()
 

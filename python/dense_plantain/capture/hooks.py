@@ -40,12 +40,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dense_plantain import units
 from dense_plantain.units import Layout, Readout
+
+if TYPE_CHECKING:
+    import torch
 
 #: Which tokens a hooked module sees: ``units`` owns the module paths and their streams.
 module_stream = units.module_stream
@@ -124,7 +127,7 @@ class UnitHooks:
             )
         self._modules = {m: modules[m] for per_step in self.plan.values() for m in per_step}
         self._handles: list[Any] = []
-        self._buffer = None
+        self._buffer: torch.Tensor | None = None
         self._open = False
         self._step = -1
         self._active: dict[str, list[Reduction]] | None = None
@@ -221,6 +224,7 @@ class UnitHooks:
         import torch
 
         buf = self._buffer
+        assert buf is not None, "the forward pre-hook allocates the buffer before any module hook runs"
         n_text = self.n_text
         for red in reductions:
             if stream == "joint" and red.region == "text":

@@ -198,6 +198,7 @@ def resolve_model(spec: str | os.PathLike) -> ModelSource:
             f"default model is {DEFAULT_MODEL}."
         )
     source = _resolve_hub(spec, "model_index.json")
+    assert source.path is not None, "_resolve_hub always returns the folder it found"
     _check_pipeline_folder(source.path, spec)
     return source
 
@@ -357,7 +358,7 @@ def load_pipeline(
     if not isinstance(getattr(pipe, "transformer", None), Flux2Transformer2DModel):
         raise ModelLoadError(f"{spec}: the loaded pipeline has no {TRANSFORMER_CLASS}; dense-plantain cannot hook it.")
     if source.kind == "hub" and source.path is None:
-        source.path = _cached_snapshot(source.repo_id or spec)
+        source.path = _cached_snapshot(source.repo_id or str(spec))
     try:
         pipe.to(dev)
     except torch.cuda.OutOfMemoryError:
@@ -409,6 +410,7 @@ def load_transformer_config(spec: str | os.PathLike) -> tuple[dict[str, Any], st
         source = _resolve_hub(spec, "transformer/config.json")
     except ModelLoadError as err:
         raise ModelLoadError(f"{err} (The Klein 4B layout needs no download: --model klein-4b.)") from None
+    assert source.path is not None, "_resolve_hub always returns the folder it found"
     return _transformer_config_file(source.path / "config.json", spec), f"{spec} (transformer/config.json)"
 
 

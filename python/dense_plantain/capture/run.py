@@ -206,8 +206,8 @@ def _open_image(pipe, path: str):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        with Image.open(path) as opened:
+            img = opened.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
         raise CaptureError(f"cannot read reference image {path} ({err}); pass a PNG or JPEG file.") from None
     try:
@@ -405,7 +405,7 @@ def _interruptible(fn: Callable[..., Any], *args: Any) -> Any:
 
 def _forward_in_thread(runner: PromptRunner, texts: list[str], batch_size: int) -> np.ndarray:
     device = getattr(runner.pipe, "device", None)
-    if getattr(device, "type", None) == "cuda" and device.index is not None:
+    if device is not None and getattr(device, "type", None) == "cuda" and device.index is not None:
         import torch
 
         torch.cuda.set_device(device)  # the current CUDA device is per thread

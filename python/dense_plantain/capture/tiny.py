@@ -165,7 +165,8 @@ def build_tiny_pipeline(seed: int = 0):
         is_distilled=False,
     )
     for module in (transformer, text_encoder, vae):
-        module.eval()
+        # diffusers' Flux2 model classes are torch Modules, but mypy does not see their base class
+        module.eval()  # type: ignore[union-attr]
     return pipe
 
 

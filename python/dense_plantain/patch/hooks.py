@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dense_plantain.capture.hooks import module_stream
-from dense_plantain.units import Layout
+from dense_plantain.units import Layout, Region
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Group:
     columns: np.ndarray  # sorted int64 column indices of the module's input
 
 
-def unit_columns(layout: Layout) -> list[tuple[str, str, int, int]]:
+def unit_columns(layout: Layout) -> list[tuple[str, Region, int, int]]:
     """Per unit (layout order): (module, region, first column, width)."""
     out = []
     for r in layout.readouts:

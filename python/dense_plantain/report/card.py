@@ -171,7 +171,7 @@ def _capture_lines(res: Mapping[str, Any]) -> list[str]:
         revision = meta["model"].get("revision") if isinstance(meta.get("model"), dict) else None
         if revision:
             model += f" at revision `{revision}`"
-        weights = meta.get("weights") if isinstance(meta.get("weights"), dict) else {}
+        weights: dict[str, Any] = meta["weights"] if isinstance(meta.get("weights"), dict) else {}
         if weights.get("random"):  # the id names a shape at most; no trained weights ran
             model = f"random weights ({weights.get('kind', 'random')}: {weights.get('description', 'no description')})"
         items = _setting_items(meta.get("settings"))
@@ -306,7 +306,7 @@ def _capture_commands(res: Mapping[str, Any]) -> list[str]:
             out.append(shlex.join(["dense-plantain", *argv[1:]]) if "dense-plantain" in argv[0] else shlex.join(argv))
             continue
         probe = _probe(meta)
-        settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+        settings: dict[str, Any] = meta["settings"] if isinstance(meta.get("settings"), dict) else {}
         words = ["dense-plantain", "capture", str(probe.get("path") or "PROMPTS.toml")]
         model = _model_id(meta)
         if model:

@@ -97,6 +97,8 @@ def null_counts(result: AnalysisResult, res: dict) -> Figure:
     axes = fig.subplots(1, len(rows), squeeze=False)[0]
     mode = "exact" if result.null_exact else "Monte Carlo"
     for ax, th, row in zip(axes, rows, res["thresholds"]):
+        if th.null_histogram is None or th.null_p99 is None:
+            raise ValueError(f"threshold {th.metric} > {th.threshold:g} has no null summary; the figure needs one")
         hist = np.asarray(th.null_histogram, dtype=np.int64)  # hist[k]: patterns with k units over
         null_max = int(np.flatnonzero(hist)[-1])
         # The null's range: up to well past its p99, but not out to a lone extreme permutation,

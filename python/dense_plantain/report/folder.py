@@ -108,7 +108,7 @@ def is_results_folder(folder: Path) -> bool:
     return True
 
 
-def check_out_dir(out: Path, force: bool = False) -> None:
+def check_out_dir(out: str | os.PathLike[str], force: bool = False) -> None:
     """Raise `OutputFolderError` now, before any work, if writing ``out`` would be refused."""
     out = Path(out)
     if out.exists() and not out.is_dir():

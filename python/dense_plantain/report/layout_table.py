@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
@@ -25,7 +25,7 @@ def print_layout(layout: Layout, source: str, *, names: bool = False, console: C
     for column in (
         ["blocks"] + (["step"] if multi_step else []) + ["input of", "per block", "attention", "MLP", "tokens", "units"]
     ):
-        justify = "right" if column in ("per block", "attention", "MLP", "units", "step") else "left"
+        justify: JustifyMethod = "right" if column in ("per block", "attention", "MLP", "units", "step") else "left"
         table.add_column(column, justify=justify, overflow="fold", no_wrap=column in ("blocks", "tokens"))
     total = attention = mlp = 0
     for row in layout.kind_rows():

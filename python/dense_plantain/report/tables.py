@@ -7,10 +7,13 @@ attention vs MLP units and for each token region when the layout labels them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from dense_plantain.report import cells
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 TOP_BLOCKS = 5
 
@@ -43,7 +46,7 @@ def group_tables(res: Mapping[str, Any]) -> list[tuple[str, list[str], list[list
     return out
 
 
-def _md_table(header: list[str], rows: list[list[str]] | list[tuple[str, ...]]) -> str:
+def _md_table(header: list[str], rows: Sequence[Sequence[str]]) -> str:
     def line(values) -> str:
         return "| " + " | ".join(str(v).replace("|", cells.MD_PIPE) for v in values) + " |"
 
@@ -98,6 +101,7 @@ def print_results(res: Mapping[str, Any], console=None) -> None:
     console = console or Console()
     console.print(cells.weights_line(res).replace("**", ""), highlight=False, markup=False)
     table = Table(title=cells.title(res), caption=cells.contrast_sentence(res), title_justify="left")
+    justify: JustifyMethod
     for col, justify in (("Metric", "left"), ("Value", "right"), ("Significance", "left")):
         table.add_column(col, justify=justify)
     for row in results_rows(res):
@@ -112,6 +116,6 @@ def print_results(res: Mapping[str, Any], console=None) -> None:
         sub = Table(title=heading, title_justify="left")
         for i, col in enumerate(header):
             sub.add_column(col, justify="left" if i == 0 else "right")
-        for row in rows:
-            sub.add_row(*row)
+        for values in rows:
+            sub.add_row(*values)
         console.print(sub)
