@@ -14,6 +14,8 @@ import numpy as np
 
 from dense_plantain import stats
 from dense_plantain.analysis.driver import D_THRESHOLDS, T_THRESHOLDS
+from dense_plantain.capture.provenance import COMPARABLE_SETTINGS, MODEL_IDENTITY_KEYS
+from dense_plantain.capture.provenance import capture_identity as provenance_identity
 from dense_plantain.errors import AnalysisError
 from dense_plantain.prompts import MIN_PAIRS
 from dense_plantain.stats import StatsInputError
@@ -81,36 +83,19 @@ def check_same_layout(cap1: Capture, cap2: Capture) -> None:
     )
 
 
-#: Capture settings that change what a unit's value means; two captures to compare must agree on them.
-#: Analysis's one copy until capture/ publishes its list of comparable settings (then read that).
-COMPARABLE_SETTINGS = (
-    "layout",
-    "height",
-    "width",
-    "seed",
-    "steps",
-    "capture_steps",
-    "guidance_scale",
-    "dtype",
-    "text_tokens",
-    "text_encoder_layers",
-    "image_sha256",
-)
-COMPARABLE_MODEL_KEYS = ("id", "revision", "config_sha256")
+#: The capture's list of settings that make two captures comparable, and its model identity keys.
+COMPARABLE_MODEL_KEYS = MODEL_IDENTITY_KEYS
 
 
 def capture_identity(cap: Capture) -> dict[str, Any] | None:
-    """The recorded model and settings of a capture as flat keys, or None when it records neither."""
-    settings, model = cap.meta.get("settings"), cap.meta.get("model")
-    settings = settings if isinstance(settings, dict) else {}
-    model = model if isinstance(model, dict) else {}
-    if not settings and not model:
-        return None
-    out = {f"settings.{k}": settings[k] for k in COMPARABLE_SETTINGS if k in settings}
-    # A model folder may move between captures; its configuration is what must agree.
-    keys = ("config_sha256",) if model.get("source") == "folder" else COMPARABLE_MODEL_KEYS
-    out.update({f"model.{k}": model[k] for k in keys if k in model})
-    return out
+    """The recorded model and settings of a capture as flat keys, or None when it records neither.
+
+    The capture's own rule (`capture.provenance.capture_identity`), less the weights hash: compare
+    checks what was measured and on which model, as it always has."""
+    identity = provenance_identity(cap.meta)
+    if identity is not None:
+        identity.pop("weights.sha256", None)
+    return identity
 
 
 def check_same_capture_settings(cap1: Capture, cap2: Capture, allow: bool) -> dict[str, Any]:
