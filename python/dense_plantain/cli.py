@@ -164,13 +164,13 @@ def prompts_check(ctx: click.Context, file: str, tokenizer: str | None, as_json:
 @click.option(
     "--model",
     "model",
-    default="black-forest-labs/FLUX.2-klein-base-4B",
+    default=DEFAULT_MODEL,
     show_default=True,
     metavar="MODEL",
     help="Hub id, pipeline folder, transformer folder, transformer config .json, or a bundled config "
     "(klein-4b). Only the transformer config is read; no weights.",
 )
-@click.option("--layout", type=click.Choice(["plantain", "heads"]), default="plantain", show_default=True)
+@click.option("--layout", type=click.Choice(list(LAYOUTS)), default="plantain", show_default=True)
 @click.option("--names", is_flag=True, help="Also list every unit's name, in unit order.")
 def units(model: str, layout: str, names: bool) -> None:
     """Show a model's unit layout: blocks, unit counts, attention vs MLP, token regions.
@@ -709,7 +709,7 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
 @main.command()
 @click.option(
     "--model",
-    default="black-forest-labs/FLUX.2-klein-base-4B",
+    default=DEFAULT_MODEL,
     show_default=True,
     metavar="MODEL",
     help="Hub id or a local Flux2KleinPipeline folder (as capture).",
@@ -746,15 +746,13 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
     type=click.IntRange(min=0),
     help="Random unit sets per set, matched per block, kind and token region.",
 )
-@click.option("--layout", type=click.Choice(["plantain", "heads"]), default="plantain", show_default=True)
+@click.option("--layout", type=click.Choice(list(LAYOUTS)), default="plantain", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the shared noise.")
 @click.option("--split-seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the two folds.")
 @click.option("--height", default=1024, show_default=True, type=int)
 @click.option("--width", default=1024, show_default=True, type=int)
-@click.option("--device", type=click.Choice(["auto", "cuda", "cpu", "mps"]), default="auto", show_default=True)
-@click.option(
-    "--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True
-)
+@click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto", show_default=True)
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Pairs per forward.")
 @click.option("--resume", is_flag=True, help="Continue an unfinished run of --out (same settings required).")
 @click.option("--force", is_flag=True, help="Discard an unfinished run of --out and start over.")

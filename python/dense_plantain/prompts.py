@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dense_plantain._stats import MIN_PAIRS  # the engine's minimum: a paired t needs an sd of differences
 from dense_plantain.errors import PromptFileError
 
 __all__ = [
@@ -35,8 +36,6 @@ __all__ = [
     "load_probe",
 ]
 
-#: A paired t-test needs a standard deviation of differences; below three pairs it is useless.
-MIN_PAIRS = 3
 
 #: Keys the ``[probe]`` table may hold. Anything else is almost always a misspelling.
 PROBE_KEYS = ("name", "thesis", "label_a", "label_b", "base_model", "held_constant")

@@ -36,7 +36,7 @@ def write_results(result: AnalysisResult, out: str | Path, *, force: bool = Fals
     def fill(folder: Path) -> None:
         (folder / records.RESULTS_JSON).write_text(records.results_json_text(record), encoding="utf-8")
         (folder / records.UNITS_CSV).write_text(records.units_csv_text(result), encoding="utf-8")
-        (folder / "results.md").write_text(tables.results_markdown(record), encoding="utf-8")
+        (folder / records.RESULTS_MD).write_text(tables.results_markdown(record), encoding="utf-8")
         from dense_plantain.report import figures  # matplotlib is loaded only when drawing
 
         figures.write_figures(result, folder, record)

@@ -20,8 +20,9 @@ from matplotlib.figure import Figure
 from dense_plantain import units
 from dense_plantain.analysis import AnalysisResult
 from dense_plantain.report import cells
+from dense_plantain.report.records import FIGURES
 
-FILES = ("abs_t_by_block.png", "null_counts.png", "split_half_r.png")
+FILES = FIGURES
 KIND_COLOURS = {"attention": "#1f77b4", "mlp": "#ff7f0e", "unknown": "#555555"}
 OBSERVED = "#d62728"
 DPI = 120

@@ -27,12 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dense_plantain.errors import DensePlantainError
-from dense_plantain.report.records import RESULTS_JSON, ResultsFileError, load_results
+from dense_plantain.report.records import FIGURES, RESULTS_JSON, RESULTS_MD, UNITS_CSV, ResultsFileError, load_results
 
 #: Every name a results folder may hold; a folder with only these (and our results.json) is ours.
-OUTPUT_NAMES = frozenset(
-    {"results.json", "units.csv", "results.md", "abs_t_by_block.png", "null_counts.png", "split_half_r.png"}
-)
+OUTPUT_NAMES = frozenset({RESULTS_JSON, UNITS_CSV, RESULTS_MD, *FIGURES})
 
 
 #: The file in a staging folder that names the process filling it: "<pid> <host>".

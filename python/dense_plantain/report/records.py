@@ -16,6 +16,9 @@ from dense_plantain.errors import DensePlantainError
 
 RESULTS_JSON = "results.json"
 UNITS_CSV = "units.csv"
+RESULTS_MD = "results.md"
+#: The figures of a results folder (report/figures.py draws them, in this order).
+FIGURES = ("abs_t_by_block.png", "null_counts.png", "split_half_r.png")
 UNITS_COLUMNS = (
     "unit",
     "block",
