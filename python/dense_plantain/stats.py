@@ -249,6 +249,19 @@ def _seed(seed: int) -> int:
     return s
 
 
+def _exact_mode(exact: bool | None, n: int, permutations: int) -> bool:
+    """Whether to enumerate all 2^(n-1) sign patterns: ``exact``, or by default when they are no
+    more than ``permutations``; refuses an enumeration out of reach."""
+    if exact is None:
+        exact = n <= MAX_EXACT_PAIRS and 2 ** (n - 1) <= permutations
+    if exact and n > MAX_EXACT_PAIRS:
+        raise StatsInputError(
+            f"exact enumeration of 2^{n - 1} sign patterns is out of reach ({n} pairs, at most "
+            f"{MAX_EXACT_PAIRS}); use Monte Carlo permutations (exact=False)"
+        )
+    return bool(exact)
+
+
 # --- statistics ------------------------------------------------------------------------------
 
 
@@ -282,14 +295,7 @@ def sign_flip_null(
     d_thr = _thresholds(d_thresholds, "d")
     permutations = _count(permutations, "permutations", 1)
     seed = _seed(seed)
-    if exact is None:
-        exact = n <= MAX_EXACT_PAIRS and 2 ** (n - 1) <= permutations
-    exact = bool(exact)
-    if exact and n > MAX_EXACT_PAIRS:
-        raise StatsInputError(
-            f"exact enumeration of 2^{n - 1} sign patterns is out of reach ({n} pairs, at most "
-            f"{MAX_EXACT_PAIRS}); use Monte Carlo permutations (exact=False)"
-        )
+    exact = _exact_mode(exact, n, permutations)
     total = 2 ** (n - 1) if exact else permutations
     work = _EXACT_CHUNK_WORK if exact else _MONTE_CARLO_CHUNK_WORK
     chunk = int(min(max(_CHUNK_LIMITS[0], work // m), _CHUNK_LIMITS[1]))
@@ -883,14 +889,7 @@ def direction_test(
     m = cols // width
     permutations = _count(permutations, "permutations", 1)
     seed = _seed(seed)
-    if exact is None:
-        exact = n <= MAX_EXACT_PAIRS and 2 ** (n - 1) <= permutations
-    exact = bool(exact)
-    if exact and n > MAX_EXACT_PAIRS:
-        raise StatsInputError(
-            f"exact enumeration of 2^{n - 1} sign patterns is out of reach ({n} pairs, at most "
-            f"{MAX_EXACT_PAIRS}); use Monte Carlo permutations (exact=False)"
-        )
+    exact = _exact_mode(exact, n, permutations)
     total = 2 ** (n - 1) if exact else permutations
     per_call = _DIRECTION_ENGINE_CHUNK * max(1, _DIRECTION_CALL_WORK // (_DIRECTION_ENGINE_CHUNK * m * n))
     count_d = np.zeros(m, dtype=np.int64)
