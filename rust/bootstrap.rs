@@ -43,16 +43,7 @@ pub fn indices(n_pairs: usize, draws: usize, seed: u64) -> Result<Vec<u32>, Stat
 /// of `indices` (`[draws x n_pairs]`, each a pair index).
 pub fn counts(diffs: &PairDiffs, thresholds: Thresholds, indices: &[u32]) -> Result<Vec<i64>, StatsError> {
     let n = diffs.n_pairs();
-    for (&c, kind) in thresholds
-        .t
-        .iter()
-        .map(|c| (c, "t"))
-        .chain(thresholds.d.iter().map(|c| (c, "d")))
-    {
-        if !(c.is_finite() && c >= 0.0) {
-            return Err(StatsError::BadThreshold { kind, value: c });
-        }
-    }
+    thresholds.check()?;
     if !indices.len().is_multiple_of(n) {
         return Err(StatsError::BadLength {
             len: indices.len(),

@@ -102,6 +102,17 @@ impl Thresholds<'_> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Every threshold must be finite and non-negative (`BadThreshold` names the first that is not).
+    pub fn check(&self) -> Result<(), StatsError> {
+        let named = self.t.iter().map(|&c| (c, "t")).chain(self.d.iter().map(|&c| (c, "d")));
+        for (c, kind) in named {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(StatsError::BadThreshold { kind, value: c });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The null over one range of patterns or permutations.

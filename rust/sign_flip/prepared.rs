@@ -34,16 +34,7 @@ pub(super) struct Prepared {
 
 impl Prepared {
     pub(super) fn new(diffs: &PairDiffs, thresholds: Thresholds) -> Result<Self, StatsError> {
-        for (&c, kind) in thresholds
-            .t
-            .iter()
-            .map(|c| (c, "t"))
-            .chain(thresholds.d.iter().map(|c| (c, "d")))
-        {
-            if !(c.is_finite() && c >= 0.0) {
-                return Err(StatsError::BadThreshold { kind, value: c });
-            }
-        }
+        thresholds.check()?;
         let n = diffs.n_pairs();
         let nf = n as f64;
         let m = diffs.n_units();

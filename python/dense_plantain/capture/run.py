@@ -56,6 +56,7 @@ from dense_plantain.capture.provenance import (
 )
 from dense_plantain.capture.text import PairTokens, check_pairs, truncation_warning
 from dense_plantain.errors import CaptureError, CaptureFileError
+from dense_plantain.progress import Bar
 from dense_plantain.units import Layout, build_layout
 
 __all__ = [
@@ -775,50 +776,8 @@ def run_capture(
     return run_job(job, plan=plan, loaded=loaded, after_batch=after_batch)
 
 
-class _Progress:
+class _Progress(Bar):
     """A rich progress bar counting prompts (or nothing, when disabled)."""
 
     def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled = enabled
-        self.total = total
-        self.done = done
-        self._bar = None
-        self._task = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("[bold]capture[/] {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("prompts"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task("", total=self.total, completed=self.done)
-        return self
-
-    def describe(self, text: str) -> None:
-        if self._bar is not None:
-            from rich.markup import escape
-
-            self._bar.update(self._task, description=escape(text))
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+        super().__init__(enabled, total, done, verb="capture", noun="prompts")

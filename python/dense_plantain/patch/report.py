@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dense_plantain.progress import Bar
+
 
 def _num(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{float(x):.{digits}f}"
@@ -125,41 +127,8 @@ def figure(record: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-class Progress:
+class Progress(Bar):
     """A rich progress bar over pairs (or nothing)."""
 
     def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.total, self.done = enabled, total, done
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(
-                TextColumn("[bold]patch[/] {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("pairs"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task("", total=self.total, completed=self.done)
-        return self
-
-    def describe(self, text: str) -> None:
-        if self._bar is not None:
-            from rich.markup import escape
-
-            self._bar.update(self._task, description=escape(text))
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+        super().__init__(enabled, total, done, verb="patch", noun="pairs")
