@@ -463,7 +463,7 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
                         accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
                     }
                 } else {
-                    for c in c_lo..c_hi {
+                    for (c, low_c) in low.iter().enumerate().take(c_hi).skip(c_lo) {
                         let mut s = row(1)[c];
                         for gi in 2..g {
                             let high = &row(gi)[c];
@@ -472,7 +472,7 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
                             }
                         }
                         for l in 0..LANES {
-                            s[l] += low[c][l];
+                            s[l] += low_c[l];
                         }
                         accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
                     }
