@@ -10,6 +10,12 @@
 //!   caller-given sorted "bars" (bin `b` = the number of bars at or below the max), from which a
 //!   suffix sum gives, per unit, how many patterns reach its observed statistic.
 //!
+//! # One sweep for every group (two-sided)
+//! The units are laid out in cells, one per distinct tuple of partition labels, each padded
+//! with all-zero units to a multiple of [`LANES`]; the kernels count per cell and a group's
+//! count under a pattern is the sum of its cells' counts, so all groups of all partitions cost
+//! one sweep over the units. One-sided tails still sweep each group's units apart.
+//!
 //! # Tails
 //! `Two`: the statistic is |t|, on the 2^(n-1) patterns with pair 0 fixed, compared as `S^2`
 //! (the max |t| is the max `S^2 / SS`, see the module docs). `Greater`: t itself, on all 2^n
