@@ -12,7 +12,7 @@
 //!
 //! # One sweep for every group (two-sided)
 //! The units are laid out in cells, one per distinct tuple of partition labels, each padded
-//! with all-zero units to a multiple of [`LANES`]; the kernels count per cell and a group's
+//! with all-zero units to a multiple of the 8-unit vector; the kernels count per cell and a group's
 //! count under a pattern is the sum of its cells' counts, so all groups of all partitions cost
 //! one sweep over the units. One-sided tails still sweep each group's units apart.
 //!
