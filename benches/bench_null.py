@@ -64,12 +64,21 @@ def numpy_gemm_null(diff: np.ndarray, signs: np.ndarray, block: int = 500):
 
 
 def timed(fn, repeat: int = 1):
-    times, result = [], None
+    """Best and median wall time over ``repeat`` runs, and the last result; the best run's CPU
+    seconds (user + sys, all threads) are kept in ``LAST_CPU_S`` (steadier on a shared machine)."""
+    global LAST_CPU_S
+    times, cpus, result = [], [], None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = os.times(), time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - t0)
+        c1 = os.times()
+        cpus.append(c1.user - c0.user + c1.system - c0.system)
+    LAST_CPU_S = cpus[times.index(min(times))]
     return min(times), statistics.median(times), result
+
+
+LAST_CPU_S = 0.0
 
 
 def machine() -> dict[str, object]:
@@ -101,7 +110,7 @@ def main() -> None:
     P = args.permutations
     diff = probe_like()
     info = machine()
-    print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()))
+    print("machine:", ", ".join(f"{k}={v}" for k, v in info.items()), f"load={os.getloadavg()}")
     print(f"data: {PAIRS} pairs x {UNITS} units, P = {P}")
     results: dict[str, object] = {"machine": info, "pairs": PAIRS, "units": UNITS, "permutations": P}
 
@@ -115,14 +124,16 @@ def main() -> None:
     tally_runs = {
         "tallies_two": {},
         "tallies_two_halves": {"partitions": [np.arange(UNITS) % 2]},
+        # The analysis's partitions: kind (attention / MLP) and token region (image / text / joint).
+        "tallies_two_kind_region": {"partitions": [(np.arange(UNITS) // 4080) % 2, np.arange(UNITS) % 3]},
         "tallies_greater": {"tail": "greater"},
     }
     for name, kw in tally_runs.items():
         t_best, t_median, _ = timed(
             lambda kw=kw: stats.sign_flip_tallies(diff, permutations=P, exact=False, seed=0, **kw), args.repeat
         )
-        results[f"engine_mc_{name}_s"] = {"best": t_best, "median": t_median}
-        print(f"dense-plantain MC {name}: best {t_best:.4f} s, median {t_median:.4f} s")
+        results[f"engine_mc_{name}_s"] = {"best": t_best, "median": t_median, "cpu_of_best": LAST_CPU_S}
+        print(f"dense-plantain MC {name}: best {t_best:.4f} s, median {t_median:.4f} s (cpu {LAST_CPU_S:.3f} s)")
 
     if not args.skip_numpy:
         signs = stats.monte_carlo_signs(PAIRS, 0, 0, P)
@@ -143,8 +154,12 @@ def main() -> None:
             lambda: mne.stats.permutation_t_test(diff, n_permutations=P, tail=0, n_jobs=1, rng=0, verbose=False)
         )
         results["mne_s"] = secs
+        results["mne_cpu_s"] = LAST_CPU_S
         results["mne_version"] = mne.__version__
-        print(f"MNE permutation_t_test: {secs:.3f} s  ({secs / best:.0f}x the engine; mne {mne.__version__})")
+        print(
+            f"MNE permutation_t_test: {secs:.3f} s, cpu {LAST_CPU_S:.2f} s  ({secs / best:.0f}x the engine; "
+            f"mne {mne.__version__})"
+        )
         t_best = results["engine_mc_tallies_two_s"]["best"]  # type: ignore[index]
         print(f"  ratio MNE / engine tallies (two-sided): {secs / t_best:.0f}x")
 
@@ -177,7 +192,7 @@ def main() -> None:
         )
 
     best, median, sh = timed(lambda: stats.split_half(diff, n_splits=100, seed=0), args.repeat)
-    results["split_half_100_s"] = {"best": best, "median": median}
+    results["split_half_100_s"] = {"best": best, "median": median, "cpu_of_best": LAST_CPU_S}
     print(
         f"split-half, 100 splits: best {best * 1000:.1f} ms, median {median * 1000:.1f} ms "
         f"(median r = {np.median(sh.r):.3f})"

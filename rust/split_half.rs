@@ -10,7 +10,7 @@
 //! are left out of that split's r; if fewer than two units remain, or either t-vector is
 //! constant over them, r is NaN.
 
-use crate::paired::{moments, MomentsOut, ScaledDiffs};
+use crate::paired::ScaledDiffs;
 use crate::rng::{self, SplitMix64, Stream};
 use crate::{PairDiffs, StatsError};
 use rayon::prelude::*;
@@ -18,7 +18,8 @@ use rayon::prelude::*;
 /// Fewest pairs for a split: each half needs two pairs for an sd.
 pub const MIN_SPLIT_PAIRS: usize = 4;
 
-const UNIT_BLOCK: usize = 2048;
+/// Units per block: the block's 25 x 256 float64 (50 KiB) stay near L1 for every split.
+const UNIT_BLOCK: usize = 256;
 
 /// `[n_splits x n_pairs]` row-major; `true` marks the pairs of the first half.
 pub fn assignments(n_pairs: usize, n_splits: usize, seed: u64) -> Result<Vec<bool>, StatsError> {
@@ -74,40 +75,142 @@ pub fn split_half(diffs: &PairDiffs, assignments: &[bool]) -> Result<Vec<f64>, S
     }
     let scaled = ScaledDiffs::new(diffs);
     let m = diffs.n_units();
+    let n_splits = assignments.len() / n;
+    // Pair indices of each split's halves.
+    let halves: Vec<(Vec<usize>, Vec<usize>)> = assignments
+        .chunks_exact(n)
+        .map(|row| {
+            (
+                (0..n).filter(|&i| row[i]).collect(),
+                (0..n).filter(|&i| !row[i]).collect(),
+            )
+        })
+        .collect();
+    // Unit blocks outside (each block's data stays in L1/L2 for all splits), splits inside;
+    // the t-maps are kept block-major, `[block][split][unit in block]`.
+    let n_blocks = m.div_ceil(UNIT_BLOCK).max(1);
+    let span = n_splits * UNIT_BLOCK;
+    let mut t1 = vec![0.0f64; n_blocks * span];
+    let mut t2 = vec![0.0f64; n_blocks * span];
+    crate::threads::install(|| {
+        t1.par_chunks_mut(span)
+            .zip(t2.par_chunks_mut(span))
+            .enumerate()
+            .for_each(|(b, (t1, t2))| {
+                let u0 = b * UNIT_BLOCK;
+                let w = UNIT_BLOCK.min(m - u0.min(m));
+                let rows: Vec<&[f64]> = (0..n).map(|i| &scaled.pair(i)[u0..u0 + w]).collect();
+                let mut half: Vec<&[f64]> = Vec::with_capacity(n);
+                for (s, (first, second)) in halves.iter().enumerate() {
+                    for (pairs, t) in [(first, &mut *t1), (second, &mut *t2)] {
+                        half.clear();
+                        half.extend(pairs.iter().map(|&i| rows[i]));
+                        half_t(&half, &mut t[s * UNIT_BLOCK..s * UNIT_BLOCK + w]);
+                    }
+                }
+            });
+    });
+    let gather = |t: &[f64], s: usize| -> Vec<f64> {
+        let mut v = Vec::with_capacity(m);
+        for b in 0..n_blocks {
+            let u0 = b * UNIT_BLOCK;
+            let w = UNIT_BLOCK.min(m - u0.min(m));
+            let at = b * span + s * UNIT_BLOCK;
+            v.extend_from_slice(&t[at..at + w]);
+        }
+        v
+    };
     let r = crate::threads::install(|| {
-        assignments
-            .par_chunks_exact(n)
-            .map(|row| {
-                let first: Vec<&[f64]> = (0..n).filter(|&i| row[i]).map(|i| scaled.pair(i)).collect();
-                let second: Vec<&[f64]> = (0..n).filter(|&i| !row[i]).map(|i| scaled.pair(i)).collect();
-                let t1 = half_t(&first, m);
-                let t2 = half_t(&second, m);
-                pearson_finite(&t1, &t2)
-            })
+        (0..n_splits)
+            .into_par_iter()
+            .map(|s| pearson_finite(&gather(&t1, s), &gather(&t2, s)))
             .collect()
     });
     Ok(r)
 }
 
-/// Per-unit t over the given pairs.
-fn half_t(rows: &[&[f64]], m: usize) -> Vec<f64> {
-    let mut t = vec![0.0; m];
-    let mut mean = vec![0.0; UNIT_BLOCK.min(m)];
-    let mut sd = mean.clone();
-    let mut d = mean.clone();
-    for (b, t_block) in t.chunks_mut(UNIT_BLOCK).enumerate() {
-        let u0 = b * UNIT_BLOCK;
-        let w = t_block.len();
-        let block: Vec<&[f64]> = rows.iter().map(|r| &r[u0..u0 + w]).collect();
-        let mut out = MomentsOut {
-            mean: &mut mean[..w],
-            sd: &mut sd[..w],
-            t: t_block,
-            d: &mut d[..w],
-        };
-        moments(&block, &mut out);
+/// Per-unit t over the given rows (pairs), exactly the arithmetic of
+/// [`crate::paired::moments`] unit by unit (sum in pair order, min / max for constancy, then
+/// squared deviations in pair order), so the same bits; but with each vector of units held in
+/// registers across the rows instead of re-read from memory per row.
+fn half_t(rows: &[&[f64]], t: &mut [f64]) {
+    match crate::simd::isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: isa() checked that the CPU has these features.
+        crate::simd::Isa::Avx512 => unsafe { half_t_avx512(rows, t) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        crate::simd::Isa::Avx2 => unsafe { half_t_avx2(rows, t) },
+        _ => half_t_impl(rows, t),
     }
-    t
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+unsafe fn half_t_avx512(rows: &[&[f64]], t: &mut [f64]) {
+    half_t_impl(rows, t)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn half_t_avx2(rows: &[&[f64]], t: &mut [f64]) {
+    half_t_impl(rows, t)
+}
+
+#[inline(always)]
+fn half_t_impl(rows: &[&[f64]], t: &mut [f64]) {
+    let w = t.len();
+    let full = w / 8 * 8;
+    for u0 in (0..full).step_by(8) {
+        half_t_lanes::<8>(rows, u0, &mut t[u0..u0 + 8]);
+    }
+    for u in full..w {
+        half_t_lanes::<1>(rows, u, &mut t[u..u + 1]);
+    }
+}
+
+#[inline(always)]
+fn half_t_lanes<const L: usize>(rows: &[&[f64]], u0: usize, t: &mut [f64]) {
+    let kf = rows.len() as f64;
+    let sqrt_k = kf.sqrt();
+    let at = |r: &[f64]| -> [f64; L] { r[u0..u0 + L].try_into().unwrap() };
+    let first = at(rows[0]);
+    let (mut sum, mut lo, mut hi) = (first, first, first);
+    for row in &rows[1..] {
+        let x = at(row);
+        for l in 0..L {
+            sum[l] += x[l];
+            lo[l] = if x[l] < lo[l] { x[l] } else { lo[l] };
+            hi[l] = if x[l] > hi[l] { x[l] } else { hi[l] };
+        }
+    }
+    let mut mean = [0.0f64; L];
+    for l in 0..L {
+        mean[l] = sum[l] / kf;
+    }
+    let mut ss = [0.0f64; L];
+    for row in rows {
+        let x = at(row);
+        for l in 0..L {
+            let dev = x[l] - mean[l];
+            ss[l] += dev * dev;
+        }
+    }
+    // t of every lane first, branch-free (vector sqrt and divisions); constant lanes are then
+    // replaced by their closed form, so their (unused) t_u does not matter.
+    let mut t_u = [0.0f64; L];
+    for l in 0..L {
+        t_u[l] = mean[l] / ((ss[l] / (kf - 1.0)).sqrt() / sqrt_k);
+    }
+    for l in 0..L {
+        let constant = lo[l] == hi[l];
+        let degenerate = if lo[l] == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY.copysign(lo[l])
+        };
+        t[l] = if constant { degenerate } else { t_u[l] };
+    }
 }
 
 /// Pearson r over the units where both values are finite (two-pass, fixed order).
@@ -179,6 +282,37 @@ mod tests {
             let (t1, t2) = (t_of(true), t_of(false));
             let expected = pearson_finite(&t1, &t2);
             assert!((r[k] - expected).abs() < 1e-12, "{} vs {expected}", r[k]);
+        }
+    }
+
+    #[test]
+    fn register_blocked_t_is_moments_bit_for_bit() {
+        use crate::paired::{moments, MomentsOut};
+        let (n, m) = (13, 203); // a tail of 3 units past the vectors of 8
+        let mut g = SplitMix64::new(5);
+        let mut data: Vec<f64> = (0..n * m).map(|k| g.next_f64() * 3.0 - 1.0 + (k % 7) as f64).collect();
+        for i in 0..n {
+            data[i * m + 4] = 0.0; // constant 0: t = 0
+            data[i * m + 9] = -1.5; // constant: t = -inf
+            data[i * m + 201] = 2.5;
+        }
+        let rows: Vec<&[f64]> = data.chunks_exact(m).collect();
+        for k in [2, 5, 12, 13] {
+            let half = &rows[n - k..];
+            let mut t = vec![0.0; m];
+            half_t(half, &mut t);
+            let (mut mean, mut sd, mut tt, mut d) = (vec![0.0; m], vec![0.0; m], vec![0.0; m], vec![0.0; m]);
+            moments(
+                half,
+                &mut MomentsOut {
+                    mean: &mut mean,
+                    sd: &mut sd,
+                    t: &mut tt,
+                    d: &mut d,
+                },
+            );
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&t), bits(&tt), "k={k}");
         }
     }
 

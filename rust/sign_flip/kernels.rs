@@ -164,9 +164,18 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
         )
     };
 
+    let n_cells = prep.cells.len();
+    let mut segs: Vec<(usize, u32)> = Vec::with_capacity(n_cells);
     for (bi, u0) in (0..prep.m_pad).step_by(ub).enumerate() {
         let w = ub.min(prep.m_pad - u0);
         tables.build(prep, u0, w);
+        // The cells of this block: (cell, first local unit past it).
+        segs.clear();
+        for (c, &(lo, hi)) in prep.cells.iter().enumerate() {
+            if lo < u0 + w && hi > u0 {
+                segs.push((c, (hi.min(u0 + w) - u0) as u32));
+            }
+        }
         for hi in 0..n_h {
             let h = h_first + hi as u64;
             tables.base(prep, u0, w, h, &mut base);
@@ -220,14 +229,28 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
                 }
                 let units = &leaf_units[q * ub..q * ub + len];
                 let bases = &leaf_base[q * ub..q * ub + len];
-                let (mx, cnt) = sweep::<V, K, A>(units, bases, &tables.low, stride, a0, &thr);
-                for l in a_from.max(a0) - a0..(a_to - a0).min(A) {
-                    let p = (j_base + (a0 + l) as u64 - start) as usize;
-                    for k in 0..K {
-                        counts[p * K + k] += cnt[k][l] as u32;
+                let lanes = a_from.max(a0) - a0..(a_to - a0).min(A);
+                let mut from = 0;
+                for &(cell, end_u) in &segs {
+                    let to = if n_cells == 1 {
+                        len
+                    } else {
+                        from + units[from..].partition_point(|&u| u < end_u)
+                    };
+                    if to == from {
+                        continue;
                     }
-                    if mx[l] > max_ratio[p] {
-                        max_ratio[p] = mx[l];
+                    let (mx, cnt) = sweep::<V, K, A>(&units[from..to], &bases[from..to], &tables.low, stride, a0, &thr);
+                    from = to;
+                    for l in lanes.clone() {
+                        let p = (j_base + (a0 + l) as u64 - start) as usize;
+                        let at = (p * n_cells + cell) * K;
+                        for k in 0..K {
+                            counts[at + k] += cnt[k][l] as u32;
+                        }
+                        if mx[l] > max_ratio[p] {
+                            max_ratio[p] = mx[l];
+                        }
                     }
                 }
             }
@@ -386,6 +409,8 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
     let plane = 256 * ub;
     let mut tables = vec![0.0f64; g * plane];
     let mut offsets = vec![0usize; g];
+    let n_cells = prep.cells.len();
+    let mut segs: Vec<(usize, usize, usize)> = Vec::with_capacity(n_cells);
     for u0 in (0..prep.m_pad).step_by(ub) {
         let w = ub.min(prep.m_pad - u0);
         let lanes = w / LANES;
@@ -402,6 +427,13 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
             w,
             &mut tables[first * plane..(first + 1) * plane],
         );
+        // The cells of this block: (cell, first and past-last vector of units).
+        segs.clear();
+        for (c, &(lo, hi)) in prep.cells.iter().enumerate() {
+            if lo < u0 + w && hi > u0 {
+                segs.push((c, (lo.max(u0) - u0) / LANES, (hi.min(u0 + w) - u0) / LANES));
+            }
+        }
         for (p, bytes) in patterns.chunks_exact(g).enumerate() {
             for gi in 0..g {
                 offsets[gi] = gi * plane + bytes[gi] as usize * w;
@@ -409,38 +441,45 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
             let row = |gi: usize| &tables[offsets[gi]..offsets[gi] + w].as_chunks::<LANES>().0[..lanes];
             let low = row(0);
             let mut mx = [0.0f64; LANES];
-            let mut cnt = [0u32; K];
-            if g == 1 {
-                for s in low {
-                    accumulate::<V, K>(s, &thr, &mut mx, &mut cnt);
-                }
-            } else if NG > 0 {
-                let highs: [&[[f64; LANES]]; 4] = std::array::from_fn(|i| if i + 1 < NG { row(i + 1) } else { low });
-                for c in 0..lanes {
-                    let mut s = highs[0][c];
-                    for high in highs.iter().take(NG - 1).skip(1) {
-                        for l in 0..LANES {
-                            s[l] += high[c][l];
+            for &(cell, c_lo, c_hi) in &segs {
+                let mut cnt = [0u32; K];
+                if g == 1 {
+                    for s in &low[c_lo..c_hi] {
+                        accumulate::<V, K>(s, &thr, &mut mx, &mut cnt);
+                    }
+                } else if NG > 0 {
+                    let highs: [&[[f64; LANES]]; 4] =
+                        std::array::from_fn(|i| if i + 1 < NG { row(i + 1) } else { low });
+                    for c in c_lo..c_hi {
+                        let mut s = highs[0][c];
+                        for high in highs.iter().take(NG - 1).skip(1) {
+                            for l in 0..LANES {
+                                s[l] += high[c][l];
+                            }
                         }
-                    }
-                    for l in 0..LANES {
-                        s[l] += low[c][l];
-                    }
-                    accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
-                }
-            } else {
-                for (c, low_c) in low.iter().enumerate() {
-                    let mut s = row(1)[c];
-                    for gi in 2..g {
-                        let high = &row(gi)[c];
                         for l in 0..LANES {
-                            s[l] += high[l];
+                            s[l] += low[c][l];
                         }
+                        accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
                     }
-                    for l in 0..LANES {
-                        s[l] += low_c[l];
+                } else {
+                    for (c, low_c) in low.iter().enumerate().take(c_hi).skip(c_lo) {
+                        let mut s = row(1)[c];
+                        for gi in 2..g {
+                            let high = &row(gi)[c];
+                            for l in 0..LANES {
+                                s[l] += high[l];
+                            }
+                        }
+                        for l in 0..LANES {
+                            s[l] += low_c[l];
+                        }
+                        accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
                     }
-                    accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
+                }
+                let at = (p * n_cells + cell) * K;
+                for k in 0..K {
+                    counts[at + k] += cnt[k];
                 }
             }
             let mut best = max_ratio[p];
@@ -448,9 +487,6 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
                 best = if v > best { v } else { best };
             }
             max_ratio[p] = best;
-            for k in 0..K {
-                counts[p * K + k] += cnt[k];
-            }
         }
     }
 }

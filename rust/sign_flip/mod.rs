@@ -46,7 +46,10 @@
 //!
 //! # Tallies
 //! [`tallies`] streams the null into fixed-size histograms (counts per group of units, the max
-//! statistic against the sorted observed ones) and adds one-sided tails.
+//! statistic against the sorted observed ones) and adds one-sided tails. Internally the kernels
+//! can keep counts per *cell* (a range of units, see `Prepared::with_cells`), which is how the
+//! two-sided tallies count every group of every partition in one sweep; the public per-pattern
+//! functions here always use one cell.
 //!
 //! # Precision
 //! Counts are those of float64 arithmetic on the normalised sums; they can differ from another

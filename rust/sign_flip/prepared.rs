@@ -30,10 +30,25 @@ pub(super) struct Prepared {
     pub(super) columns: Vec<(usize, f64, bool)>,
     /// Units with `|B| + R` at or below this are skipped in exact mode.
     pub(super) skip_below: f64,
+    /// Cells of units counted apart: cell `c` is units `cells[c].0 .. cells[c].1` (multiples
+    /// of [`LANES`] apart from the last end, `m_pad`). One cell of every unit unless built by
+    /// [`Prepared::with_cells`].
+    pub(super) cells: Vec<(usize, usize)>,
+    /// `[classes x cells]`: the units of each closed-form class in each cell.
+    pub(super) class_cells: Vec<i64>,
+    /// Per cell, its label in each partition (set by the tallies; empty otherwise).
+    pub(super) cell_labels: Vec<Vec<u32>>,
 }
 
 impl Prepared {
     pub(super) fn new(diffs: &PairDiffs, thresholds: Thresholds) -> Result<Self, StatsError> {
+        Self::with_cells(diffs, thresholds, &[0])
+    }
+
+    /// As [`Prepared::new`], with counts kept apart per cell: cell `c` is units
+    /// `starts[c] .. starts[c + 1]` (the last to the end). Every start must be a multiple of
+    /// [`LANES`], the first 0, ascending.
+    pub(super) fn with_cells(diffs: &PairDiffs, thresholds: Thresholds, starts: &[usize]) -> Result<Self, StatsError> {
         thresholds.check()?;
         let n = diffs.n_pairs();
         let nf = n as f64;
@@ -113,7 +128,25 @@ impl Prepared {
             .copied()
             .unwrap_or(f64::INFINITY)
             .min(ratio_for_t(3.0, nf));
+        let mut cells = Vec::with_capacity(starts.len());
+        for (c, &lo) in starts.iter().enumerate() {
+            let hi = starts.get(c + 1).copied().unwrap_or(m_pad);
+            assert!(lo.is_multiple_of(LANES) && lo <= hi && hi <= m_pad, "bad cell bounds");
+            cells.push((lo, hi));
+        }
+        assert!(starts.first() == Some(&0), "the first cell starts at unit 0");
+        let mut class_cells = vec![0i64; classes.len() * cells.len()];
+        for (c, &(lo, hi)) in cells.iter().enumerate() {
+            for &k in &unit_class[lo.min(m)..hi.min(m)] {
+                if k != NO_CLASS {
+                    class_cells[k as usize * cells.len() + c] += 1;
+                }
+            }
+        }
         Ok(Prepared {
+            cells,
+            class_cells,
+            cell_labels: Vec::new(),
             n,
             m_pad,
             xt,
@@ -137,7 +170,7 @@ impl Prepared {
     /// The null over `start .. end`, split into tasks on the pool, written in place.
     pub(super) fn run(&self, mode: Mode, start: u64, end: u64) -> NullRange {
         let len = (end - start) as usize;
-        let cols = self.columns.len();
+        let cols = self.columns.len() * self.cells.len();
         let mut out = NullRange {
             counts: vec![0; len * cols],
             max_abs_t: vec![0.0; len],
@@ -201,7 +234,8 @@ impl Prepared {
     ) {
         let len = (end - start) as usize;
         let k_all = self.ratios.len();
-        let mut raw = vec![0u32; len * k_all];
+        let n_cells = self.cells.len();
+        let mut raw = vec![0u32; len * n_cells * k_all];
         let mut max_ratio = vec![0.0f64; len];
         let mut patterns: Vec<u8> = Vec::new();
         match mode {
@@ -220,16 +254,16 @@ impl Prepared {
         loop {
             let batch = (k_all - first).min(MAX_K);
             let ratios = &self.ratios[first..first + batch];
-            let mut batch_counts = vec![0u32; len * batch];
+            let mut batch_counts = vec![0u32; len * n_cells * batch];
             match mode {
                 Mode::Exact => kernels::exact(self, ratios, start, end, &mut batch_counts, &mut max_ratio),
                 Mode::MonteCarlo { .. } | Mode::Identity => {
                     kernels::monte_carlo(self, ratios, &patterns, &mut batch_counts, &mut max_ratio)
                 }
             }
-            for p in 0..len {
-                raw[p * k_all + first..p * k_all + first + batch]
-                    .copy_from_slice(&batch_counts[p * batch..(p + 1) * batch]);
+            for q in 0..len * n_cells {
+                raw[q * k_all + first..q * k_all + first + batch]
+                    .copy_from_slice(&batch_counts[q * batch..(q + 1) * batch]);
             }
             first += batch;
             if first >= k_all {
@@ -257,15 +291,18 @@ impl Prepared {
             }
             max_abs_t[p] = abs_t;
             max_ratio_out[p] = ratio;
-            for (c, &(idx, threshold, is_d)) in self.columns.iter().enumerate() {
-                let mut v = raw[p * k_all + idx] as i64;
-                for (class, &t) in self.classes.iter().zip(&class_t) {
-                    let stat = if is_d { t / nf.sqrt() } else { t };
-                    if stat > threshold {
-                        v += class.count;
+            for cell in 0..n_cells {
+                let q = p * n_cells + cell;
+                for (c, &(idx, threshold, is_d)) in self.columns.iter().enumerate() {
+                    let mut v = raw[q * k_all + idx] as i64;
+                    for (ci, &t) in class_t.iter().enumerate() {
+                        let stat = if is_d { t / nf.sqrt() } else { t };
+                        if stat > threshold {
+                            v += self.class_cells[ci * n_cells + cell];
+                        }
                     }
+                    counts[q * cols + c] = v;
                 }
-                counts[p * cols + c] = v;
             }
         }
     }

@@ -10,6 +10,12 @@
 //!   caller-given sorted "bars" (bin `b` = the number of bars at or below the max), from which a
 //!   suffix sum gives, per unit, how many patterns reach its observed statistic.
 //!
+//! # One sweep for every group (two-sided)
+//! The units are laid out in cells, one per distinct tuple of partition labels, each padded
+//! with all-zero units to a multiple of the 8-unit vector; the kernels count per cell and a group's
+//! count under a pattern is the sum of its cells' counts, so all groups of all partitions cost
+//! one sweep over the units. One-sided tails still sweep each group's units apart.
+//!
 //! # Tails
 //! `Two`: the statistic is |t|, on the 2^(n-1) patterns with pair 0 fixed, compared as `S^2`
 //! (the max |t| is the max `S^2 / SS`, see the module docs). `Greater`: t itself, on all 2^n
@@ -177,6 +183,12 @@ pub fn tallies(
             key: rng::stream_key(seed, Stream::SignFlip),
         }
     };
+    if tail == Tail::Two {
+        two_sided(
+            &diffs, thresholds, partitions, mode, start, end, bars, &offsets, &sizes, &mut out,
+        )?;
+        return Ok(out);
+    }
     for (gi, units) in groups.iter().enumerate() {
         let hist = &mut out.hist[offsets[gi]..offsets[gi] + cols * (units.len() + 1)];
         let stride = units.len() + 1;
@@ -255,6 +267,118 @@ pub fn tallies(
         }
     }
     Ok(out)
+}
+
+/// Units grouped into cells (one per distinct tuple of partition labels), each cell padded
+/// with all-zero units (never counted, never the max) to a multiple of [`LANES`]: the data in
+/// that order, the cells' first units, and per cell its label in each partition.
+struct Cells {
+    data: Vec<f64>,
+    starts: Vec<usize>,
+    labels: Vec<Vec<u32>>,
+}
+
+fn cells_of(diffs: &PairDiffs, partitions: &[&[u32]]) -> Cells {
+    let (n, m) = (diffs.n_pairs(), diffs.n_units());
+    let key = |u: usize| -> Vec<u32> { partitions.iter().map(|p| p[u]).collect() };
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by_key(|&u| key(u)); // stable: units keep their order within a cell
+    let mut starts = Vec::new();
+    let mut labels: Vec<Vec<u32>> = Vec::new();
+    let mut slots: Vec<Option<usize>> = Vec::new(); // unit (None: padding) per column
+    for &u in &order {
+        let k = key(u);
+        if labels.last() != Some(&k) {
+            slots.resize(slots.len().div_ceil(LANES) * LANES, None);
+            starts.push(slots.len());
+            labels.push(k);
+        }
+        slots.push(Some(u));
+    }
+    if starts.is_empty() {
+        starts.push(0);
+        labels.push(vec![0; partitions.len()]);
+    }
+    let width = slots.len();
+    let mut data = vec![0.0f64; n * width];
+    for i in 0..n {
+        let row = diffs.pair(i);
+        for (col, slot) in slots.iter().enumerate() {
+            if let Some(u) = slot {
+                data[i * width + col] = row[*u];
+            }
+        }
+    }
+    Cells { data, starts, labels }
+}
+
+/// Two-sided tallies: every group of every partition in one run over the units, counted per
+/// cell of units with the same labels, then summed per group (the same counts as a run over
+/// each group's units alone; the max over all units is order-free).
+#[allow(clippy::too_many_arguments)]
+fn two_sided(
+    diffs: &PairDiffs,
+    thresholds: Thresholds,
+    partitions: &[&[u32]],
+    mode: Mode,
+    start: u64,
+    end: u64,
+    bars: &[f64],
+    offsets: &[usize],
+    sizes: &[usize],
+    out: &mut TallyRange,
+) -> Result<(), StatsError> {
+    let cols = thresholds.len();
+    let prep = if partitions.is_empty() {
+        Prepared::new(diffs, thresholds)?
+    } else {
+        let cells = cells_of(diffs, partitions);
+        let width = cells.data.len() / diffs.n_pairs();
+        let laid = PairDiffs::new(&cells.data, diffs.n_pairs(), width)?;
+        let mut prep = Prepared::with_cells(&laid, thresholds, &cells.starts)?;
+        prep.cell_labels = cells.labels;
+        prep
+    };
+    let n_cells = prep.cells.len();
+    // Per group (all units, then each partition's groups), its cells.
+    let mut members: Vec<Vec<usize>> = vec![(0..n_cells).collect()];
+    for (pi, labels) in partitions.iter().enumerate() {
+        let k = labels.iter().max().map_or(0, |&v| v as usize + 1);
+        for g in 0..k as u32 {
+            members.push((0..n_cells).filter(|&c| prep.cell_labels[c][pi] == g).collect());
+        }
+    }
+    debug_assert_eq!(members.len(), sizes.len());
+    let step = if matches!(mode, Mode::Exact) {
+        STEP_EXACT_TWO
+    } else {
+        STEP
+    };
+    let place = |score: f64, bins: &mut [i64]| {
+        bins[bars.partition_point(|&b| b <= score)] += 1;
+    };
+    let row_len = n_cells * cols.max(1);
+    let mut lo = start;
+    while lo < end {
+        let hi = end.min(lo + step);
+        let range = prep.run(mode, lo, hi);
+        for row in range.counts.chunks_exact(row_len).take((hi - lo) as usize) {
+            for (gi, cells) in members.iter().enumerate() {
+                let stride = sizes[gi] + 1;
+                let hist = &mut out.hist[offsets[gi]..offsets[gi] + cols * stride];
+                for c in 0..cols {
+                    let v: i64 = cells.iter().map(|&cell| row[cell * cols + c]).sum();
+                    hist[c * stride + v as usize] += 1;
+                }
+            }
+        }
+        for &r in &range.max_ratio {
+            place(r, &mut out.max_bins);
+            place(r, &mut out.abs_bins);
+        }
+        lo = hi;
+    }
+    Ok(())
 }
 
 /// The observed counts (identity pattern) per group and threshold column, through the

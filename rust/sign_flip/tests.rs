@@ -227,3 +227,60 @@ fn equal_magnitude_units_with_mixed_signs_are_handled_in_closed_form() {
         );
     }
 }
+
+#[test]
+fn tallies_of_all_groups_in_one_run_equal_runs_over_each_group() {
+    // Unit blocks of 512 in exact mode: 1,300 units put cells across block edges; the labels
+    // are interleaved so that cells are built by reordering, and one group is empty.
+    use tallies::{tallies, unit_groups, Tail};
+    let (n, m) = (11, 1300);
+    let mut data = random_data(n, m, 21);
+    for i in 0..n {
+        data[i * m + 7] = if i == 3 { -2.0 } else { 2.0 }; // an equal-magnitude unit
+    }
+    let diffs = PairDiffs::new(&data, n, m).unwrap();
+    let kind: Vec<u32> = (0..m as u32).map(|u| (u / 97) % 2).collect();
+    let region: Vec<u32> = (0..m as u32).map(|u| [0, 1, 3][(u % 3) as usize]).collect();
+    let parts: [&[u32]; 2] = [&kind, &region];
+    let thr = Thresholds { t: &T, d: &D };
+    let bars = [0.5, 1.0, 2.0];
+    for exact_mode in [true, false] {
+        let end = if exact_mode { n_patterns(n).unwrap() } else { 700 };
+        let got = tallies(&diffs, thr, &parts, Tail::Two, exact_mode, 4, 0, end, &bars).unwrap();
+        let mut at = 0;
+        for units in unit_groups(m, &parts).unwrap() {
+            let cols = T.len() + D.len();
+            let stride = units.len() + 1;
+            let mut want = vec![0i64; cols * stride];
+            if units.is_empty() {
+                for c in 0..cols {
+                    want[c * stride] = end as i64;
+                }
+            } else {
+                let sub: Vec<f64> = (0..n)
+                    .flat_map(|i| units.iter().map(move |&u| (i, u)))
+                    .map(|(i, u)| data[i * m + u])
+                    .collect();
+                let sub = PairDiffs::new(&sub, n, units.len()).unwrap();
+                let rows = if exact_mode {
+                    exact(&sub, thr, 0, end).unwrap()
+                } else {
+                    monte_carlo(&sub, thr, 4, 0, end).unwrap()
+                };
+                for row in rows.counts.chunks_exact(cols) {
+                    for c in 0..cols {
+                        want[c * stride + row[c] as usize] += 1;
+                    }
+                }
+            }
+            assert_eq!(
+                &got.hist[at..at + want.len()],
+                &want[..],
+                "exact={exact_mode} group of {}",
+                units.len()
+            );
+            at += want.len();
+        }
+        assert_eq!(at, got.hist.len());
+    }
+}
