@@ -521,6 +521,46 @@ def _analysis_options(fn):
     return fn
 
 
+def _robustness_options(fn):
+    """One-sided tests and the pair bootstrap (analyze and compare; see analysis.intervals)."""
+    options = [
+        click.option(
+            "--tail",
+            type=click.Choice(["two", "greater", "less"]),
+            default="two",
+            show_default=True,
+            help="Alternative: B - A differs (two), is larger (greater) or smaller (less). p, q, p_maxT and the "
+            "counts (|t| > c, t > c, t < -c) follow it; Welch's design (compare, unmatched) is two-sided only.",
+        ),
+        click.option(
+            "--fwer-null",
+            type=click.Choice(["max", "max_abs"]),
+            default="max",
+            show_default=True,
+            help="One-sided p_maxT: against each pattern's max t (min t for less; more powerful) or its max |t| "
+            "(MNE's permutation_t_test tail=1/-1).",
+        ),
+        click.option(
+            "--bootstrap",
+            default=1000,  # analysis.DEFAULT_BOOTSTRAP
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Pair-bootstrap draws for the 95% intervals of the counts (0: off).",
+        ),
+        click.option(
+            "--bootstrap-splits",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Also bootstrap the split-half median with this many splits per draw (slow: about 0.3 s per "
+            "draw at 100 splits and 25 x 16,320; 0: off).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def _run_with_progress(quiet: bool, work):
     """Call ``work(progress)`` with a rich progress bar for the null runs (on stderr)."""
     if quiet:
@@ -557,6 +597,14 @@ def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
 @main.command()
 @click.argument("capture", type=click.Path())
 @_analysis_options
+@_robustness_options
+@click.option(
+    "--by",
+    default=None,
+    metavar="FACTOR",
+    help="Also analyse each level of this pair factor (e.g. body, clothing) apart, and contrast the levels "
+    "per unit (Welch's t, label-shuffle null).",
+)
 def analyze(
     capture: str,
     out: str,
@@ -567,6 +615,11 @@ def analyze(
     group_nulls: bool,
     force: bool,
     quiet: bool,
+    tail: str,
+    fwer_null: str,
+    bootstrap: int,
+    bootstrap_splits: int,
+    by: str | None,
 ) -> None:
     """Test every unit of CAPTURE for a B - A difference; write a results folder.
 
@@ -591,6 +644,11 @@ def analyze(
             splits=splits,
             group_nulls=group_nulls,
             progress=progress,
+            tail=tail,
+            fwer_null=fwer_null,
+            bootstrap=bootstrap,
+            bootstrap_splits=bootstrap_splits,
+            by=by,
         ),
     )
     _write_and_show(result, out, force, quiet)
@@ -600,6 +658,7 @@ def analyze(
 @click.argument("capture_1", type=click.Path())
 @click.argument("capture_2", type=click.Path())
 @_analysis_options
+@_robustness_options
 @click.option(
     "--pairing",
     type=click.Choice(["auto", "matched", "unmatched"]),
@@ -627,6 +686,10 @@ def compare(
     quiet: bool,
     pairing: str,
     allow_different_settings: bool,
+    tail: str,
+    fwer_null: str,
+    bootstrap: int,
+    bootstrap_splits: int,
 ) -> None:
     """The contrast of contrasts: (B1 - A1) - (B2 - A2), per unit.
 
@@ -653,6 +716,10 @@ def compare(
             group_nulls=group_nulls,
             allow_different_settings=allow_different_settings,
             progress=progress,
+            tail=tail,
+            fwer_null=fwer_null,
+            bootstrap=bootstrap,
+            bootstrap_splits=bootstrap_splits,
         ),
     )
     _write_and_show(result, out, force, quiet)
