@@ -237,6 +237,13 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     type=click.IntRange(min=0),
     help="Seed of the initial noise, shared by every prompt.",
 )
+@click.option(
+    "--seeds",
+    default=None,
+    metavar="0,1,2,3|0-7",
+    help="Several noise seeds: every prompt under each (resumable per seed); a/b hold the per-prompt mean "
+    "over seeds and a_seeds/b_seeds each seed's values. Replaces --seed.",
+)
 @click.option("--height", default=1024, show_default=True, type=int, help="Image height (a multiple of 16).")
 @click.option("--width", default=1024, show_default=True, type=int, help="Image width (a multiple of 16).")
 @click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True)
@@ -305,6 +312,7 @@ def capture(
     out: str,
     layout: str,
     seed: int,
+    seeds: str | None,
     height: int,
     width: int,
     device: str,
@@ -339,6 +347,7 @@ def capture(
       torchrun --standalone --nproc-per-node 2 -m dense_plantain capture \\
           --prompts prompts/dense-plantain.toml --out dense.safetensors
     """
+    import dataclasses
     import os
     import sys
     import warnings
@@ -381,6 +390,20 @@ def capture(
         command=("dense-plantain", *click.get_current_context().meta.get("dense_plantain.argv", sys.argv[1:])),
     )
     launch = require_launch() if distributed else (torchrun_launch() if distributed is None else None)
+    seed_list = None
+    if seeds is not None:
+        from dense_plantain.capture.seeds import parse_seeds
+
+        if click.get_current_context().get_parameter_source("seed") != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("give --seed or --seeds, not both (--seeds N is the same as --seed N)")
+        seed_list = parse_seeds(seeds)
+        if len(seed_list) > 1 and launch is not None:
+            raise click.UsageError(
+                "--seeds with several seeds does not run under torchrun yet; capture one seed per torchrun run, "
+                "or run without torchrun"
+            )
+        if len(seed_list) == 1:  # exactly today's one-seed capture
+            job = job.replace(settings=dataclasses.replace(job.settings, seed=seed_list[0]))
     with warnings.catch_warnings():  # restores showwarning on exit
         warnings.simplefilter("always", CaptureWarning)
         shown = warnings.showwarning
@@ -397,6 +420,10 @@ def capture(
                 result = run_distributed_capture(job, launch=launch, timeout_min=dist_timeout)
                 if result is None:  # not rank 0: rank 0 reports
                     return
+            elif seed_list is not None and len(seed_list) > 1:
+                from dense_plantain.capture.seeds import run_seeds
+
+                result = run_seeds(job, seed_list)
             else:
                 result = capture_here(job)
         except DensePlantainError as err:

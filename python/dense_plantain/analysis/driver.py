@@ -170,7 +170,7 @@ def bh_q(p: np.ndarray) -> np.ndarray:
     if outside.any():
         i = int(np.flatnonzero(outside.ravel())[0])
         raise StatsInputError(
-            f"bh_q: p-values must lie in [0, 1]; p[{i}] = {p.ravel()[i]!r} ({int(outside.sum())} outside). "
+            f"bh_q: p-values must lie in [0, 1]; p[{i}] = {float(p.ravel()[i])!r} ({int(outside.sum())} outside). "
             "Pass the p-values of a test, not statistics"
         )
     q = np.full(p.shape, np.nan)
