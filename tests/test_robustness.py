@@ -350,3 +350,16 @@ def test_cli_analyze_tail_by_and_bootstrap(tmp_path, layout):
     np.testing.assert_allclose([float(r["p"]) for r in rows], want, rtol=1e-8)
     bad = CliRunner().invoke(main, ["analyze", str(path), "--out", str(tmp_path / "x"), "--by", "hair", "-q"])
     assert bad.exit_code != 0 and "body (heavy, slim)" in bad.output
+
+
+def test_card_says_the_tail_and_shows_the_intervals(tmp_path, layout):
+    path, a, b = _capture(tmp_path, layout, 9, seed=17)
+    res = analysis.analyze(path, tail="greater", permutations=2**9, splits=5, bootstrap=80)
+    report.write_results(res, tmp_path / "res")
+    record = report.load_results(tmp_path / "res")
+    card = report.write_card(record, tmp_path / "README.md", results_dir=tmp_path / "res").read_text()
+    assert "one-sided, B − A > 0" in card and "Units with t > 3" in card
+    row = record["bootstrap"]["thresholds"][0]
+    assert f"[95% bootstrap {row['low']:,.0f}–{row['high']:,.0f}]" in card
+    t = paired_t(b - a)
+    assert row["count"] == (t > 3).sum()

@@ -49,8 +49,9 @@ def carried_factors(cap: Capture) -> dict[str, list[str]]:
     pairs = cap.meta.get("pairs")
     if not isinstance(pairs, list) or len(pairs) != cap.n_pairs or not pairs:
         return {}
-    labels = [p.get("factors") if isinstance(p, dict) else None for p in pairs]
-    if not all(isinstance(f, dict) for f in labels):
+    raw = [p.get("factors") if isinstance(p, dict) else None for p in pairs]
+    labels: list[dict[str, Any]] = [f for f in raw if isinstance(f, dict)]
+    if len(labels) != len(raw):
         return {}
     names = [k for k in labels[0] if all(k in f for f in labels)]
     return {k: list(dict.fromkeys(str(f[k]) for f in labels)) for k in names}

@@ -55,7 +55,9 @@ def count_interval(res: Mapping[str, Any], th: Mapping[str, Any]) -> str:
 
 def split_interval(res: Mapping[str, Any]) -> str:
     boot = res.get("bootstrap")
-    sh = boot.get("split_half") if isinstance(boot, Mapping) else None
+    if not isinstance(boot, Mapping):
+        return ""
+    sh = boot.get("split_half")
     if not isinstance(sh, Mapping) or sh.get("low") is None:
         return ""
     level = round(100 * float(boot.get("level", 0.95)))
