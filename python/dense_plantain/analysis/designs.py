@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 from scipy.special import stdtr
@@ -216,7 +216,7 @@ class PairedDesign:
                 t_thresholds=options.t_thresholds,
                 d_thresholds=options.d_thresholds,
                 partitions=labels,
-                tail=options.tail,
+                tail=cast(stats.Tail, options.tail),  # checked by the engine
                 permutations=options.permutations,
                 exact=options.exact,
                 seed=options.seed,
