@@ -113,13 +113,21 @@ def test_results_md_tables_hold_the_numbers(rep_run):
     }
     for label, count in expected.items():
         value, significance = rows[label]
-        m = re.fullmatch(r"([\d,]+) \(([\d.]+)%\)", value)
+        m = re.fullmatch(r"([\d,]+) \(([\d.]+)%\)( \[95% bootstrap ([\d,]+)–([\d,]+)\])?", value)
         assert m, value
         assert _number(m.group(1)) == count
         assert float(m.group(2)) == pytest.approx(100 * count / t.size, abs=0.051)
         th = next(
             x for x in record["thresholds"] if label.startswith(f"Units with \\|{x['metric']}\\| > {x['threshold']:g}")
         )
+        # The pair-bootstrap interval (on by default) sits next to the count, as results.json has it.
+        boot = next(
+            x
+            for x in record["bootstrap"]["thresholds"]
+            if (x["metric"], x["threshold"]) == (th["metric"], th["threshold"])
+        )
+        assert m.group(3) is not None, value
+        assert (_number(m.group(4)), _number(m.group(5))) == (round(boot["low"]), round(boot["high"]))
         if th["ratio"] is not None:
             ratio = re.fullmatch(
                 r"([\d.,]+)× empirical null p99( \[p99 rests on (\d+) permutations? above it\])?", significance

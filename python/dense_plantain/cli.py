@@ -237,6 +237,13 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     type=click.IntRange(min=0),
     help="Seed of the initial noise, shared by every prompt.",
 )
+@click.option(
+    "--seeds",
+    default=None,
+    metavar="0,1,2,3|0-7",
+    help="Several noise seeds: every prompt under each (resumable per seed); a/b hold the per-prompt mean "
+    "over seeds and a_seeds/b_seeds each seed's values. Replaces --seed.",
+)
 @click.option("--height", default=1024, show_default=True, type=int, help="Image height (a multiple of 16).")
 @click.option("--width", default=1024, show_default=True, type=int, help="Image width (a multiple of 16).")
 @click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True)
@@ -305,6 +312,7 @@ def capture(
     out: str,
     layout: str,
     seed: int,
+    seeds: str | None,
     height: int,
     width: int,
     device: str,
@@ -339,6 +347,7 @@ def capture(
       torchrun --standalone --nproc-per-node 2 -m dense_plantain capture \\
           --prompts prompts/dense-plantain.toml --out dense.safetensors
     """
+    import dataclasses
     import os
     import sys
     import warnings
@@ -381,6 +390,20 @@ def capture(
         command=("dense-plantain", *click.get_current_context().meta.get("dense_plantain.argv", sys.argv[1:])),
     )
     launch = require_launch() if distributed else (torchrun_launch() if distributed is None else None)
+    seed_list = None
+    if seeds is not None:
+        from dense_plantain.capture.seeds import parse_seeds
+
+        if click.get_current_context().get_parameter_source("seed") != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("give --seed or --seeds, not both (--seeds N is the same as --seed N)")
+        seed_list = parse_seeds(seeds)
+        if len(seed_list) > 1 and launch is not None:
+            raise click.UsageError(
+                "--seeds with several seeds does not run under torchrun yet; capture one seed per torchrun run, "
+                "or run without torchrun"
+            )
+        if len(seed_list) == 1:  # exactly today's one-seed capture
+            job = job.replace(settings=dataclasses.replace(job.settings, seed=seed_list[0]))
     with warnings.catch_warnings():  # restores showwarning on exit
         warnings.simplefilter("always", CaptureWarning)
         shown = warnings.showwarning
@@ -397,6 +420,10 @@ def capture(
                 result = run_distributed_capture(job, launch=launch, timeout_min=dist_timeout)
                 if result is None:  # not rank 0: rank 0 reports
                     return
+            elif seed_list is not None and len(seed_list) > 1:
+                from dense_plantain.capture.seeds import run_seeds
+
+                result = run_seeds(job, seed_list)
             else:
                 result = capture_here(job)
         except DensePlantainError as err:
@@ -521,6 +548,46 @@ def _analysis_options(fn):
     return fn
 
 
+def _robustness_options(fn):
+    """One-sided tests and the pair bootstrap (analyze and compare; see analysis.intervals)."""
+    options = [
+        click.option(
+            "--tail",
+            type=click.Choice(["two", "greater", "less"]),
+            default="two",
+            show_default=True,
+            help="Alternative: B - A differs (two), is larger (greater) or smaller (less). p, q, p_maxT and the "
+            "counts (|t| > c, t > c, t < -c) follow it; Welch's design (compare, unmatched) is two-sided only.",
+        ),
+        click.option(
+            "--fwer-null",
+            type=click.Choice(["max", "max_abs"]),
+            default="max",
+            show_default=True,
+            help="One-sided p_maxT: against each pattern's max t (min t for less; more powerful) or its max |t| "
+            "(MNE's permutation_t_test tail=1/-1).",
+        ),
+        click.option(
+            "--bootstrap",
+            default=1000,  # analysis.DEFAULT_BOOTSTRAP
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Pair-bootstrap draws for the 95% intervals of the counts (0: off).",
+        ),
+        click.option(
+            "--bootstrap-splits",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Also bootstrap the split-half median with this many splits per draw (slow: about 0.3 s per "
+            "draw at 100 splits and 25 x 16,320; 0: off).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def _run_with_progress(quiet: bool, work):
     """Call ``work(progress)`` with a rich progress bar for the null runs (on stderr)."""
     if quiet:
@@ -557,6 +624,14 @@ def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
 @main.command()
 @click.argument("capture", type=click.Path())
 @_analysis_options
+@_robustness_options
+@click.option(
+    "--by",
+    default=None,
+    metavar="FACTOR",
+    help="Also analyse each level of this pair factor (e.g. body, clothing) apart, and contrast the levels "
+    "per unit (Welch's t, label-shuffle null).",
+)
 def analyze(
     capture: str,
     out: str,
@@ -567,6 +642,11 @@ def analyze(
     group_nulls: bool,
     force: bool,
     quiet: bool,
+    tail: str,
+    fwer_null: str,
+    bootstrap: int,
+    bootstrap_splits: int,
+    by: str | None,
 ) -> None:
     """Test every unit of CAPTURE for a B - A difference; write a results folder.
 
@@ -591,6 +671,11 @@ def analyze(
             splits=splits,
             group_nulls=group_nulls,
             progress=progress,
+            tail=tail,
+            fwer_null=fwer_null,
+            bootstrap=bootstrap,
+            bootstrap_splits=bootstrap_splits,
+            by=by,
         ),
     )
     _write_and_show(result, out, force, quiet)
@@ -600,6 +685,7 @@ def analyze(
 @click.argument("capture_1", type=click.Path())
 @click.argument("capture_2", type=click.Path())
 @_analysis_options
+@_robustness_options
 @click.option(
     "--pairing",
     type=click.Choice(["auto", "matched", "unmatched"]),
@@ -627,6 +713,10 @@ def compare(
     quiet: bool,
     pairing: str,
     allow_different_settings: bool,
+    tail: str,
+    fwer_null: str,
+    bootstrap: int,
+    bootstrap_splits: int,
 ) -> None:
     """The contrast of contrasts: (B1 - A1) - (B2 - A2), per unit.
 
@@ -653,6 +743,10 @@ def compare(
             group_nulls=group_nulls,
             allow_different_settings=allow_different_settings,
             progress=progress,
+            tail=tail,
+            fwer_null=fwer_null,
+            bootstrap=bootstrap,
+            bootstrap_splits=bootstrap_splits,
         ),
     )
     _write_and_show(result, out, force, quiet)

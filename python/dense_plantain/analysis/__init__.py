@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dense_plantain.analysis import inputs
-from dense_plantain.analysis.designs import Design, NullOptions, PairedDesign, WelchDesign
+from dense_plantain.analysis.designs import TAILS, Design, NullOptions, PairedDesign, WelchDesign
 from dense_plantain.analysis.driver import BLOCK_T, D_THRESHOLDS, T_THRESHOLDS, bh_q, run_design
 from dense_plantain.analysis.records import (
     RESULTS_FORMAT,
@@ -40,9 +40,11 @@ from dense_plantain.store import Capture
 
 __all__ = [
     "BLOCK_T",
+    "DEFAULT_BOOTSTRAP",
     "DEFAULT_PERMUTATIONS",
     "D_THRESHOLDS",
     "RESULTS_FORMAT",
+    "TAILS",
     "T_THRESHOLDS",
     "AnalysisResult",
     "BlockSummary",
@@ -63,6 +65,9 @@ __all__ = [
 #: Monte Carlo permutations by default (and the limit below which the null is exact).
 DEFAULT_PERMUTATIONS = 10_000
 
+#: Pair-bootstrap draws of the headline counts by default (``bootstrap=0`` turns it off).
+DEFAULT_BOOTSTRAP = 1000
+
 #: ``progress(done, total)``: called between chunks of null permutations, over all null runs.
 Progress = Callable[[int, int], None]
 
@@ -76,6 +81,11 @@ def analyze(
     splits: int = 100,
     group_nulls: bool = True,
     progress: Progress | None = None,
+    tail: str = "two",
+    fwer_null: str = "max",
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    bootstrap_splits: int = 0,
+    by: str | None = None,
 ) -> AnalysisResult:
     """Test every unit of one capture for a B - A difference over its pairs.
 
@@ -83,20 +93,72 @@ def analyze(
     of them; ``True`` forces the enumeration, ``False`` forces Monte Carlo. ``group_nulls`` also
     runs the null on the attention / MLP units and on each token region apart, so that their
     tables carry their own p99.
+
+    ``tail``: "two" (B - A differs), "greater" (B > A) or "less" (B < A); p, q, p_maxT and the
+    counts (t > c, t < -c) follow it. One-sided p_maxT compares each unit's t with the max t (min t
+    for "less") of every sign pattern (``fwer_null="max"``, the default: the max-statistic null of
+    the one-sided statistic, never less powerful than the alternative) or with the max |t|
+    (``fwer_null="max_abs"``, MNE-Python's ``permutation_t_test(tail=1 / -1)``).
+    ``bootstrap``: pair-bootstrap draws for the counts' intervals (0: none); ``bootstrap_splits``
+    (opt-in, slow) also bootstraps the split-half median with that many splits per draw. ``by``: a
+    factor the capture's pairs carry; adds the per-level analyses and between-level contrasts
+    (`analysis.factors`). A multi-seed capture (``capture --seeds``) also gets each seed's analysis
+    and the seeds' agreement (`analysis.seeds`).
     """
+    from dense_plantain.analysis import factors, seeds
+
     cap = inputs.load(capture)
     inputs.require_pairs(cap)
     inputs.check_settings(permutations, splits)
+    _check_robustness(tail, fwer_null, bootstrap, bootstrap_splits)
+    if by is not None:
+        factors.pair_levels(cap, by)  # refuse an unknown factor before any work
     design = PairedDesign(inputs.diff(cap.a, cap.b, cap))
-    return run_design(
+    settings = {
+        **inputs.settings(permutations, exact, seed, splits, group_nulls),
+        **_robustness_settings(tail, fwer_null, bootstrap, bootstrap_splits),
+    }
+    if by is not None:
+        settings["by"] = by
+    result = run_design(
         design,
         cap.layout,
-        inputs.settings(permutations, exact, seed, splits, group_nulls),
+        settings,
         conditions=inputs.conditions(cap),
         sources=[inputs.provenance(cap, "capture")],
         weights=inputs.weights(cap),
         progress=progress,
     )
+    seed_record = seeds.seeds_record(cap, cap.layout, settings, progress)
+    if seed_record is not None:
+        result.robustness["seeds"] = seed_record
+    if by is not None:
+        record, columns = factors.by_factor(cap, design.diff, by, cap.layout, settings, progress)
+        result.robustness["by"] = record
+        result.extra_columns.update(columns)
+    return result
+
+
+def _check_robustness(tail: str, fwer_null: str, bootstrap: int, bootstrap_splits: int) -> None:
+    from dense_plantain.errors import AnalysisError
+
+    if tail not in TAILS:
+        raise AnalysisError(f"--tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    if fwer_null not in ("max", "max_abs"):
+        raise AnalysisError(f"--fwer-null must be max or max_abs, got {fwer_null!r}")
+    if bootstrap < 0:
+        raise AnalysisError(f"--bootstrap must be 0 (off) or a number of draws, got {bootstrap}")
+    if bootstrap_splits < 0:
+        raise AnalysisError(f"--bootstrap-splits must be 0 (off) or a number of splits, got {bootstrap_splits}")
+
+
+def _robustness_settings(tail: str, fwer_null: str, bootstrap: int, bootstrap_splits: int) -> dict[str, Any]:
+    return {
+        "tail": tail,
+        "fwer_null": fwer_null,
+        "bootstrap": int(bootstrap),
+        "bootstrap_splits": int(bootstrap_splits),
+    }
 
 
 def compare(
@@ -111,6 +173,10 @@ def compare(
     group_nulls: bool = True,
     allow_different_settings: bool = False,
     progress: Progress | None = None,
+    tail: str = "two",
+    fwer_null: str = "max",
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    bootstrap_splits: int = 0,
 ) -> AnalysisResult:
     """Per unit, the contrast of contrasts ``(B1 - A1) - (B2 - A2)``.
 
@@ -119,7 +185,9 @@ def compare(
     samples of differences (label-shuffle null) otherwise. ``"matched"`` / ``"unmatched"`` force
     a design; ``"matched"`` refuses captures whose pair ids differ. Both captures must share a
     unit layout, and (where both record them) the model and capture settings: a difference is
-    refused unless ``allow_different_settings``, and is recorded either way.
+    refused unless ``allow_different_settings``, and is recorded either way. ``tail``,
+    ``fwer_null``, ``bootstrap`` and ``bootstrap_splits`` as for `analyze`; Welch's design (the
+    unmatched path) is two-sided only and has no pair bootstrap (results.json says so).
     """
     if pairing not in ("auto", "matched", "unmatched"):
         raise ValueError(f"pairing must be auto, matched or unmatched, got {pairing!r}")
@@ -129,6 +197,7 @@ def compare(
     for cap in (cap1, cap2):
         inputs.require_pairs(cap)
     inputs.check_settings(permutations, splits)
+    _check_robustness(tail, fwer_null, bootstrap, bootstrap_splits)
     diff1 = inputs.diff(cap1.a, cap1.b, cap1)
     diff2 = inputs.diff(cap2.a, cap2.b, cap2)
     matched = inputs.is_matched(cap1, cap2) if pairing == "auto" else pairing == "matched"
@@ -136,6 +205,7 @@ def compare(
         **inputs.settings(permutations, exact, seed, splits, group_nulls),
         "pairing": pairing,
         "allow_different_settings": bool(allow_different_settings),
+        **_robustness_settings(tail, fwer_null, bootstrap, bootstrap_splits),
     }
     conditions: dict[str, Any] = {
         "capture_1": inputs.conditions(cap1),

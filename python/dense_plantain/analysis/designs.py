@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 from scipy.special import stdtr
@@ -35,7 +35,10 @@ from dense_plantain.analysis.records import SplitHalfSummary
 from dense_plantain.nulls import CountsNull, NullDistribution
 from dense_plantain.stats import StatsInputError
 
-__all__ = ["Design", "NullOptions", "PairedDesign", "UnitStatistics", "WelchDesign", "two_sided_p"]
+__all__ = ["TAILS", "Design", "NullOptions", "PairedDesign", "UnitStatistics", "WelchDesign", "tail_p", "two_sided_p"]
+
+#: The alternatives of ``analyze --tail``: B - A differs (two), is larger (greater), is smaller (less).
+TAILS = ("two", "greater", "less")
 
 #: ``progress(done, total)``, over all null runs of one analysis.
 Progress = Callable[[int, int], None]
@@ -51,6 +54,10 @@ class NullOptions:
     exact: bool | None
     seed: int
     tail: stats.Tail = "two"
+    #: One-sided tails: the max statistic behind p_maxT, "max" (max t, or min t for "less";
+    #: the default, the more powerful valid null) or "max_abs" (signed t against max |t|, as
+    #: MNE-Python's ``permutation_t_test(tail=1 / -1)``). Ignored for two-sided tests.
+    fwer_null: str = "max"
 
     @property
     def n_thresholds(self) -> int:
@@ -101,6 +108,18 @@ def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
         return 2.0 * stdtr(df, -np.abs(t))
 
 
+def tail_p(t: np.ndarray, df: np.ndarray, tail: str) -> np.ndarray:
+    """Parametric p of ``t`` for the alternative ``tail``: two-sided as `two_sided_p`; "greater"
+    the upper tail ``P(T >= t)`` (``stdtr(df, -t)``), "less" the lower tail ``P(T <= t)``
+    (``stdtr(df, t)``), the p of ``scipy.stats.ttest_rel(..., alternative=...)``."""
+    if tail == "two":
+        return two_sided_p(t, df)
+    if tail not in TAILS:
+        raise StatsInputError(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    with np.errstate(invalid="ignore"):
+        return stdtr(df, -t if tail == "greater" else t)
+
+
 # One engine run over some columns: (counts int64 [P x k_t + k_d], max |t| [P], exact, P).
 _Run = Callable[[np.ndarray | None, Progress | None], tuple[np.ndarray, np.ndarray, bool, int]]
 
@@ -142,7 +161,20 @@ def _per_group_null(
 
 def _tail(options: NullOptions) -> None:
     if options.tail != "two":
-        raise StatsInputError(f"tail {options.tail!r} is not available yet; only two-sided tests are")
+        raise StatsInputError(
+            f"--tail {options.tail} is not available for Welch's t (compare's unmatched path, --by contrasts): "
+            "its label-shuffle null is two-sided only. Use --tail two, or a matched comparison (--pairing matched)"
+        )
+
+
+def signed_counts(t: np.ndarray, d: np.ndarray, options: NullOptions) -> np.ndarray:
+    """Units over each threshold for the options' tail: |t| > c (two), t > c (greater), t < -c (less),
+    t thresholds then d thresholds (strict, NaN never counts)."""
+    sign = {"two": 0.0, "greater": 1.0, "less": -1.0}[options.tail]
+    with np.errstate(invalid="ignore"):
+        tv, dv = (np.abs(t), np.abs(d)) if sign == 0.0 else (sign * t, sign * d)
+        out = [int((tv > c).sum()) for c in options.t_thresholds] + [int((dv > c).sum()) for c in options.d_thresholds]
+    return np.asarray(out, dtype=np.int64)
 
 
 @dataclass(eq=False)
@@ -184,7 +216,7 @@ class PairedDesign:
                 t_thresholds=options.t_thresholds,
                 d_thresholds=options.d_thresholds,
                 partitions=labels,
-                tail=options.tail,
+                tail=cast(stats.Tail, options.tail),  # checked by the engine
                 permutations=options.permutations,
                 exact=options.exact,
                 seed=options.seed,
@@ -194,6 +226,9 @@ class PairedDesign:
             raise StatsInputError(f"sign-flip null: {err}") from None
 
     def observed_counts(self, columns: np.ndarray | None, options: NullOptions) -> np.ndarray:
+        if options.tail != "two":
+            res = stats.paired(self._part(columns))
+            return signed_counts(np.asarray(res.t), np.asarray(res.d), options)
         obs = stats.observed_counts(
             self._part(columns), t_thresholds=options.t_thresholds, d_thresholds=options.d_thresholds
         )

@@ -18,10 +18,11 @@ from typing import Any, cast
 import numpy as np
 
 from dense_plantain import __version__
-from dense_plantain.analysis.designs import Design, NullOptions, Progress
+from dense_plantain.analysis import intervals
+from dense_plantain.analysis.designs import Design, NullOptions, Progress, tail_p
 from dense_plantain.analysis.records import AnalysisResult, BlockSummary, Threshold, UnitGroup
 from dense_plantain.nulls import NullDistribution
-from dense_plantain.stats import Tail
+from dense_plantain.stats import StatsInputError, Tail
 from dense_plantain.units import Layout
 
 __all__ = ["BLOCK_T", "D_THRESHOLDS", "T_THRESHOLDS", "bh_q", "block_summaries", "run_design", "unit_partitions"]
@@ -42,6 +43,7 @@ def null_options(settings: dict[str, Any]) -> NullOptions:
         exact=settings["exact"],
         seed=int(settings["seed"]),
         tail=cast(Tail, str(settings.get("tail", "two"))),  # the engine refuses any other word
+        fwer_null=str(settings.get("fwer_null", "max")),
     )
 
 
@@ -58,12 +60,17 @@ def run_design(
     """The whole analysis of one design over one unit layout."""
     options = null_options(settings)
     st = design.statistic()
+    p_tail = tail_p(st.t, st.df, options.tail)  # the parametric p of the alternative asked for
     partitions = unit_partitions(layout)
     labels = [_labels(parts, layout.n_units) for _, parts in partitions]
     null = design.null(options, labels if settings["group_nulls"] else [], progress)
 
-    p_max = np.asarray(null.fwer_p(st.t), dtype=np.float64)
-    thresholds = _threshold_rows(st.t, st.d, null, design.observed_counts(None, options), options)
+    if options.tail == "two":
+        p_max = np.asarray(null.fwer_p(st.t), dtype=np.float64)
+    else:  # one-sided nulls are the engine's tallies (the paired design; Welch refuses other tails)
+        p_max = np.asarray(null.fwer_p(st.t, null=options.fwer_null), dtype=np.float64)  # type: ignore[call-arg]
+    observed_all = design.observed_counts(None, options)
+    thresholds = _threshold_rows(st.t, st.d, null, observed_all, options)
     groups = []
     for k, (axis, parts) in enumerate(partitions):
         for g, (name, cols) in enumerate(parts):
@@ -73,6 +80,20 @@ def run_design(
             groups.append(UnitGroup(axis, name, int(cols.size), _nanmax(np.abs(st.t[cols])), rows))
 
     max_q = getattr(null, "max_stat_percentile", None)
+    split_half = design.split_half(int(settings["splits"]), int(settings["seed"]))
+    robustness: dict[str, Any] = {}
+    draws = int(settings.get("bootstrap", 0) or 0)
+    if draws > 0:
+        finite = split_half.r[np.isfinite(split_half.r)]
+        robustness["bootstrap"] = intervals.bootstrap_record(
+            design,
+            options,
+            observed_all,
+            draws=draws,
+            seed=int(settings["seed"]),
+            splits=int(settings.get("bootstrap_splits", 0) or 0),
+            split_median=float(np.median(finite)) if finite.size else None,
+        )
     return AnalysisResult(
         design=design.name,
         layout=layout,
@@ -82,13 +103,13 @@ def run_design(
         t=st.t,
         d=st.d,
         df=st.df,
-        p=st.p,
+        p=p_tail,
         p_maxT=p_max,
-        q=bh_q(st.p),
+        q=bh_q(p_tail),
         thresholds=thresholds,
         groups=groups,
         blocks=block_summaries(layout, st.t, st.d),
-        split_half=design.split_half(int(settings["splits"]), int(settings["seed"])),
+        split_half=split_half,
         null_method=design.null_method,
         null_exact=bool(null.exact),
         null_permutations=int(null.n_permutations),
@@ -101,6 +122,10 @@ def run_design(
         sources=sources,
         versions=versions(),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        tail=options.tail,
+        fwer_null=options.fwer_null if options.tail != "two" else "max_abs",
+        intervals=intervals.unit_intervals(design, st.t),
+        robustness=robustness,
     )
 
 
@@ -127,7 +152,7 @@ def _threshold_rows(
         ("d", th, np.abs(d)) for th in options.d_thresholds
     ]
     for i, (metric, th, values) in enumerate(specs):
-        row = Threshold(metric, float(th), int(observed[i]), int(values.size))
+        row = Threshold(metric, float(th), int(observed[i]), int(values.size), tail=options.tail)
         if null is not None:
             row.null_p99 = float(null.percentile(99, i, partition, group))
             row.null_max = int(null.max_count(i, partition, group))
@@ -139,8 +164,15 @@ def _threshold_rows(
 
 
 def bh_q(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg q-values over the finite p-values (NaN p stays NaN)."""
+    """Benjamini-Hochberg q-values over the finite p-values (NaN p stays NaN); p outside [0, 1] is refused."""
     p = np.asarray(p, dtype=np.float64)
+    outside = np.isfinite(p) & ((p < 0.0) | (p > 1.0)) | np.isinf(p)
+    if outside.any():
+        i = int(np.flatnonzero(outside.ravel())[0])
+        raise StatsInputError(
+            f"bh_q: p-values must lie in [0, 1]; p[{i}] = {float(p.ravel()[i])!r} ({int(outside.sum())} outside). "
+            "Pass the p-values of a test, not statistics"
+        )
     q = np.full(p.shape, np.nan)
     ok = np.isfinite(p)
     m = int(ok.sum())

@@ -75,6 +75,7 @@ class Threshold:
     null_median: float | None = None
     null_n_above_p99: int | None = None
     null_histogram: np.ndarray | None = field(default=None, repr=False)
+    tail: str = "two"  # "two": |stat| > c; "greater": stat > c; "less": stat < -c
 
     @property
     def fraction(self) -> float:
@@ -98,6 +99,7 @@ class Threshold:
             "null_median": self.null_median,
             "null_n_above_p99": self.null_n_above_p99,
             "ratio": self.ratio,
+            "tail": self.tail,
         }
 
 
@@ -194,6 +196,15 @@ class AnalysisResult:
     sources: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    tail: str = "two"  # the alternative of p, q, p_maxT and the counts (see analysis.designs.TAILS)
+    fwer_null: str = "max_abs"  # the null statistic of p_maxT: max |t| (two-sided), max t / min t ("max")
+    #: Per-unit intervals (float64 [n_units]): "ci_low", "ci_high" (mean difference), "d_ci_low",
+    #: "d_ci_high" (d); empty for designs without them (see analysis.intervals).
+    intervals: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: JSON-ready sections added to results.json as they are: "bootstrap", "seeds", "by".
+    robustness: dict[str, Any] = field(default_factory=dict)
+    #: Further per-unit columns of units.csv (e.g. ``by_body_heavy_t``), float64 [n_units] each.
+    extra_columns: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def n_units(self) -> int:
@@ -235,14 +246,29 @@ class AnalysisResult:
                 "includes_identity": self.null_includes_identity,
                 "max_abs_t_p95": json_number(self.null_max_abs_t_p95),
                 "max_abs_t_p99": json_number(self.null_max_abs_t_p99),
+                "tail": self.tail,
+                "fwer_statistic": _FWER_STATISTIC[(self.tail, self.fwer_null)],
             },
+            "tail": self.tail,
             "settings": self.settings,
             "seed": self.settings.get("seed"),
             "layout": self.layout.summary(),
             "versions": self.versions,
             "sources": self.sources,
             "created": self.created,
+            **self.robustness,
         }
+
+
+#: results.json null.fwer_statistic: what each pattern's maximum is taken over.
+_FWER_STATISTIC = {
+    ("two", "max_abs"): "max |t|",
+    ("two", "max"): "max |t|",
+    ("greater", "max"): "max t",
+    ("less", "max"): "min t",
+    ("greater", "max_abs"): "max |t| (MNE's one-sided comparison)",
+    ("less", "max_abs"): "max |t| (MNE's one-sided comparison)",
+}
 
 
 def weights_record(weights: dict[str, Any] | None) -> dict[str, Any]:

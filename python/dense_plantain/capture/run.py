@@ -455,7 +455,16 @@ def _capture_batches(
 
 def _pair_records(pairs: list[Any], counts: list[PairTokens]) -> list[dict[str, Any]]:
     return [
-        {"id": p.id, "a": p.a, "b": p.b, "tokens_a": c.tokens_a, "tokens_b": c.tokens_b} for p, c in zip(pairs, counts)
+        {
+            "id": p.id,
+            "a": p.a,
+            "b": p.b,
+            "tokens_a": c.tokens_a,
+            "tokens_b": c.tokens_b,
+            # The pair's factor labels (body, clothing, ...), for `analyze --by`; absent when unlabelled.
+            **({"factors": dict(p.factors)} if getattr(p, "factors", None) else {}),
+        }
+        for p, c in zip(pairs, counts)
     ]
 
 

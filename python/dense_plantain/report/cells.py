@@ -40,7 +40,12 @@ def threshold_value(x: float) -> str:
 
 
 def threshold_label(th: Mapping[str, Any]) -> str:
-    """ "|t| > 3"."""
+    """ "|t| > 3"; one-sided rows (``th["tail"]``): "t > 3" (greater), "t < -3" (less)."""
+    tail = th.get("tail", "two")
+    if tail == "greater":
+        return f"{th['metric']} > {threshold_value(th['threshold'])}"
+    if tail == "less":
+        return f"{th['metric']} < −{threshold_value(th['threshold'])}"
     return f"|{th['metric']}| > {threshold_value(th['threshold'])}"
 
 
@@ -205,6 +210,12 @@ def null_description(res: Mapping[str, Any]) -> str:
     p = nl["n_permutations"]
     if nl["method"] == "sign-flip":
         n = res["n_pairs"]
+        if nl["mode"] == "exact" and res.get("tail", "two") != "two":
+            return (
+                f"all {p:,} sign patterns of the {n} pair differences (exact; 2^n: a one-sided statistic changes "
+                "sign when every sign flips, so no pair is fixed; the identity pattern, the observed data, is one "
+                "of them)"
+            )
         if nl["mode"] == "exact":
             return (
                 f"all {p:,} distinct sign patterns of the {n} pair differences (exact; 2^(n−1), because "
@@ -266,6 +277,11 @@ def methods_paragraph(res: Mapping[str, Any]) -> str:
             if s.get("group_nulls")
             else " The attention/MLP and token-region tables give counts only (group nulls were switched off)."
         )
+    from dense_plantain.report.robustness import tail_sentence
+
+    one_sided = tail_sentence(res)
+    if one_sided:
+        fwer = one_sided + " In units.csv, p, q and p_maxT are these one-sided values."
     return " ".join([test, null, fwer, split]) + groups
 
 

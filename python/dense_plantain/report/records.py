@@ -35,7 +35,13 @@ UNITS_COLUMNS = (
     "p",
     "p_maxT",
     "q",
+    "ci_low",
+    "ci_high",
+    "d_ci_low",
+    "d_ci_high",
 )
+#: The interval columns (analysis.intervals); NaN where the design has none.
+INTERVAL_COLUMNS = ("ci_low", "ci_high", "d_ci_low", "d_ci_high")
 
 
 class ResultsFileError(DensePlantainError):
@@ -68,10 +74,14 @@ def units_csv_text(result: AnalysisResult) -> str:
     labels = result.layout.labels()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(UNITS_COLUMNS)
+    extra = list(result.extra_columns)
+    writer.writerow(UNITS_COLUMNS + tuple(extra))
 
     def num(x: float) -> str:
         return format(float(x), ".10g")
+
+    nan = np.full(result.n_units, np.nan)
+    bounds = [result.intervals.get(c, nan) for c in INTERVAL_COLUMNS]
 
     for j in range(result.n_units):
         writer.writerow(
@@ -91,6 +101,8 @@ def units_csv_text(result: AnalysisResult) -> str:
                 num(result.p[j]),
                 num(result.p_maxT[j]),
                 num(result.q[j]),
+                *(num(col[j]) for col in bounds),
+                *(num(result.extra_columns[c][j]) for c in extra),
             ]
         )
     return buf.getvalue()

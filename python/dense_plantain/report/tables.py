@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dense_plantain.report import cells
+from dense_plantain.report import cells, robustness
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -20,9 +20,12 @@ TOP_BLOCKS = 5
 
 def results_rows(res: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(Metric, Value, Significance) rows of the main table (plain text; markdown escapes later)."""
-    rows = [(cells.metric_label(th), cells.count_cell(th), cells.significance_cell(th)) for th in res["thresholds"]]
+    rows = [
+        (cells.metric_label(th), cells.count_cell(th) + robustness.count_interval(res, th), cells.significance_cell(th))
+        for th in res["thresholds"]
+    ]
     value, sig = cells.split_half_cells(res["split_half"])
-    rows.append(("Split-half r (median)", value, sig))
+    rows.append(("Split-half r (median)", value + robustness.split_interval(res), sig))
     value, sig = cells.max_t_cells(res)
     rows.append(("Max |t|", value, sig))
     return rows
@@ -85,6 +88,7 @@ def results_markdown(res: Mapping[str, Any]) -> str:
     groups = group_tables_md(res)
     if groups:
         parts.append(groups)
+    parts += robustness.markdown_sections(res)
     parts.append("## Method\n\n" + cells.methods_paragraph(res))
     parts.append(
         "Per-unit statistics (t, d, p, p_maxT, q) are in `units.csv`; every number above, with the "
