@@ -291,6 +291,23 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     "MASTER_PORT) is set.",
 )
 @click.option(
+    "--weights",
+    "weights",
+    type=click.Choice(["saved", "random", "random-all"]),
+    default="saved",
+    show_default=True,
+    help="saved: the model as loaded. random: a random-weights baseline, the transformer re-initialised "
+    "from its config (default init, --weights-seed), trained text encoder and tokenizer kept. "
+    "random-all: the text encoder re-initialised too.",
+)
+@click.option(
+    "--weights-seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of the re-initialisation with --weights random|random-all.",
+)
+@click.option(
     "--dist-timeout",
     default=60.0,
     show_default=True,
@@ -317,6 +334,8 @@ def capture(
     force: bool,
     quiet: bool,
     distributed: bool | None,
+    weights: str,
+    weights_seed: int,
     dist_timeout: float,
 ) -> None:
     """Run every prompt pair through FLUX.2 [klein]; write one value per unit per prompt.
@@ -378,6 +397,8 @@ def capture(
         force=force,
         show_progress=not quiet,
         interruptible=True,
+        weights=weights,
+        weights_seed=weights_seed,
         command=("dense-plantain", *click.get_current_context().meta.get("dense_plantain.argv", sys.argv[1:])),
     )
     launch = require_launch() if distributed else (torchrun_launch() if distributed is None else None)

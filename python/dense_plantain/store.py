@@ -43,7 +43,9 @@ META_KEY = "dense_plantain"
 
 #: Optional tensors a capture may hold beside ``a`` and ``b``: name -> (the axis that runs over
 #: pairs, what it holds). Each comes as an ``a_*`` / ``b_*`` pair of one shape, float32.
-EXTRA_TENSORS: dict[str, tuple[int, str]] = {}
+EXTRA_TENSORS: dict[str, tuple[int, str]] = {
+    "input": (0, "prompt-embedding units: RMS of 16-column slices over real tokens [pairs x input units]"),
+}
 
 
 @dataclass
