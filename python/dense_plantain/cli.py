@@ -578,6 +578,15 @@ def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
 @main.command()
 @click.argument("capture", type=click.Path())
 @_analysis_options
+@click.option(
+    "--baseline",
+    "baseline",
+    multiple=True,
+    type=click.Path(),
+    metavar="FILE",
+    help="A baseline capture of the same prompts and settings (e.g. `capture --weights random`), analysed the "
+    "same way; results gain a Controls table. Repeatable.",
+)
 def analyze(
     capture: str,
     out: str,
@@ -588,6 +597,7 @@ def analyze(
     group_nulls: bool,
     force: bool,
     quiet: bool,
+    baseline: tuple[str, ...],
 ) -> None:
     """Test every unit of CAPTURE for a B - A difference; write a results folder.
 
@@ -602,6 +612,7 @@ def analyze(
 
     report.check_out_dir(out, force)
     cap = read_capture(capture)
+    bases = [read_capture(path) for path in baseline]
     result = _run_with_progress(
         quiet,
         lambda progress: analysis.analyze(
@@ -612,6 +623,7 @@ def analyze(
             splits=splits,
             group_nulls=group_nulls,
             progress=progress,
+            baselines=bases,
         ),
     )
     _write_and_show(result, out, force, quiet)
@@ -635,6 +647,16 @@ def analyze(
     help="Compare captures made with different models or capture settings (refused by default); "
     "the differences are recorded in results.json and flagged in the markdown.",
 )
+@click.option(
+    "--baseline",
+    "baseline",
+    multiple=True,
+    nargs=2,
+    type=click.Path(),
+    metavar="FILE_1 FILE_2",
+    help="A baseline comparison: baseline captures of CAPTURE_1's and CAPTURE_2's prompts (e.g. both with "
+    "`capture --weights random`), compared the same way; results gain a Controls table. Repeatable.",
+)
 def compare(
     capture_1: str,
     capture_2: str,
@@ -648,6 +670,7 @@ def compare(
     quiet: bool,
     pairing: str,
     allow_different_settings: bool,
+    baseline: tuple[tuple[str, str], ...],
 ) -> None:
     """The contrast of contrasts: (B1 - A1) - (B2 - A2), per unit.
 
@@ -661,6 +684,7 @@ def compare(
 
     report.check_out_dir(out, force)
     cap1, cap2 = read_capture(capture_1), read_capture(capture_2)
+    bases = [(read_capture(p1), read_capture(p2)) for p1, p2 in baseline]
     result = _run_with_progress(
         quiet,
         lambda progress: analysis.compare(
@@ -674,6 +698,7 @@ def compare(
             group_nulls=group_nulls,
             allow_different_settings=allow_different_settings,
             progress=progress,
+            baselines=bases,
         ),
     )
     _write_and_show(result, out, force, quiet)

@@ -20,10 +20,11 @@ and results.json's number encoding), ``inputs`` (loading and cross-checking capt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dense_plantain.analysis import baselines as _baselines
 from dense_plantain.analysis import inputs
 from dense_plantain.analysis.designs import Design, NullOptions, PairedDesign, WelchDesign
 from dense_plantain.analysis.driver import BLOCK_T, D_THRESHOLDS, T_THRESHOLDS, bh_q, run_design
@@ -76,8 +77,12 @@ def analyze(
     splits: int = 100,
     group_nulls: bool = True,
     progress: Progress | None = None,
+    baselines: Sequence[Capture | str | Path] = (),
 ) -> AnalysisResult:
     """Test every unit of one capture for a B - A difference over its pairs.
+
+    ``baselines``: captures (e.g. ``capture --weights random``) analysed the same way and recorded
+    beside the result (``analysis.baselines``); the input-embedding units get their own group.
 
     ``exact=None`` enumerates all 2^(n-1) sign patterns when there are at most ``permutations``
     of them; ``True`` forces the enumeration, ``False`` forces Monte Carlo. ``group_nulls`` also
@@ -88,7 +93,7 @@ def analyze(
     inputs.require_pairs(cap)
     inputs.check_settings(permutations, splits)
     design = PairedDesign(inputs.diff(cap.a, cap.b, cap))
-    return run_design(
+    result = run_design(
         design,
         cap.layout,
         inputs.settings(permutations, exact, seed, splits, group_nulls),
@@ -97,6 +102,9 @@ def analyze(
         weights=inputs.weights(cap),
         progress=progress,
     )
+    options = dict(permutations=permutations, exact=exact, seed=seed, splits=splits, group_nulls=group_nulls)
+    bases = [[inputs.load(b)] for b in baselines]
+    return _baselines.attach(result, [cap], bases, lambda c: analyze(c, **options))
 
 
 def compare(
@@ -111,6 +119,7 @@ def compare(
     group_nulls: bool = True,
     allow_different_settings: bool = False,
     progress: Progress | None = None,
+    baselines: Sequence[tuple[Capture | str | Path, Capture | str | Path]] = (),
 ) -> AnalysisResult:
     """Per unit, the contrast of contrasts ``(B1 - A1) - (B2 - A2)``.
 
@@ -120,6 +129,9 @@ def compare(
     a design; ``"matched"`` refuses captures whose pair ids differ. Both captures must share a
     unit layout, and (where both record them) the model and capture settings: a difference is
     refused unless ``allow_different_settings``, and is recorded either way.
+
+    ``baselines``: pairs of captures (baseline of capture 1, baseline of capture 2), e.g. both
+    sets captured with ``--weights random``, compared the same way (``analysis.baselines``).
     """
     if pairing not in ("auto", "matched", "unmatched"):
         raise ValueError(f"pairing must be auto, matched or unmatched, got {pairing!r}")
@@ -156,9 +168,20 @@ def compare(
         design = PairedDesign(contrast, name="contrast-paired")
     else:
         design = WelchDesign(diff1, diff2)
-    return run_design(
+    result = run_design(
         design, cap1.layout, settings, conditions=conditions, sources=sources, weights=weights, progress=progress
     )
+    options = dict(
+        pairing=pairing,
+        permutations=permutations,
+        exact=exact,
+        seed=seed,
+        splits=splits,
+        group_nulls=group_nulls,
+        allow_different_settings=allow_different_settings,
+    )
+    bases = [[inputs.load(c) for c in pair] for pair in baselines]
+    return _baselines.attach(result, [cap1, cap2], bases, lambda c1, c2: compare(c1, c2, **options))
 
 
 def _combined_weights(w1: dict[str, Any] | None, w2: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -194,6 +194,10 @@ class AnalysisResult:
     sources: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    #: results.json ``input_embeddings`` and ``baselines`` (``analysis.baselines``); empty without them.
+    controls: dict[str, Any] = field(default_factory=dict)
+    #: The baselines' own results (for figures), in ``controls["baselines"]`` order.
+    baseline_results: list[AnalysisResult] = field(default_factory=list, repr=False)
 
     @property
     def n_units(self) -> int:
@@ -242,6 +246,7 @@ class AnalysisResult:
             "versions": self.versions,
             "sources": self.sources,
             "created": self.created,
+            **{k: v for k, v in self.controls.items() if v is not None},
         }
 
 

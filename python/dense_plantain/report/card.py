@@ -222,8 +222,12 @@ def limitations(res: Mapping[str, Any]) -> list[str]:
         f"one generation {seed_text} for every prompt (no second seed to show the effect survives the noise draw)",
         "no random-weights baseline measured with the same prompts (how many units a null-free untrained model "
         "would flag)"
-        if not w.get("random")
-        else "no trained-weights run to compare with",
+        if not w.get("random") and not res.get("baselines")
+        else (
+            "no trained-weights run to compare with"
+            if w.get("random")
+            else "the random-weights baseline is one re-initialisation (one --weights-seed)"
+        ),
         "no A-versus-A control (two paraphrases of the same condition)",
     ]
     out.append("**Controls not run.** This record holds " + "; ".join(absent) + ".")
@@ -329,11 +333,14 @@ def _figures(res: Mapping[str, Any], figures_dir: str | None) -> str:
             "`dense-plantain analyze` writes them into its results folder."
         )
     lines = []
-    for name, alt in (
+    figures = [("abs_t_heatmap.png", "|t| laid out as the network (blocks x heads and slices; MLP apart)")]
+    if res.get("baselines"):
+        figures.append(("controls_blocks.png", "units with |t| > 3 per block, main run vs baselines"))
+    for name, alt in figures + [
         ("abs_t_by_block.png", "|t| of every unit, by block"),
         ("null_counts.png", "observed counts against their null distributions"),
         ("split_half_r.png", "split-half correlations"),
-    ):
+    ]:
         lines.append(f"![{alt}]({figures_dir.rstrip('/')}/{name})")
     return "\n\n".join(lines)
 
@@ -434,6 +441,11 @@ def model_card(
     groups = tables.group_tables_md(res)
     if groups:
         results += ["", groups]
+    from dense_plantain.report.controls import controls_markdown
+
+    controls = controls_markdown(res, level="###")
+    if controls:
+        results += ["", controls]
     parts.append("\n".join(results))
 
     parts.append("## Limitations\n\n" + "\n".join(f"- {item}" for item in limitations(res)))

@@ -32,6 +32,7 @@ from dense_plantain.report.records import RESULTS_JSON, ResultsFileError, load_r
 #: Every name a results folder may hold; a folder with only these (and our results.json) is ours.
 OUTPUT_NAMES = frozenset(
     {"results.json", "units.csv", "results.md", "abs_t_by_block.png", "null_counts.png", "split_half_r.png"}
+    | {"abs_t_heatmap.png", "controls_blocks.png"}
 )
 
 

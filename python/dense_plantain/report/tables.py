@@ -82,6 +82,11 @@ def results_markdown(res: Mapping[str, Any]) -> str:
     groups = group_tables_md(res)
     if groups:
         parts.append(groups)
+    from dense_plantain.report.controls import controls_markdown
+
+    controls = controls_markdown(res)
+    if controls:
+        parts.append(controls)
     parts.append("## Method\n\n" + cells.methods_paragraph(res))
     parts.append(
         "Per-unit statistics (t, d, p, p_maxT, q) are in `units.csv`; every number above, with the "
@@ -115,3 +120,6 @@ def print_results(res: Mapping[str, Any], console=None) -> None:
         for row in rows:
             sub.add_row(*row)
         console.print(sub)
+    from dense_plantain.report.controls import print_controls
+
+    print_controls(res, console)
