@@ -13,7 +13,7 @@ from dense_plantain import analysis
 from dense_plantain.cli import main
 from dense_plantain.errors import AnalysisError
 from dense_plantain.report import heatmap
-from synthetic_captures import correlated_pairs, paired_t, probe_meta, small_layout, write
+from synthetic_captures import correlated_pairs, paired_t, probe_meta, small_layout
 
 N = 8
 LAYOUT = small_layout()
