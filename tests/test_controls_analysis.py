@@ -131,6 +131,9 @@ def test_controls_table_matches_results_json(folder):
             assert row[3] == f"{m['count'] / b['count']:.2f}"
     text = (folder / "results.md").read_text()
     assert "random weights" in text
+    m3, b3 = res["thresholds"][0]["count"], base["thresholds"][0]["count"]
+    verdict = "exceeds" if m3 > b3 else "does not exceed"
+    assert f"the main run {verdict} the baseline" in text and f"{m3:,} units against {b3:,}" in text
 
 
 def test_folder_has_heatmap_and_controls_figure(folder):

@@ -18,7 +18,7 @@ Row = tuple[str, int | None, float | None]
 
 
 def _metric_label(th: Mapping[str, Any]) -> str:
-    return f"{cells.MD_PIPE}{th['metric']}{cells.MD_PIPE} > {th['threshold']:g}"
+    return f"|{th['metric']}| > {th['threshold']:g}"  # plain: the markdown table escapes the pipes
 
 
 def threshold_rows(rec: Mapping[str, Any]) -> list[Row]:
@@ -96,19 +96,18 @@ def baseline_sentence(res: Mapping[str, Any], base: Mapping[str, Any]) -> str:
     if label is None or label not in rows:
         return f"Baseline {base['label']}: no threshold shared with the main run."
     m, b = main[label], rows[label]
-    words = label.replace(cells.MD_PIPE, "|")
+    words, name = label, base["label"]
     if m[1] > b[1]:
-        how = f"{m[1] / b[1]:.2f} times" if b[1] else "while the baseline has none"
+        how = f"{m[1] / b[1]:.2f} times as many" if b[1] else "the baseline has none"
         return (
-            f"At {words}, the main run's {m[1]:,} units exceed the {b[1]:,} of the baseline ({base['label']}): "
-            f"{how}{' as many' if b[1] else ''}; the difference is a count over this one threshold, not a test."
+            f"At {words}, the main run exceeds the baseline ({name}): {m[1]:,} units against {b[1]:,}, {how} "
+            "(a comparison of two counts at one threshold, not a test of their difference)."
         )
     if m[1] == b[1]:
-        return f"At {words}, the main run and the baseline ({base['label']}) have the same count, {m[1]:,}."
+        return f"At {words}, the main run does not exceed the baseline ({name}): both count {m[1]:,} units."
     return (
-        f"At {words}, the main run's {m[1]:,} units do not exceed the {b[1]:,} of the baseline ({base['label']}): "
-        "an untrained model of this architecture separates the conditions at least as often, so this count alone "
-        "shows nothing the model learned."
+        f"At {words}, the main run does not exceed the baseline ({name}): {m[1]:,} units against {b[1]:,}; an "
+        "untrained model of this architecture flags at least as many units, so this count alone shows nothing learned."
     )
 
 
@@ -150,7 +149,7 @@ def print_controls(res: Mapping[str, Any], console: Any = None) -> None:
     for i, col in enumerate(header):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
-        table.add_row(*(c.replace(cells.MD_PIPE, "|") for c in row))
+        table.add_row(*row)
     console.print(table)
     for b in res.get("baselines") or []:
         console.print(baseline_sentence(res, b), highlight=False, markup=False)
