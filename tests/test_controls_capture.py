@@ -81,7 +81,7 @@ def test_weights_seed_makes_captures_incomparable(captures):
     assert any("saved weights" in p for p in compare_metas(captures["saved"].meta, captures["r0"].meta))
 
 
-def test_resume_refuses_another_weights_seed(tmp_path, probe):
+def test_resume_refuses_another_weights_seed_and_keeps_input_units(tmp_path, probe, captures):
     from dense_plantain.capture.run import CaptureError
 
     class Stop(Exception):
@@ -97,6 +97,12 @@ def test_resume_refuses_another_weights_seed(tmp_path, probe):
         run_capture(str(tiny_dir()), probe, out, weights="random", weights_seed=3, after_batch=stop, **kw)
     with pytest.raises(CaptureError, match="weights-seed"):
         run_capture(str(tiny_dir()), probe, out, weights="random", weights_seed=4, resume=True, **kw)
+    run_capture(str(tiny_dir()), probe, out, weights="random", weights_seed=3, resume=True, **kw)
+    resumed = read_capture(out)
+    assert resumed.meta["weights"]["seed"] == 3 and resumed.meta["input_units"]["n_units"] == 6
+    # the pairs of the first run and of the resumed one both carry their input units (text encoder kept)
+    np.testing.assert_allclose(resumed.extra["a_input"], captures["saved"].extra["a_input"], rtol=1e-6)
+    np.testing.assert_allclose(resumed.extra["b_input"], captures["saved"].extra["b_input"], rtol=1e-6)
 
 
 def test_reinitialise_restores_the_global_random_state():
