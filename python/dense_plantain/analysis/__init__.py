@@ -102,7 +102,9 @@ def analyze(
         weights=inputs.weights(cap),
         progress=progress,
     )
-    options = dict(permutations=permutations, exact=exact, seed=seed, splits=splits, group_nulls=group_nulls)
+    options: dict[str, Any] = dict(
+        permutations=permutations, exact=exact, seed=seed, splits=splits, group_nulls=group_nulls
+    )
     bases = [[inputs.load(b)] for b in baselines]
     return _baselines.attach(result, [cap], bases, lambda c: analyze(c, **options))
 
@@ -171,7 +173,7 @@ def compare(
     result = run_design(
         design, cap1.layout, settings, conditions=conditions, sources=sources, weights=weights, progress=progress
     )
-    options = dict(
+    options: dict[str, Any] = dict(
         pairing=pairing,
         permutations=permutations,
         exact=exact,

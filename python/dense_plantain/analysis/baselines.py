@@ -56,7 +56,8 @@ def check_baseline(main: Capture, base: Capture) -> list[dict[str, Any]]:
     from dense_plantain.capture.provenance import capture_identity
 
     id_main, id_base = capture_identity(main.meta) or {}, capture_identity(base.meta) or {}
-    allowed, refused = [], []
+    allowed: list[str] = []
+    refused: list[str] = []
     for key in sorted(set(id_main) | set(id_base)):
         if id_main.get(key) == id_base.get(key):
             continue
