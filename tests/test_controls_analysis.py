@@ -148,8 +148,8 @@ def test_heatmap_grid_puts_every_unit_in_its_own_cell():
         lab = layout.labels()
         att = lab["kind"] == "attention"
         # slices of one head sit side by side: column = group start + head * slices + slice
-        for region in set(lab["region"][att].tolist()):
-            m = att & (lab["region"] == region)
+        for block, region in set(zip(lab["block"][att].tolist(), lab["region"][att].tolist())):
+            m = att & (lab["region"] == region) & (lab["block"] == block)
             cols, heads, slices = c[m], lab["head"][m], lab["slice"][m]
             n_sl = int(slices.max()) + 1
             np.testing.assert_array_equal(cols - cols.min(), heads * n_sl + slices)

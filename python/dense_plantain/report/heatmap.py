@@ -22,36 +22,50 @@ HEATMAP = "abs_t_heatmap.png"
 CONTROLS_BLOCKS = "controls_blocks.png"
 
 
-def grid(layout: units.Layout) -> tuple[list[str], list[tuple[str, str]], np.ndarray, np.ndarray]:
-    """Rows (block names), column groups ``(name, kind)`` in column order, and each unit's (row, column).
+def grid(layout: units.Layout) -> tuple[list[str], list[tuple[str, str, int]], np.ndarray, np.ndarray]:
+    """Rows (block names), column groups ``(name, kind, first column)`` in column order, and each unit's
+    (row, column).
 
-    Columns: attention units keyed by (region, head, slice), MLP units by their group index, each
-    kind/region a contiguous group. Unlabelled layouts get one group of unit indices within the block.
+    Columns: attention units keyed by (the region's rank within its block, head, slice), so that
+    every block's first token region shares the same head columns (plantain: joint blocks' image
+    tokens and single blocks' pooled tokens) and a second region (the heads layout's text tokens)
+    gets columns of its own; MLP units by their group index. Unlabelled layouts get one group of
+    unit indices within the block.
     """
     lab = layout.labels()
     rows = [b.name for b in layout.blocks]
     row_of = {name: i for i, name in enumerate(rows)}
     keys: dict[tuple, int] = {}
-    groups: list[tuple[str, str]] = []
+    groups: list[tuple[str, str, int]] = []
     n = layout.n_units
     unit_row = np.empty(n, dtype=np.int64)
     unit_key: list[tuple] = []
+    regions_in_block: dict[tuple[str, str], list[str]] = {}
+    for j in range(n):
+        seen = regions_in_block.setdefault((str(lab["block"][j]), str(lab["kind"][j])), [])
+        if str(lab["region"][j]) not in seen:
+            seen.append(str(lab["region"][j]))
+    region_words: dict[tuple[str, int], list[str]] = {}
     for j in range(n):
         kind, region = str(lab["kind"][j]), str(lab["region"][j])
+        rank = regions_in_block[(str(lab["block"][j]), kind)].index(region)
+        words = region_words.setdefault((kind, rank), [])
+        if units.region_word(region) not in words:
+            words.append(units.region_word(region))
         if kind == "attention":
-            key = ("attention", region, int(lab["head"][j]), int(lab["slice"][j]))
+            key = ("attention", rank, int(lab["head"][j]), int(lab["slice"][j]))
         elif kind == "mlp":
-            key = ("mlp", region, 0, int(lab["slice"][j]))
+            key = ("mlp", rank, 0, int(lab["slice"][j]))
         else:
-            key = ("unit", region, 0, j - layout.block(str(lab["block"][j])).start)
+            key = ("unit", rank, 0, j - layout.block(str(lab["block"][j])).start)
         unit_row[j] = row_of[str(lab["block"][j])]
         unit_key.append(key)
     order = sorted(set(unit_key), key=lambda k: (("attention", "mlp", "unit").index(k[0]), k[1], k[2], k[3]))
     for k in order:
         keys[k] = len(keys)
-        name = f"{units.kind_word(k[0]) if k[0] != 'unit' else 'units'} ({units.region_word(k[1])})"
+        name = f"{units.kind_word(k[0]) if k[0] != 'unit' else 'units'} ({' / '.join(region_words[(k[0], k[1])])})"
         if not groups or groups[-1][0] != name:
-            groups.append((name, k[0]))
+            groups.append((name, k[0], keys[k]))
     unit_col = np.array([keys[k] for k in unit_key], dtype=np.int64)
     return rows, groups, unit_row, unit_col
 
@@ -69,37 +83,23 @@ def abs_t_heatmap(result: AnalysisResult, baselines: list[tuple[str, AnalysisRes
     mats = [_matrix(r) for _, r in panels]
     finite = [m[np.isfinite(m)] for m in mats]
     vmax = max([float(f.max()) for f in finite if f.size] + [BLOCK_T])
-    rows, groups, _, unit_col = grid(result.layout)
-    lab = result.layout.labels()
-    fig = Figure(figsize=(14, 1.2 + 0.16 * len(rows) * len(panels) + 0.6 * len(panels)))
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    rows, groups, _, _ = grid(result.layout)
+    fig = Figure(figsize=(14, 1.2 + 0.16 * len(rows) * len(panels) + 0.8 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"hspace": 0.6})[:, 0]
     image = None
     for ax, (name, _), m in zip(axes, panels, mats):
         image = ax.imshow(m, aspect="auto", interpolation="nearest", cmap="magma", vmin=0.0, vmax=vmax)
         ax.set_title(f"|t| per unit: {name}", loc="left", fontsize=9)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels(rows, fontsize=5 if len(rows) > 12 else 7)
-        starts = _group_starts(lab, unit_col, groups)
+        starts = [g[2] for g in groups]
         for x in starts[1:]:
             ax.axvline(x - 0.5, color="white", lw=1.2)
         ax.set_xticks([s for s in starts])
-        ax.set_xticklabels([g for g, _ in groups], fontsize=7, ha="left")
+        ax.set_xticklabels([g[0] for g in groups], fontsize=7, ha="left")
     if image is not None:
         fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, label="|t|")
     return fig
-
-
-def _group_starts(lab: dict, unit_col: np.ndarray, groups: list[tuple[str, str]]) -> list[int]:
-    names = []
-    for j in range(unit_col.size):
-        kind, region = str(lab["kind"][j]), str(lab["region"][j])
-        names.append(
-            f"{units.kind_word(kind) if kind in ('attention', 'mlp') else 'units'} ({units.region_word(region)})"
-        )
-    first: dict[str, int] = {}
-    for name, col in zip(names, unit_col):
-        first[name] = min(first.get(name, int(col)), int(col))
-    return [first[g] for g, _ in groups]
 
 
 def controls_blocks(result: AnalysisResult, baselines: list[tuple[str, AnalysisResult]]) -> Figure:
