@@ -95,18 +95,20 @@ def baseline_sentence(res: Mapping[str, Any], base: Mapping[str, Any]) -> str:
     label = next(iter(main), None)
     if label is None or label not in rows:
         return f"Baseline {base['label']}: no threshold shared with the main run."
-    m, b = main[label], rows[label]
+    mc, bc = main[label][1], rows[label][1]
     words, name = label, base["label"]
-    if m[1] > b[1]:
-        how = f"{m[1] / b[1]:.2f} times as many" if b[1] else "the baseline has none"
+    if mc is None or bc is None:
+        return f"At {words}, the baseline ({name}) cannot be set against the main run: a count was not measured."
+    if mc > bc:
+        how = f"{mc / bc:.2f} times as many" if bc else "the baseline has none"
         return (
-            f"At {words}, the main run exceeds the baseline ({name}): {m[1]:,} units against {b[1]:,}, {how} "
+            f"At {words}, the main run exceeds the baseline ({name}): {mc:,} units against {bc:,}, {how} "
             "(a comparison of two counts at one threshold, not a test of their difference)."
         )
-    if m[1] == b[1]:
-        return f"At {words}, the main run does not exceed the baseline ({name}): both count {m[1]:,} units."
+    if mc == bc:
+        return f"At {words}, the main run does not exceed the baseline ({name}): both count {mc:,} units."
     return (
-        f"At {words}, the main run does not exceed the baseline ({name}): {m[1]:,} units against {b[1]:,}; an "
+        f"At {words}, the main run does not exceed the baseline ({name}): {mc:,} units against {bc:,}; an "
         "untrained model of this architecture flags at least as many units, so this count alone shows nothing learned."
     )
 
