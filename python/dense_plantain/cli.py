@@ -434,6 +434,11 @@ def capture(
     click.echo(
         f"wrote {result.path}: {result.n_pairs} pairs x {result.n_units:,} units ({layout} layout{resumed}) "
         f"in {result.seconds:.1f} s{by}"
+        + (
+            f"; RANDOM WEIGHTS: {weights} (re-initialised, --weights-seed {weights_seed}), a baseline only"
+            if weights != "saved"
+            else ""
+        )
     )
 
 
