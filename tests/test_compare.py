@@ -202,6 +202,7 @@ def test_compare_cli_writes_the_results_folder(tmp_path, cmp_matched):
         "abs_t_by_block.png",
         "null_counts.png",
         "split_half_r.png",
+        "abs_t_heatmap.png",
     } == names
     md = (out / "results.md").read_text()
     assert "(expressive pose − T-pose) − (expressive pose − A-pose)" in md

@@ -21,7 +21,15 @@ from dense_plantain.report import card, cells, figures
 from synthetic_captures import correlated_pairs, probe_meta, small_layout, write
 
 REFERENCE_CARD = Path("/work/shared/reference/dense-plantain-card.txt")
-FILES = {"results.json", "units.csv", "results.md", "abs_t_by_block.png", "null_counts.png", "split_half_r.png"}
+FILES = {
+    "results.json",
+    "units.csv",
+    "results.md",
+    "abs_t_by_block.png",
+    "null_counts.png",
+    "split_half_r.png",
+    "abs_t_heatmap.png",
+}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -523,7 +531,7 @@ def test_random_weights_are_said_first_and_no_base_model_is_claimed(tmp_path):
     assert "FLUX.2-klein-base-4B" not in body  # the probe's meta names it as the model; the card must not claim it
     # Figures embedded by relative links that resolve to the results folder's PNGs.
     links = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
-    assert len(links) == 3 and all((readme.parent / link).resolve().is_file() for link in links)
+    assert len(links) == 4 and all((readme.parent / link).resolve().is_file() for link in links)
     # Reproduce holds the recorded capture command line.
     assert "dense-plantain capture prompts/x.toml --model tiny --out r.safetensors" in text
     assert "## Limitations" in text and "Controls not run" in text

@@ -120,3 +120,6 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert "weights are random" in res.output
     # the analysis ran (results folder), or the statistics extension is not built and it says so
     assert (tmp_path / "demo" / "results" / "results.json").is_file() or "analysis unavailable" in res.output
+    base = read_capture(tmp_path / "demo" / "baseline-random.safetensors")  # the random-weights baseline
+    assert base.meta["weights"]["kind"] == "reinitialised" and base.pair_ids == cap.pair_ids
+    assert "Controls" in res.output and "main / baseline" in res.output

@@ -298,6 +298,23 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     "MASTER_PORT) is set.",
 )
 @click.option(
+    "--weights",
+    "weights",
+    type=click.Choice(["saved", "random", "random-all"]),
+    default="saved",
+    show_default=True,
+    help="saved: the model as loaded. random: a random-weights baseline, the transformer re-initialised "
+    "from its config (default init, --weights-seed), trained text encoder and tokenizer kept. "
+    "random-all: the text encoder re-initialised too.",
+)
+@click.option(
+    "--weights-seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of the re-initialisation with --weights random|random-all.",
+)
+@click.option(
     "--dist-timeout",
     default=60.0,
     show_default=True,
@@ -325,6 +342,8 @@ def capture(
     force: bool,
     quiet: bool,
     distributed: bool | None,
+    weights: str,
+    weights_seed: int,
     dist_timeout: float,
 ) -> None:
     """Run every prompt pair through FLUX.2 [klein]; write one value per unit per prompt.
@@ -387,6 +406,8 @@ def capture(
         force=force,
         show_progress=not quiet,
         interruptible=True,
+        weights=weights,
+        weights_seed=weights_seed,
         command=("dense-plantain", *click.get_current_context().meta.get("dense_plantain.argv", sys.argv[1:])),
     )
     launch = require_launch() if distributed else (torchrun_launch() if distributed is None else None)
@@ -440,6 +461,11 @@ def capture(
     click.echo(
         f"wrote {result.path}: {result.n_pairs} pairs x {result.n_units:,} units ({layout} layout{resumed}) "
         f"in {result.seconds:.1f} s{by}"
+        + (
+            f"; RANDOM WEIGHTS: {weights} (re-initialised, --weights-seed {weights_seed}), a baseline only"
+            if weights != "saved"
+            else ""
+        )
     )
 
 
@@ -632,6 +658,15 @@ def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
     help="Also analyse each level of this pair factor (e.g. body, clothing) apart, and contrast the levels "
     "per unit (Welch's t, label-shuffle null).",
 )
+@click.option(
+    "--baseline",
+    "baseline",
+    multiple=True,
+    type=click.Path(),
+    metavar="FILE",
+    help="A baseline capture of the same prompts and settings (e.g. `capture --weights random`), analysed the "
+    "same way; results gain a Controls table. Repeatable.",
+)
 def analyze(
     capture: str,
     out: str,
@@ -647,6 +682,7 @@ def analyze(
     bootstrap: int,
     bootstrap_splits: int,
     by: str | None,
+    baseline: tuple[str, ...],
 ) -> None:
     """Test every unit of CAPTURE for a B - A difference; write a results folder.
 
@@ -661,6 +697,7 @@ def analyze(
 
     report.check_out_dir(out, force)
     cap = read_capture(capture)
+    bases = [read_capture(path) for path in baseline]
     result = _run_with_progress(
         quiet,
         lambda progress: analysis.analyze(
@@ -676,6 +713,7 @@ def analyze(
             bootstrap=bootstrap,
             bootstrap_splits=bootstrap_splits,
             by=by,
+            baselines=bases,
         ),
     )
     _write_and_show(result, out, force, quiet)
@@ -700,6 +738,16 @@ def analyze(
     help="Compare captures made with different models or capture settings (refused by default); "
     "the differences are recorded in results.json and flagged in the markdown.",
 )
+@click.option(
+    "--baseline",
+    "baseline",
+    multiple=True,
+    nargs=2,
+    type=click.Path(),
+    metavar="FILE_1 FILE_2",
+    help="A baseline comparison: baseline captures of CAPTURE_1's and CAPTURE_2's prompts (e.g. both with "
+    "`capture --weights random`), compared the same way; results gain a Controls table. Repeatable.",
+)
 def compare(
     capture_1: str,
     capture_2: str,
@@ -717,6 +765,7 @@ def compare(
     fwer_null: str,
     bootstrap: int,
     bootstrap_splits: int,
+    baseline: tuple[tuple[str, str], ...],
 ) -> None:
     """The contrast of contrasts: (B1 - A1) - (B2 - A2), per unit.
 
@@ -730,6 +779,7 @@ def compare(
 
     report.check_out_dir(out, force)
     cap1, cap2 = read_capture(capture_1), read_capture(capture_2)
+    bases = [(read_capture(p1), read_capture(p2)) for p1, p2 in baseline]
     result = _run_with_progress(
         quiet,
         lambda progress: analysis.compare(
@@ -747,6 +797,7 @@ def compare(
             fwer_null=fwer_null,
             bootstrap=bootstrap,
             bootstrap_splits=bootstrap_splits,
+            baselines=bases,
         ),
     )
     _write_and_show(result, out, force, quiet)

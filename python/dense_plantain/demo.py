@@ -58,7 +58,25 @@ def run_demo(out: str | Path = "dense-plantain-demo", *, batch_size: int = 10, c
         f"capture  {escape(str(result.path))}: {result.n_pairs} pairs x {result.n_units} units"
         f" in {result.seconds:.1f} s"
     )
-    _analyze(capture_path, out / "results", console)
+    # The random-weights baseline: the same tiny pipeline with its transformer re-initialised
+    # (capture --weights random), the same prompts, settings and text encoder.
+    baseline_path = out / "baseline-random.safetensors"
+    base = run_capture(
+        str(folder),
+        probe_path,
+        baseline_path,
+        settings=settings,
+        device="cpu",
+        dtype="float32",
+        batch_size=batch_size,
+        force=True,
+        weights="random",
+        weights_seed=0,
+    )
+    console.print(
+        f"baseline {escape(str(base.path))}: --weights random (transformer re-initialised) in {base.seconds:.1f} s"
+    )
+    _analyze(capture_path, out / "results", console, baseline_path)
     console.print(f"\ndone in {time.monotonic() - t0:.0f} s. {escape(RANDOM_WEIGHTS_NOTE)}")
     console.print(
         "Next, on a GPU: dense-plantain capture --prompts dense-plantain --out dense.safetensors "
@@ -67,17 +85,19 @@ def run_demo(out: str | Path = "dense-plantain-demo", *, batch_size: int = 10, c
     return capture_path
 
 
-def _analyze(capture_path: Path, results: Path, console) -> None:
-    """Analyse with the project's analysis and report when they are importable; else summarise."""
+def _analyze(capture_path: Path, results: Path, console, baseline_path: Path | None = None) -> None:
+    """Analyse with the project's analysis and report when they are importable; else summarise.
+    With ``baseline_path``, the baseline is analysed the same way and the Controls table printed."""
     from dense_plantain.store import read_capture
 
     cap = read_capture(capture_path)
+    baselines = [read_capture(baseline_path)] if baseline_path is not None else []
     try:
         from dense_plantain import analysis, report
         from dense_plantain.report.tables import print_results
 
         with console.status("analysing (sign-flip null)"):
-            result = analysis.analyze(cap)
+            result = analysis.analyze(cap, baselines=baselines)
         paths = report.write_results(result, results, force=True)
     except ImportError as err:  # the compiled statistics extension is not built in this checkout
         console.print(f"[yellow]analysis unavailable here ({escape(str(err))}); capture summary instead:[/]")

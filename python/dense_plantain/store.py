@@ -45,6 +45,7 @@ META_KEY = "dense_plantain"
 #: pairs, what it holds). Each comes as an ``a_*`` / ``b_*`` pair of one shape, float32.
 EXTRA_TENSORS: dict[str, tuple[int, str]] = {
     "seeds": (1, "[seeds x pairs x units]: each noise seed's values (capture --seeds); a/b hold their mean"),
+    "input": (0, "prompt-embedding units: RMS of 16-column slices over real tokens [pairs x input units]"),
 }
 
 

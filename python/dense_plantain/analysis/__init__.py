@@ -20,10 +20,11 @@ and results.json's number encoding), ``inputs`` (loading and cross-checking capt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dense_plantain.analysis import baselines as _baselines
 from dense_plantain.analysis import inputs
 from dense_plantain.analysis.designs import TAILS, Design, NullOptions, PairedDesign, WelchDesign
 from dense_plantain.analysis.driver import BLOCK_T, D_THRESHOLDS, T_THRESHOLDS, bh_q, run_design
@@ -86,8 +87,12 @@ def analyze(
     bootstrap: int = DEFAULT_BOOTSTRAP,
     bootstrap_splits: int = 0,
     by: str | None = None,
+    baselines: Sequence[Capture | str | Path] = (),
 ) -> AnalysisResult:
     """Test every unit of one capture for a B - A difference over its pairs.
+
+    ``baselines``: captures (e.g. ``capture --weights random``) analysed the same way and recorded
+    beside the result (``analysis.baselines``); the input-embedding units get their own group.
 
     ``exact=None`` enumerates all 2^(n-1) sign patterns when there are at most ``permutations``
     of them; ``True`` forces the enumeration, ``False`` forces Monte Carlo. ``group_nulls`` also
@@ -136,7 +141,20 @@ def analyze(
         record, columns = factors.by_factor(cap, design.diff, by, cap.layout, settings, progress)
         result.robustness["by"] = record
         result.extra_columns.update(columns)
-    return result
+    # Baselines: the same design, null settings, seed and tail (no bootstrap: their counts are
+    # set beside the main one's, not given intervals of their own).
+    options: dict[str, Any] = dict(
+        permutations=permutations,
+        exact=exact,
+        seed=seed,
+        splits=splits,
+        group_nulls=group_nulls,
+        tail=tail,
+        fwer_null=fwer_null,
+        bootstrap=0,
+    )
+    bases = [[inputs.load(b)] for b in baselines]
+    return _baselines.attach(result, [cap], bases, lambda c: analyze(c, **options))
 
 
 def _check_robustness(tail: str, fwer_null: str, bootstrap: int, bootstrap_splits: int) -> None:
@@ -177,6 +195,7 @@ def compare(
     fwer_null: str = "max",
     bootstrap: int = DEFAULT_BOOTSTRAP,
     bootstrap_splits: int = 0,
+    baselines: Sequence[tuple[Capture | str | Path, Capture | str | Path]] = (),
 ) -> AnalysisResult:
     """Per unit, the contrast of contrasts ``(B1 - A1) - (B2 - A2)``.
 
@@ -188,6 +207,9 @@ def compare(
     refused unless ``allow_different_settings``, and is recorded either way. ``tail``,
     ``fwer_null``, ``bootstrap`` and ``bootstrap_splits`` as for `analyze`; Welch's design (the
     unmatched path) is two-sided only and has no pair bootstrap (results.json says so).
+
+    ``baselines``: pairs of captures (baseline of capture 1, baseline of capture 2), e.g. both
+    sets captured with ``--weights random``, compared the same way (``analysis.baselines``).
     """
     if pairing not in ("auto", "matched", "unmatched"):
         raise ValueError(f"pairing must be auto, matched or unmatched, got {pairing!r}")
@@ -226,9 +248,23 @@ def compare(
         design = PairedDesign(contrast, name="contrast-paired")
     else:
         design = WelchDesign(diff1, diff2)
-    return run_design(
+    result = run_design(
         design, cap1.layout, settings, conditions=conditions, sources=sources, weights=weights, progress=progress
     )
+    options: dict[str, Any] = dict(
+        pairing=pairing,
+        permutations=permutations,
+        exact=exact,
+        seed=seed,
+        splits=splits,
+        group_nulls=group_nulls,
+        allow_different_settings=allow_different_settings,
+        tail=tail,
+        fwer_null=fwer_null,
+        bootstrap=0,
+    )
+    bases = [[inputs.load(c) for c in pair] for pair in baselines]
+    return _baselines.attach(result, [cap1, cap2], bases, lambda c1, c2: compare(c1, c2, **options))
 
 
 def _combined_weights(w1: dict[str, Any] | None, w2: dict[str, Any] | None) -> dict[str, Any] | None:

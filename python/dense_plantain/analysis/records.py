@@ -205,6 +205,10 @@ class AnalysisResult:
     robustness: dict[str, Any] = field(default_factory=dict)
     #: Further per-unit columns of units.csv (e.g. ``by_body_heavy_t``), float64 [n_units] each.
     extra_columns: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: results.json ``input_embeddings`` and ``baselines`` (``analysis.baselines``); empty without them.
+    controls: dict[str, Any] = field(default_factory=dict)
+    #: The baselines' own results (for figures), in ``controls["baselines"]`` order.
+    baseline_results: list[AnalysisResult] = field(default_factory=list, repr=False)
 
     @property
     def n_units(self) -> int:
@@ -257,6 +261,7 @@ class AnalysisResult:
             "sources": self.sources,
             "created": self.created,
             **self.robustness,
+            **{k: v for k, v in self.controls.items() if v is not None},
         }
 
 

@@ -184,16 +184,19 @@ class RunIdentity:
         return {"settings": self.settings, "model": self.model, "weights": self.weights}
 
 
-def run_identity(model: str, settings: CaptureSettings, device, dtype: str, probe) -> RunIdentity:
+def run_identity(model: str, settings: CaptureSettings, device, dtype: str, probe, job=None) -> RunIdentity:
     """This run's identity, as ``run_capture`` would record it, without loading the pipeline."""
     from dense_plantain.capture.model import choose_dtype, resolve_model
 
     source = resolve_model(model)
     image_sha = file_sha256(settings.image) if settings.image else None
     dtype_name = str(choose_dtype(dtype, device)).removeprefix("torch.")
-    return RunIdentity(
-        settings_record(settings, dtype_name, image_sha), model_record(source), probe, weights_record(source)
-    )
+    weights = weights_record(source)
+    if job is not None:  # a --weights random run records its re-initialisation (capture.reinit)
+        from dense_plantain.capture.reinit import job_weights_record
+
+        weights = job_weights_record(weights, job.weights, job.weights_seed, getattr(device, "type", str(device)))
+    return RunIdentity(settings_record(settings, dtype_name, image_sha), model_record(source), probe, weights)
 
 
 @dataclass
@@ -346,7 +349,8 @@ def merge_shards(out: Path, states: list[ShardState], *, launched: dict[str, Any
     )
     merged["distributed"] = {"world_size": len(states), **launched, "ranks": ranks}
     merged["finished"] = utc_now()
-    write_capture(out, np.concatenate([c.a for c in caps]), np.concatenate([c.b for c in caps]), merged)
+    extra = {k: np.concatenate([c.extra[k] for c in caps]) for k in caps[0].extra if all(k in c.extra for c in caps)}
+    write_capture(out, np.concatenate([c.a for c in caps]), np.concatenate([c.b for c in caps]), merged, extra=extra)
     _remove_shards(out, [len(states)])
     return out
 
@@ -569,7 +573,7 @@ def run_distributed_capture(
     dev = _rank_device(job.device, launch)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    identity = run_identity(job.model, job.settings, dev, job.dtype, probe)
+    identity = run_identity(job.model, job.settings, dev, job.dtype, probe, job)
 
     backend = "nccl" if dev.type == "cuda" else "gloo"
     timeout = datetime.timedelta(minutes=timeout_min)
@@ -665,7 +669,7 @@ def finish_shards(job: CaptureJob) -> CaptureResult:
             f"{len(probe.pairs)} pairs: it changed since. Pass --force to start over."
         )
     dev = choose_device(job.device)
-    identity = run_identity(job.model, job.settings, dev, job.dtype, probe)
+    identity = run_identity(job.model, job.settings, dev, job.dtype, probe, job)
     with OutputLock(out, list(job.command) if job.command else None):
         return _finish_locked(job, out, world, identity, dev, t0)
 

@@ -132,6 +132,10 @@ class CaptureJob:
     #: forward never returns to Python otherwise). For a process that ends after the run (the CLI):
     #: the interrupted forward is abandoned, not stopped.
     interruptible: bool = False
+    #: ``saved`` (as loaded), ``random`` (transformer re-initialised), ``random-all`` (text encoder too): ``reinit``.
+    weights: str = "saved"
+    #: Seed of the re-initialisation (``torch.manual_seed``); recorded, and must match on ``--resume``.
+    weights_seed: int = 0
 
     @property
     def out_path(self) -> Path:
@@ -145,6 +149,11 @@ class CaptureJob:
         self.settings.validate()
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise CaptureError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        from dense_plantain.capture.reinit import parts_of
+
+        parts_of(self.weights)
+        if not isinstance(self.weights_seed, int) or self.weights_seed < 0:
+            raise CaptureError(f"--weights-seed must be a non-negative integer, got {self.weights_seed!r}.")
         out = self.out_path
         if out.is_dir():
             raise CaptureError(

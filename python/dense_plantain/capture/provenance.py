@@ -121,6 +121,8 @@ def capture_identity(meta: dict[str, Any]) -> dict[str, Any] | None:
     weights = meta.get("weights")
     if isinstance(weights, dict) and weights.get("sha256"):
         out["weights.sha256"] = weights["sha256"]
+    if isinstance(weights, dict) and weights.get("kind") == "reinitialised":
+        out.update({f"weights.{k}": weights.get(k) for k in ("kind", "seed", "parts", "source_sha256")})
     return out
 
 
@@ -147,7 +149,25 @@ def compare_metas(
     new_sha = (new.get("weights") or {}).get("sha256")
     if old_sha and new_sha and old_sha != new_sha:
         problems.append(f"weights sha256: {then} {old_sha[:12]}..., {now} {new_sha[:12]}...")
+    problems.extend(_reinit_problems(old.get("weights"), new.get("weights"), then, now))
     return problems
+
+
+def _reinit_problems(old: Any, new: Any, then: str, now: str) -> list[str]:
+    """Re-initialised weights (``capture --weights random``) agree only with the same seed, parts and source."""
+    from dense_plantain.capture.reinit import weights_regime
+
+    old_regime, new_regime = weights_regime(old), weights_regime(new)
+    if old_regime == new_regime:
+        return []
+
+    def words(regime: tuple[Any, ...] | None) -> str:
+        if regime is None:
+            return "saved weights"
+        seed, parts, source = regime
+        return f"{'+'.join(parts)} re-initialised with --weights-seed {seed} (source {str(source)[:12]}...)"
+
+    return [f"weights: {then} {words(old_regime)}, {now} {words(new_regime)}"]
 
 
 def identity_problems(meta: dict, this_run: dict, probe, *, then: str = "unfinished run") -> list[str]:

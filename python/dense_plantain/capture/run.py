@@ -133,6 +133,7 @@ class PromptRunner:
     """Runs batches of prompts through a pipeline with unit hooks installed (see ``capture_prompts``)."""
 
     def __init__(self, pipe, settings: CaptureSettings):
+        from dense_plantain.capture.embeddings import InputHook
         from dense_plantain.capture.hooks import UnitHooks
 
         settings.validate()
@@ -146,6 +147,8 @@ class PromptRunner:
         self.settings = settings
         self.layout = build_layout(dict(pipe.transformer.config), settings.layout, steps=settings.capture_steps)
         self.hooks = UnitHooks(pipe.transformer, self.layout)
+        self.input_hook = InputHook(pipe, TEXT_TOKENS)  # the prompt embeddings' units (capture.embeddings)
+        self.input_values: np.ndarray | None = None
         self.noise = initial_noise(pipe, settings.height, settings.width, settings.seed)
         self.image = _open_image(pipe, settings.image) if settings.image else None
         self.token_counts: dict[str, int] = {}
@@ -153,10 +156,12 @@ class PromptRunner:
 
     def __enter__(self) -> PromptRunner:
         self.hooks.install()
+        self.input_hook.install()
         return self
 
     def __exit__(self, *exc) -> None:
         self.hooks.remove()
+        self.input_hook.remove()
 
     def _stop_after_last_captured_step(self, pipe, step, timestep, callback_kwargs):
         # Later steps cannot change what was captured; the pipeline skips them once interrupted.
@@ -172,6 +177,7 @@ class PromptRunner:
         n = len(prompts)
         latents = self.noise.expand(n, -1, -1, -1)
         self.hooks.begin()
+        self.input_hook.begin(prompts)
         callback = self._stop_after_last_captured_step if self._last_step < s.steps - 1 else None
         with torch.inference_mode():
             self.pipe(
@@ -194,6 +200,7 @@ class PromptRunner:
                 f"{sorted(set(s.capture_steps) - set(self.hooks.steps_captured))} were never captured."
             )
         values = self.hooks.collect()
+        self.input_values = self.input_hook.collect()
         h, w = latent_grid(self.pipe, s.height, s.width)
         self.token_counts = {
             "text": self.hooks.n_text,
@@ -333,11 +340,20 @@ def capture_prompts(
 class _Pairs:
     """Pairs captured so far: rows of A and B in pair order; a batch may split a pair (``pending``)."""
 
-    def __init__(self, pairs: list[Any], a_rows: list[np.ndarray], b_rows: list[np.ndarray]):
+    def __init__(
+        self, pairs: list[Any], a_rows: list[np.ndarray], b_rows: list[np.ndarray], inputs: dict | None = None
+    ):
         self.pairs = pairs
         self.a_rows = list(a_rows)
         self.b_rows = list(b_rows)
         self.pending: dict[int, list[np.ndarray | None]] = {}
+        # input-embedding units (capture.embeddings), rows beside a/b; None once a resumed file lacks them
+        inputs = {} if inputs is None else inputs
+        a_in, b_in = inputs.get("a_input"), inputs.get("b_input")
+        self.in_rows: list[list[np.ndarray]] | None = (
+            [list(a_in), list(b_in)] if a_in is not None and b_in is not None else (None if a_rows else [[], []])
+        )
+        self.pending_in: dict[int, list[np.ndarray | None]] = {}
 
     @property
     def n_done(self) -> int:
@@ -348,17 +364,31 @@ class _Pairs:
         order = [(i, cond, getattr(p, cond)) for i, p in enumerate(self.pairs) for cond in ("a", "b")]
         return order[2 * self.n_done :]
 
-    def add(self, batch: list[tuple[int, str, str]], values: np.ndarray) -> None:
+    def add(self, batch: list[tuple[int, str, str]], values: np.ndarray, inputs: np.ndarray | None = None) -> None:
         for row, (i, cond, _) in enumerate(batch):
             slot = self.pending.setdefault(i, [None, None])
+            slot_in = self.pending_in.setdefault(i, [None, None])
             slot[0 if cond == "a" else 1] = values[row]
+            slot_in[0 if cond == "a" else 1] = None if inputs is None else inputs[row]
             if slot[0] is not None and slot[1] is not None:
                 self.a_rows.append(slot[0])
                 self.b_rows.append(slot[1])
                 del self.pending[i]
+                if self.in_rows is not None and slot_in[0] is not None and slot_in[1] is not None:
+                    self.in_rows[0].append(slot_in[0])
+                    self.in_rows[1].append(slot_in[1])
+                else:
+                    self.in_rows = None
+                del self.pending_in[i]
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.stack(self.a_rows), np.stack(self.b_rows)
+
+    def extra(self) -> dict[str, np.ndarray]:
+        """``a_input``/``b_input`` of the finished pairs (empty when some pair lacks them, e.g. an older partial)."""
+        if self.in_rows is None or len(self.in_rows[0]) != self.n_done or not self.n_done:
+            return {}
+        return {"a_input": np.stack(self.in_rows[0]), "b_input": np.stack(self.in_rows[1])}
 
 
 #: Forwards left running in a worker thread by Ctrl-C (``_interruptible``).
@@ -447,10 +477,16 @@ def _capture_batches(
                     values, runner.layout, row, unit, f"pair {done.pairs[i].id!r}, condition {cond.upper()} ({text!r})"
                 )
             )
-        done.add(batch, values)
+        done.add(batch, values, runner.input_values)
         progress.advance(len(batch))
         if on_batch is not None:
             on_batch(k, n_batches, time.monotonic() - t0)
+
+
+def _input_meta(extra: dict[str, np.ndarray]) -> dict[str, Any]:
+    from dense_plantain.capture.embeddings import INPUT_SLICE, input_record
+
+    return {"input_units": input_record(extra["a_input"].shape[1] * INPUT_SLICE)} if extra else {}
 
 
 def _pair_records(pairs: list[Any], counts: list[PairTokens]) -> list[dict[str, Any]]:
@@ -552,8 +588,10 @@ def capture_pairs(
     with runner, _progress_bar_off(pipe), _Progress(show_progress, total=2 * len(probe.pairs), done=0) as progress:
         _capture_batches(runner, done, batch_size, progress)
     a, b = done.arrays()
+    extra = done.extra()
     meta = {
         **runner.layout.to_metadata(),
+        **_input_meta(extra),
         "pairs": _pair_records(probe.pairs, counts),
         "probe": probe.to_dict(),
         "model": model,
@@ -566,7 +604,7 @@ def capture_pairs(
         "started": started,
         "finished": utc_now(),
     }
-    return Capture(path=None, a=a, b=b, meta=meta, layout=runner.layout)
+    return Capture(path=None, a=a, b=b, meta=meta, layout=runner.layout, extra=extra)
 
 
 # --- the capture job -------------------------------------------------------------------------------
@@ -673,6 +711,11 @@ def run_job(
         counts = _count_tokens(pipe, pairs)  # before any forward: refuses pairs the 512-token cut makes equal
         model_meta = loaded.provenance()
         weights = weights_record(loaded.source)
+        if job.weights != "saved":  # a random-weights baseline (capture.reinit)
+            from dense_plantain.capture.reinit import job_weights_record, reinitialise
+
+            done_reinit = reinitialise(pipe, job.weights, job.weights_seed)
+            weights = job_weights_record(weights, job.weights, job.weights_seed, done_reinit["device"])
         settings_meta = settings_record(settings, str(loaded.dtype).removeprefix("torch."), image_sha)
         settings_meta.update(device=device_name(loaded.device), batch_size=batch_size)
         shard = plan.record()
@@ -682,7 +725,7 @@ def run_job(
         if previous is not None:
             this_run = {"settings": settings_meta, "model": model_meta, "weights": weights}
             check_resumable(partial, previous.meta, this_run, probe, n_total, shard)
-            done = _Pairs(pairs, list(previous.a), list(previous.b))
+            done = _Pairs(pairs, list(previous.a), list(previous.b), previous.extra)
             started = previous.meta.get("started", started)
             history = list(previous.meta.get("runs", []))
         elif partial.exists():  # --force: start over
@@ -701,6 +744,7 @@ def run_job(
         def metadata(n_done: int, finished: bool) -> dict[str, Any]:
             meta = {
                 **runner.layout.to_metadata(),
+                **_input_meta(done.extra()),
                 "pairs": _pair_records(pairs[:n_done], counts[:n_done]),
                 "probe": probe.to_dict(),
                 "model": model_meta,
@@ -727,7 +771,7 @@ def run_job(
         def on_batch(k: int, n_batches: int, seconds: float) -> None:
             if written["n"] < done.n_done < n_total:
                 a, b = done.arrays()
-                write_capture(partial, a, b, metadata(done.n_done, finished=False))
+                write_capture(partial, a, b, metadata(done.n_done, finished=False), extra=done.extra())
                 written["n"] = done.n_done
             if k == 0:
                 message = slow_run_message(seconds, n_batches - 1, settings, loaded.device, weights["random"])
@@ -747,7 +791,7 @@ def run_job(
                 _capture_batches(runner, done, batch_size, progress, on_batch, interruptible=job.interruptible)
             history[-1]["finished"] = utc_now()
             a, b = done.arrays()
-            write_capture(out, a, b, metadata(n_total, finished=True))
+            write_capture(out, a, b, metadata(n_total, finished=True), extra=done.extra())
         except KeyboardInterrupt:
             raise failed("interrupted.") from None
         except CaptureError as err:

@@ -223,8 +223,12 @@ def limitations(res: Mapping[str, Any]) -> list[str]:
         f"one generation {seed_text} for every prompt (no second seed to show the effect survives the noise draw)",
         "no random-weights baseline measured with the same prompts (how many units a null-free untrained model "
         "would flag)"
-        if not w.get("random")
-        else "no trained-weights run to compare with",
+        if not w.get("random") and not res.get("baselines")
+        else (
+            "no trained-weights run to compare with"
+            if w.get("random")
+            else "the random-weights baseline is one re-initialisation (one --weights-seed)"
+        ),
         "no A-versus-A control (two paraphrases of the same condition)",
     ]
     out.append("**Controls not run.** This record holds " + "; ".join(absent) + ".")
@@ -330,12 +334,15 @@ def _figures(res: Mapping[str, Any], figures_dir: str | None) -> str:
             "`dense-plantain analyze` writes them into its results folder."
         )
     lines = []
+    figures = [(records.HEATMAP, "|t| laid out as the network (blocks x heads and slices; MLP apart)")]
+    if res.get("baselines"):
+        figures.append((records.CONTROLS_BLOCKS, "units with |t| > 3 per block, main run vs baselines"))
     alts = (
         "|t| of every unit, by block",
         "observed counts against their null distributions",
         "split-half correlations",
     )
-    for name, alt in zip(records.FIGURES, alts, strict=True):
+    for name, alt in figures + list(zip(records.FIGURES, alts, strict=True)):
         lines.append(f"![{alt}]({figures_dir.rstrip('/')}/{name})")
     return "\n\n".join(lines)
 
@@ -436,6 +443,11 @@ def model_card(
     groups = tables.group_tables_md(res)
     if groups:
         results += ["", groups]
+    from dense_plantain.report.controls import controls_markdown
+
+    controls = controls_markdown(res, level="###")
+    if controls:
+        results += ["", controls]
     parts.append("\n".join(results))
 
     parts.append("## Limitations\n\n" + "\n".join(f"- {item}" for item in limitations(res)))

@@ -36,6 +36,14 @@ def write_figures(result: AnalysisResult, folder: Path, res: dict | None = None)
     _save(abs_t_by_block(result, res), paths[0])
     _save(null_counts(result, res), paths[1])
     _save(split_half(result, res), paths[2])
+    from dense_plantain.report import heatmap  # the network-shaped |t| map and the controls' per-block bars
+
+    panels = heatmap.baseline_panels(result)
+    paths.insert(0, folder / heatmap.HEATMAP)
+    _save(heatmap.abs_t_heatmap(result, panels), paths[0])
+    if panels:
+        paths.append(folder / heatmap.CONTROLS_BLOCKS)
+        _save(heatmap.controls_blocks(result, panels), paths[-1])
     return paths
 
 

@@ -27,10 +27,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dense_plantain.errors import DensePlantainError
-from dense_plantain.report.records import FIGURES, RESULTS_JSON, RESULTS_MD, UNITS_CSV, ResultsFileError, load_results
+from dense_plantain.report.records import (
+    CONTROLS_BLOCKS,
+    FIGURES,
+    HEATMAP,
+    RESULTS_JSON,
+    RESULTS_MD,
+    UNITS_CSV,
+    ResultsFileError,
+    load_results,
+)
 
 #: Every name a results folder may hold; a folder with only these (and our results.json) is ours.
-OUTPUT_NAMES = frozenset({RESULTS_JSON, UNITS_CSV, RESULTS_MD, *FIGURES})
+OUTPUT_NAMES = frozenset({RESULTS_JSON, UNITS_CSV, RESULTS_MD, *FIGURES, HEATMAP, CONTROLS_BLOCKS})
 
 
 #: The file in a staging folder that names the process filling it: "<pid> <host>".

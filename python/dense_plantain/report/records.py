@@ -19,6 +19,9 @@ UNITS_CSV = "units.csv"
 RESULTS_MD = "results.md"
 #: The figures of a results folder (report/figures.py draws them, in this order).
 FIGURES = ("abs_t_by_block.png", "null_counts.png", "split_half_r.png")
+#: The network-shaped |t| map (every folder) and the per-block main-vs-baseline bars (with baselines).
+HEATMAP = "abs_t_heatmap.png"
+CONTROLS_BLOCKS = "controls_blocks.png"
 UNITS_COLUMNS = (
     "unit",
     "block",

@@ -89,6 +89,11 @@ def results_markdown(res: Mapping[str, Any]) -> str:
     if groups:
         parts.append(groups)
     parts += robustness.markdown_sections(res)
+    from dense_plantain.report.controls import controls_markdown
+
+    controls = controls_markdown(res)
+    if controls:
+        parts.append(controls)
     parts.append("## Method\n\n" + cells.methods_paragraph(res))
     parts.append(
         "Per-unit statistics (t, d, p, p_maxT, q) are in `units.csv`; every number above, with the "
@@ -123,3 +128,6 @@ def print_results(res: Mapping[str, Any], console=None) -> None:
         for values in rows:
             sub.add_row(*values)
         console.print(sub)
+    from dense_plantain.report.controls import print_controls
+
+    print_controls(res, console)

@@ -1,0 +1,129 @@
+"""Figures of where the effect lives, laid out as the network, and main vs baseline per block.
+
+* ``abs_t_heatmap.png``: |t| as an image: one row per block (layout order), one column per unit
+  position: real attention heads with their slices side by side (head-major), each token region
+  apart, then the MLP groups apart; positions a block does not have are blank. The main run and
+  every baseline are panels on one colour scale.
+* ``controls_blocks.png`` (only with baselines): per block, the units with |t| > 3 of the main
+  run and of each baseline.
+
+Unit positions come from the layout's labels (``units.Layout.labels``: kind, region, head, slice).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from dense_plantain import units
+from dense_plantain.analysis import BLOCK_T, AnalysisResult
+
+
+def grid(layout: units.Layout) -> tuple[list[str], list[tuple[str, str, int]], np.ndarray, np.ndarray]:
+    """Rows (block names), column groups ``(name, kind, first column)`` in column order, and each unit's
+    (row, column).
+
+    Columns: attention units keyed by (the region's rank within its block, head, slice), so that
+    every block's first token region shares the same head columns (plantain: joint blocks' image
+    tokens and single blocks' pooled tokens) and a second region (the heads layout's text tokens)
+    gets columns of its own; MLP units by their group index. Unlabelled layouts get one group of
+    unit indices within the block.
+    """
+    lab = layout.labels()
+    rows = [b.name for b in layout.blocks]
+    row_of = {name: i for i, name in enumerate(rows)}
+    keys: dict[tuple, int] = {}
+    groups: list[tuple[str, str, int]] = []
+    n = layout.n_units
+    unit_row = np.empty(n, dtype=np.int64)
+    unit_key: list[tuple] = []
+    regions_in_block: dict[tuple[str, str], list[str]] = {}
+    for j in range(n):
+        seen = regions_in_block.setdefault((str(lab["block"][j]), str(lab["kind"][j])), [])
+        if str(lab["region"][j]) not in seen:
+            seen.append(str(lab["region"][j]))
+    region_words: dict[tuple[str, int], list[str]] = {}
+    for j in range(n):
+        kind, region = str(lab["kind"][j]), str(lab["region"][j])
+        rank = regions_in_block[(str(lab["block"][j]), kind)].index(region)
+        words = region_words.setdefault((kind, rank), [])
+        if units.region_word(region) not in words:
+            words.append(units.region_word(region))
+        if kind == "attention":
+            key = ("attention", rank, int(lab["head"][j]), int(lab["slice"][j]))
+        elif kind == "mlp":
+            key = ("mlp", rank, 0, int(lab["slice"][j]))
+        else:
+            key = ("unit", rank, 0, j - layout.block(str(lab["block"][j])).start)
+        unit_row[j] = row_of[str(lab["block"][j])]
+        unit_key.append(key)
+    order = sorted(set(unit_key), key=lambda k: (("attention", "mlp", "unit").index(k[0]), k[1], k[2], k[3]))
+    for k in order:
+        keys[k] = len(keys)
+        name = f"{units.kind_word(k[0]) if k[0] != 'unit' else 'units'} ({' / '.join(region_words[(k[0], k[1])])})"
+        if not groups or groups[-1][0] != name:
+            groups.append((name, k[0], keys[k]))
+    unit_col = np.array([keys[k] for k in unit_key], dtype=np.int64)
+    return rows, groups, unit_row, unit_col
+
+
+def _matrix(result: AnalysisResult) -> np.ndarray:
+    rows, _, r, c = grid(result.layout)
+    m = np.full((len(rows), int(c.max()) + 1), np.nan)
+    m[r, c] = np.nan_to_num(result.abs_t, nan=np.nan, posinf=np.nan)
+    return m
+
+
+def abs_t_heatmap(result: AnalysisResult, baselines: list[tuple[str, AnalysisResult]]) -> Figure:
+    """The main run's |t| (and each baseline's) laid out as the network, on one colour scale."""
+    panels = [("main run", result)] + list(baselines)
+    mats = [_matrix(r) for _, r in panels]
+    finite = [m[np.isfinite(m)] for m in mats]
+    vmax = max([float(f.max()) for f in finite if f.size] + [BLOCK_T])
+    rows, groups, _, _ = grid(result.layout)
+    fig = Figure(figsize=(14, 1.2 + 0.16 * len(rows) * len(panels) + 0.8 * len(panels)))
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"hspace": 0.6})[:, 0]
+    image = None
+    for ax, (name, _), m in zip(axes, panels, mats):
+        image = ax.imshow(m, aspect="auto", interpolation="nearest", cmap="magma", vmin=0.0, vmax=vmax)
+        ax.set_title(f"|t| per unit: {name}", loc="left", fontsize=9)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(rows, fontsize=5 if len(rows) > 12 else 7)
+        starts = [g[2] for g in groups]
+        for x in starts[1:]:
+            ax.axvline(x - 0.5, color="white", lw=1.2)
+        ax.set_xticks([s for s in starts])
+        ax.set_xticklabels([g[0] for g in groups], fontsize=7, ha="left")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01, label="|t|")
+    return fig
+
+
+def controls_blocks(result: AnalysisResult, baselines: list[tuple[str, AnalysisResult]]) -> Figure:
+    """Per block (layout order), units with |t| > 3: main run and each baseline side by side."""
+    blocks = [b.name for b in result.layout.blocks]
+    x = np.arange(len(blocks))
+    panels = [("main run", result)] + list(baselines)
+    width = 0.8 / len(panels)
+    fig = Figure(figsize=(max(8, 0.35 * len(blocks) + 2), 4))
+    fig.subplots_adjust(left=0.07, right=0.99, top=0.9, bottom=0.3)
+    ax = fig.add_subplot()
+    for k, (name, r) in enumerate(panels):
+        counts = block_counts(r)
+        ax.bar(x + (k - (len(panels) - 1) / 2) * width, [counts[b] for b in blocks], width, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(blocks, rotation=90, fontsize=7)
+    ax.set_ylabel(f"units with |t| > {BLOCK_T:g}")
+    ax.set_title(f"Units with |t| > {BLOCK_T:g} per block: main run vs baselines", loc="left", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def block_counts(result: AnalysisResult) -> dict[str, int]:
+    """Units over |t| > 3 per block name (the block summaries' ``n_t_gt3``)."""
+    return {b.block: int(b.n_t_gt3) for b in result.blocks}
+
+
+def baseline_panels(result: AnalysisResult) -> list[tuple[str, AnalysisResult]]:
+    records = result.controls.get("baselines") or []
+    return [(rec["label"], r) for rec, r in zip(records, result.baseline_results)]
