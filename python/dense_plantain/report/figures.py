@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from dense_plantain import units
 from dense_plantain.analysis import AnalysisResult
 from dense_plantain.report import cells
-from dense_plantain.report.records import FIGURES
+from dense_plantain.report.records import CONTROLS_BLOCKS, FIGURES, HEATMAP
 
 FILES = FIGURES
 KIND_COLOURS = {"attention": "#1f77b4", "mlp": "#ff7f0e", "unknown": "#555555"}
@@ -39,10 +39,10 @@ def write_figures(result: AnalysisResult, folder: Path, res: dict | None = None)
     from dense_plantain.report import heatmap  # the network-shaped |t| map and the controls' per-block bars
 
     panels = heatmap.baseline_panels(result)
-    paths.insert(0, folder / heatmap.HEATMAP)
+    paths.insert(0, folder / HEATMAP)
     _save(heatmap.abs_t_heatmap(result, panels), paths[0])
     if panels:
-        paths.append(folder / heatmap.CONTROLS_BLOCKS)
+        paths.append(folder / CONTROLS_BLOCKS)
         _save(heatmap.controls_blocks(result, panels), paths[-1])
     return paths
 

@@ -46,7 +46,8 @@ def grid(layout: units.Layout) -> tuple[list[str], list[tuple[str, str, int]], n
     for j in range(n):
         kind, region = str(lab["kind"][j]), str(lab["region"][j])
         rank = regions_in_block[(str(lab["block"][j]), kind)].index(region)
-        words = region_words.setdefault((kind, rank), [])
+        # Units of an unlabelled layout (kind "unknown") are columns of kind "unit".
+        words = region_words.setdefault((kind if kind in ("attention", "mlp") else "unit", rank), [])
         if units.region_word(region) not in words:
             words.append(units.region_word(region))
         if kind == "attention":
