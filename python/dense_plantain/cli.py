@@ -284,6 +284,12 @@ def _parse_steps(text: str) -> tuple[int, ...]:
 @click.option("--force", is_flag=True, help="Overwrite an existing --out (and discard an unfinished capture).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
+    "--vectors",
+    is_flag=True,
+    help="Also keep each unit's signed per-column token means (a_vec/b_vec, W numbers per unit) "
+    "for the direction analysis of `analyze`.",
+)
+@click.option(
     "--distributed/--no-distributed",
     default=None,
     help="Shard the pairs over the processes torchrun started (one per GPU) and merge them into --out. "
@@ -316,6 +322,7 @@ def capture(
     resume: bool,
     force: bool,
     quiet: bool,
+    vectors: bool,
     distributed: bool | None,
     dist_timeout: float,
 ) -> None:
@@ -365,6 +372,7 @@ def capture(
         steps=steps,
         capture_steps=_parse_steps(capture_steps),
         image=image,
+        vectors=vectors,
     )
     job = CaptureJob(
         prompts=path,

@@ -43,7 +43,9 @@ META_KEY = "dense_plantain"
 
 #: Optional tensors a capture may hold beside ``a`` and ``b``: name -> (the axis that runs over
 #: pairs, what it holds). Each comes as an ``a_*`` / ``b_*`` pair of one shape, float32.
-EXTRA_TENSORS: dict[str, tuple[int, str]] = {}
+EXTRA_TENSORS: dict[str, tuple[int, str]] = {
+    "vec": (0, "signed per-column token means, [pairs x units * vector_width], unit-major (capture --vectors)"),
+}
 
 
 @dataclass
