@@ -565,6 +565,14 @@ def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
 @main.command()
 @click.argument("capture", type=click.Path())
 @_analysis_options
+@click.option(
+    "--direction",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Also test each unit's signed vectors for a consistent direction (needs `capture --vectors`); "
+    "auto: when the capture holds them.",
+)
 def analyze(
     capture: str,
     out: str,
@@ -575,6 +583,7 @@ def analyze(
     group_nulls: bool,
     force: bool,
     quiet: bool,
+    direction: str,
 ) -> None:
     """Test every unit of CAPTURE for a B - A difference; write a results folder.
 
@@ -599,6 +608,7 @@ def analyze(
             splits=splits,
             group_nulls=group_nulls,
             progress=progress,
+            direction=direction,
         ),
     )
     _write_and_show(result, out, force, quiet)

@@ -76,6 +76,7 @@ def analyze(
     splits: int = 100,
     group_nulls: bool = True,
     progress: Progress | None = None,
+    direction: str = "auto",
 ) -> AnalysisResult:
     """Test every unit of one capture for a B - A difference over its pairs.
 
@@ -83,19 +84,34 @@ def analyze(
     of them; ``True`` forces the enumeration, ``False`` forces Monte Carlo. ``group_nulls`` also
     runs the null on the attention / MLP units and on each token region apart, so that their
     tables carry their own p99.
+
+    ``direction``: ``"auto"`` (default) also runs the direction test of the capture's signed
+    vectors when it holds them (``capture --vectors``), ``"on"`` requires them, ``"off"`` skips
+    it; the result's ``direction`` is then a ``direction.DirectionAnalysis`` (same permutations,
+    exactness and seed as the magnitude null), else None.
     """
+    from dense_plantain.analysis import direction as _direction
+
+    if direction not in _direction.DIRECTION_MODES:
+        raise ValueError(f"direction must be one of {', '.join(_direction.DIRECTION_MODES)}, got {direction!r}")
     cap = inputs.load(capture)
     inputs.require_pairs(cap)
     inputs.check_settings(permutations, splits)
+    run_direction = direction == "on" or (direction == "auto" and _direction.has_vectors(cap))
+    vectors = _direction.vector_diff(cap) if run_direction else None  # refuses a file without vectors first
     design = PairedDesign(inputs.diff(cap.a, cap.b, cap))
+    settings = inputs.settings(permutations, exact, seed, splits, group_nulls)
+    if vectors is not None:
+        settings["direction"] = direction
     return run_design(
         design,
         cap.layout,
-        inputs.settings(permutations, exact, seed, splits, group_nulls),
+        settings,
         conditions=inputs.conditions(cap),
         sources=[inputs.provenance(cap, "capture")],
         weights=inputs.weights(cap),
         progress=progress,
+        vectors=vectors,
     )
 
 

@@ -53,8 +53,13 @@ def run_design(
     sources: list[dict[str, Any]],
     weights: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    vectors: tuple[np.ndarray, int] | None = None,
 ) -> AnalysisResult:
-    """The whole analysis of one design over one unit layout."""
+    """The whole analysis of one design over one unit layout.
+
+    ``vectors``: ``(delta_vec [pairs x units * W], W)``, the signed vector differences of the same
+    pairs; with them the direction test runs beside the magnitude test (``analysis.direction``,
+    same permutations, exactness and seed) and fills ``AnalysisResult.direction``."""
     options = null_options(settings)
     st = design.statistic()
     partitions = unit_partitions(layout)
@@ -72,6 +77,21 @@ def run_design(
             groups.append(UnitGroup(axis, name, int(cols.size), _nanmax(np.abs(st.t[cols])), rows))
 
     max_q = getattr(null, "max_stat_percentile", None)
+    direction = None
+    if vectors is not None:
+        from dense_plantain.analysis.direction import direction_analysis
+
+        direction = direction_analysis(
+            vectors[0],
+            vectors[1],
+            layout,
+            p_max,
+            partitions,
+            permutations=options.permutations,
+            exact=options.exact,
+            seed=options.seed,
+            progress=progress,
+        )
     return AnalysisResult(
         design=design.name,
         layout=layout,
@@ -100,6 +120,7 @@ def run_design(
         sources=sources,
         versions=versions(),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        direction=direction,
     )
 
 

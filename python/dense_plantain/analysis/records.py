@@ -194,6 +194,9 @@ class AnalysisResult:
     sources: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    #: The direction test on the capture's signed vectors (``analysis.direction.DirectionAnalysis``);
+    #: None when it was not run (no vectors, ``--direction off``, or a comparison).
+    direction: Any = None
 
     @property
     def n_units(self) -> int:
@@ -212,7 +215,7 @@ class AnalysisResult:
         """The ``results.json`` record (JSON-able; numbers through `json_number`)."""
         names = self.layout.unit_names()
         top = int(np.nanargmax(self.abs_t)) if not np.isnan(self.max_abs_t) else None
-        return {
+        record = {
             "dense_plantain_results": RESULTS_FORMAT,
             "weights": weights_record(self.weights),
             "design": self.design,
@@ -243,6 +246,9 @@ class AnalysisResult:
             "sources": self.sources,
             "created": self.created,
         }
+        if self.direction is not None:
+            record["direction"] = self.direction.to_json(self.layout, self.t, self.p_maxT)
+        return record
 
 
 def weights_record(weights: dict[str, Any] | None) -> dict[str, Any]:

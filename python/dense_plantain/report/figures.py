@@ -35,6 +35,10 @@ def write_figures(result: AnalysisResult, folder: Path, res: dict | None = None)
     _save(abs_t_by_block(result, res), paths[0])
     _save(null_counts(result, res), paths[1])
     _save(split_half(result, res), paths[2])
+    if getattr(result, "direction", None) is not None:
+        from dense_plantain.report.direction import direction_figure
+
+        paths.append(direction_figure(result, folder))
     return paths
 
 

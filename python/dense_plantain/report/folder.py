@@ -31,7 +31,15 @@ from dense_plantain.report.records import RESULTS_JSON, ResultsFileError, load_r
 
 #: Every name a results folder may hold; a folder with only these (and our results.json) is ours.
 OUTPUT_NAMES = frozenset(
-    {"results.json", "units.csv", "results.md", "abs_t_by_block.png", "null_counts.png", "split_half_r.png"}
+    {
+        "results.json",
+        "units.csv",
+        "results.md",
+        "abs_t_by_block.png",
+        "null_counts.png",
+        "split_half_r.png",
+        "direction_vs_magnitude.png",
+    }
 )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from dense_plantain.analysis import RESULTS_FORMAT, AnalysisResult
 from dense_plantain.errors import DensePlantainError
+from dense_plantain.report import direction as report_direction
 
 RESULTS_JSON = "results.json"
 UNITS_CSV = "units.csv"
@@ -65,7 +66,8 @@ def units_csv_text(result: AnalysisResult) -> str:
     labels = result.layout.labels()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(UNITS_COLUMNS)
+    direction = result.direction  # the direction test's columns only when it ran
+    writer.writerow(UNITS_COLUMNS + (report_direction.CSV_COLUMNS if direction is not None else ()))
 
     def num(x: float) -> str:
         return format(float(x), ".10g")
@@ -89,6 +91,7 @@ def units_csv_text(result: AnalysisResult) -> str:
                 num(result.p_maxT[j]),
                 num(result.q[j]),
             ]
+            + (report_direction.csv_cells(direction, j) if direction is not None else [])
         )
     return buf.getvalue()
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dense_plantain.report import cells
+from dense_plantain.report.direction import direction_markdown
 
 TOP_BLOCKS = 5
 
@@ -82,6 +83,9 @@ def results_markdown(res: Mapping[str, Any]) -> str:
     groups = group_tables_md(res)
     if groups:
         parts.append(groups)
+    direction = direction_markdown(res)
+    if direction:
+        parts.append(direction)
     parts.append("## Method\n\n" + cells.methods_paragraph(res))
     parts.append(
         "Per-unit statistics (t, d, p, p_maxT, q) are in `units.csv`; every number above, with the "
