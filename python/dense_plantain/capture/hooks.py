@@ -135,7 +135,7 @@ class UnitHooks:
         self._modules = {m: modules[m] for per_step in self.plan.values() for m in per_step}
         self._handles: list[Any] = []
         self._buffer = None
-        self._vec_buffer = None
+        self._vec_buffer: Any = None  # float32 [batch, units * W] on the device (vectors on)
         self._open = False
         self._step = -1
         self._active: dict[str, list[Reduction]] | None = None
