@@ -180,8 +180,9 @@ def test_cli_capture_vectors_then_analyze(tmp_path):
     assert res.exit_code == 0, res.output
     cap = store.read_capture(out)
     assert cap.meta["vector_width"] == 16 and cap.extra["a_vec"].shape == (len(PAIRS), 340 * 16)
-    res = runner.invoke(main, ["analyze", str(out), "--out", str(tmp_path / "res"), "--splits", "5", "--quiet"])
+    res = runner.invoke(main, ["analyze", str(out), "--out", str(tmp_path / "res"), "--splits", "5"])
     assert res.exit_code == 0, res.output
+    assert "Direction: " in res.output and "All units (340): magnitude only" in res.output
     md = (tmp_path / "res" / "results.md").read_text()
     assert "## Direction" in md and "| All units | 340 |" in md
     assert (tmp_path / "res" / "direction_vs_magnitude.png").exists()

@@ -21,7 +21,7 @@ import numpy as np
 
 from dense_plantain.report import cells
 
-__all__ = ["CSV_COLUMNS", "FIGURE", "csv_cells", "direction_figure", "direction_markdown"]
+__all__ = ["CSV_COLUMNS", "FIGURE", "console_lines", "csv_cells", "direction_figure", "direction_markdown"]
 
 #: units.csv columns added when the direction test ran.
 CSV_COLUMNS = ("D", "p_D", "p_maxD", "agree")
@@ -112,6 +112,22 @@ def direction_markdown(res: Mapping[str, Any], level: str = "##") -> str:
         f"`units.csv`; the figure `{FIGURE}` sets |t| against D_norm."
     )
     return "\n\n".join(parts)
+
+
+def console_lines(res: Mapping[str, Any]) -> list[str]:
+    """The Direction summary and cross-table counts for the console (empty without a direction section)."""
+    sec = res.get("direction")
+    if not sec:
+        return []
+    alpha = cells.threshold_value(float(sec["alpha"]))
+    lines = [
+        f"Direction: {sec['n_significant']:,} of {sec['n_units']:,} units with a consistent direction "
+        f"(p_maxD < {alpha}); magnitude: {sec['n_magnitude_significant']:,} (p_maxT < {alpha})."
+    ]
+    for r in sec["cross"]:
+        counts = ", ".join(f"{CLASS_WORDS[c]} {r[c]:,}" for c in ("magnitude", "direction", "both", "neither"))
+        lines.append(f"  {_group_word(r)} ({r['n_units']:,}): {counts}")
+    return lines
 
 
 def direction_figure(result: Any, folder: Path) -> Path:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from dense_plantain.report import cells
+from dense_plantain.report.direction import console_lines as direction_console_lines
 from dense_plantain.report.direction import direction_markdown
 
 TOP_BLOCKS = 5
@@ -119,3 +120,5 @@ def print_results(res: Mapping[str, Any], console=None) -> None:
         for row in rows:
             sub.add_row(*row)
         console.print(sub)
+    for line in direction_console_lines(res):
+        console.print(line, highlight=False, markup=False)
