@@ -291,6 +291,12 @@ def _parse_steps(text: str) -> tuple[int, ...]:
 @click.option("--force", is_flag=True, help="Overwrite an existing --out (and discard an unfinished capture).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
+    "--vectors",
+    is_flag=True,
+    help="Also keep each unit's signed per-column token means (a_vec/b_vec, W numbers per unit) "
+    "for the direction analysis of `analyze`.",
+)
+@click.option(
     "--distributed/--no-distributed",
     default=None,
     help="Shard the pairs over the processes torchrun started (one per GPU) and merge them into --out. "
@@ -341,6 +347,7 @@ def capture(
     resume: bool,
     force: bool,
     quiet: bool,
+    vectors: bool,
     distributed: bool | None,
     weights: str,
     weights_seed: int,
@@ -393,6 +400,7 @@ def capture(
         steps=steps,
         capture_steps=_parse_steps(capture_steps),
         image=image,
+        vectors=vectors,
     )
     job = CaptureJob(
         prompts=path,
@@ -667,6 +675,14 @@ def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
     help="A baseline capture of the same prompts and settings (e.g. `capture --weights random`), analysed the "
     "same way; results gain a Controls table. Repeatable.",
 )
+@click.option(
+    "--direction",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Also test each unit's signed vectors for a consistent direction (needs `capture --vectors`); "
+    "auto: when the capture holds them.",
+)
 def analyze(
     capture: str,
     out: str,
@@ -683,6 +699,7 @@ def analyze(
     bootstrap_splits: int,
     by: str | None,
     baseline: tuple[str, ...],
+    direction: str,
 ) -> None:
     """Test every unit of CAPTURE for a B - A difference; write a results folder.
 
@@ -714,6 +731,7 @@ def analyze(
             bootstrap_splits=bootstrap_splits,
             by=by,
             baselines=bases,
+            direction=direction,
         ),
     )
     _write_and_show(result, out, force, quiet)

@@ -46,6 +46,7 @@ META_KEY = "dense_plantain"
 EXTRA_TENSORS: dict[str, tuple[int, str]] = {
     "seeds": (1, "[seeds x pairs x units]: each noise seed's values (capture --seeds); a/b hold their mean"),
     "input": (0, "prompt-embedding units: RMS of 16-column slices over real tokens [pairs x input units]"),
+    "vec": (0, "signed per-column token means, [pairs x units * vector_width], unit-major (capture --vectors)"),
 }
 
 

@@ -88,6 +88,7 @@ def analyze(
     bootstrap_splits: int = 0,
     by: str | None = None,
     baselines: Sequence[Capture | str | Path] = (),
+    direction: str = "auto",
 ) -> AnalysisResult:
     """Test every unit of one capture for a B - A difference over its pairs.
 
@@ -109,15 +110,25 @@ def analyze(
     factor the capture's pairs carry; adds the per-level analyses and between-level contrasts
     (`analysis.factors`). A multi-seed capture (``capture --seeds``) also gets each seed's analysis
     and the seeds' agreement (`analysis.seeds`).
+
+    ``direction``: ``"auto"`` (default) also runs the direction test of the capture's signed
+    vectors when it holds them (``capture --vectors``), ``"on"`` requires them, ``"off"`` skips
+    it; the result's ``direction`` is then a ``direction.DirectionAnalysis`` (same permutations,
+    exactness and seed as the magnitude null), else None.
     """
+    from dense_plantain.analysis import direction as _direction
     from dense_plantain.analysis import factors, seeds
 
+    if direction not in _direction.DIRECTION_MODES:
+        raise ValueError(f"direction must be one of {', '.join(_direction.DIRECTION_MODES)}, got {direction!r}")
     cap = inputs.load(capture)
     inputs.require_pairs(cap)
     inputs.check_settings(permutations, splits)
     _check_robustness(tail, fwer_null, bootstrap, bootstrap_splits)
     if by is not None:
         factors.pair_levels(cap, by)  # refuse an unknown factor before any work
+    run_direction = direction == "on" or (direction == "auto" and _direction.has_vectors(cap))
+    vectors = _direction.vector_diff(cap) if run_direction else None  # refuses a file without vectors first
     design = PairedDesign(inputs.diff(cap.a, cap.b, cap))
     settings = {
         **inputs.settings(permutations, exact, seed, splits, group_nulls),
@@ -125,6 +136,8 @@ def analyze(
     }
     if by is not None:
         settings["by"] = by
+    if vectors is not None:
+        settings["direction"] = direction
     result = run_design(
         design,
         cap.layout,
@@ -133,6 +146,7 @@ def analyze(
         sources=[inputs.provenance(cap, "capture")],
         weights=inputs.weights(cap),
         progress=progress,
+        vectors=vectors,
     )
     seed_record = seeds.seeds_record(cap, cap.layout, settings, progress)
     if seed_record is not None:

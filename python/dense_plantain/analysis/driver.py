@@ -56,8 +56,13 @@ def run_design(
     sources: list[dict[str, Any]],
     weights: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    vectors: tuple[np.ndarray, int] | None = None,
 ) -> AnalysisResult:
-    """The whole analysis of one design over one unit layout."""
+    """The whole analysis of one design over one unit layout.
+
+    ``vectors``: ``(delta_vec [pairs x units * W], W)``, the signed vector differences of the same
+    pairs; with them the direction test runs beside the magnitude test (``analysis.direction``,
+    same permutations, exactness and seed) and fills ``AnalysisResult.direction``."""
     options = null_options(settings)
     st = design.statistic()
     p_tail = tail_p(st.t, st.df, options.tail)  # the parametric p of the alternative asked for
@@ -94,6 +99,21 @@ def run_design(
             splits=int(settings.get("bootstrap_splits", 0) or 0),
             split_median=float(np.median(finite)) if finite.size else None,
         )
+    direction = None
+    if vectors is not None:
+        from dense_plantain.analysis.direction import direction_analysis
+
+        direction = direction_analysis(
+            vectors[0],
+            vectors[1],
+            layout,
+            p_max,
+            partitions,
+            permutations=options.permutations,
+            exact=options.exact,
+            seed=options.seed,
+            progress=progress,
+        )
     return AnalysisResult(
         design=design.name,
         layout=layout,
@@ -126,6 +146,7 @@ def run_design(
         fwer_null=options.fwer_null if options.tail != "two" else "max_abs",
         intervals=intervals.unit_intervals(design, st.t),
         robustness=robustness,
+        direction=direction,
     )
 
 

@@ -209,6 +209,9 @@ class AnalysisResult:
     controls: dict[str, Any] = field(default_factory=dict)
     #: The baselines' own results (for figures), in ``controls["baselines"]`` order.
     baseline_results: list[AnalysisResult] = field(default_factory=list, repr=False)
+    #: The direction test on the capture's signed vectors (``analysis.direction.DirectionAnalysis``);
+    #: None when it was not run (no vectors, ``--direction off``, or a comparison).
+    direction: Any = None
 
     @property
     def n_units(self) -> int:
@@ -227,7 +230,7 @@ class AnalysisResult:
         """The ``results.json`` record (JSON-able; numbers through `json_number`)."""
         names = self.layout.unit_names()
         top = int(np.nanargmax(self.abs_t)) if not np.isnan(self.max_abs_t) else None
-        return {
+        record = {
             "dense_plantain_results": RESULTS_FORMAT,
             "weights": weights_record(self.weights),
             "design": self.design,
@@ -263,6 +266,9 @@ class AnalysisResult:
             **self.robustness,
             **{k: v for k, v in self.controls.items() if v is not None},
         }
+        if self.direction is not None:
+            record["direction"] = self.direction.to_json(self.layout, self.t, self.p_maxT)
+        return record
 
 
 #: results.json null.fwer_statistic: what each pattern's maximum is taken over.

@@ -314,7 +314,7 @@ def _device_summary(devices: list[str]) -> str:
 
 def merge_shards(out: Path, states: list[ShardState], *, launched: dict[str, Any]) -> Path:
     """Concatenate complete shards in pair order into ``out`` (atomically) and remove the shards."""
-    from dense_plantain.store import write_capture
+    from dense_plantain.store import EXTRA_TENSORS, write_capture
 
     caps = [s.capture for s in states]
     first = caps[0].meta
@@ -349,7 +349,10 @@ def merge_shards(out: Path, states: list[ShardState], *, launched: dict[str, Any
     )
     merged["distributed"] = {"world_size": len(states), **launched, "ranks": ranks}
     merged["finished"] = utc_now()
-    extra = {k: np.concatenate([c.extra[k] for c in caps]) for k in caps[0].extra if all(k in c.extra for c in caps)}
+    names = set(caps[0].extra)
+    if any(set(c.extra) != names for c in caps):
+        raise CaptureError("the shards disagree on their optional tensors (--vectors); capture again with --force.")
+    extra = {k: np.concatenate([c.extra[k] for c in caps], axis=EXTRA_TENSORS[k[2:]][0]) for k in sorted(names)}
     write_capture(out, np.concatenate([c.a for c in caps]), np.concatenate([c.b for c in caps]), merged, extra=extra)
     _remove_shards(out, [len(states)])
     return out

@@ -24,6 +24,14 @@ Results go into one float32 ``[batch, units]`` buffer on the activation's device
 hook synchronises or copies to the host; ``UnitHooks.collect`` makes the batch's single
 device-to-host copy.
 
+Signed vectors (``vectors=True``, ``capture --vectors``): per unit also the mean over the unit's
+tokens of each of its ``W`` columns (the layout's one group width), into a second float32
+``[batch, units * W]`` buffer (unit-major: unit ``u`` owns columns ``u*W .. u*W+W-1``). On the
+GPU the column sums come from the same ``[B, 32, S/32, C]`` chunked view as stage 1
+(``torch.sum(..., dtype=torch.float32)`` per chunk, then a sum over the chunks); on the CPU one
+``torch.sum`` over the tokens. The norms are computed exactly as without vectors, so the RMS
+values are the same bits. ``collect_vectors()`` makes the second buffer's one device-to-host copy.
+
 Steps: a pre-hook on the transformer itself counts its forwards since the batch began (forward
 0 = denoising step 0, ...) and remembers the text length (the single-stream input is text
 tokens first, then image tokens). Only the layout's steps are reduced.
@@ -112,9 +120,11 @@ class UnitHooks:
     Units not written (a captured step the batch never reached) stay NaN.
     """
 
-    def __init__(self, transformer: Any, layout: Layout):
+    def __init__(self, transformer: Any, layout: Layout, *, vectors: bool = False):
         if not layout.has_labels():
             raise ValueError("this layout has no readouts (it was read from a foreign capture file)")
+        #: Column width of every unit when ``vectors`` is on (``vector_width(layout)``), else 0.
+        self.vector_width = vector_width(layout) if vectors else 0
         self.transformer = transformer
         self.layout = layout
         self.plan = plan_reductions(layout)
@@ -128,6 +138,7 @@ class UnitHooks:
         self._modules = {m: modules[m] for per_step in self.plan.values() for m in per_step}
         self._handles: list[Any] = []
         self._buffer: torch.Tensor | None = None
+        self._vec_buffer: Any = None  # float32 [batch, units * W] on the device (vectors on)
         self._open = False
         self._step = -1
         self._active: dict[str, list[Reduction]] | None = None
@@ -166,6 +177,7 @@ class UnitHooks:
     def begin(self) -> None:
         """Start a new batch: the next transformer forward is step 0."""
         self._buffer = None
+        self._vec_buffer = None
         self._open = True
         self._step = -1
         self._active = None
@@ -184,6 +196,16 @@ class UnitHooks:
         """``end()`` plus the one device-to-host copy: float32 numpy ``[batch, units]``."""
         return self.end().cpu().numpy()
 
+    def end_vectors(self):
+        """The batch's ``[batch, units * W]`` float32 vector buffer, still on the device (``vectors`` on)."""
+        if self._vec_buffer is None:
+            raise RuntimeError("no vectors were captured: the hooks were built without vectors=True, or no forward ran")
+        return self._vec_buffer
+
+    def collect_vectors(self) -> np.ndarray:
+        """The vector buffer's one device-to-host copy: float32 numpy ``[batch, units * W]``."""
+        return self.end_vectors().cpu().numpy()
+
     # --- the hooks ---------------------------------------------------------------------------
     def _on_transformer(self, module, args, kwargs) -> None:
         import torch
@@ -200,6 +222,13 @@ class UnitHooks:
             self._buffer = torch.full(
                 (hidden.shape[0], self.layout.n_units), float("nan"), dtype=torch.float32, device=hidden.device
             )
+            if self.vector_width:
+                self._vec_buffer = torch.full(
+                    (hidden.shape[0], self.layout.n_units * self.vector_width),
+                    float("nan"),
+                    dtype=torch.float32,
+                    device=hidden.device,
+                )
         self._active = self.plan.get(self._step)
         if self._active is not None:
             self.steps_captured.append(self._step)
@@ -233,11 +262,42 @@ class UnitHooks:
                 xr = x[:, n_text:]
             else:
                 xr = x
-            norms = _group_norms(xr[..., red.col_start : red.col_stop], red.n_groups, red.group_width)
+            cols = xr[..., red.col_start : red.col_stop]
+            if self.vector_width:
+                norms, sums = _group_norms_and_sums(cols, red.n_groups, red.group_width)
+                self._store_means(sums, xr.shape[1], red)
+            else:
+                norms = _group_norms(cols, red.n_groups, red.group_width)
             scale = 1.0 / math.sqrt(xr.shape[1] * red.group_width)
             for first_group, first_unit, n in red.segments:
                 src = norms if n == red.n_groups else norms[:, first_group : first_group + n]
                 torch.mul(src, scale, out=buf[:, first_unit : first_unit + n])
+
+    def _store_means(self, sums, n_tokens: int, red: Reduction) -> None:
+        """Column sums ``[B, n_groups * W]`` -> means in the vector buffer at each segment's units."""
+        import torch
+
+        vec = self._vec_buffer
+        w = red.group_width
+        inv = 1.0 / n_tokens
+        for first_group, first_unit, n in red.segments:
+            src = sums if n == red.n_groups else sums[:, first_group * w : (first_group + n) * w]
+            torch.mul(src, inv, out=vec[:, first_unit * w : (first_unit + n) * w])
+
+
+def vector_width(layout: Layout) -> int:
+    """The one column width ``W`` of every unit of ``layout`` (the signed vectors' length per unit).
+
+    Both built-in layouts have one group width (plantain 16; heads the head dimension, MLP groups
+    included); a layout mixing widths cannot hold its vectors in one ``[units x W]`` grid and is refused.
+    """
+    widths = sorted({r.group_width for r in layout.readouts})
+    if len(widths) != 1:
+        raise ValueError(
+            f"layout {layout.name!r} has units of {len(widths)} column widths ({', '.join(map(str, widths))}); "
+            "--vectors needs one width for every unit. Capture without --vectors, or use the plantain or heads layout."
+        )
+    return widths[0]
 
 
 #: Token chunks of the first reduction stage (see the module docstring).
@@ -270,6 +330,25 @@ def _two_stage_norms(cols, n_groups: int, width: int):
     return torch.linalg.vector_norm(part.unflatten(-1, (n_groups, width)), dim=(1, 3))
 
 
-def install_unit_hooks(transformer: Any, layout: Layout) -> UnitHooks:
+def _group_norms_and_sums(cols, n_groups: int, width: int):
+    """``_group_norms`` (the same calls, so the same bits) plus float32 column sums over tokens
+    ``[B, n_groups * width]``: on a GPU over the same 32-chunk view as stage 1, then over chunks."""
+    import torch
+
+    norms = _group_norms(cols, n_groups, width)
+    if cols.device.type != "cuda":
+        return norms, torch.sum(cols, dim=1, dtype=torch.float32)
+    n_tok = cols.shape[1]
+    whole = (n_tok // TOKEN_CHUNKS) * TOKEN_CHUNKS
+    sums = None
+    if whole:
+        sums = torch.sum(cols[:, :whole].unflatten(1, (TOKEN_CHUNKS, -1)), dim=2, dtype=torch.float32).sum(dim=1)
+    if whole != n_tok:
+        rest = torch.sum(cols[:, whole:], dim=1, dtype=torch.float32)
+        sums = sums + rest if sums is not None else rest
+    return norms, sums
+
+
+def install_unit_hooks(transformer: Any, layout: Layout, *, vectors: bool = False) -> UnitHooks:
     """Install unit hooks on a ``Flux2Transformer2DModel`` (bare or inside a pipeline)."""
-    return UnitHooks(transformer, layout).install()
+    return UnitHooks(transformer, layout, vectors=vectors).install()

@@ -40,6 +40,8 @@ class CaptureSettings:
     steps: int = 1
     capture_steps: tuple[int, ...] = (0,)
     image: str | None = None  # path of a reference image every prompt is conditioned on
+    #: Also keep each unit's signed per-column token means (``a_vec``/``b_vec``, ``capture --vectors``).
+    vectors: bool = False
 
     def validate(self) -> None:
         """Raise ``CaptureError`` on a setting the pipeline cannot run; touches nothing else."""

@@ -77,9 +77,14 @@ def package_versions() -> dict[str, str]:
 
 
 def settings_record(settings: CaptureSettings, dtype: str, image_sha256: str | None) -> dict[str, Any]:
-    """The ``settings`` record of a capture file, less the run's device and batch size."""
+    """The ``settings`` record of a capture file, less the run's device and batch size.
+
+    ``vectors`` is recorded only when on, so captures without vectors keep today's record."""
+    record = asdict(settings)
+    if not record.get("vectors"):
+        record.pop("vectors", None)
     return {
-        **asdict(settings),
+        **record,
         "capture_steps": list(settings.capture_steps),
         "image_sha256": image_sha256,
         "guidance_scale": GUIDANCE_SCALE,

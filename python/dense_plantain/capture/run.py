@@ -146,9 +146,14 @@ class PromptRunner:
         self.pipe = pipe
         self.settings = settings
         self.layout = build_layout(dict(pipe.transformer.config), settings.layout, steps=settings.capture_steps)
-        self.hooks = UnitHooks(pipe.transformer, self.layout)
         self.input_hook = InputHook(pipe, TEXT_TOKENS)  # the prompt embeddings' units (capture.embeddings)
         self.input_values: np.ndarray | None = None
+        try:
+            self.hooks = UnitHooks(pipe.transformer, self.layout, vectors=settings.vectors)
+        except ValueError as err:
+            raise CaptureError(str(err)) from None
+        #: The last batch's signed vectors, float32 ``[batch x units * W]`` (None without ``vectors``).
+        self.vectors: np.ndarray | None = None
         self.noise = initial_noise(pipe, settings.height, settings.width, settings.seed)
         self.image = _open_image(pipe, settings.image) if settings.image else None
         self.token_counts: dict[str, int] = {}
@@ -201,6 +206,7 @@ class PromptRunner:
             )
         values = self.hooks.collect()
         self.input_values = self.input_hook.collect()
+        self.vectors = self.hooks.collect_vectors() if self.hooks.vector_width else None
         h, w = latent_grid(self.pipe, s.height, s.width)
         self.token_counts = {
             "text": self.hooks.n_text,
@@ -341,7 +347,12 @@ class _Pairs:
     """Pairs captured so far: rows of A and B in pair order; a batch may split a pair (``pending``)."""
 
     def __init__(
-        self, pairs: list[Any], a_rows: list[np.ndarray], b_rows: list[np.ndarray], inputs: dict | None = None
+        self,
+        pairs: list[Any],
+        a_rows: list[np.ndarray],
+        b_rows: list[np.ndarray],
+        inputs: dict | None = None,
+        vec_rows: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
     ):
         self.pairs = pairs
         self.a_rows = list(a_rows)
@@ -354,6 +365,9 @@ class _Pairs:
             [list(a_in), list(b_in)] if a_in is not None and b_in is not None else (None if a_rows else [[], []])
         )
         self.pending_in: dict[int, list[np.ndarray | None]] = {}
+        #: Signed vectors (``capture --vectors``): rows of a_vec and b_vec beside a and b, else None.
+        self.vec_rows = None if vec_rows is None else (list(vec_rows[0]), list(vec_rows[1]))
+        self.vec_pending: dict[int, list[np.ndarray | None]] = {}
 
     @property
     def n_done(self) -> int:
@@ -364,7 +378,23 @@ class _Pairs:
         order = [(i, cond, getattr(p, cond)) for i, p in enumerate(self.pairs) for cond in ("a", "b")]
         return order[2 * self.n_done :]
 
-    def add(self, batch: list[tuple[int, str, str]], values: np.ndarray, inputs: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        batch: list[tuple[int, str, str]],
+        values: np.ndarray,
+        inputs: np.ndarray | None = None,
+        vectors: np.ndarray | None = None,
+    ) -> None:
+        if self.vec_rows is not None:
+            if vectors is None:
+                raise RuntimeError("this capture keeps vectors, but the batch brought none")
+            for row, (i, cond, _) in enumerate(batch):
+                vslot = self.vec_pending.setdefault(i, [None, None])
+                vslot[0 if cond == "a" else 1] = vectors[row]
+                if vslot[0] is not None and vslot[1] is not None:
+                    self.vec_rows[0].append(vslot[0])
+                    self.vec_rows[1].append(vslot[1])
+                    del self.vec_pending[i]
         for row, (i, cond, _) in enumerate(batch):
             slot = self.pending.setdefault(i, [None, None])
             slot_in = self.pending_in.setdefault(i, [None, None])
@@ -385,10 +415,14 @@ class _Pairs:
         return np.stack(self.a_rows), np.stack(self.b_rows)
 
     def extra(self) -> dict[str, np.ndarray]:
-        """``a_input``/``b_input`` of the finished pairs (empty when some pair lacks them, e.g. an older partial)."""
-        if self.in_rows is None or len(self.in_rows[0]) != self.n_done or not self.n_done:
-            return {}
-        return {"a_input": np.stack(self.in_rows[0]), "b_input": np.stack(self.in_rows[1])}
+        """The capture file's optional tensors: ``a_input``/``b_input`` of the finished pairs (none
+        when some pair lacks them, e.g. an older partial) and ``a_vec``/``b_vec`` with vectors."""
+        out: dict[str, np.ndarray] = {}
+        if self.in_rows is not None and len(self.in_rows[0]) == self.n_done and self.n_done:
+            out.update(a_input=np.stack(self.in_rows[0]), b_input=np.stack(self.in_rows[1]))
+        if self.vec_rows is not None:
+            out.update(a_vec=np.stack(self.vec_rows[0]), b_vec=np.stack(self.vec_rows[1]))
+        return out
 
 
 #: Forwards left running in a worker thread by Ctrl-C (``_interruptible``).
@@ -477,7 +511,7 @@ def _capture_batches(
                     values, runner.layout, row, unit, f"pair {done.pairs[i].id!r}, condition {cond.upper()} ({text!r})"
                 )
             )
-        done.add(batch, values, runner.input_values)
+        done.add(batch, values, runner.input_values, runner.vectors)
         progress.advance(len(batch))
         if on_batch is not None:
             on_batch(k, n_batches, time.monotonic() - t0)
@@ -583,7 +617,7 @@ def capture_pairs(
     settings_meta = settings_record(settings, str(pipe.transformer.dtype).removeprefix("torch."), image_sha)
     settings_meta.update(device=device_name(pipe.device), batch_size=batch_size)
     runner = PromptRunner(pipe, settings)
-    done = _Pairs(probe.pairs, [], [])
+    done = _Pairs(probe.pairs, [], [], vec_rows=([], []) if settings.vectors else None)
     started = utc_now()
     with runner, _progress_bar_off(pipe), _Progress(show_progress, total=2 * len(probe.pairs), done=0) as progress:
         _capture_batches(runner, done, batch_size, progress)
@@ -604,6 +638,8 @@ def capture_pairs(
         "started": started,
         "finished": utc_now(),
     }
+    if settings.vectors:
+        meta["vector_width"] = runner.hooks.vector_width
     return Capture(path=None, a=a, b=b, meta=meta, layout=runner.layout, extra=extra)
 
 
@@ -720,12 +756,22 @@ def run_job(
         settings_meta.update(device=device_name(loaded.device), batch_size=batch_size)
         shard = plan.record()
         started = utc_now()
-        done = _Pairs(pairs, [], [])
+        vec_rows: tuple[list[np.ndarray], list[np.ndarray]] | None = ([], []) if settings.vectors else None
+        done = _Pairs(pairs, [], [], vec_rows=vec_rows)
         history: list[dict[str, Any]] = []
         if previous is not None:
             this_run = {"settings": settings_meta, "model": model_meta, "weights": weights}
             check_resumable(partial, previous.meta, this_run, probe, n_total, shard)
-            done = _Pairs(pairs, list(previous.a), list(previous.b), previous.extra)
+            has_vec = "a_vec" in previous.extra
+            if has_vec != settings.vectors:
+                raise CaptureError(
+                    f"cannot resume: {partial} was captured {'with' if has_vec else 'without'} --vectors and this run "
+                    f"is {'without' if has_vec else 'with'}; run again {'with' if has_vec else 'without'} --vectors, "
+                    "or pass --force (without --resume) to start over."
+                )
+            if has_vec:
+                vec_rows = (list(previous.extra["a_vec"]), list(previous.extra["b_vec"]))
+            done = _Pairs(pairs, list(previous.a), list(previous.b), previous.extra, vec_rows)
             started = previous.meta.get("started", started)
             history = list(previous.meta.get("runs", []))
         elif partial.exists():  # --force: start over
@@ -759,6 +805,8 @@ def run_job(
             }
             if shard is not None:
                 meta["shard"] = dict(shard)
+            if settings.vectors:
+                meta["vector_width"] = runner.hooks.vector_width
             if finished:
                 meta["finished"] = utc_now()
             else:

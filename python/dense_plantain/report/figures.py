@@ -44,6 +44,10 @@ def write_figures(result: AnalysisResult, folder: Path, res: dict | None = None)
     if panels:
         paths.append(folder / CONTROLS_BLOCKS)
         _save(heatmap.controls_blocks(result, panels), paths[-1])
+    if getattr(result, "direction", None) is not None:
+        from dense_plantain.report.direction import direction_figure
+
+        paths.append(direction_figure(result, folder))
     return paths
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from dense_plantain.errors import DensePlantainError
 from dense_plantain.report.records import (
     CONTROLS_BLOCKS,
+    DIRECTION_FIGURE,
     FIGURES,
     HEATMAP,
     RESULTS_JSON,
@@ -39,7 +40,7 @@ from dense_plantain.report.records import (
 )
 
 #: Every name a results folder may hold; a folder with only these (and our results.json) is ours.
-OUTPUT_NAMES = frozenset({RESULTS_JSON, UNITS_CSV, RESULTS_MD, *FIGURES, HEATMAP, CONTROLS_BLOCKS})
+OUTPUT_NAMES = frozenset({RESULTS_JSON, UNITS_CSV, RESULTS_MD, *FIGURES, HEATMAP, CONTROLS_BLOCKS, DIRECTION_FIGURE})
 
 
 #: The file in a staging folder that names the process filling it: "<pid> <host>".

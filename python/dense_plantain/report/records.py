@@ -13,6 +13,7 @@ import numpy as np
 
 from dense_plantain.analysis import RESULTS_FORMAT, AnalysisResult
 from dense_plantain.errors import DensePlantainError
+from dense_plantain.report import direction as report_direction
 
 RESULTS_JSON = "results.json"
 UNITS_CSV = "units.csv"
@@ -22,6 +23,8 @@ FIGURES = ("abs_t_by_block.png", "null_counts.png", "split_half_r.png")
 #: The network-shaped |t| map (every folder) and the per-block main-vs-baseline bars (with baselines).
 HEATMAP = "abs_t_heatmap.png"
 CONTROLS_BLOCKS = "controls_blocks.png"
+#: |t| against the direction statistic (only when the direction test ran).
+DIRECTION_FIGURE = report_direction.FIGURE
 UNITS_COLUMNS = (
     "unit",
     "block",
@@ -78,7 +81,8 @@ def units_csv_text(result: AnalysisResult) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     extra = list(result.extra_columns)
-    writer.writerow(UNITS_COLUMNS + tuple(extra))
+    direction = result.direction  # the direction test's columns only when it ran
+    writer.writerow(UNITS_COLUMNS + tuple(extra) + (report_direction.CSV_COLUMNS if direction is not None else ()))
 
     def num(x: float) -> str:
         return format(float(x), ".10g")
@@ -107,6 +111,7 @@ def units_csv_text(result: AnalysisResult) -> str:
                 *(num(col[j]) for col in bounds),
                 *(num(result.extra_columns[c][j]) for c in extra),
             ]
+            + (report_direction.csv_cells(direction, j) if direction is not None else [])
         )
     return buf.getvalue()
 

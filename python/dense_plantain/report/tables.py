@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dense_plantain.report import cells, robustness
+from dense_plantain.report.direction import console_lines as direction_console_lines
+from dense_plantain.report.direction import direction_markdown
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -94,6 +96,9 @@ def results_markdown(res: Mapping[str, Any]) -> str:
     controls = controls_markdown(res)
     if controls:
         parts.append(controls)
+    direction = direction_markdown(res)
+    if direction:
+        parts.append(direction)
     parts.append("## Method\n\n" + cells.methods_paragraph(res))
     parts.append(
         "Per-unit statistics (t, d, p, p_maxT, q) are in `units.csv`; every number above, with the "
@@ -131,3 +136,5 @@ def print_results(res: Mapping[str, Any], console=None) -> None:
     from dense_plantain.report.controls import print_controls
 
     print_controls(res, console)
+    for line in direction_console_lines(res):
+        console.print(line, highlight=False, markup=False)
