@@ -185,3 +185,29 @@ def test_compare_takes_a_baseline_pair(files, tmp_path):
     t = paired_t(contrast)
     assert rec["thresholds"][0]["count"] == int((np.abs(t) > 3).sum())
     assert "## Controls" in (out / "results.md").read_text()
+
+
+def test_controls_table_has_a_direction_row_when_both_runs_tested_directions():
+    """The direction test's family-wise count sits in the Controls table beside each baseline's,
+    shown without a null ratio (it is not a count set against a null p99)."""
+    from dense_plantain.report import controls
+
+    th = [{"metric": "t", "threshold": 3.0, "count": 40, "ratio": 2.0}]
+    res = {
+        "thresholds": th,
+        "direction": {"n_significant": 12, "alpha": 0.05},
+        "baselines": [
+            {
+                "label": "random weights",
+                "thresholds": [{"metric": "t", "threshold": 3.0, "count": 10, "ratio": 0.5}],
+                "direction": {"n_significant": 3, "alpha": 0.05},
+            }
+        ],
+    }
+    header, rows = controls.controls_table(res)
+    row = next(r for r in rows if r[0].startswith("direction"))
+    assert row == ["direction: p_maxD < 0.05", "12", "3", f"{12 / 3:.2f}"]
+    assert next(r for r in rows if r[0] == "|t| > 3") == ["|t| > 3", "40 (2.0x)", "10 (0.5x)", "4.00"]
+    res["baselines"][0]["direction"] = None  # a baseline captured without --vectors
+    row = next(r for r in controls.controls_table(res)[1] if r[0].startswith("direction"))
+    assert row[2] == "not measured" and row[3] == "n/a"

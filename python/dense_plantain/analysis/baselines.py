@@ -153,6 +153,10 @@ def baseline_record(
         "blocks_t_gt3": [{"block": b.name, "n_t_gt3": by_name[b.name].n_t_gt3} for b in result.layout.blocks],
         "differences": allowed,
         "input_embeddings": input_record(inputs_result),
+        # The direction test's family-wise count when the baseline holds signed vectors.
+        "direction": None
+        if result.direction is None
+        else {"n_significant": int(result.direction.n_significant), "alpha": float(result.direction.alpha)},
     }
 
 

@@ -34,8 +34,18 @@ def input_rows(rec: Mapping[str, Any]) -> list[Row]:
     return [(f"input embeddings: {_metric_label(th)}", int(th["count"]), th.get("ratio")) for th in group["thresholds"]]
 
 
+def direction_rows(rec: Mapping[str, Any]) -> list[Row]:
+    """Units with a significant consistent direction of their signed vectors (FWER p_maxD < 0.05);
+    a family-wise count, so it has no null p99 of its own (ratio NaN: shown without one)."""
+    direction = rec.get("direction")
+    if not isinstance(direction, Mapping) or direction.get("n_significant") is None:
+        return []
+    alpha = direction.get("alpha", 0.05)
+    return [(f"direction: p_maxD < {alpha:g}", int(direction["n_significant"]), float("nan"))]
+
+
 #: Every source of rows of the Controls table, in table order (add one function for a new summary).
-ROW_SOURCES: list[Callable[[Mapping[str, Any]], list[Row]]] = [threshold_rows, input_rows]
+ROW_SOURCES: list[Callable[[Mapping[str, Any]], list[Row]]] = [threshold_rows, input_rows, direction_rows]
 
 
 def rows_of(rec: Mapping[str, Any]) -> dict[str, Row]:
@@ -49,6 +59,8 @@ def _ratio(r: float | None) -> str:
 def _cell(row: Row | None) -> str:
     if row is None or row[1] is None:
         return "not measured"
+    if row[2] is not None and row[2] != row[2]:  # NaN: a count without a null p99 (e.g. FWER-significant units)
+        return f"{row[1]:,}"
     return f"{row[1]:,} ({_ratio(row[2])})"
 
 
