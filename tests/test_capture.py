@@ -731,7 +731,7 @@ def test_failed_save_reports_only_pairs_on_disk_and_leaves_nothing_half_written(
     real = store.write_capture
     calls = {"n": 0}
 
-    def full_disk(path, a, b, meta):
+    def full_disk(path, a, b, meta, extra=None):
         calls["n"] += 1
         if calls["n"] == 2:  # the second partial write (pairs p1, p2): the disk is full
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -809,7 +809,7 @@ def test_cli_read_only_disk_is_one_message_and_exit_2(tmp_path, probe_file, monk
     from dense_plantain.capture import model as model_module
     from dense_plantain.cli import main
 
-    def read_only(path, a, b, meta):
+    def read_only(path, a, b, meta, extra=None):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr(store, "write_capture", read_only)

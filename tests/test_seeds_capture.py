@@ -63,7 +63,12 @@ def test_seeds_capture_is_the_mean_of_one_seed_captures(tmp_path, labelled_probe
     # One seed stays today's capture: same values as --seed, no seeds tensors.
     single = read_capture(run_seeds(_job(labelled_probe, tmp_path / "one.safetensors"), (7,), loaded=loaded).path)
     np.testing.assert_array_equal(single.a, caps[7].a)
-    assert single.extra == {} and "seeds" not in single.meta and single.meta["settings"]["seed"] == 7
+    # (every capture also keeps its prompt-embedding units, a_input/b_input)
+    assert (
+        set(single.extra) == {"a_input", "b_input"}
+        and "seeds" not in single.meta
+        and single.meta["settings"]["seed"] == 7
+    )
 
 
 def test_seeds_resume_keeps_finished_seeds(tmp_path, labelled_probe):

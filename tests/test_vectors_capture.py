@@ -104,7 +104,8 @@ def test_capture_file_with_and_without_vectors(tmp_path):
             tmp_path, probe, "vec.safetensors", settings=CaptureSettings(height=SIZE, width=SIZE, vectors=True)
         ).path
     )
-    assert plain.extra == {} and "vector_width" not in plain.meta and "vectors" not in plain.meta["settings"]
+    assert set(plain.extra) == {"a_input", "b_input"}  # every capture keeps its prompt-embedding units
+    assert "vector_width" not in plain.meta and "vectors" not in plain.meta["settings"]
     assert vec.meta["vector_width"] == 16 and vec.meta["settings"]["vectors"] is True
     assert np.array_equal(vec.a, plain.a) and np.array_equal(vec.b, plain.b)
     assert vec.extra["a_vec"].shape == vec.extra["b_vec"].shape == (len(PAIRS), 340 * 16)
