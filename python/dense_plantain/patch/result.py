@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -237,35 +234,15 @@ def check_out_dir(out: Path) -> None:
 def write_patch_folder(run, layout, out: str | Path) -> list[Path]:
     """Write patch.json, patch.md and the figure into ``out``, whole or not at all."""
     from dense_plantain.patch.report import figure, markdown
+    from dense_plantain.report.folder import write_folder
 
-    out = Path(out)
-    check_out_dir(out)
     record = _plain(patch_record(run, layout))
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(staging, 0o777 & ~mask)
-    try:
-        text = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    text = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    def fill(staging: Path) -> None:
         (staging / PATCH_JSON).write_text(text, encoding="utf-8")
         (staging / PATCH_MD).write_text(markdown(record), encoding="utf-8")
         figure(record, staging / FIGURE)
-        names = sorted(p.name for p in staging.iterdir())
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
-            old.rmdir()
-            os.rename(out, old)
-            try:
-                os.rename(staging, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return [out / n for n in names]
+
+    # The results folder's writer: staging beside out, stale-staging cleanup, disk errors in words.
+    return write_folder(Path(out), fill, names=OUTPUT_NAMES, is_ours=is_patch_folder, check=check_out_dir)

@@ -128,10 +128,25 @@ def check_out_dir(out: str | os.PathLike[str], force: bool = False) -> None:
         )
 
 
-def write_folder(out: Path, fill: Callable[[Path], None], force: bool = False) -> list[Path]:
-    """Call ``fill(staging)`` to write every output, then move them into ``out`` by the policy above."""
+def write_folder(
+    out: Path,
+    fill: Callable[[Path], None],
+    force: bool = False,
+    *,
+    names: frozenset[str] = OUTPUT_NAMES,
+    is_ours: Callable[[Path], bool] = is_results_folder,
+    check: Callable[[Path], None] | None = None,
+) -> list[Path]:
+    """Call ``fill(staging)`` to write every output, then move them into ``out`` by the policy above.
+
+    ``names`` (the files a folder of this kind may hold), ``is_ours`` (whether an existing folder
+    is one of them) and ``check`` (the refusal before any work; default `check_out_dir`) let
+    another command's folder (``patch``) go through the same staging, cleanup and publishing."""
     out = Path(out)
-    check_out_dir(out, force)
+    if check is None:
+        check_out_dir(out, force)
+    else:
+        check(out)
     parent = out.parent if str(out.parent) else Path(".")
     staging: Path | None = None
     try:
@@ -142,17 +157,17 @@ def write_folder(out: Path, fill: Callable[[Path], None], force: bool = False) -
         (staging / OWNER).write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
         fill(staging)
         (staging / OWNER).unlink()
-        names = sorted(p.name for p in staging.iterdir())
-        unknown = set(names) - OUTPUT_NAMES
+        written = sorted(p.name for p in staging.iterdir())
+        unknown = set(written) - names
         if unknown:
-            raise RuntimeError(f"results folder writer produced unlisted files {sorted(unknown)}")
-        _publish(staging, out, force)
+            raise RuntimeError(f"folder writer produced unlisted files {sorted(unknown)}")
+        _publish(staging, out, force, is_ours)
     except OSError as err:
         raise disk_error(out, err) from None
     finally:
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return [out / name for name in names]
+    return [out / name for name in written]
 
 
 def current_umask() -> int:
@@ -161,7 +176,7 @@ def current_umask() -> int:
     return mask
 
 
-def _publish(staging: Path, out: Path, force: bool) -> None:
+def _publish(staging: Path, out: Path, force: bool, is_ours: Callable[[Path], bool] = is_results_folder) -> None:
     if not out.exists():
         os.rename(staging, out)
         return
@@ -169,7 +184,7 @@ def _publish(staging: Path, out: Path, force: bool) -> None:
         out.rmdir()
         os.rename(staging, out)
         return
-    if is_results_folder(out):
+    if is_ours(out):
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=staging.parent))
         old.rmdir()
         os.rename(out, old)
