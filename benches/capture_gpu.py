@@ -198,10 +198,15 @@ def bench_transformer(model, layout, device: str, batches, warmup: int, repeats:
             hooks.remove()
         ratios = [c / p for p, c in zip(plain_times, capture_times)]
         plain_ms, capture_ms = statistics.median(plain_times), statistics.median(capture_times)
+        # 95 % interval of the median ratio: percentile bootstrap over the repeats (seeded).
+        r = np.asarray(ratios)
+        boot = np.median(r[np.random.default_rng(0).integers(0, len(r), size=(2000, len(r)))], axis=1)
         rows[batch] = dict(
             plain_ms=plain_ms,
             capture_ms=capture_ms,
             overhead=statistics.median(ratios) - 1.0,
+            overhead_ci95=[float(np.percentile(boot, 2.5)) - 1.0, float(np.percentile(boot, 97.5)) - 1.0],
+            repeats=len(ratios),
             overhead_of_medians=capture_ms / plain_ms - 1.0,
             plain_ms_spread=[min(plain_times), max(plain_times)],
             capture_ms_spread=[min(capture_times), max(capture_times)],
@@ -215,7 +220,9 @@ def bench_transformer(model, layout, device: str, batches, warmup: int, repeats:
         print(
             f"batch {batch}: plain {plain_ms:.2f} ms [{min(plain_times):.1f}, {max(plain_times):.1f}], capture "
             f"{capture_ms:.2f} ms [{min(capture_times):.1f}, {max(capture_times):.1f}] -> overhead (median of "
-            f"paired ratios) {100 * rows[batch]['overhead']:+.2f} %, extra peak {capture_mem - plain_mem:.2f} MiB, "
+            f"paired ratios) {100 * rows[batch]['overhead']:+.2f} % "
+            f"(95 % CI {100 * rows[batch]['overhead_ci95'][0]:+.2f} .. {100 * rows[batch]['overhead_ci95'][1]:+.2f}), "
+            f"extra peak {capture_mem - plain_mem:.2f} MiB, "
             f"units {values.shape[1]}, finite {rows[batch]['finite']}",
             flush=True,
         )
@@ -225,7 +232,8 @@ def bench_transformer(model, layout, device: str, batches, warmup: int, repeats:
 def bench_reduction(model, layout, device: str, batches, repeats: int) -> dict:
     """The fused reduction alone on the real hooked shapes: time per forward's worth of hooks,
     its own peak memory (a float32 copy of the activation would show here), and the floor set by
-    reading each activation once at the measured copy bandwidth."""
+    reading each activation once at the measured copy bandwidth. On the current stream
+    (``_reduce_here``), so that the CUDA events time it even with ``side_stream=True``."""
     from dense_plantain.capture.hooks import UnitHooks
 
     hooks = UnitHooks(model, layout)
@@ -244,12 +252,12 @@ def bench_reduction(model, layout, device: str, batches, repeats: int) -> dict:
 
         def one_forward_of_hooks():
             for _ in range(model.config.num_layers):
-                hooks._reduce(xj, "image", plan[joint])
+                hooks._reduce_here(xj, "image", plan[joint])
             for _ in range(model.config.num_single_layers):
-                hooks._reduce(xs, "joint", plan[single])
+                hooks._reduce_here(xs, "joint", plan[single])
 
         ms = cuda_median_ms(one_forward_of_hooks, 3, repeats)
-        mem = peak_extra_mib(lambda: hooks._reduce(xs, "joint", plan[single]))
+        mem = peak_extra_mib(lambda: hooks._reduce_here(xs, "joint", plan[single]))
         nbytes = model.config.num_layers * xj.numel() * 2 + model.config.num_single_layers * xs.numel() * 2
         copy_src = torch.empty(nbytes // 2, device=device, dtype=torch.bfloat16)
         copy_ms = cuda_median_ms(lambda: copy_src.clone(), 3, repeats)
@@ -441,6 +449,8 @@ def main() -> None:
         capture_ms=b1["capture_ms"],
         overhead=b1["overhead"],
         overhead_by_batch={str(b): r["overhead"] for b, r in rows.items()},
+        overhead_ci95_by_batch={str(b): r["overhead_ci95"] for b, r in rows.items()},
+        hooks="capture.hooks.UnitHooks as installed by install_unit_hooks (defaults)",
         extra_peak_mib=max(r["extra_peak_mib"] for r in rows.values()),
         units=b1["units"],
         all_finite=all(r["finite"] for r in rows.values()),
@@ -450,7 +460,7 @@ def main() -> None:
         gpu_health=health,
         e2e_25_pairs_s=min((r["seconds"] for r in e2e.values()), default=None),
         e2e_by_batch={str(b): r for b, r in e2e.items()},
-        text_encoder="full-size Qwen3-4B config, random bf16 weights, project's tiny BPE tokenizer (512-token padding)",
+        text_encoder="full-size Qwen3-4B config, random bf16 weights, the real Qwen3 tokenizer (512-token padding)",
     )
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print("\n| batch | plain ms | capture ms | overhead | extra peak MiB |")

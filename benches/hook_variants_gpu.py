@@ -6,12 +6,12 @@ events; the overhead is the median of per-repeat ratios, as in ``capture_gpu.py`
 
 Variants:
 
-* ``project``: the project's hooks (``capture.hooks.UnitHooks``), as shipped;
+* ``project``: the project's hooks (``capture.hooks.UnitHooks``), as shipped (reduction on the
+  main stream);
+* ``side``: the same hooks with ``side_stream=True``: the reduction on a second CUDA stream,
+  overlapping the output projection that reads the same activation (checked to give the same bits);
 * ``empty``: pre-hooks on the same modules that do nothing (the cost of the hook calls alone);
 * ``stage1``: only the first reduction stage (column norms over 32 token chunks);
-* ``side``: the project's reduction issued on a second CUDA stream, so that it overlaps the
-  output projection that reads the same activation (the activation is kept alive for the side
-  stream with ``record_stream``; the batch's buffer waits for the side stream at ``end()``).
 
 Every variant that fills the buffer is checked against ``project``'s values (the same kernels
 on another stream must give the same bits).
@@ -56,26 +56,13 @@ class Stage1Hooks(UnitHooks):
 
 
 class SideStreamHooks(UnitHooks):
-    """The project's reduction on a second stream, overlapping the projection that follows."""
+    """The project's reduction on a second CUDA stream (``side_stream=True``)."""
 
-    def install(self):
-        self._side = torch.cuda.Stream()
-        return super().install()
-
-    def _reduce(self, x, stream, reductions) -> None:
-        main = torch.cuda.current_stream()
-        self._side.wait_stream(main)
-        with torch.cuda.stream(self._side):
-            super()._reduce(x, stream, reductions)
-        x.record_stream(self._side)
-
-    def end(self):
-        buf = super().end()
-        torch.cuda.current_stream().wait_stream(self._side)
-        return buf
+    def __init__(self, transformer, layout):
+        super().__init__(transformer, layout, side_stream=True)
 
 
-VARIANTS = {"project": UnitHooks, "empty": EmptyHooks, "stage1": Stage1Hooks, "side": SideStreamHooks}
+VARIANTS = {"project": UnitHooks, "side": SideStreamHooks, "empty": EmptyHooks, "stage1": Stage1Hooks}
 
 
 def timed(fn) -> float:
@@ -87,9 +74,9 @@ def timed(fn) -> float:
     return start.elapsed_time(stop)
 
 
-def measure(model, layout, batch: int, warmup: int, repeats: int) -> dict:
+def measure(model, layout, batch: int, warmup: int, repeats: int, variants=tuple(VARIANTS)) -> dict:
     inputs = transformer_inputs(model, batch, "cuda")
-    hooks = {name: cls(model, layout) for name, cls in VARIANTS.items()}
+    hooks = {name: VARIANTS[name](model, layout) for name in variants}
 
     def plain():
         with torch.inference_mode():
@@ -131,18 +118,23 @@ def measure(model, layout, batch: int, warmup: int, repeats: int) -> dict:
     plain_pairs = [(plain_times[2 * i] + plain_times[2 * i + 1]) / 2 for i in range(repeats)]
     out = {"batch": batch, "plain_ms": statistics.median(plain_times), "variants": {}}
     for name, ts in times.items():
-        ratios = [t / p for t, p in zip(ts, plain_pairs)]
+        ratios = np.array([t / p for t, p in zip(ts, plain_pairs)])
+        # 95 % interval of the median ratio: percentile bootstrap over the repeats (seeded).
+        rng = np.random.default_rng(0)
+        boot = np.median(ratios[rng.integers(0, len(ratios), size=(2000, len(ratios)))], axis=1)
         row = {
             "ms": statistics.median(ts),
-            "overhead": statistics.median(ratios) - 1.0,
+            "overhead": float(np.median(ratios)) - 1.0,
+            "overhead_ci95": [float(np.percentile(boot, 2.5)) - 1.0, float(np.percentile(boot, 97.5)) - 1.0],
             "spread_ms": [min(ts), max(ts)],
         }
-        if name in ("side",):
+        if name == "side":
             row["bit_identical_to_project"] = bool(np.array_equal(values[name], ref))
         out["variants"][name] = row
         print(
             f"batch {batch} {name:8s}: {row['ms']:.2f} ms (plain {out['plain_ms']:.2f}) overhead "
-            f"{100 * row['overhead']:+.2f} %"
+            f"{100 * row['overhead']:+.2f} % (95 % CI {100 * row['overhead_ci95'][0]:+.2f} .. "
+            f"{100 * row['overhead_ci95'][1]:+.2f})"
             + (f", same bits {row.get('bit_identical_to_project')}" if name == "side" else ""),
             flush=True,
         )
@@ -155,12 +147,14 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="Comma-separated subset of the variants.")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     model = build_transformer("cuda")
     layout = build_layout(model.config, "plantain")
     health = gpu_health("cuda")
-    rows = [measure(model, layout, int(b), args.warmup, args.repeats) for b in args.batches.split(",")]
+    variants = ("project", *[v for v in args.variants.split(",") if v != "project"])
+    rows = [measure(model, layout, int(b), args.warmup, args.repeats, variants) for b in args.batches.split(",")]
     args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "health": health, "rows": rows}, indent=1))
 
 

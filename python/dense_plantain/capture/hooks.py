@@ -24,6 +24,16 @@ Results go into one float32 ``[batch, units]`` buffer on the activation's device
 hook synchronises or copies to the host; ``UnitHooks.collect`` makes the batch's single
 device-to-host copy.
 
+``side_stream=True`` (off by default) issues the reductions on a second CUDA stream: the side
+stream waits for the main stream's work up to the hook (so it reads the finished activation), the
+activation is marked as used by the side stream (``record_stream``, so the allocator does not
+hand its memory out again while the side stream still reads it), and ``end()`` makes the main
+stream wait for the side stream before the buffer is used. The kernels and their inputs are the
+same, so the values are the same bits (checked on an H200 by ``benches/hook_variants_gpu.py``).
+It is off because it did not pay reliably: at batch 1 on an H200 (benches/RESULTS.md), in seven
+interleaved runs that timed both in one process, it was clearly below the serial hooks in two
+and level with or above them in the other five.
+
 Signed vectors (``vectors=True``, ``capture --vectors``): per unit also the mean over the unit's
 tokens of each of its ``W`` columns (the layout's one group width), into a second float32
 ``[batch, units * W]`` buffer (unit-major: unit ``u`` owns columns ``u*W .. u*W+W-1``). On the
@@ -120,7 +130,7 @@ class UnitHooks:
     Units not written (a captured step the batch never reached) stay NaN.
     """
 
-    def __init__(self, transformer: Any, layout: Layout, *, vectors: bool = False):
+    def __init__(self, transformer: Any, layout: Layout, *, vectors: bool = False, side_stream: bool = False):
         if not layout.has_labels():
             raise ValueError("this layout has no readouts (it was read from a foreign capture file)")
         #: Column width of every unit when ``vectors`` is on (``vector_width(layout)``), else 0.
@@ -137,6 +147,10 @@ class UnitHooks:
             )
         self._modules = {m: modules[m] for per_step in self.plan.values() for m in per_step}
         self._handles: list[Any] = []
+        #: Issue the reductions on a second CUDA stream (module doc); ignored off CUDA.
+        self.side_stream = side_stream
+        self._side: Any = None  # the side torch.cuda.Stream, made at the first CUDA reduction
+        self._side_used = False  # a reduction of this batch ran on the side stream
         self._buffer: torch.Tensor | None = None
         self._vec_buffer: Any = None  # float32 [batch, units * W] on the device (vectors on)
         self._open = False
@@ -178,6 +192,7 @@ class UnitHooks:
         """Start a new batch: the next transformer forward is step 0."""
         self._buffer = None
         self._vec_buffer = None
+        self._side_used = False
         self._open = True
         self._step = -1
         self._active = None
@@ -190,7 +205,16 @@ class UnitHooks:
             raise RuntimeError("no transformer forward ran since the batch began; nothing was captured")
         self._open = False
         self._active = None
+        self._join_side()
         return self._buffer
+
+    def _join_side(self) -> None:
+        """Make the current stream wait for the reductions issued on the side stream."""
+        if self._side_used:
+            import torch
+
+            torch.cuda.current_stream(self._side.device).wait_stream(self._side)
+            self._side_used = False
 
     def collect(self) -> np.ndarray:
         """``end()`` plus the one device-to-host copy: float32 numpy ``[batch, units]``."""
@@ -200,6 +224,7 @@ class UnitHooks:
         """The batch's ``[batch, units * W]`` float32 vector buffer, still on the device (``vectors`` on)."""
         if self._vec_buffer is None:
             raise RuntimeError("no vectors were captured: the hooks were built without vectors=True, or no forward ran")
+        self._join_side()
         return self._vec_buffer
 
     def collect_vectors(self) -> np.ndarray:
@@ -250,6 +275,28 @@ class UnitHooks:
         return hook
 
     def _reduce(self, x, stream: str, reductions: list[Reduction]) -> None:
+        if not (self.side_stream and x.is_cuda):
+            self._reduce_here(x, stream, reductions)
+            return
+        import torch
+
+        main = torch.cuda.current_stream(x.device)
+        if self._side is None or self._side.device != x.device:
+            self._side = torch.cuda.Stream(device=x.device)
+        side = self._side
+        side.wait_stream(main)  # the activation (and the batch's buffers) are ready
+        if not self._side_used:
+            # The buffers were made on the main stream: keep their memory until the side stream is done.
+            for buffer in (self._buffer, self._vec_buffer):
+                if buffer is not None:
+                    buffer.record_stream(side)
+            self._side_used = True
+        with torch.cuda.stream(side):
+            self._reduce_here(x, stream, reductions)
+        x.record_stream(side)
+
+    def _reduce_here(self, x, stream: str, reductions: list[Reduction]) -> None:
+        """The reductions of one hooked input, on the current stream."""
         import torch
 
         buf = self._buffer
@@ -349,6 +396,8 @@ def _group_norms_and_sums(cols, n_groups: int, width: int):
     return norms, sums
 
 
-def install_unit_hooks(transformer: Any, layout: Layout, *, vectors: bool = False) -> UnitHooks:
+def install_unit_hooks(
+    transformer: Any, layout: Layout, *, vectors: bool = False, side_stream: bool = False
+) -> UnitHooks:
     """Install unit hooks on a ``Flux2Transformer2DModel`` (bare or inside a pipeline)."""
-    return UnitHooks(transformer, layout, vectors=vectors).install()
+    return UnitHooks(transformer, layout, vectors=vectors, side_stream=side_stream).install()
