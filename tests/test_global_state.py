@@ -2,7 +2,7 @@
 
 Several test files capture from one shared float32 load (``tiny_klein.tiny_loaded``). A test that
 cast it to bfloat16 and back rounded every weight to bfloat16 in place, so every later capture of
-it differed from a fresh load of the same folder by ~1e-3 relative (up to ~1.2 % on some units),
+it differed from a fresh load of the same folder by ~1e-3 relative (up to 1.3 % on some units),
 prompt-embedding units included: a drift seen only when that test had run earlier in the process.
 """
 
