@@ -25,10 +25,57 @@ def tiny_dir() -> Path:
 
 
 @functools.cache
-def tiny_loaded():
+def _shared_load():
     from dense_plantain.capture.model import load_pipeline
 
-    return load_pipeline(tiny_dir(), device="cpu", dtype="float32")
+    loaded = load_pipeline(tiny_dir(), device="cpu", dtype="float32")
+    return loaded, WeightsSnapshot(loaded.pipe)
+
+
+def tiny_loaded():
+    """The shared float32 CPU load, checked on every call to hold the weights it was loaded with.
+
+    Tests share this one object, so a test that changes it in place (casting it to bfloat16 and
+    back rounds every weight) would move the values of every later capture of it.
+    """
+    loaded, snapshot = _shared_load()
+    snapshot.check(loaded.pipe)
+    return loaded
+
+
+class WeightsSnapshot:
+    """A copy of a pipeline's weights (transformer, text encoder, VAE), to tell whether they changed."""
+
+    PARTS = ("transformer", "text_encoder", "vae")
+
+    def __init__(self, pipe) -> None:
+        self.tensors = {
+            (part, name): tensor.detach().clone()
+            for part in self.PARTS
+            for name, tensor in getattr(pipe, part).state_dict().items()
+        }
+
+    def changed(self, pipe) -> list[str]:
+        """The ``part.name`` of every tensor whose dtype, shape or bits differ from the snapshot's."""
+        import torch
+
+        now = {(part, name): t for part in self.PARTS for name, t in getattr(pipe, part).state_dict().items()}
+        out = sorted(f"{part}.{name}" for part, name in set(now) ^ set(self.tensors))
+        for key, kept in self.tensors.items():
+            t = now.get(key)
+            if t is not None and not (t.dtype == kept.dtype and t.shape == kept.shape and torch.equal(t, kept)):
+                out.append(f"{key[0]}.{key[1]}")
+        return out
+
+    def check(self, pipe) -> None:
+        changed = self.changed(pipe)
+        if changed:
+            raise AssertionError(
+                f"the shared tiny pipeline (tests/tiny_klein.py tiny_loaded) no longer holds the weights it was "
+                f"loaded with: {len(changed)} tensor(s) changed, e.g. {', '.join(changed[:3])}. A test that ran "
+                "before this one changed it in place (a cast to bfloat16 and back rounds every weight); such a "
+                "test must use a load of its own (load_pipeline(tiny_dir(), ...))."
+            )
 
 
 def write_probe(path: Path, pairs: list[tuple[str, str, str]]) -> Path:
