@@ -66,3 +66,58 @@ def test_the_bfloat16_capture_test_leaves_the_shared_pipeline_bit_identical():
     test(**({"pipe": shared.pipe} if "pipe" in inspect.signature(test).parameters else {}))
     tiny_loaded()  # raises, naming the changed tensors, if the test changed them
     assert all(p.dtype == torch.float32 for p in shared.pipe.text_encoder.parameters())
+
+
+def test_a_random_weights_baseline_puts_the_callers_pipeline_back(tmp_path):
+    """``run_capture(..., loaded=pipe, weights="random")`` re-initialises the caller's pipeline for
+    the run only: afterwards its weights are the loaded bits again (also when the run fails), and a
+    saved-weights capture of it equals the one made before the baseline, bit for bit."""
+    from dense_plantain.capture.job import CaptureSettings
+    from dense_plantain.capture.run import run_capture
+    from dense_plantain.errors import CaptureError
+    from dense_plantain.store import read_capture
+    from tiny_klein import PAIRS, SIZE, write_probe
+
+    loaded = load_pipeline(tiny_dir(), device="cpu", dtype="float32")
+    snapshot = WeightsSnapshot(loaded.pipe)
+    probe = write_probe(tmp_path / "probe.toml", PAIRS[:3])
+    kw = dict(settings=CaptureSettings(height=SIZE, width=SIZE), batch_size=3, show_progress=False, loaded=loaded)
+
+    def capture(name, **more):
+        run_capture(str(tiny_dir()), probe, tmp_path / f"{name}.safetensors", **kw, **more)
+        return read_capture(tmp_path / f"{name}.safetensors")
+
+    before = capture("before")
+    for parts in ("random", "random-all"):
+        baseline = capture(parts, weights=parts, weights_seed=1)
+        assert baseline.meta["weights"]["random"] and not np.array_equal(baseline.a, before.a)
+        snapshot.check(loaded.pipe)  # every tensor of every part is the loaded bits again
+
+    def fail(done, total):
+        raise CaptureError("stopped by the test")
+
+    with pytest.raises(CaptureError, match="stopped by the test"):
+        capture("failed", weights="random-all", weights_seed=2, after_batch=fail)
+    snapshot.check(loaded.pipe)
+
+    after = capture("after")
+    np.testing.assert_array_equal(after.a, before.a)
+    np.testing.assert_array_equal(after.b, before.b)
+    np.testing.assert_array_equal(after.extra["a_input"], before.extra["a_input"])
+
+
+def test_an_in_memory_pipeline_from_a_folder_says_its_weights_were_not_checked():
+    """``capture_pairs`` records the folder's file hashes for a folder-loaded pipeline, and says that
+    changes made in memory after loading are not detected (the weights in memory are not hashed)."""
+    from dense_plantain.capture.model import ModelSource
+    from dense_plantain.capture.provenance import weights_record
+    from dense_plantain.capture.run import _in_memory_model
+
+    pipe = tiny_loaded().pipe
+    model, weights = _in_memory_model(pipe)
+    assert model["source"] == "folder" and model["id"] == str(tiny_dir().resolve())
+    # the hashes are the folder's own (computed here through the file-based record)
+    files = weights_record(ModelSource(str(tiny_dir()), "folder", tiny_dir().resolve()))
+    assert weights["sha256"] == files["sha256"] and weights["sha256"]
+    assert weights["in_memory_checked"] is False and "in_memory_checked" not in files
+    assert "changes made to the pipeline in memory after loading are not detected" in weights["description"]

@@ -9,7 +9,9 @@ its hooks and its offloading stay as they are). The trained text encoder and tok
 kept, so the baseline sees the prompt embeddings the saved-weights run sees. ``random-all``
 re-initialises the text encoder too (``type(model)(config)``, transformers' own ``_init_weights``).
 
-The global random state is restored afterwards (``torch.random.fork_rng``). The same seed on the
+The global random state is restored afterwards (``torch.random.fork_rng``). A pipeline the
+caller passed in (``run_capture(..., loaded=...)``) is put back as it was when the job ends
+(``keep_weights``): only pipelines the job loaded itself are left re-initialised. The same seed on the
 same device type gives bit-identical weights; a CUDA initialisation differs from a CPU one (the
 generators differ), so the record names the device type.
 """
@@ -17,6 +19,7 @@ generators differ), so the record names the device type.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dense_plantain.errors import CaptureError
@@ -82,6 +85,33 @@ def reinitialise(pipe: Any, weights: str, seed: int) -> dict[str, Any]:
         reinitialise_module(module, seed)
     _synchronise(devices)
     return {"parts": list(parts), "seconds": time.perf_counter() - t0, "device": devices[0] if devices else None}
+
+
+def keep_weights(pipe: Any, weights: str) -> Callable[[], None]:
+    """Copy the parts ``weights`` would re-initialise to host memory; the returned function puts them back.
+
+    For a pipeline the caller loaded and still holds (``run_capture(..., loaded=...)``): a
+    baseline must not leave the caller's model random. The copies are bit-exact clones of every
+    tensor of each part's ``state_dict`` (host memory: the size of those parts in their dtype),
+    restored in place with ``Tensor.copy_``, so the caller's pipeline object, its devices, dtypes
+    and hooks stay as they were.
+    """
+    import torch
+
+    kept = {
+        part: {name: t.detach().to("cpu", copy=True) for name, t in getattr(pipe, part).state_dict().items()}
+        for part in parts_of(weights)
+    }
+
+    def restore() -> None:
+        with torch.no_grad():
+            for part, tensors in kept.items():
+                target = getattr(pipe, part).state_dict()
+                for name, tensor in tensors.items():
+                    target[name].copy_(tensor)
+        _synchronise([next(getattr(pipe, part).parameters()).device.type for part in kept])
+
+    return restore
 
 
 def _synchronise(device_types: list[str]) -> None:

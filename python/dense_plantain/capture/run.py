@@ -576,6 +576,11 @@ def _in_memory_model(pipe) -> tuple[dict[str, Any], dict[str, Any]]:
     }
     if folder is not None:
         weights = weights_record(ModelSource(name, "folder", folder.resolve()))
+        weights["description"] = (
+            f"{weights.get('description') or 'weights'}; the sha256 are those of the folder the pipeline was "
+            "loaded from: changes made to the pipeline in memory after loading are not detected"
+        )
+        weights["in_memory_checked"] = False
     else:
         weights = {
             "random": False,
@@ -721,6 +726,7 @@ def run_job(
     partial = partial_path(out)
     probe = load_probe(job.prompts)
     lock = OutputLock(out, list(job.command) if job.command else None).acquire()
+    restore_weights: Callable[[], None] | None = None
     try:
         if out.exists() and not job.force:
             raise CaptureError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
@@ -742,14 +748,17 @@ def run_job(
                 )
         image_sha = file_sha256(settings.image) if settings.image else None
 
+        callers = loaded is not None  # the caller's pipeline: put back as it was after a baseline
         loaded = loaded or load_pipeline(job.model, device=job.device, dtype=job.dtype)
         pipe = loaded.pipe
         counts = _count_tokens(pipe, pairs)  # before any forward: refuses pairs the 512-token cut makes equal
         model_meta = loaded.provenance()
         weights = weights_record(loaded.source)
         if job.weights != "saved":  # a random-weights baseline (capture.reinit)
-            from dense_plantain.capture.reinit import job_weights_record, reinitialise
+            from dense_plantain.capture.reinit import job_weights_record, keep_weights, reinitialise
 
+            if callers:
+                restore_weights = keep_weights(pipe, job.weights)
             done_reinit = reinitialise(pipe, job.weights, job.weights_seed)
             weights = job_weights_record(weights, job.weights, job.weights_seed, done_reinit["device"])
         settings_meta = settings_record(settings, str(loaded.dtype).removeprefix("torch."), image_sha)
@@ -858,6 +867,8 @@ def run_job(
         partial.unlink(missing_ok=True)
         return CaptureResult(out, n_total, runner.layout.n_units, n_resumed, time.monotonic() - t0)
     finally:
+        if restore_weights is not None:
+            restore_weights()
         lock.release()
 
 
