@@ -212,13 +212,7 @@ def _pipeline_options(batch_help: str) -> Callable[[Callable[..., Any]], Callabl
             show_default=True,
             help="auto: bfloat16 on a GPU, float32 on the CPU.",
         ),
-        click.option(
-            "--batch-size",
-            default=1,
-            show_default=True,
-            type=click.IntRange(min=1),
-            help=batch_help,
-        ),
+        click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help=batch_help),
     ]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
