@@ -28,18 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dense_plantain.capture.reinit import reinitialise_module  # noqa: E402
 
-#: A tiny Flux2 transformer config (shapes only) for the CPU check.
-TINY = dict(
-    attention_head_dim=16,
-    axes_dims_rope=[4, 4, 4, 4],
-    in_channels=16,
-    joint_attention_dim=96,
-    num_attention_heads=2,
-    num_layers=1,
-    num_single_layers=2,
-    timestep_guidance_channels=32,
-)
-
 
 def build(device: str, tiny: bool):
     if not tiny:
@@ -48,9 +36,11 @@ def build(device: str, tiny: bool):
         return build_transformer(device)
     from diffusers import Flux2Transformer2DModel
 
+    from dense_plantain.capture.tiny import TINY_TRANSFORMER
+
     torch.manual_seed(0)
     with torch.device(device):
-        model = Flux2Transformer2DModel(**TINY)
+        model = Flux2Transformer2DModel(**TINY_TRANSFORMER)
     return model.to(torch.bfloat16).eval().requires_grad_(False)
 
 

@@ -89,19 +89,24 @@ def transformer_inputs(model, batch: int, device: str, seed: int = 0) -> dict:
     )
 
 
+def timed(fn) -> float:
+    """Milliseconds of one call of ``fn`` on the GPU: between two CUDA events, the second waited for.
+
+    The one timer of the GPU benches (this file, vectors_gpu.py, hook_variants_gpu.py).
+    """
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    stop.record()
+    stop.synchronize()
+    return start.elapsed_time(stop)
+
+
 def cuda_median_ms(fn, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+    return statistics.median([timed(fn) for _ in range(repeats)])
 
 
 def peak_extra_mib(fn) -> float:
@@ -160,14 +165,6 @@ def bench_transformer(model, layout, device: str, batches, warmup: int, repeats:
                 hooks.begin()
                 model(**inputs)
                 hooks.collect()  # the batch's one device-to-host copy
-
-        def timed(fn) -> float:
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            return start.elapsed_time(stop)
 
         plain_mem = peak_extra_mib(plain)
         for _ in range(warmup):
@@ -391,13 +388,23 @@ def bench_end_to_end(pipe, batch_sizes) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benches/results/capture-gpu.json"))
-    parser.add_argument("--batches", default="1,2,4,8")
-    parser.add_argument("--e2e-batches", default="1,4")
+def forward_bench_parser(doc: str, out: str, batches: str, repeats: int) -> argparse.ArgumentParser:
+    """The arguments of a bench that times transformer forwards by batch (this file, vectors_gpu.py).
+
+    --out (the JSON record), --batches (comma-separated), --warmup and --repeats; ``doc``'s first
+    line describes the bench, the rest are the defaults.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--batches", default=batches)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser
+
+
+def main() -> None:
+    parser = forward_bench_parser(__doc__, "benches/results/capture-gpu.json", "1,2,4,8", 20)
+    parser.add_argument("--e2e-batches", default="1,4")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--profile", action="store_true", help="profile one plain and one hooked forward at batch 1")
     args = parser.parse_args()

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from capture_gpu import build_transformer, gpu_health, transformer_inputs  # noqa: E402
+from capture_gpu import build_transformer, gpu_health, timed, transformer_inputs  # noqa: E402
 from dense_plantain.capture.hooks import UnitHooks  # noqa: E402
 from dense_plantain.units import build_layout  # noqa: E402
 
@@ -63,15 +63,6 @@ class SideStreamHooks(UnitHooks):
 
 
 VARIANTS = {"project": UnitHooks, "side": SideStreamHooks, "empty": EmptyHooks, "stage1": Stage1Hooks}
-
-
-def timed(fn) -> float:
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    stop.record()
-    stop.synchronize()
-    return start.elapsed_time(stop)
 
 
 def measure(model, layout, batch: int, warmup: int, repeats: int, variants=tuple(VARIANTS)) -> dict:

@@ -21,12 +21,10 @@ Run on the GPU machine: ``python benches/vectors_gpu.py --out benches/results/ve
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import platform
 import statistics
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,7 +72,7 @@ def table(rows: dict[int, dict[str, Any]]) -> str:
 def bench(model, layout, device: str, batches: list[int], warmup: int, repeats: int) -> dict[int, dict[str, Any]]:
     import torch
 
-    from capture_gpu import transformer_inputs
+    from capture_gpu import timed, transformer_inputs
     from dense_plantain.capture.hooks import UnitHooks
 
     hooks = {"rms": UnitHooks(model, layout), "vectors": UnitHooks(model, layout, vectors=True)}
@@ -98,21 +96,13 @@ def bench(model, layout, device: str, batches: list[int], warmup: int, repeats: 
                     h.remove()
                 return values, vec
 
-        def timed(mode: str) -> float:
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run(mode)
-            stop.record()
-            stop.synchronize()
-            return start.elapsed_time(stop)
-
         for mode in MODES:
             for _ in range(warmup):
                 run(mode)
         times: dict[str, list[float]] = {m: [] for m in MODES}
         for i in range(repeats):
             for mode in rotating_order(i):
-                times[mode].append(timed(mode))
+                times[mode].append(timed(lambda: run(mode)))
         rms, _ = run("rms")
         rms_v, vec = run("vectors")
         row = overhead_row(times)
@@ -134,16 +124,12 @@ def bench(model, layout, device: str, batches: list[int], warmup: int, repeats: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benches/results/vectors-gpu.json"))
-    parser.add_argument("--batches", default="1,4")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=21)
-    args = parser.parse_args()
+    from capture_gpu import build_transformer, forward_bench_parser, gpu_health
+
+    args = forward_bench_parser(__doc__, "benches/results/vectors-gpu.json", "1,4", 21).parse_args()
 
     import torch
 
-    from capture_gpu import build_transformer, gpu_health
     from dense_plantain.units import build_layout
 
     device = "cuda"

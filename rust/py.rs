@@ -38,91 +38,109 @@ type NullArrays<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray1<f64>>);
 
 fn null_arrays(py: Python<'_>, range: sign_flip::NullRange, columns: usize) -> NullArrays<'_> {
     let rows = range.max_abs_t.len();
-    let counts = Array2::from_shape_vec((rows, columns), range.counts).expect("counts shape");
-    (counts.into_pyarray(py), range.max_abs_t.into_pyarray(py))
+    (
+        matrix_out(py, rows, columns, range.counts),
+        range.max_abs_t.into_pyarray(py),
+    )
 }
 
-/// paired(diff) -> (mean, sd, t, d), float64 [n_units] each.
-#[pyfunction]
-#[allow(clippy::type_complexity)]
-fn paired<'py>(
-    py: Python<'py>,
-    diff: PyReadonlyArray2<'py, f64>,
-) -> PyResult<(
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-)> {
-    let d = diffs(&diff)?;
-    let p = py.detach(|| core_paired::paired(&d));
-    Ok((
-        p.mean.into_pyarray(py),
-        p.sd.into_pyarray(py),
-        p.t.into_pyarray(py),
-        p.d.into_pyarray(py),
-    ))
+/// A new 2-D NumPy array of `rows x columns` from the core's row-major `data`.
+fn matrix_out<T: numpy::Element>(py: Python<'_>, rows: usize, columns: usize, data: Vec<T>) -> Bound<'_, PyArray2<T>> {
+    Array2::from_shape_vec((rows, columns), data)
+        .expect("the core returns rows x columns values")
+        .into_pyarray(py)
 }
 
-/// sign_flip_exact(diff, t_thresholds, d_thresholds, start, end) -> (counts int64 [len x k], max_abs_t [len])
-#[pyfunction]
-fn sign_flip_exact<'py>(
+/// The count thresholds of the bindings that count units (t first, then d: one column each).
+fn thresholds<'a>(t: &'a [f64], d: &'a [f64]) -> Thresholds<'a> {
+    Thresholds { t, d }
+}
+
+/// One range of a sign-flip null (`run`: exact, Monte Carlo or identity), the GIL released.
+fn null_range<'py, 't>(
     py: Python<'py>,
-    diff: PyReadonlyArray2<'py, f64>,
-    t_thresholds: Vec<f64>,
-    d_thresholds: Vec<f64>,
-    start: u64,
-    end: u64,
+    diffs: &PairDiffs,
+    thresholds: Thresholds<'t>,
+    run: impl FnOnce(&PairDiffs, Thresholds<'t>) -> Result<sign_flip::NullRange, StatsError> + Send,
 ) -> PyResult<NullArrays<'py>> {
-    let d = diffs(&diff)?;
-    let thresholds = Thresholds {
-        t: &t_thresholds,
-        d: &d_thresholds,
-    };
-    let range = py
-        .detach(|| sign_flip::exact(&d, thresholds, start, end))
-        .map_err(value_error)?;
+    let range = py.detach(|| run(diffs, thresholds)).map_err(value_error)?;
     Ok(null_arrays(py, range, thresholds.len()))
 }
 
-/// sign_flip_monte_carlo(diff, t_thresholds, d_thresholds, seed, start, end) -> (counts, max_abs_t)
-#[pyfunction]
-fn sign_flip_monte_carlo<'py>(
-    py: Python<'py>,
-    diff: PyReadonlyArray2<'py, f64>,
-    t_thresholds: Vec<f64>,
-    d_thresholds: Vec<f64>,
-    seed: u64,
-    start: u64,
-    end: u64,
-) -> PyResult<NullArrays<'py>> {
-    let d = diffs(&diff)?;
-    let thresholds = Thresholds {
-        t: &t_thresholds,
-        d: &d_thresholds,
-    };
-    let range = py
-        .detach(|| sign_flip::monte_carlo(&d, thresholds, seed, start, end))
-        .map_err(value_error)?;
-    Ok(null_arrays(py, range, thresholds.len()))
+/// A matrix with one column per pair of `diffs` (split assignments, bootstrap indices): its data and rows.
+fn per_pair<'a, T: numpy::Element>(
+    array: &'a PyReadonlyArray2<'_, T>,
+    name: &str,
+    diffs: &PairDiffs,
+) -> PyResult<(&'a [T], usize)> {
+    let (data, rows, width) = matrix(array, name)?;
+    if width != diffs.n_pairs() {
+        return Err(PyValueError::new_err(format!(
+            "{name} have {width} columns, diff has {} pairs",
+            diffs.n_pairs()
+        )));
+    }
+    Ok((data, rows))
 }
 
-/// sign_flip_identity(diff, t_thresholds, d_thresholds) -> (counts int64 [1 x k], max_abs_t [1]):
-/// the observed data (nothing flipped) through the null's route, for any number of pairs.
-#[pyfunction]
-fn sign_flip_identity<'py>(
-    py: Python<'py>,
-    diff: PyReadonlyArray2<'py, f64>,
-    t_thresholds: Vec<f64>,
-    d_thresholds: Vec<f64>,
-) -> PyResult<NullArrays<'py>> {
-    let d = diffs(&diff)?;
-    let thresholds = Thresholds {
-        t: &t_thresholds,
-        d: &d_thresholds,
+/// The rows of a `partitions` matrix (u32 [p x m]): one group label per unit in each partition.
+fn partition_rows<'a>(array: &'a PyReadonlyArray2<'_, u32>) -> PyResult<Vec<&'a [u32]>> {
+    let (labels, rows, width) = matrix(array, "partitions")?;
+    Ok((0..rows).map(|r| &labels[r * width..(r + 1) * width]).collect())
+}
+
+/// A `#[pyfunction]` whose first argument is `diff` (float64 [n_pairs x n_units]): the binding is
+/// written with `py` and `d` (the checked `PairDiffs` view) in front of its own arguments, and
+/// its body starts with `d` in hand.
+macro_rules! diff_binding {
+    ($(#[$attr:meta])* fn $name:ident($py:ident, $d:ident $(, $arg:ident: $ty:ty)*) -> $ret:ty $body:block) => {
+        $(#[$attr])*
+        #[pyfunction]
+        fn $name<'py>($py: Python<'py>, diff: PyReadonlyArray2<'py, f64> $(, $arg: $ty)*) -> PyResult<$ret> {
+            let $d = diffs(&diff)?;
+            $body
+        }
     };
-    let range = py.detach(|| sign_flip::identity(&d, thresholds)).map_err(value_error)?;
-    Ok(null_arrays(py, range, thresholds.len()))
+}
+
+type Moments<'py> = (
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+);
+
+diff_binding! {
+    /// paired(diff) -> (mean, sd, t, d), float64 [n_units] each.
+    fn paired(py, d) -> Moments<'py> {
+        let p = py.detach(|| core_paired::paired(&d));
+        Ok((p.mean.into_pyarray(py), p.sd.into_pyarray(py), p.t.into_pyarray(py), p.d.into_pyarray(py)))
+    }
+}
+
+diff_binding! {
+    /// sign_flip_exact(diff, t_thresholds, d_thresholds, start, end) -> (counts int64 [len x k], max_abs_t [len])
+    fn sign_flip_exact(py, d, t_thresholds: Vec<f64>, d_thresholds: Vec<f64>, start: u64, end: u64) -> NullArrays<'py> {
+        null_range(py, &d, thresholds(&t_thresholds, &d_thresholds), |d, th| sign_flip::exact(d, th, start, end))
+    }
+}
+
+diff_binding! {
+    /// sign_flip_monte_carlo(diff, t_thresholds, d_thresholds, seed, start, end) -> (counts, max_abs_t)
+    fn sign_flip_monte_carlo(
+        py, d, t_thresholds: Vec<f64>, d_thresholds: Vec<f64>, seed: u64, start: u64, end: u64
+    ) -> NullArrays<'py> {
+        let run = |d: &PairDiffs, th| sign_flip::monte_carlo(d, th, seed, start, end);
+        null_range(py, &d, thresholds(&t_thresholds, &d_thresholds), run)
+    }
+}
+
+diff_binding! {
+    /// sign_flip_identity(diff, t_thresholds, d_thresholds) -> (counts int64 [1 x k], max_abs_t [1]):
+    /// the observed data (nothing flipped) through the null's route, for any number of pairs.
+    fn sign_flip_identity(py, d, t_thresholds: Vec<f64>, d_thresholds: Vec<f64>) -> NullArrays<'py> {
+        null_range(py, &d, thresholds(&t_thresholds, &d_thresholds), sign_flip::identity)
+    }
 }
 
 /// monte_carlo_signs(n_pairs, seed, start, end) -> int8 [len x n_pairs] of +1 / -1
@@ -137,10 +155,7 @@ fn monte_carlo_signs(
     let signs = py
         .detach(|| sign_flip::monte_carlo_signs(n_pairs, seed, start, end))
         .map_err(value_error)?;
-    let rows = (end - start) as usize;
-    Ok(Array2::from_shape_vec((rows, n_pairs), signs)
-        .expect("signs shape")
-        .into_pyarray(py))
+    Ok(matrix_out(py, (end - start) as usize, n_pairs, signs))
 }
 
 /// n_patterns(n_pairs) -> 2 ** (n_pairs - 1), the distinct sign patterns (exact mode's size).
@@ -164,28 +179,16 @@ fn split_assignments(
     seed: u64,
 ) -> PyResult<Bound<'_, PyArray2<bool>>> {
     let a = core_split::assignments(n_pairs, n_splits, seed).map_err(value_error)?;
-    Ok(Array2::from_shape_vec((n_splits, n_pairs), a)
-        .expect("assignment shape")
-        .into_pyarray(py))
+    Ok(matrix_out(py, n_splits, n_pairs, a))
 }
 
-/// split_half(diff, assignments) -> float64 [n_splits] of Pearson r
-#[pyfunction]
-fn split_half<'py>(
-    py: Python<'py>,
-    diff: PyReadonlyArray2<'py, f64>,
-    assignments: PyReadonlyArray2<'py, bool>,
-) -> PyResult<Bound<'py, PyArray1<f64>>> {
-    let d = diffs(&diff)?;
-    let (a, _, width) = matrix(&assignments, "assignments")?;
-    if width != d.n_pairs() {
-        return Err(PyValueError::new_err(format!(
-            "assignments have {width} columns, diff has {} pairs",
-            d.n_pairs()
-        )));
+diff_binding! {
+    /// split_half(diff, assignments) -> float64 [n_splits] of Pearson r
+    fn split_half(py, d, assignments: PyReadonlyArray2<'py, bool>) -> Bound<'py, PyArray1<f64>> {
+        let (a, _) = per_pair(&assignments, "assignments", &d)?;
+        let r = py.detach(|| core_split::split_half(&d, a)).map_err(value_error)?;
+        Ok(r.into_pyarray(py))
     }
-    let r = py.detach(|| core_split::split_half(&d, a)).map_err(value_error)?;
-    Ok(r.into_pyarray(py))
 }
 
 /// threads() -> the number of worker threads of the statistics pool in this process.
@@ -219,79 +222,43 @@ type TallyArrays<'py> = (
     u64,
 );
 
-/// sign_flip_tallies(diff, t_thr, d_thr, partitions u32 [p x m], tail, exact, seed, start, end, bars)
-/// -> (hist int64, max_bins, abs_bins int64 [len(bars) + 1], patterns)
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-fn sign_flip_tallies<'py>(
-    py: Python<'py>,
-    diff: PyReadonlyArray2<'py, f64>,
-    t_thresholds: Vec<f64>,
-    d_thresholds: Vec<f64>,
-    partitions: PyReadonlyArray2<'py, u32>,
-    tail: &str,
-    exact: bool,
-    seed: u64,
-    start: u64,
-    end: u64,
-    bars: Vec<f64>,
-) -> PyResult<TallyArrays<'py>> {
-    let d = diffs(&diff)?;
-    let tail = tail_of(tail)?;
-    let (labels, rows, width) = matrix(&partitions, "partitions")?;
-    let parts: Vec<&[u32]> = (0..rows).map(|r| &labels[r * width..(r + 1) * width]).collect();
-    let thresholds = Thresholds {
-        t: &t_thresholds,
-        d: &d_thresholds,
-    };
-    let out = py
-        .detach(|| sign_flip::tallies::tallies(&d, thresholds, &parts, tail, exact, seed, start, end, &bars))
-        .map_err(value_error)?;
-    Ok((
-        out.hist.into_pyarray(py),
-        out.max_bins.into_pyarray(py),
-        out.abs_bins.into_pyarray(py),
-        out.patterns,
-    ))
+diff_binding! {
+    /// sign_flip_tallies(diff, t_thr, d_thr, partitions u32 [p x m], tail, exact, seed, start, end, bars)
+    /// -> (hist int64, max_bins, abs_bins int64 [len(bars) + 1], patterns)
+    #[allow(clippy::too_many_arguments)]
+    fn sign_flip_tallies(
+        py, d, t_thresholds: Vec<f64>, d_thresholds: Vec<f64>, partitions: PyReadonlyArray2<'py, u32>, tail: &str,
+        exact: bool, seed: u64, start: u64, end: u64, bars: Vec<f64>
+    ) -> TallyArrays<'py> {
+        let (tail, parts) = (tail_of(tail)?, partition_rows(&partitions)?);
+        let th = thresholds(&t_thresholds, &d_thresholds);
+        let out = py
+            .detach(|| sign_flip::tallies::tallies(&d, th, &parts, tail, exact, seed, start, end, &bars))
+            .map_err(value_error)?;
+        let bins = (out.hist.into_pyarray(py), out.max_bins.into_pyarray(py), out.abs_bins.into_pyarray(py));
+        Ok((bins.0, bins.1, bins.2, out.patterns))
+    }
 }
 
-/// sign_flip_unit_scores(diff, tail) -> float64 [n_units]: S^2 / SS (two) or signed S / sqrt(SS).
-#[pyfunction]
-fn sign_flip_unit_scores<'py>(
-    py: Python<'py>,
-    diff: PyReadonlyArray2<'py, f64>,
-    tail: &str,
-) -> PyResult<Bound<'py, PyArray1<f64>>> {
-    let d = diffs(&diff)?;
-    let tail = tail_of(tail)?;
-    let s = py
-        .detach(|| sign_flip::tallies::unit_scores(&d, tail))
-        .map_err(value_error)?;
-    Ok(s.into_pyarray(py))
+diff_binding! {
+    /// sign_flip_unit_scores(diff, tail) -> float64 [n_units]: S^2 / SS (two) or signed S / sqrt(SS).
+    fn sign_flip_unit_scores(py, d, tail: &str) -> Bound<'py, PyArray1<f64>> {
+        let tail = tail_of(tail)?;
+        let s = py.detach(|| sign_flip::tallies::unit_scores(&d, tail)).map_err(value_error)?;
+        Ok(s.into_pyarray(py))
+    }
 }
 
-/// sign_flip_tally_observed(diff, t_thr, d_thr, partitions, tail) -> int64 [groups x columns], flat
-#[pyfunction]
-fn sign_flip_tally_observed<'py>(
-    py: Python<'py>,
-    diff: PyReadonlyArray2<'py, f64>,
-    t_thresholds: Vec<f64>,
-    d_thresholds: Vec<f64>,
-    partitions: PyReadonlyArray2<'py, u32>,
-    tail: &str,
-) -> PyResult<Bound<'py, PyArray1<i64>>> {
-    let d = diffs(&diff)?;
-    let tail = tail_of(tail)?;
-    let (labels, rows, width) = matrix(&partitions, "partitions")?;
-    let parts: Vec<&[u32]> = (0..rows).map(|r| &labels[r * width..(r + 1) * width]).collect();
-    let thresholds = Thresholds {
-        t: &t_thresholds,
-        d: &d_thresholds,
-    };
-    let out = py
-        .detach(|| sign_flip::tallies::observed(&d, thresholds, &parts, tail))
-        .map_err(value_error)?;
-    Ok(out.into_pyarray(py))
+diff_binding! {
+    /// sign_flip_tally_observed(diff, t_thr, d_thr, partitions, tail) -> int64 [groups x columns], flat
+    fn sign_flip_tally_observed(
+        py, d, t_thresholds: Vec<f64>, d_thresholds: Vec<f64>, partitions: PyReadonlyArray2<'py, u32>, tail: &str
+    ) -> Bound<'py, PyArray1<i64>> {
+        let (tail, parts) = (tail_of(tail)?, partition_rows(&partitions)?);
+        let th = thresholds(&t_thresholds, &d_thresholds);
+        let out = py.detach(|| sign_flip::tallies::observed(&d, th, &parts, tail)).map_err(value_error)?;
+        Ok(out.into_pyarray(py))
+    }
 }
 
 #[pymodule]
@@ -382,38 +349,19 @@ fn direction_null<'py>(
 #[pyfunction]
 fn bootstrap_indices(py: Python<'_>, n_pairs: usize, draws: usize, seed: u64) -> PyResult<Bound<'_, PyArray2<u32>>> {
     let idx = crate::bootstrap::indices(n_pairs, draws, seed).map_err(value_error)?;
-    Ok(Array2::from_shape_vec((draws, n_pairs), idx)
-        .expect("indices shape")
-        .into_pyarray(py))
+    Ok(matrix_out(py, draws, n_pairs, idx))
 }
 
-/// bootstrap_counts(diff, t_thresholds, d_thresholds, indices uint32 [draws x n]) -> int64 [draws x k]
-#[pyfunction]
-fn bootstrap_counts<'py>(
-    py: Python<'py>,
-    diff: PyReadonlyArray2<'py, f64>,
-    t_thresholds: Vec<f64>,
-    d_thresholds: Vec<f64>,
-    indices: PyReadonlyArray2<'py, u32>,
-) -> PyResult<Bound<'py, PyArray2<i64>>> {
-    let d = diffs(&diff)?;
-    let (idx, draws, width) = matrix(&indices, "indices")?;
-    if width != d.n_pairs() {
-        return Err(PyValueError::new_err(format!(
-            "indices have {width} columns, diff has {} pairs",
-            d.n_pairs()
-        )));
+diff_binding! {
+    /// bootstrap_counts(diff, t_thresholds, d_thresholds, indices uint32 [draws x n]) -> int64 [draws x k]
+    fn bootstrap_counts(
+        py, d, t_thresholds: Vec<f64>, d_thresholds: Vec<f64>, indices: PyReadonlyArray2<'py, u32>
+    ) -> Bound<'py, PyArray2<i64>> {
+        let (idx, draws) = per_pair(&indices, "indices", &d)?;
+        let th = thresholds(&t_thresholds, &d_thresholds);
+        let c = py.detach(|| crate::bootstrap::counts(&d, th, idx)).map_err(value_error)?;
+        Ok(matrix_out(py, draws, th.len(), c))
     }
-    let thresholds = Thresholds {
-        t: &t_thresholds,
-        d: &d_thresholds,
-    };
-    let c = py
-        .detach(|| crate::bootstrap::counts(&d, thresholds, idx))
-        .map_err(value_error)?;
-    Ok(Array2::from_shape_vec((draws, thresholds.len()), c)
-        .expect("counts shape")
-        .into_pyarray(py))
 }
 
 fn register_direction_bootstrap(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -17,6 +17,19 @@ from dense_plantain import store, units
 SMALL_SHAPE = units.ModelShape(n_joint=2, n_single=3, n_heads=4, head_dim=32, mlp_hidden=192)
 
 
+#: The files of the results folder that analyze and compare write for such a capture, written out
+#: here (not read from dense_plantain.report) so that the tests check the package against them.
+RESULTS_FILES = {
+    "results.json",
+    "units.csv",
+    "results.md",
+    "abs_t_by_block.png",
+    "null_counts.png",
+    "split_half_r.png",
+    "abs_t_heatmap.png",
+}
+
+
 def small_layout(name: str = "plantain") -> units.Layout:
     return units.build_layout(SMALL_SHAPE, name)
 

@@ -8,16 +8,11 @@ split-half for the median r.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
 from dense_plantain import stats
+from fresh_python import thread_runs
 
 T_THR = (2.0, 3.0, 5.0)
 D_THR = (0.5, 0.8)
@@ -127,15 +122,7 @@ print(json.dumps({"threads": stats.threads(), "counts": r.counts.tolist()}))
 
 
 def test_thread_count_invariant():
-    runs = {}
-    for threads in ("1", "2", "3"):
-        env = {**os.environ, "DENSE_PLANTAIN_NUM_THREADS": threads}
-        out = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(THREAD_SCRIPT)], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert out.returncode == 0, out.stderr
-        runs[threads] = json.loads(out.stdout)
-        assert runs[threads].pop("threads") == int(threads)
+    runs = thread_runs(THREAD_SCRIPT)
     assert runs["1"] == runs["2"] == runs["3"]
 
 

@@ -20,7 +20,7 @@ from dense_plantain.capture.run import CaptureSettings, initial_noise, partial_p
 from dense_plantain.errors import CaptureError, ModelLoadError, PromptFileError
 from dense_plantain.store import read_capture
 from dense_plantain.units import build_layout
-from tiny_klein import PAIRS, SIZE, tiny_dir, tiny_loaded, write_probe
+from tiny_klein import PAIRS, SIZE, capture_args, tiny_dir, tiny_loaded, write_probe
 
 # The tiny transformer's widths, written out (not read from the code under test).
 HEADS, HEAD_DIM, N_JOINT, N_SINGLE = 4, 16, 5, 20
@@ -449,22 +449,13 @@ def test_existing_output_needs_force(tmp_path, probe_file):
 
 def test_bad_height_is_refused_before_loading_anything(tmp_path, probe_file):
     t0 = time.monotonic()
-    with pytest.raises(CaptureError, match=r"--height 100 is not a positive multiple of 16.*e\.g\. 96 or 112"):
-        run_capture(
-            "/no/such/model",
-            probe_file,
-            tmp_path / "x.safetensors",
-            settings=CaptureSettings(height=100, width=64),
-            show_progress=False,
-        )
-    with pytest.raises(CaptureError, match="--width 8 "):
-        run_capture(
-            "/no/such/model",
-            probe_file,
-            tmp_path / "x.safetensors",
-            settings=CaptureSettings(height=64, width=8),
-            show_progress=False,
-        )
+    out = tmp_path / "x.safetensors"
+    for settings, message in (
+        (CaptureSettings(height=100, width=64), r"--height 100 is not a positive multiple of 16.*e\.g\. 96 or 112"),
+        (CaptureSettings(height=64, width=8), "--width 8 "),
+    ):
+        with pytest.raises(CaptureError, match=message):
+            run_capture("/no/such/model", probe_file, out, settings=settings, show_progress=False)
     assert time.monotonic() - t0 < 5
 
 
@@ -580,24 +571,7 @@ def test_cli_capture_and_errors(tmp_path, probe_file):
 
     runner = CliRunner()
     out = tmp_path / "cli.safetensors"
-    args = [
-        "capture",
-        "--model",
-        str(tiny_dir()),
-        "--prompts",
-        str(probe_file),
-        "--out",
-        str(out),
-        "--height",
-        str(SIZE),
-        "--width",
-        str(SIZE),
-        "--device",
-        "cpu",
-        "--batch-size",
-        "4",
-        "--quiet",
-    ]
+    args = capture_args(probe_file, out, 4)
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     assert f"{len(PAIRS)} pairs x 340 units" in res.output

@@ -13,7 +13,7 @@ from scipy import stats as sps
 from dense_plantain import analysis, store, units, welch
 from dense_plantain.cli import main
 from dense_plantain.errors import AnalysisError
-from synthetic_captures import SMALL_SHAPE, correlated_pairs, probe_meta, small_layout, write
+from synthetic_captures import RESULTS_FILES, SMALL_SHAPE, correlated_pairs, probe_meta, small_layout, write
 
 
 @pytest.fixture
@@ -194,16 +194,7 @@ def test_compare_cli_writes_the_results_folder(tmp_path, cmp_matched):
         main, ["compare", *map(str, cmp_matched), "--out", str(out), "--permutations", "100", "--splits", "10"]
     )
     assert res.exit_code == 0, res.output
-    names = {p.name for p in out.iterdir()}
-    assert {
-        "results.json",
-        "units.csv",
-        "results.md",
-        "abs_t_by_block.png",
-        "null_counts.png",
-        "split_half_r.png",
-        "abs_t_heatmap.png",
-    } == names
+    assert {p.name for p in out.iterdir()} == RESULTS_FILES
     md = (out / "results.md").read_text()
     assert "(expressive pose − T-pose) − (expressive pose − A-pose)" in md
 

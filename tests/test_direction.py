@@ -9,15 +9,12 @@ noise over many datasets.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 from dense_plantain import stats
+from fresh_python import run_python, thread_runs
 
 
 def unit_view(delta: np.ndarray, width: int) -> np.ndarray:
@@ -138,24 +135,11 @@ print(json.dumps({"threads": stats.threads(), "p": r.p.tolist(), "p_max": r.p_ma
 
 
 def test_monte_carlo_is_thread_count_invariant():
-    runs = {}
-    for threads in ("1", "2", "3"):
-        env = {**os.environ, "DENSE_PLANTAIN_NUM_THREADS": threads}
-        out = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(THREAD_SCRIPT)], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert out.returncode == 0, out.stderr
-        runs[threads] = json.loads(out.stdout)
-        assert runs[threads].pop("threads") == int(threads)
+    runs = thread_runs(THREAD_SCRIPT)
     assert runs["1"] == runs["2"] == runs["3"]
     # The instruction sets give the same bits (the AVX-512 kernel is written with intrinsics).
     for isa in ("baseline", "avx2"):
-        env = {**os.environ, "DENSE_PLANTAIN_NUM_THREADS": "2", "DENSE_PLANTAIN_SIMD": isa}
-        out = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(THREAD_SCRIPT)], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert out.returncode == 0, out.stderr
-        run = json.loads(out.stdout)
+        run = json.loads(run_python(THREAD_SCRIPT, {"DENSE_PLANTAIN_NUM_THREADS": "2", "DENSE_PLANTAIN_SIMD": isa}))
         run.pop("threads")
         assert run == runs["1"], isa
 

@@ -158,25 +158,12 @@ def test_cli_capture_vectors_then_analyze(tmp_path):
     from click.testing import CliRunner
 
     from dense_plantain.cli import main
-    from tiny_klein import PAIRS, SIZE, tiny_dir, write_probe
+    from tiny_klein import PAIRS, capture_args, write_probe
 
     probe = write_probe(tmp_path / "probe.toml", PAIRS)
     out = tmp_path / "cap.safetensors"
-    args = ["capture", "--model", str(tiny_dir()), "--prompts", str(probe), "--out", str(out)]
-    args += [
-        "--height",
-        str(SIZE),
-        "--width",
-        str(SIZE),
-        "--device",
-        "cpu",
-        "--batch-size",
-        "5",
-        "--quiet",
-        "--vectors",
-    ]
     runner = CliRunner()
-    res = runner.invoke(main, args)
+    res = runner.invoke(main, capture_args(probe, out, 5, "--vectors"))
     assert res.exit_code == 0, res.output
     cap = store.read_capture(out)
     assert cap.meta["vector_width"] == 16 and cap.extra["a_vec"].shape == (len(PAIRS), 340 * 16)

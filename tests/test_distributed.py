@@ -40,7 +40,7 @@ from dense_plantain.capture.job import CaptureJob
 from dense_plantain.capture.run import CaptureSettings, partial_path
 from dense_plantain.errors import CaptureError
 from dense_plantain.store import read_capture, write_capture
-from tiny_klein import PAIRS, tiny_dir, write_probe
+from tiny_klein import PAIRS, capture_args, tiny_dir, write_probe
 
 SIZE = 16  # pixels: 8 x 8 image tokens, the smallest the tiny pipeline takes
 BATCH = 2
@@ -61,31 +61,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _capture_cmd(probe: Path, out: Path, *more: str, nproc: int | None = 2) -> list[str]:
     launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return [
-        sys.executable,
-        *launcher,
-        "-m",
-        "dense_plantain",
-        "capture",
-        "--model",
-        str(tiny_dir()),
-        "--prompts",
-        str(probe),
-        "--out",
-        str(out),
-        "--height",
-        str(SIZE),
-        "--width",
-        str(SIZE),
-        "--device",
-        "cpu",
-        "--batch-size",
-        str(BATCH),
-        "--quiet",
-        "--dist-timeout",
-        "1",
-        *more,
-    ]
+    capture = capture_args(probe, out, BATCH, "--dist-timeout", "1", *more, size=SIZE)
+    return [sys.executable, *launcher, "-m", "dense_plantain", *capture]
 
 
 def _start(cmd: list[str], **env: str) -> subprocess.Popen:

@@ -18,18 +18,9 @@ from scipy import stats as sps
 from dense_plantain import analysis, report, store, units
 from dense_plantain.cli import main
 from dense_plantain.report import card, cells, figures
-from synthetic_captures import correlated_pairs, probe_meta, small_layout, write
+from synthetic_captures import RESULTS_FILES, correlated_pairs, probe_meta, small_layout, write
 
 REFERENCE_CARD = Path("/work/shared/reference/dense-plantain-card.txt")
-FILES = {
-    "results.json",
-    "units.csv",
-    "results.md",
-    "abs_t_by_block.png",
-    "null_counts.png",
-    "split_half_r.png",
-    "abs_t_heatmap.png",
-}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -76,7 +67,7 @@ def _number(text: str) -> float:
 
 
 def test_folder_holds_exactly_the_outputs(rep_run):
-    assert {p.name for p in rep_run["out"].iterdir()} == FILES
+    assert {p.name for p in rep_run["out"].iterdir()} == RESULTS_FILES
     assert not [p for p in rep_run["out"].parent.iterdir() if p.name.startswith(".")]  # no staging left
     assert "Units with |t| > 3" in rep_run["output"]  # the console table
 
@@ -345,7 +336,7 @@ def test_foreign_folder_is_refused_then_forced(tmp_path, rep_small_capture):
     assert {p.name for p in out.iterdir()} == {"notes.txt"}
     res = _analyze(rep_small_capture, out, "--force")
     assert res.exit_code == 0, res.output
-    assert {p.name for p in out.iterdir()} == FILES | {"notes.txt"}
+    assert {p.name for p in out.iterdir()} == RESULTS_FILES | {"notes.txt"}
     assert (out / "notes.txt").read_text() == "keep me"
 
 
@@ -354,7 +345,7 @@ def test_previous_results_folder_is_replaced(tmp_path, rep_small_capture):
     assert _analyze(rep_small_capture, out, "--seed", "1").exit_code == 0
     assert _analyze(rep_small_capture, out, "--seed", "2").exit_code == 0
     assert json.loads((out / "results.json").read_text())["seed"] == 2
-    assert {p.name for p in out.iterdir()} == FILES
+    assert {p.name for p in out.iterdir()} == RESULTS_FILES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "small.safetensors"]
 
 
@@ -362,7 +353,7 @@ def test_empty_folder_is_used(tmp_path, rep_small_capture):
     out = tmp_path / "empty"
     out.mkdir()
     assert _analyze(rep_small_capture, out).exit_code == 0
-    assert {p.name for p in out.iterdir()} == FILES
+    assert {p.name for p in out.iterdir()} == RESULTS_FILES
 
 
 def test_a_failure_while_writing_leaves_nothing(tmp_path, rep_small_capture, monkeypatch):
@@ -383,7 +374,7 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, rep_small_capture, mon
     monkeypatch.setattr(figures, "write_figures", broken)
     with pytest.raises(report.OutputFolderError):
         report.write_results(result, out)
-    assert (out / "results.json").read_bytes() == before and {p.name for p in out.iterdir()} == FILES
+    assert (out / "results.json").read_bytes() == before and {p.name for p in out.iterdir()} == RESULTS_FILES
 
 
 def test_readme_policy(tmp_path, rep_run):

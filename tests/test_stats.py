@@ -8,10 +8,6 @@ permutation t-test, or a numpy re-implementation of split-half reliability.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -19,6 +15,7 @@ import scipy.stats
 
 from dense_plantain import stats
 from dense_plantain.errors import AnalysisError
+from fresh_python import run_python
 
 # Not 3 and 5: a constant unit's |t| under a pattern is sqrt((n-1) k^2 / (n^2 - k^2)), which is
 # exactly 5 for n = 12, k = 10 (and 3 for n = 8); at such exact ties a float brute force may land
@@ -64,15 +61,6 @@ def probe_like(n: int, m: int, seed: int) -> np.ndarray:
     effect = np.where(np.arange(m) % 3 == 0, rng.normal(0, 0.8, m), 0.0)
     factor = rng.normal(size=(n, (m + 15) // 16)).repeat(16, axis=1)[:, :m]
     return effect + 0.6 * factor + 0.8 * rng.normal(size=(n, m))
-
-
-def run_python(code: str, env_extra: dict[str, str], timeout: float = 120) -> str:
-    env = {**os.environ, **env_extra}
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 # --- paired statistics -------------------------------------------------------------------------

@@ -86,6 +86,14 @@ def write_probe(path: Path, pairs: list[tuple[str, str, str]]) -> Path:
     return path
 
 
+def capture_args(probe: Path, out: Path, batch_size: int, *more: str, size: int = SIZE) -> list[str]:
+    """The arguments of ``dense-plantain capture`` of ``probe`` with the tiny pipeline: on the CPU, at
+    ``size`` x ``size`` pixels, quiet, ``batch_size`` prompts per forward; ``more`` follow."""
+    args = ["capture", "--model", str(tiny_dir()), "--prompts", str(probe), "--out", str(out)]
+    args += ["--height", str(size), "--width", str(size), "--device", "cpu", "--batch-size", str(batch_size)]
+    return [*args, "--quiet", *more]
+
+
 PAIRS = [
     ("p1", "a person standing in a T-pose on a stage", "a person leaping mid-dance on a stage"),
     ("p2", "a man in a blue jacket, arms out to the sides", "a man in a blue jacket, crouching low"),

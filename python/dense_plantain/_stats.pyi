@@ -4,6 +4,8 @@ Use :mod:`dense_plantain.stats`, which validates input and names what is wrong; 
 functions take C-contiguous float64 ``[pairs x units]`` matrices and raise ``ValueError``.
 """
 
+from typing import TypeAlias
+
 import numpy as np
 import numpy.typing as npt
 
@@ -32,40 +34,32 @@ __all__ = [
     "threads",
 ]
 
+# The arrays of the signatures below, named once.
+_F64: TypeAlias = npt.NDArray[np.float64]
+_I64: TypeAlias = npt.NDArray[np.int64]
+_U32: TypeAlias = npt.NDArray[np.uint32]
+#: A range of a sign-flip null: counts [len x (t + d thresholds)] and max |t| [len].
+_NullArrays: TypeAlias = tuple[_I64, _F64]
+
 MAX_EXACT_PAIRS: int
 MIN_PAIRS: int
 MIN_SPLIT_PAIRS: int
 THREAD_ENV_VARS: list[str]
 
-def paired(
-    diff: npt.NDArray[np.float64],
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def paired(diff: _F64) -> tuple[_F64, _F64, _F64, _F64]:
     """(mean, sd, t, d), one value per unit each."""
 
 def sign_flip_exact(
-    diff: npt.NDArray[np.float64],
-    t_thresholds: list[float],
-    d_thresholds: list[float],
-    start: int,
-    end: int,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    diff: _F64, t_thresholds: list[float], d_thresholds: list[float], start: int, end: int
+) -> _NullArrays:
     """Patterns start..end of the 2^(n-1): counts [len x (t + d thresholds)], max |t| [len]."""
 
 def sign_flip_monte_carlo(
-    diff: npt.NDArray[np.float64],
-    t_thresholds: list[float],
-    d_thresholds: list[float],
-    seed: int,
-    start: int,
-    end: int,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    diff: _F64, t_thresholds: list[float], d_thresholds: list[float], seed: int, start: int, end: int
+) -> _NullArrays:
     """Monte Carlo permutations start..end of seed: counts and max |t| as for the exact null."""
 
-def sign_flip_identity(
-    diff: npt.NDArray[np.float64],
-    t_thresholds: list[float],
-    d_thresholds: list[float],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+def sign_flip_identity(diff: _F64, t_thresholds: list[float], d_thresholds: list[float]) -> _NullArrays:
     """The observed data (nothing flipped) through the null's route, any n: counts [1 x k], max |t| [1]."""
 
 def monte_carlo_signs(n_pairs: int, seed: int, start: int, end: int) -> npt.NDArray[np.int8]:
@@ -80,7 +74,7 @@ def abs_t_from_ratio(r: float, n_pairs: int) -> float:
 def split_assignments(n_pairs: int, n_splits: int, seed: int) -> npt.NDArray[np.bool_]:
     """[n_splits x n_pairs], True for the floor(n/2) pairs of each first half."""
 
-def split_half(diff: npt.NDArray[np.float64], assignments: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+def split_half(diff: _F64, assignments: npt.NDArray[np.bool_]) -> _F64:
     """One Pearson r per assignment row."""
 
 def threads() -> int:
@@ -90,57 +84,36 @@ def simd_variant() -> str:
     """ "avx512", "avx2" or "baseline"."""
 
 def sign_flip_tallies(
-    diff: npt.NDArray[np.float64],
+    diff: _F64,
     t_thresholds: list[float],
     d_thresholds: list[float],
-    partitions: npt.NDArray[np.uint32],
+    partitions: _U32,
     tail: str,
     exact: bool,
     seed: int,
     start: int,
     end: int,
     bars: list[float],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+) -> tuple[_I64, _I64, _I64, int]:
     """Tallies of patterns start..end: (count histograms, max bins, max-|t| bins, patterns tallied)."""
 
-def sign_flip_unit_scores(diff: npt.NDArray[np.float64], tail: str) -> npt.NDArray[np.float64]:
+def sign_flip_unit_scores(diff: _F64, tail: str) -> _F64:
     """Per unit, S^2 / SS (tail "two") or signed S / sqrt(SS) (one-sided), through the null's sums."""
 
 def sign_flip_tally_observed(
-    diff: npt.NDArray[np.float64],
-    t_thresholds: list[float],
-    d_thresholds: list[float],
-    partitions: npt.NDArray[np.uint32],
-    tail: str,
-) -> npt.NDArray[np.int64]:
+    diff: _F64, t_thresholds: list[float], d_thresholds: list[float], partitions: _U32, tail: str
+) -> _I64:
     """Observed counts per group (all units, then each partition's groups) and threshold column, flat."""
 
 DIRECTION_TIE_REL: float
 
 def direction_null(
-    delta_vec: npt.NDArray[np.float32] | npt.NDArray[np.float64],
-    width: int,
-    exact: bool,
-    seed: int,
-    start: int,
-    end: int,
-) -> tuple[
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-    npt.NDArray[np.int64],
-]:
+    delta_vec: npt.NDArray[np.float32] | _F64, width: int, exact: bool, seed: int, start: int, end: int
+) -> tuple[_F64, _F64, _I64, _I64, _I64, _I64]:
     """(D, D_norm, agree count, count_d, count_agree, count_max) per unit over patterns start..end."""
 
-def bootstrap_indices(n_pairs: int, draws: int, seed: int) -> npt.NDArray[np.uint32]:
+def bootstrap_indices(n_pairs: int, draws: int, seed: int) -> _U32:
     """[draws x n_pairs] pair indices of the pair bootstrap."""
 
-def bootstrap_counts(
-    diff: npt.NDArray[np.float64],
-    t_thresholds: list[float],
-    d_thresholds: list[float],
-    indices: npt.NDArray[np.uint32],
-) -> npt.NDArray[np.int64]:
+def bootstrap_counts(diff: _F64, t_thresholds: list[float], d_thresholds: list[float], indices: _U32) -> _I64:
     """[draws x (t + d thresholds)] counts of units above each threshold per draw."""

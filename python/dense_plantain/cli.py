@@ -7,12 +7,21 @@ traceback. The work itself lives in prompts, capture, store, stats and report.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
 import click
 
 from dense_plantain import __version__
 from dense_plantain.capture.model import DEFAULT_MODEL, DEVICES, DTYPES
 from dense_plantain.errors import DensePlantainError
 from dense_plantain.units import LAYOUTS
+
+_Record = TypeVar("_Record")
 
 
 class _Group(click.Group):
@@ -139,14 +148,10 @@ def prompts_check(ctx: click.Context, file: str, tokenizer: str | None, as_json:
     --strict), 2 the file or tokenizer could not be read at all.
     """
     import json
-    from pathlib import Path
 
     from dense_plantain.prompt_check import check_probe, load_token_counter, render_report
-    from dense_plantain.prompts import bundled_prompts
 
-    path = Path(file)
-    if not path.exists() and file in bundled_prompts():
-        path = bundled_prompts()[file]
+    path = _prompts_path(file)
     counter = load_token_counter(tokenizer)
     report = check_probe(path, counter)
     if as_json:
@@ -157,18 +162,85 @@ def prompts_check(ctx: click.Context, file: str, tokenizer: str | None, as_json:
         ctx.exit(1)
 
 
+# --- options of several commands ------------------------------------------------------
+
+
+def _prompts_path(text: str) -> Path:
+    """A --prompts value as a path: the file itself, or the bundled set of that name when no such file exists."""
+    from dense_plantain.prompts import bundled_prompts
+
+    path = Path(text)
+    if not path.exists() and text in bundled_prompts():
+        path = bundled_prompts()[text]
+    return path
+
+
+def _model_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--model", "model", default=DEFAULT_MODEL, show_default=True, metavar="MODEL", help=help)
+
+
+def _pipeline_options(batch_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options of the commands that run the pipeline on a prompt file's pairs (capture, patch).
+
+    --model and --prompts; the layout, the shared noise, the image size, device, dtype, and the batch
+    size (``batch_help``: what one forward holds differs).
+    """
+    options = [
+        _model_option("Hub id (downloaded by diffusers) or a local Flux2KleinPipeline folder."),
+        click.option(
+            "--prompts",
+            "prompts_file",
+            required=True,
+            metavar="FILE",
+            help="Prompt file (TOML with [[pairs]] id/a/b), or the name of a bundled set (`prompts list`).",
+        ),
+        click.option("--layout", type=click.Choice(list(LAYOUTS)), default="plantain", show_default=True),
+        click.option(
+            "--seed",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Seed of the initial noise, shared by every prompt.",
+        ),
+        click.option("--height", default=1024, show_default=True, type=int, help="Image height (a multiple of 16)."),
+        click.option("--width", default=1024, show_default=True, type=int, help="Image width (a multiple of 16)."),
+        click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True),
+        click.option(
+            "--dtype",
+            type=click.Choice(list(DTYPES)),
+            default="auto",
+            show_default=True,
+            help="auto: bfloat16 on a GPU, float32 on the CPU.",
+        ),
+        click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help=batch_help),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _from_options(record: Callable[..., _Record], **given: Any) -> _Record:
+    """A settings record (a dataclass) filled from the running command's options of its fields' names.
+
+    ``given`` sets the fields whose value is not an option's as parsed (a converted value, one the
+    command computes); an option of a field's name that ``given`` also names is not read.
+    """
+    params = click.get_current_context().params
+    names = {f.name for f in dataclasses.fields(record)}  # type: ignore[arg-type]
+    return record(**{name: params[name] for name in names & params.keys() - given.keys()}, **given)
+
+
 # --- units (layouts) ---------------------------------------------------------------------
 
 
 @main.command()
-@click.option(
-    "--model",
-    "model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    metavar="MODEL",
-    help="Hub id, pipeline folder, transformer folder, transformer config .json, or a bundled config "
-    "(klein-4b). Only the transformer config is read; no weights.",
+@_model_option(
+    "Hub id, pipeline folder, transformer folder, transformer config .json, or a bundled config "
+    "(klein-4b). Only the transformer config is read; no weights."
 )
 @click.option("--layout", type=click.Choice(list(LAYOUTS)), default="plantain", show_default=True)
 @click.option("--names", is_flag=True, help="Also list every unit's name, in unit order.")
@@ -208,19 +280,8 @@ def _parse_steps(text: str) -> tuple[int, ...]:
 
 
 @main.command()
-@click.option(
-    "--model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    metavar="MODEL",
-    help="Hub id (downloaded by diffusers) or a local Flux2KleinPipeline folder.",
-)
-@click.option(
-    "--prompts",
-    "prompts_file",
-    required=True,
-    metavar="FILE",
-    help="Prompt file (TOML with [[pairs]] id/a/b), or the name of a bundled set (`prompts list`).",
+@_pipeline_options(
+    batch_help="Prompts per forward pass. Values do not depend on it; lower it if the GPU runs out of memory."
 )
 @click.option(
     "--out",
@@ -229,37 +290,12 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     metavar="CAPTURE.safetensors",
     help="Capture file to write (atomically). Unfinished work goes to CAPTURE.partial.safetensors.",
 )
-@click.option("--layout", type=click.Choice(list(LAYOUTS)), default="plantain", show_default=True)
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Seed of the initial noise, shared by every prompt.",
-)
 @click.option(
     "--seeds",
     default=None,
     metavar="0,1,2,3|0-7",
     help="Several noise seeds: every prompt under each (resumable per seed); a/b hold the per-prompt mean "
     "over seeds and a_seeds/b_seeds each seed's values. Replaces --seed.",
-)
-@click.option("--height", default=1024, show_default=True, type=int, help="Image height (a multiple of 16).")
-@click.option("--width", default=1024, show_default=True, type=int, help="Image width (a multiple of 16).")
-@click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True)
-@click.option(
-    "--dtype",
-    type=click.Choice(list(DTYPES)),
-    default="auto",
-    show_default=True,
-    help="auto: bfloat16 on a GPU, float32 on the CPU.",
-)
-@click.option(
-    "--batch-size",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Prompts per forward pass. Values do not depend on it; lower it if the GPU runs out of memory.",
 )
 @click.option(
     "--image",
@@ -373,11 +409,9 @@ def capture(
       torchrun --standalone --nproc-per-node 2 -m dense_plantain capture \\
           --prompts prompts/dense-plantain.toml --out dense.safetensors
     """
-    import dataclasses
     import os
     import sys
     import warnings
-    from pathlib import Path
 
     from dense_plantain.capture.distributed import (
         capture_here,
@@ -387,35 +421,15 @@ def capture(
     )
     from dense_plantain.capture.job import CaptureJob, CaptureSettings
     from dense_plantain.capture.run import CaptureWarning, abandoned_forward
-    from dense_plantain.prompts import bundled_prompts
 
-    path = Path(prompts_file)
-    if not path.exists() and prompts_file in bundled_prompts():
-        path = bundled_prompts()[prompts_file]
-    settings = CaptureSettings(
-        layout=layout,
-        seed=seed,
-        height=height,
-        width=width,
-        steps=steps,
-        capture_steps=_parse_steps(capture_steps),
-        image=image,
-        vectors=vectors,
-    )
-    job = CaptureJob(
+    path = _prompts_path(prompts_file)
+    settings = _from_options(CaptureSettings, capture_steps=_parse_steps(capture_steps))
+    job = _from_options(
+        CaptureJob,
         prompts=path,
-        out=out,
-        model=model,
         settings=settings,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        resume=resume,
-        force=force,
         show_progress=not quiet,
         interruptible=True,
-        weights=weights,
-        weights_seed=weights_seed,
         command=("dense-plantain", *click.get_current_context().meta.get("dense_plantain.argv", sys.argv[1:])),
     )
     launch = require_launch() if distributed else (torchrun_launch() if distributed is None else None)
@@ -526,9 +540,9 @@ def demo(out: str, batch_size: int) -> None:
 # --- analyze, report, compare ------------------------------------------------------------
 
 
-def _analysis_options(fn):
+def _analysis_options() -> list:
     """Options shared by analyze and compare (the report command uses their defaults)."""
-    options = [
+    return [
         click.option(
             "--out",
             "-o",
@@ -577,14 +591,11 @@ def _analysis_options(fn):
         ),
         click.option("--quiet", "-q", is_flag=True, help="No table or progress bar; just the paths written."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
 
 
-def _robustness_options(fn):
+def _robustness_options() -> list:
     """One-sided tests and the pair bootstrap (analyze and compare; see analysis.intervals)."""
-    options = [
+    return [
         click.option(
             "--tail",
             type=click.Choice(["two", "greater", "less"]),
@@ -617,9 +628,49 @@ def _robustness_options(fn):
             "draw at 100 splits and 25 x 16,320; 0: off).",
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+
+
+@dataclasses.dataclass(frozen=True)
+class _AnalysisRun:
+    """What analyze and compare share: the results folder and the settings passed on to the analysis."""
+
+    out: str
+    force: bool
+    quiet: bool
+    settings: dict[str, Any]  # by the analysis function's keyword names (permutations, seed, tail, ...)
+
+    def check_out(self) -> None:
+        """Refuse an --out that may not be written, before any capture is read."""
+        from dense_plantain import report
+
+        report.check_out_dir(self.out, self.force)
+
+    def write(self, analysis: Callable[..., Any], *captures: Any, **options: Any) -> None:
+        """Run ``analysis(*captures, **settings, **options)`` under a progress bar; write and show the folder."""
+        result = _run_with_progress(
+            self.quiet, lambda progress: analysis(*captures, progress=progress, **self.settings, **options)
+        )
+        _write_and_show(result, self.out, self.force, self.quiet)
+
+
+def _analysis_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give ``fn`` the options of analyze and compare, gathered into one ``run: _AnalysisRun`` argument.
+
+    --out, --force and --quiet become the run's folder settings; every other shared option is passed
+    on to the analysis by its own name, so an option added to the lists reaches analysis.analyze and
+    analysis.compare without a change here. Options ``fn`` takes by name stay its own.
+    """
+    own = set(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def command(**params: Any) -> None:
+        shared = {name: params.pop(name) for name in list(params) if name not in own}
+        folder = {name: shared.pop(name) for name in ("out", "force", "quiet")}
+        fn(run=_AnalysisRun(settings=shared, **folder), **params)
+
+    for option in reversed(_analysis_options() + _robustness_options()):
+        command = option(command)
+    return command
 
 
 def _run_with_progress(quiet: bool, work):
@@ -657,8 +708,7 @@ def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
 
 @main.command()
 @click.argument("capture", type=click.Path())
-@_analysis_options
-@_robustness_options
+@_analysis_command
 @click.option(
     "--by",
     default=None,
@@ -683,24 +733,7 @@ def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
     help="Also test each unit's signed vectors for a consistent direction (needs `capture --vectors`); "
     "auto: when the capture holds them.",
 )
-def analyze(
-    capture: str,
-    out: str,
-    permutations: int,
-    exact: bool | None,
-    seed: int,
-    splits: int,
-    group_nulls: bool,
-    force: bool,
-    quiet: bool,
-    tail: str,
-    fwer_null: str,
-    bootstrap: int,
-    bootstrap_splits: int,
-    by: str | None,
-    baseline: tuple[str, ...],
-    direction: str,
-) -> None:
+def analyze(capture: str, by: str | None, baseline: tuple[str, ...], direction: str, run: _AnalysisRun) -> None:
     """Test every unit of CAPTURE for a B - A difference; write a results folder.
 
     \b
@@ -709,39 +742,19 @@ def analyze(
     |d| > 0.8 are set against the null's 99th percentile; where that percentile is 0
     the table says so and gives the null's largest count instead of a ratio.
     """
-    from dense_plantain import analysis, report
+    from dense_plantain import analysis
     from dense_plantain.store import read_capture
 
-    report.check_out_dir(out, force)
+    run.check_out()
     cap = read_capture(capture)
     bases = [read_capture(path) for path in baseline]
-    result = _run_with_progress(
-        quiet,
-        lambda progress: analysis.analyze(
-            cap,
-            permutations=permutations,
-            exact=exact,
-            seed=seed,
-            splits=splits,
-            group_nulls=group_nulls,
-            progress=progress,
-            tail=tail,
-            fwer_null=fwer_null,
-            bootstrap=bootstrap,
-            bootstrap_splits=bootstrap_splits,
-            by=by,
-            baselines=bases,
-            direction=direction,
-        ),
-    )
-    _write_and_show(result, out, force, quiet)
+    run.write(analysis.analyze, cap, by=by, baselines=bases, direction=direction)
 
 
 @main.command()
 @click.argument("capture_1", type=click.Path())
 @click.argument("capture_2", type=click.Path())
-@_analysis_options
-@_robustness_options
+@_analysis_command
 @click.option(
     "--pairing",
     type=click.Choice(["auto", "matched", "unmatched"]),
@@ -769,21 +782,10 @@ def analyze(
 def compare(
     capture_1: str,
     capture_2: str,
-    out: str,
-    permutations: int,
-    exact: bool | None,
-    seed: int,
-    splits: int,
-    group_nulls: bool,
-    force: bool,
-    quiet: bool,
     pairing: str,
     allow_different_settings: bool,
-    tail: str,
-    fwer_null: str,
-    bootstrap: int,
-    bootstrap_splits: int,
     baseline: tuple[tuple[str, str], ...],
+    run: _AnalysisRun,
 ) -> None:
     """The contrast of contrasts: (B1 - A1) - (B2 - A2), per unit.
 
@@ -792,33 +794,20 @@ def compare(
     the T-pose contrast beyond what a matched control contrast explains. Both captures
     must share a unit layout. Writes the same results folder as analyze.
     """
-    from dense_plantain import analysis, report
+    from dense_plantain import analysis
     from dense_plantain.store import read_capture
 
-    report.check_out_dir(out, force)
+    run.check_out()
     cap1, cap2 = read_capture(capture_1), read_capture(capture_2)
     bases = [(read_capture(p1), read_capture(p2)) for p1, p2 in baseline]
-    result = _run_with_progress(
-        quiet,
-        lambda progress: analysis.compare(
-            cap1,
-            cap2,
-            pairing=pairing,
-            permutations=permutations,
-            exact=exact,
-            seed=seed,
-            splits=splits,
-            group_nulls=group_nulls,
-            allow_different_settings=allow_different_settings,
-            progress=progress,
-            tail=tail,
-            fwer_null=fwer_null,
-            bootstrap=bootstrap,
-            bootstrap_splits=bootstrap_splits,
-            baselines=bases,
-        ),
+    run.write(
+        analysis.compare,
+        cap1,
+        cap2,
+        pairing=pairing,
+        allow_different_settings=allow_different_settings,
+        baselines=bases,
     )
-    _write_and_show(result, out, force, quiet)
 
 
 @main.command()
@@ -870,14 +859,7 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
 
 
 @main.command()
-@click.option(
-    "--model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    metavar="MODEL",
-    help="Hub id or a local Flux2KleinPipeline folder (as capture).",
-)
-@click.option("--prompts", "prompts_file", required=True, metavar="FILE", help="Prompt file, or a bundled set's name.")
+@_pipeline_options(batch_help="Pairs per forward.")
 @click.option(
     "--out",
     required=True,
@@ -909,14 +891,7 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
     type=click.IntRange(min=0),
     help="Random unit sets per set, matched per block, kind and token region.",
 )
-@click.option("--layout", type=click.Choice(list(LAYOUTS)), default="plantain", show_default=True)
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the shared noise.")
 @click.option("--split-seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the two folds.")
-@click.option("--height", default=1024, show_default=True, type=int)
-@click.option("--width", default=1024, show_default=True, type=int)
-@click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto", show_default=True)
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Pairs per forward.")
 @click.option("--resume", is_flag=True, help="Continue an unfinished run of --out (same settings required).")
 @click.option("--force", is_flag=True, help="Discard an unfinished run of --out and start over.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -949,26 +924,12 @@ def patch(
     transformer's prediction for the image tokens. Each set is set against
     composition-matched random sets (p, paired t, sign-flip p over pairs).
     """
-    from pathlib import Path
-
     from dense_plantain.patch import PatchSettings, run_patch, write_patch_folder
     from dense_plantain.patch.run import partial_path
     from dense_plantain.patch.spec import expand_specs
-    from dense_plantain.prompts import bundled_prompts
 
-    path = Path(prompts_file)
-    if not path.exists() and prompts_file in bundled_prompts():
-        path = bundled_prompts()[prompts_file]
-    settings = PatchSettings(
-        layout=layout,
-        seed=seed,
-        height=height,
-        width=width,
-        batch_size=batch_size,
-        random_sets=random_sets,
-        split_seed=split_seed,
-        units=expand_specs(unit_specs or ("all", "none")),
-    )
+    path = _prompts_path(prompts_file)
+    settings = _from_options(PatchSettings, units=expand_specs(unit_specs or ("all", "none")))
     run = run_patch(
         model,
         path,

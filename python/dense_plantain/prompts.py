@@ -14,6 +14,7 @@ in both prompts. The format is documented in ``docs/prompt-format.md``.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import difflib
 import hashlib
 import re
@@ -78,14 +79,8 @@ class Pair:
     factors: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "a": self.a,
-            "b": self.b,
-            "line": self.line,
-            "fields": dict(self.fields),
-            "factors": dict(self.factors),
-        }
+        """Every field by its name, in field order (the dicts copied)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -155,18 +155,7 @@ def analyze(
         record, columns = factors.by_factor(cap, design.diff, by, cap.layout, settings, progress)
         result.robustness["by"] = record
         result.extra_columns.update(columns)
-    # Baselines: the same design, null settings, seed and tail (no bootstrap: their counts are
-    # set beside the main one's, not given intervals of their own).
-    options: dict[str, Any] = dict(
-        permutations=permutations,
-        exact=exact,
-        seed=seed,
-        splits=splits,
-        group_nulls=group_nulls,
-        tail=tail,
-        fwer_null=fwer_null,
-        bootstrap=0,
-    )
+    options = _baseline_options(permutations, exact, seed, splits, group_nulls, tail, fwer_null)
     bases = [[inputs.load(b)] for b in baselines]
     return _baselines.attach(result, [cap], bases, lambda c: analyze(c, **options))
 
@@ -182,6 +171,25 @@ def _check_robustness(tail: str, fwer_null: str, bootstrap: int, bootstrap_split
         raise AnalysisError(f"--bootstrap must be 0 (off) or a number of draws, got {bootstrap}")
     if bootstrap_splits < 0:
         raise AnalysisError(f"--bootstrap-splits must be 0 (off) or a number of splits, got {bootstrap_splits}")
+
+
+def _baseline_options(
+    permutations: int, exact: bool | None, seed: int, splits: int, group_nulls: bool, tail: str, fwer_null: str
+) -> dict[str, Any]:
+    """The keywords a baseline is analysed with: the main analysis's null settings, seed and tail.
+
+    No bootstrap: a baseline's counts are set beside the main one's, not given intervals of their own.
+    """
+    return {
+        "permutations": permutations,
+        "exact": exact,
+        "seed": seed,
+        "splits": splits,
+        "group_nulls": group_nulls,
+        "tail": tail,
+        "fwer_null": fwer_null,
+        "bootstrap": 0,
+    }
 
 
 def _robustness_settings(tail: str, fwer_null: str, bootstrap: int, bootstrap_splits: int) -> dict[str, Any]:
@@ -265,18 +273,11 @@ def compare(
     result = run_design(
         design, cap1.layout, settings, conditions=conditions, sources=sources, weights=weights, progress=progress
     )
-    options: dict[str, Any] = dict(
-        pairing=pairing,
-        permutations=permutations,
-        exact=exact,
-        seed=seed,
-        splits=splits,
-        group_nulls=group_nulls,
-        allow_different_settings=allow_different_settings,
-        tail=tail,
-        fwer_null=fwer_null,
-        bootstrap=0,
-    )
+    options = {
+        **_baseline_options(permutations, exact, seed, splits, group_nulls, tail, fwer_null),
+        "pairing": pairing,
+        "allow_different_settings": allow_different_settings,
+    }
     bases = [[inputs.load(c) for c in pair] for pair in baselines]
     return _baselines.attach(result, [cap1, cap2], bases, lambda c1, c2: compare(c1, c2, **options))
 

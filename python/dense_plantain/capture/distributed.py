@@ -544,6 +544,17 @@ def _announce(group, verdict: str | None) -> str | None:
     return box[0]
 
 
+def _probe_for(job: CaptureJob, world_size: int, too_few: Callable[[int], str]) -> Any:
+    """The job's prompt file (a ``prompts.Probe``); refused when it has fewer pairs than there are
+    processes (``too_few(n_pairs)`` says why, in the words of the caller's situation)."""
+    from dense_plantain.prompts import load_probe
+
+    probe = load_probe(job.prompts)
+    if world_size > len(probe.pairs):
+        raise CaptureError(too_few(len(probe.pairs)))
+    return probe
+
+
 def run_distributed_capture(
     job: CaptureJob, *, timeout_min: float = DEFAULT_TIMEOUT_MIN, launch: Launch | None = None
 ) -> CaptureResult | None:
@@ -556,8 +567,6 @@ def run_distributed_capture(
     import torch
     import torch.distributed as dist
 
-    from dense_plantain.prompts import load_probe
-
     t0 = time.monotonic()
     launch = launch or require_launch()
     rank, world = launch.rank, launch.world_size
@@ -566,12 +575,14 @@ def run_distributed_capture(
     job.validate()
     if timeout_min <= 0:
         raise CaptureError(f"--dist-timeout must be positive, got {timeout_min}.")
-    probe = load_probe(job.prompts)
-    if world > len(probe.pairs):
-        raise CaptureError(
-            f"{world} processes for {len(probe.pairs)} pairs: every process needs at least one pair; "
-            f"start at most {len(probe.pairs)} (--nproc-per-node)."
-        )
+    probe = _probe_for(
+        job,
+        world,
+        lambda n: (
+            f"{world} processes for {n} pairs: every process needs at least one pair; "
+            f"start at most {n} (--nproc-per-node)."
+        ),
+    )
     _check_outputs(out, world, job.resume, job.force)
     dev = _rank_device(job.device, launch)
     if dev.type == "cuda":
@@ -650,7 +661,6 @@ def finish_shards(job: CaptureJob) -> CaptureResult:
     file is the one the distributed run would have written.
     """
     from dense_plantain.capture.model import choose_device
-    from dense_plantain.prompts import load_probe
 
     t0 = time.monotonic()
     out = job.out_path
@@ -665,12 +675,14 @@ def finish_shards(job: CaptureJob) -> CaptureResult:
     world = next(iter(files))
     if out.exists() and not job.force:
         raise CaptureError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
-    probe = load_probe(job.prompts)
-    if world > len(probe.pairs):
-        raise CaptureError(
-            f"{out} has shards of a {world}-process capture, but the prompt file has only "
-            f"{len(probe.pairs)} pairs: it changed since. Pass --force to start over."
-        )
+    probe = _probe_for(
+        job,
+        world,
+        lambda n: (
+            f"{out} has shards of a {world}-process capture, but the prompt file has only {n} pairs: it "
+            "changed since. Pass --force to start over."
+        ),
+    )
     dev = choose_device(job.device)
     identity = run_identity(job.model, job.settings, dev, job.dtype, probe, job)
     with OutputLock(out, list(job.command) if job.command else None):
