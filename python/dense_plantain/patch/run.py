@@ -318,7 +318,7 @@ class BatchPatcher:
             self._groups[ident] = out
         return self._groups[ident]
 
-    def base_pass(self, prompts: Sequence[str], keep_plan: ColumnPlan):
+    def base_pass(self, prompts: Sequence[str], keep_plan: ColumnPlan) -> tuple[dict[str, Any], Any, dict]:
         """One pipeline pass: (transformer kwargs, L, kept columns)."""
         import torch
 
@@ -402,14 +402,12 @@ def run_batch(patcher: BatchPatcher, pairs, sets: list[UnitSet], fold: int) -> l
 
     groups = patcher.groups_for(sets, fold)
     rows: dict[str, Any] = {}
-    kw_a = kw_b = la = lb = None
+    kw_a, la, kept_a = patcher.base_pass([p.a for p in pairs], groups[0].keep_plan)
+    kw_b, lb, kept_b = patcher.base_pass([p.b for p in pairs], groups[0].keep_plan)
+    _check_differs(pairs, la, lb)
     for g, group in enumerate(groups):
-        kept_a = kept_b = None  # the previous group's columns go before the next are kept
-        if g == 0:
-            kw_a, la, kept_a = patcher.base_pass([p.a for p in pairs], group.keep_plan)
-            kw_b, lb, kept_b = patcher.base_pass([p.b for p in pairs], group.keep_plan)
-            _check_differs(pairs, la, lb)
-        else:
+        if g > 0:
+            kept_a = kept_b = {}  # the previous group's columns go before the next are kept
             kept_a = patcher.keep_pass(kw_a, group.keep_plan)
             kept_b = patcher.keep_pass(kw_b, group.keep_plan)
         patcher.kept_peak_bytes = max(patcher.kept_peak_bytes, kept_bytes(kept_a, kept_b))
