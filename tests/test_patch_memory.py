@@ -163,6 +163,7 @@ def test_instances_over_the_budget_are_kept_alone_in_batches(probe_file, tmp_pat
     n_instances = len(run_mod.instances_of(alone.sets, 0))
     assert whole.memory["groups"] == {"0": 1, "1": 1}
     assert alone.memory["groups"] == {"0": n_instances, "1": n_instances}
+    assert alone.memory["over_budget"] == [name for _, name in run_mod.instance_names(alone.sets)]
     assert len(alone.memory["over_budget"]) == n_instances
     assert alone.forwards["batches"] == 2
     assert alone.forwards["keep_forwards"] == 2 * 2 * (n_instances - 1)
@@ -195,3 +196,56 @@ def test_signal_keeps_finished_pairs_and_resume_matches(sig, probe_file, tmp_pat
     resumed = _run(probe_file, out, resume=True)
     assert resumed.resumed_from == 1 and resumed.forwards["pairs_run"] == N_PAIRS - 1
     assert _numbers(patch_record(resumed, layout)) == _numbers(patch_record(run1, layout))
+
+
+def test_the_issue_run_parses_at_klein_scale(monkeypatch, tmp_path):
+    """The coordinator's run: the CLI takes four --units top:K and --random-sets 20 as given; at Klein 4B scale
+    they are 4 x (1 + 20) instances, 2 + 4 x 84 forwards per pair, and the default budget keeps them in a few
+    groups (2 more forwards per batch each), never over it."""
+    import json as json_mod
+
+    from click.testing import CliRunner
+
+    import dense_plantain.patch as patch_pkg
+    from dense_plantain.capture import KLEIN_4B_CONFIG
+    from dense_plantain.cli import main
+    from dense_plantain.patch.spec import composition, draw_random_sets, fold_assignment, parse_specs
+    from dense_plantain.units import build_layout
+
+    seen = {}
+
+    def stop(model, prompts, out, *, settings, **kw):
+        seen["settings"] = settings
+        raise PatchError("stopped by the test")
+
+    monkeypatch.setattr(patch_pkg, "run_patch", stop)
+    args = ["patch", "--prompts", "dense-plantain", "--out", str(tmp_path / "o"), "--results", "r"]
+    args += ["--units", "top:16", "--units", "top:64", "--units", "top:256", "--units", "top:1024"]
+    res = CliRunner().invoke(main, args + ["--random-sets", "20"])
+    assert res.exit_code == 2 and "stopped by the test" in res.output
+    settings = seen["settings"]
+    assert settings.units == ("top:16", "top:64", "top:256", "top:1024") and settings.random_sets == 20
+    assert settings.max_kept_mib == 2048
+
+    klein = build_layout(json_mod.loads(Path(KLEIN_4B_CONFIG).read_text()), "plantain")
+    assert klein.n_units == 16320
+    folds = fold_assignment(25, 0)
+    diff = np.random.default_rng(0).normal(size=(25, klein.n_units))
+    sets = parse_specs(settings.units, klein, diff=diff, folds=folds)
+    draw_random_sets(sets, klein, settings.random_sets, settings.seed)
+    for s in sets:
+        assert len(s.random) == 20
+        for rand in s.random[:2]:
+            assert composition(klein, rand[1]) == composition(klein, s.folds[1])
+    instances = run_mod.instances_of(sets, 0)
+    assert len(instances) == 84
+    # bf16, 4,096 image and 512 text tokens, A and B: 16 columns x tokens x 2 bytes x 2
+    cost = 2 * unit_bytes(klein, 4096, 512, 2)
+    assert set(cost.tolist()) == {2 * 16 * 4096 * 2, 2 * 16 * 4608 * 2}
+    budget = settings.max_kept_mib * 2**20
+    groups = run_mod.group_instances(instances, cost, budget)
+    assert 1 < len(groups) < 10
+    for g in groups:
+        union = np.unique(np.concatenate([instances[k][1] for k in g]))
+        assert cost[union].sum() <= budget
+    assert sorted(k for g in groups for k in g) == list(range(84))

@@ -238,6 +238,15 @@ def instances_of(sets: list[UnitSet], fold: int) -> list[tuple[str, np.ndarray]]
     return out
 
 
+def instance_names(sets: list[UnitSet]) -> list[tuple[str, str]]:
+    """(key, words) of every set instance: ``"i"`` is set i's spec, ``"i/r"`` its random set r."""
+    out = []
+    for i, s in enumerate(sets):
+        out.append((str(i), s.spec))
+        out += [(f"{i}/{r}", f"{s.spec} random set {r}") for r in range(len(s.random))]
+    return out
+
+
 def group_instances(instances: list[tuple[str, np.ndarray]], cost: np.ndarray, budget: float) -> list[list[int]]:
     """Split instances (in order) into groups whose units' union costs at most ``budget``.
 
@@ -630,7 +639,8 @@ def memory_record(patcher: BatchPatcher, sets: list[UnitSet]) -> dict[str, Any]:
     budget = patcher.budget_bytes()
     groups = {str(f): patcher.groups_for(sets, f) for f in (0, 1)}
     # Only a group of one can be over: an instance joins a group only while the union fits.
-    over = sorted({g.members[0][0] for gs in groups.values() for g in gs if g.planned_bytes > budget})
+    over_keys = {g.members[0][0] for gs in groups.values() for g in gs if g.planned_bytes > budget}
+    over = [name for key, name in instance_names(sets) if key in over_keys]
     return {
         "max_kept_mib": budget / 2**20,
         "kept_peak_bytes": patcher.kept_peak_bytes,
