@@ -9,10 +9,16 @@ For a batch of pairs (all of one cross-fitting fold):
 1. the pipeline runs the batch's A prompts, then its B prompts. A pre-hook on the transformer
    keeps its inputs (so patched runs reuse them: no second text encoding), a forward hook keeps
    its prediction for the image tokens (``L``), and ``Keep`` hooks keep the columns of the
-   union of all sets' units (never a whole activation);
-2. for every set (and each of its random sets): four transformer forwards on the kept inputs,
-   with ``Write`` hooks: A with the set's columns from B, B with them from A, and A and B with
-   them from the A/B mean.
+   first kept group's units (never a whole activation);
+2. for every set instance of the group (a set or one of its random sets): four transformer
+   forwards on the kept inputs, with ``Write`` hooks: A with the set's columns from B, B with
+   them from A, and A and B with them from the A/B mean;
+3. each further kept group: its columns are kept in one transformer forward of A and one of B
+   on the same inputs (``keep_pass``), after the previous group's are let go, then step 2.
+
+Kept groups (``group_instances``): the set instances, in order, each group the most whose
+units' union fits ``max_kept_mib`` (A's and B's columns of a full batch, ``unit_bytes``); an
+instance that alone does not fit is a group of its own. The numbers do not depend on it.
 
 ``L`` is the transformer's prediction for the image tokens (the velocity of the flow-matching
 step, ``noise_pred``). The step's output latents are
@@ -25,7 +31,8 @@ output latents. Per pair, with ``e = L_B - L_A`` (float64):
 * ``ablation_shrink = 1 - ||L_{B<-m} - L_{A<-m}|| / ||e||`` (``m`` the A/B mean of the columns).
 
 Finished pairs go to ``OUT.partial.json`` after every batch; ``resume=True`` continues from it
-after checking that settings, model, prompts and unit sets match.
+after checking that settings, model, prompts and unit sets match (not ``batch_size`` nor
+``max_kept_mib``). While the pairs run, SIGTERM is handled as Ctrl-C (``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
