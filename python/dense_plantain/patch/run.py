@@ -568,6 +568,7 @@ def run_patch(
     saved = pipe._progress_bar_config if hasattr(pipe, "_progress_bar_config") else {}
     pipe.set_progress_bar_config(disable=True)
     t_loop = time.monotonic()
+    on_disk = n_resumed  # pairs in the partial file: what an interruption keeps
     try:
         with Progress(show_progress, total=len(probe.pairs), done=n_resumed) as bar, _term_as_interrupt():
             for fold, idx in batches:
@@ -585,11 +586,12 @@ def run_patch(
                 atomic_write_bytes(
                     partial, json.dumps({"identity": identity, "pairs": done}, separators=(",", ":")).encode()
                 )
+                on_disk = len(done)
                 bar.advance(len(batch))
     except KeyboardInterrupt:
-        raise PatchError("interrupted." + _kept_note(partial, len(done))) from None
+        raise PatchError("interrupted." + _kept_note(partial, on_disk)) from None
     except PatchError as err:
-        raise PatchError(str(err) + "." + _kept_note(partial, len(done))) from None
+        raise PatchError(str(err) + "." + _kept_note(partial, on_disk)) from None
     finally:
         pipe._progress_bar_config = saved
     loop_seconds = time.monotonic() - t_loop
