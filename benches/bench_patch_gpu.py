@@ -39,69 +39,47 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import capture_gpu  # noqa: E402  (the Klein 4B transformer, its inputs, CUDA timing and peak memory)
 from dense_plantain.patch.hooks import ColumnPlan, Keep, Write  # noqa: E402
-from dense_plantain.patch.run import BatchPatcher, run_batch  # noqa: E402
+from dense_plantain.patch.run import BatchPatcher, PatchSettings, forward_counts, run_batch  # noqa: E402
 from dense_plantain.patch.spec import UnitSet, draw_random_sets, fold_assignment  # noqa: E402
 from dense_plantain.units import build_layout  # noqa: E402
 
 SET_SIZES = (16, 64, 256, 1024)
-TINY_CONFIG = dict(
-    patch_size=1,
-    in_channels=16,
-    out_channels=None,
-    num_layers=5,
-    num_single_layers=20,
-    attention_head_dim=16,
-    num_attention_heads=4,
-    joint_attention_dim=96,
-    timestep_guidance_channels=256,
-    mlp_ratio=3.0,
-    axes_dims_rope=(4, 4, 4, 4),
-    rope_theta=2000,
-    eps=1e-6,
-    guidance_embeds=False,
-)
 
 
 def build(tiny: bool, device: str):
     if not tiny:
-        import capture_gpu
-
         model = capture_gpu.build_transformer(device)
         return model, lambda batch, seed: capture_gpu.transformer_inputs(model, batch, device, seed)
     from dense_plantain.capture.model import random_transformer, synthetic_inputs
+    from dense_plantain.capture.tiny import TINY_TRANSFORMER
 
-    model = random_transformer(TINY_CONFIG, device=device, dtype=torch.float32).requires_grad_(False)
+    model = random_transformer(TINY_TRANSFORMER, device=device, dtype=torch.float32).requires_grad_(False)
     return model, lambda batch, seed: synthetic_inputs(
         model, batch_size=batch, image_grid=(8, 8), text_tokens=32, seed=seed
     )
 
 
 def timer(device: str):
+    """Median ms of ``fn``: CUDA events on the GPU (capture_gpu's), wall time on the CPU."""
     if device == "cuda":
-        import capture_gpu
-
         return capture_gpu.cuda_median_ms
 
+    def wall_ms(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
     def cpu_median_ms(fn, warmup: int, repeats: int) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+        [fn() for _ in range(warmup)]
+        return statistics.median(wall_ms(fn) for _ in range(repeats))
 
     return cpu_median_ms
 
 
 def peak_extra_mib(device: str, fn) -> float | None:
-    if device != "cuda":
-        return None
-    import capture_gpu
-
-    return capture_gpu.peak_extra_mib(fn)
+    return capture_gpu.peak_extra_mib(fn) if device == "cuda" else None
 
 
 def bench_forward(model, inputs, layout, device: str, warmup: int, repeats: int) -> dict:
@@ -147,13 +125,15 @@ def bench_forward(model, inputs, layout, device: str, warmup: int, repeats: int)
 class SyntheticPatcher(BatchPatcher):
     """``BatchPatcher`` whose A and B passes are transformer forwards on synthetic inputs."""
 
-    def __init__(self, model, inputs, layout, n_image: int):
+    def __init__(self, model, inputs, layout, n_image: int, settings: PatchSettings):
         self.pipe = SimpleNamespace(transformer=model)
+        self.settings = settings
         self.layout = layout
         self.n_image = n_image
-        self.forwards = {"pipeline": 0, "patched": 0}
         self.device = model.device
         self.inputs = inputs
+        self._init_counts()
+        self.n_text = inputs(1, 0)["encoder_hidden_states"].shape[1]
 
     def base_pass(self, prompts, keep_plan):
         parts = [self.inputs(1, int(p)) for p in prompts]
@@ -168,9 +148,12 @@ class SyntheticPatcher(BatchPatcher):
         return kw, out[:, : self.n_image], keep.kept
 
 
-def bench_run(model, inputs, layout, device: str, n_pairs: int, n_random: int, batch: int, plain_ms: float) -> dict:
+def bench_run(model, inputs, layout, device: str, args, plain_ms: float) -> dict:
+    """The CLI's pair loop (``run_batch`` per batch, fold by fold) on synthetic pairs, counted as the CLI counts."""
+    n_pairs, batch = args.pairs, args.batch
     n_image = inputs(1, 0)["hidden_states"].shape[1]
-    patcher = SyntheticPatcher(model, inputs, layout, n_image)
+    settings = PatchSettings(batch_size=batch, random_sets=args.random_sets, max_kept_mib=args.max_kept_mib)
+    patcher = SyntheticPatcher(model, inputs, layout, n_image, settings)
     folds = fold_assignment(n_pairs, 0)
     rng = np.random.default_rng(1)
     sets = []
@@ -179,13 +162,13 @@ def bench_run(model, inputs, layout, device: str, n_pairs: int, n_random: int, b
             continue
         chosen = [np.sort(rng.choice(layout.n_units, size=k, replace=False)) for _ in (0, 1)]
         sets.append(UnitSet(f"top:{k}", f"top:{k}", chosen, cross_fitted=True, top_k=k))
-    draw_random_sets(sets, layout, n_random, seed=0)
+    draw_random_sets(sets, layout, args.random_sets, seed=0)
     pairs = [SimpleNamespace(id=f"p{i}", a=str(2 * i + 1), b=str(2 * i + 2)) for i in range(n_pairs)]
     if device == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     n_batches = 0
-    kept_max = 0.0
     for fold in (0, 1):
         idx = [i for i in range(n_pairs) if folds[i] == fold]
         for k in range(0, len(idx), batch):
@@ -193,21 +176,21 @@ def bench_run(model, inputs, layout, device: str, n_pairs: int, n_random: int, b
             n_batches += 1
     if device == "cuda":
         torch.cuda.synchronize()
-        kept_max = torch.cuda.max_memory_allocated() / 2**20
     seconds = time.perf_counter() - t0
-    n_forwards = patcher.forwards["pipeline"] + patcher.forwards["patched"]
+    counts = forward_counts(patcher, sets, n_batches, n_pairs, seconds)
     return {
         "pairs": n_pairs,
         "sets": [s.spec for s in sets],
-        "random_sets_per_set": n_random,
+        "random_sets_per_set": args.random_sets,
         "batch_pairs": batch,
-        "batches": n_batches,
-        "base_forwards": patcher.forwards["pipeline"],
-        "patched_forwards": patcher.forwards["patched"],
+        "max_kept_mib": args.max_kept_mib,
+        "forwards": counts,
         "seconds": seconds,
-        "ms_per_forward": 1e3 * seconds / n_forwards,
-        "forward_bound_ratio": (1e3 * seconds / n_forwards) / plain_ms if batch == 1 else None,
-        "peak_allocated_mib": kept_max or None,
+        "ms_per_forward": counts["ms_per_forward"],
+        "forward_bound_ratio": counts["ms_per_forward"] / plain_ms if batch == 1 else None,
+        "kept_peak_mib": patcher.kept_peak_bytes / 2**20,
+        "kept_groups": {str(f): len(patcher.groups_for(sets, f)) for f in (0, 1)},
+        "peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
     }
 
 
@@ -220,6 +203,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=25)
     ap.add_argument("--random-sets", type=int, default=20)
     ap.add_argument("--batch", type=int, default=1, help="Pairs per forward in the run part.")
+    ap.add_argument("--max-kept-mib", type=float, default=PatchSettings.max_kept_mib, help="As the CLI's.")
     ap.add_argument("--skip-run", action="store_true", help="Only the forward timings.")
     args = ap.parse_args()
     device = "cpu" if args.tiny else "cuda"
@@ -247,14 +231,15 @@ def main() -> None:
         "forward": fwd,
     }
     if not args.skip_run:
-        run = bench_run(model, inputs, layout, device, args.pairs, args.random_sets, args.batch, fwd["plain_ms"])
+        run = bench_run(model, inputs, layout, device, args, fwd["plain_ms"])
         record["run"] = run
-        ratio = run["forward_bound_ratio"]
+        ratio, f = run["forward_bound_ratio"], run["forwards"]
         print(
             f"run: {run['pairs']} pairs, sets {', '.join(run['sets'])} x (1 + {run['random_sets_per_set']} random): "
-            f"{run['base_forwards']} base + {run['patched_forwards']} patched forwards in {run['seconds']:.1f} s, "
-            f"{run['ms_per_forward']:.2f} ms per forward"
+            f"{f['pipeline_passes']} base + {f['keep_forwards']} keep + {f['patched_forwards']} patched forwards "
+            f"in {run['seconds']:.1f} s, {run['ms_per_forward']:.2f} ms per forward"
             + ("" if ratio is None else f" ({ratio:.3f} x the plain forward)")
+            + f"; kept peak {run['kept_peak_mib']:.1f} MiB, kept groups {run['kept_groups']}"
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

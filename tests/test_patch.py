@@ -341,6 +341,12 @@ def test_cli_top_k_random_sets_and_folder(probe_file, layout, tmp_path, monkeypa
     assert rec["sets"][2]["random"]["n_sets"] == 3
     md = (out / "patch.md").read_text()
     assert "| `top:5` |" in md and "noise_pred" in md
+    # the console summary and patch.json count the forwards and the kept memory
+    f, m = rec["forwards"], rec["memory"]
+    assert f["transformer_forwards"] == f["pipeline_passes"] + f["keep_forwards"] + f["patched_forwards"]
+    assert f["patched_forwards"] == 4 * (3 * (1 + 3)) * f["batches"]  # 3 sets, 3 random sets each
+    assert f"{f['transformer_forwards']:,} transformer forwards" in res.output and "ms per forward" in res.output
+    assert m["max_kept_mib"] == 2048 and m["kept_peak_bytes"] > 0 and "kept columns: peak" in res.output
 
 
 def test_selection_capture_must_match(probe_file, layout, tmp_path):

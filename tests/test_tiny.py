@@ -123,3 +123,5 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     base = read_capture(tmp_path / "demo" / "baseline-random.safetensors")  # the random-weights baseline
     assert base.meta["weights"]["kind"] == "reinitialised" and base.pair_ids == cap.pair_ids
     assert "Controls" in res.output and "main / baseline" in res.output
+    # the small patch run and its figure (patch needs the statistics extension, as the analysis does)
+    assert (tmp_path / "demo" / "patch" / "fraction_by_k.png").is_file() or "patch unavailable" in res.output

@@ -857,6 +857,11 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
 
 # --- patch (interventions) ---------------------------------------------------------------
 
+_KEPT_HELP = (
+    "Most MiB of unit columns kept between the A/B passes and the patched forwards; sets beyond it are measured "
+    "in groups, each adding 2 forwards per batch. The numbers do not depend on it."
+)
+
 
 @main.command()
 @_pipeline_options(batch_help="Pairs per forward.")
@@ -892,6 +897,7 @@ def report(source: str, out: str, license_: str, base_model: str | None, force: 
     help="Random unit sets per set, matched per block, kind and token region.",
 )
 @click.option("--split-seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the two folds.")
+@click.option("--max-kept-mib", default=2048.0, show_default=True, type=click.FloatRange(min=0), help=_KEPT_HELP)
 @click.option("--resume", is_flag=True, help="Continue an unfinished run of --out (same settings required).")
 @click.option("--force", is_flag=True, help="Discard an unfinished run of --out and start over.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -911,6 +917,7 @@ def patch(
     device: str,
     dtype: str,
     batch_size: int,
+    max_kept_mib: float,
     resume: bool,
     force: bool,
     quiet: bool,
@@ -925,6 +932,7 @@ def patch(
     composition-matched random sets (p, paired t, sign-flip p over pairs).
     """
     from dense_plantain.patch import PatchSettings, run_patch, write_patch_folder
+    from dense_plantain.patch.report import summary_lines
     from dense_plantain.patch.run import partial_path
     from dense_plantain.patch.spec import expand_specs
 
@@ -945,8 +953,6 @@ def patch(
     )
     paths = write_patch_folder(run, run.layout, out)
     partial_path(out).unlink(missing_ok=True)
-    for st in run.sets:
-        key = str(run.sets.index(st))
-        mean = sum(p.values[key][0] for p in run.pairs) / len(run.pairs)
-        click.echo(f"  {st.spec:<24} {st.n_units:>7,} units  mean fraction {mean:.3f}")
+    for line in summary_lines(run):
+        click.echo(line)
     click.echo(f"wrote {Path(out)}: " + ", ".join(p.name for p in paths) + f" in {run.seconds:.1f} s")

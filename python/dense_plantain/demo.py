@@ -77,6 +77,10 @@ def run_demo(out: str | Path = "dense-plantain-demo", *, batch_size: int = 10, c
         f"baseline {escape(str(base.path))}: --weights random (transformer re-initialised) in {base.seconds:.1f} s"
     )
     _analyze(capture_path, out / "results", console, baseline_path)
+    try:
+        _patch(folder, probe_path, out, console)
+    except ImportError as err:  # the compiled statistics extension is not built in this checkout
+        console.print(f"[yellow]patch unavailable here ({escape(str(err))})[/]")
     console.print(f"\ndone in {time.monotonic() - t0:.0f} s. {escape(RANDOM_WEIGHTS_NOTE)}")
     console.print(
         "Next, on a GPU: dense-plantain capture --prompts dense-plantain --out dense.safetensors "
@@ -125,3 +129,72 @@ def _print_summary(cap, console) -> None:
             f"{np.abs(diff[:, sl]).mean():.4f}",
         )
     console.print(table)
+
+
+#: The demo's patch run: the first pairs of the bundled set at a small size, top:K sets chosen
+#: cross-fitted on their own capture, each against matched random sets (a format example).
+PATCH_PAIRS = 4
+PATCH_SIZE = 16
+PATCH_UNITS = ("top:2", "top:8", "top:32")
+PATCH_RANDOM_SETS = 2
+
+
+def _patch(model_folder: Path, probe_path: Path, out: Path, console) -> Path:
+    """A small ``patch`` run into ``out/patch`` (patch.json, patch.md, fraction_by_k.png): the first
+    ``PATCH_PAIRS`` pairs (written to ``out/patch-prompts.toml``), captured at ``PATCH_SIZE`` for the
+    top:K choice, then patched at the same size. Returns the figure's path."""
+    import json
+    import tomllib
+
+    from dense_plantain.capture.run import CaptureSettings, run_capture
+    from dense_plantain.patch import PatchSettings, run_patch, write_patch_folder
+    from dense_plantain.patch.report import summary_lines
+    from dense_plantain.patch.run import partial_path
+
+    t0 = time.monotonic()
+    source = tomllib.loads(probe_path.read_text(encoding="utf-8"))
+    meta = source.get("probe", {})
+    lines = ["[probe]", f"name = {json.dumps(str(meta.get('name', 'demo')) + '-first-' + str(PATCH_PAIRS))}"]
+    lines += [f"{k} = {json.dumps(meta[k])}" for k in ("label_a", "label_b") if k in meta]
+    for pair in source["pairs"][:PATCH_PAIRS]:
+        lines += ["", "[[pairs]]"] + [f"{k} = {json.dumps(pair[k])}" for k in ("id", "a", "b")]
+    prompts = out / "patch-prompts.toml"
+    prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cap = run_capture(
+        str(model_folder),
+        prompts,
+        out / "patch-capture.safetensors",
+        settings=CaptureSettings(height=PATCH_SIZE, width=PATCH_SIZE),
+        batch_size=PATCH_PAIRS,
+        show_progress=False,
+        device="cpu",
+        dtype="float32",
+        force=True,
+    )
+    settings = PatchSettings(
+        height=PATCH_SIZE, width=PATCH_SIZE, batch_size=PATCH_PAIRS, random_sets=PATCH_RANDOM_SETS, units=PATCH_UNITS
+    )
+    with console.status(
+        f"patch: {PATCH_PAIRS} pairs, {', '.join(PATCH_UNITS)} and {PATCH_RANDOM_SETS} random sets each"
+    ):
+        run = run_patch(
+            str(model_folder),
+            prompts,
+            out / "patch",
+            settings=settings,
+            capture=cap.path,
+            show_progress=False,
+            device="cpu",
+            dtype="float32",
+            force=True,
+        )
+    paths = write_patch_folder(run, run.layout, out / "patch")
+    partial_path(out / "patch").unlink(missing_ok=True)
+    for line in summary_lines(run):
+        console.print(escape(line))
+    console.print(
+        f"patch    {escape(str(out / 'patch'))}: "
+        + ", ".join(p.name for p in paths)
+        + f" in {time.monotonic() - t0:.1f} s (random weights: a format example)"
+    )
+    return out / "patch" / "fraction_by_k.png"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dense_plantain.capture.model import DEFAULT_MODEL
-from dense_plantain.errors import CaptureError
+from dense_plantain.errors import CaptureError, DensePlantainError
 from dense_plantain.units import LAYOUTS
 
 #: guidance 1.0: no classifier-free second pass; the family's protocol.
@@ -30,13 +30,41 @@ SIZE_MULTIPLE = 16
 
 
 @dataclass(frozen=True)
-class CaptureSettings:
-    """What a capture measures; everything here is recorded and must match on ``--resume``."""
+class PipelineSettings:
+    """What every run of the pipeline in the family fixes: the layout, the noise seed, the image size.
+
+    ``capture`` and ``patch`` settings extend it (``CaptureSettings``, ``patch.run.PatchSettings``).
+    """
 
     layout: str = "plantain"
     seed: int = 0
     height: int = 1024
     width: int = 1024
+
+    def validate_pipeline(self, error: type[DensePlantainError] = CaptureError) -> None:
+        """Raise ``error`` on a layout, seed or image size the pipeline cannot run."""
+        if self.layout not in LAYOUTS:
+            raise error(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}.")
+        for name, value in (("height", self.height), ("width", self.width)):
+            if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
+                lower = (
+                    max(SIZE_MULTIPLE, (int(value) // SIZE_MULTIPLE) * SIZE_MULTIPLE)
+                    if isinstance(value, int)
+                    else SIZE_MULTIPLE
+                )
+                raise error(
+                    f"--{name} {value} is not a positive multiple of {SIZE_MULTIPLE}: FLUX.2 downsamples images 8x "
+                    f"and packs 2x2 latent patches, and the pipeline would silently resize. Use e.g. {lower} or "
+                    f"{lower + SIZE_MULTIPLE}."
+                )
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise error(f"--seed must be a non-negative integer, got {self.seed!r}.")
+
+
+@dataclass(frozen=True)
+class CaptureSettings(PipelineSettings):
+    """What a capture measures; everything here is recorded and must match on ``--resume``."""
+
     steps: int = 1
     capture_steps: tuple[int, ...] = (0,)
     image: str | None = None  # path of a reference image every prompt is conditioned on
@@ -45,22 +73,7 @@ class CaptureSettings:
 
     def validate(self) -> None:
         """Raise ``CaptureError`` on a setting the pipeline cannot run; touches nothing else."""
-        if self.layout not in LAYOUTS:
-            raise CaptureError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}.")
-        for name, value in (("height", self.height), ("width", self.width)):
-            if not isinstance(value, int) or value <= 0 or value % SIZE_MULTIPLE:
-                lower = (
-                    max(SIZE_MULTIPLE, (int(value) // SIZE_MULTIPLE) * SIZE_MULTIPLE)
-                    if isinstance(value, int)
-                    else SIZE_MULTIPLE
-                )
-                raise CaptureError(
-                    f"--{name} {value} is not a positive multiple of {SIZE_MULTIPLE}: FLUX.2 downsamples images 8x "
-                    f"and packs 2x2 latent patches, and the pipeline would silently resize. Use e.g. {lower} or "
-                    f"{lower + SIZE_MULTIPLE}."
-                )
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise CaptureError(f"--seed must be a non-negative integer, got {self.seed!r}.")
+        self.validate_pipeline()
         if not isinstance(self.steps, int) or self.steps < 1:
             raise CaptureError(f"--steps must be at least 1, got {self.steps!r}.")
         steps = tuple(self.capture_steps)

@@ -89,6 +89,29 @@ class ColumnPlan:
         return out
 
 
+def region_tokens(stream: str, region: str, n_image: int, n_text: int) -> int:
+    """How many tokens a module of ``stream`` has in ``region`` (as ``_tokens`` cuts them)."""
+    if stream == "joint":
+        return {"text": n_text, "image": n_image}.get(region, n_text + n_image)
+    return n_text if stream == "text" else n_image
+
+
+def unit_bytes(layout: Layout, n_image: int, n_text: int, element_size: int) -> np.ndarray:
+    """Per unit (layout order), the bytes its kept columns take for one prompt: width x tokens x element."""
+    return np.array(
+        [
+            width * region_tokens(module_stream(module), region, n_image, n_text) * element_size
+            for module, region, _, width in unit_columns(layout)
+        ],
+        dtype=np.int64,
+    )
+
+
+def kept_bytes(*kept: dict[tuple[str, str], Any]) -> int:
+    """Bytes held by kept column tensors (``Keep.kept`` dicts)."""
+    return int(sum(v.numel() * v.element_size() for k in kept for v in k.values()))
+
+
 def _tokens(x, stream: str, region: str, n_text: int):
     """The view of ``x`` [B, S, C] over a region's tokens."""
     if stream == "joint" and region == "text":
@@ -99,13 +122,16 @@ def _tokens(x, stream: str, region: str, n_text: int):
 
 
 class _HookSet:
-    def __init__(self, transformer: Any, modules: set[str]):
+    """Pre-hooks on every module of ``plan``; per (module, region) group, ``_apply`` gets the input's view."""
+
+    def __init__(self, transformer: Any, plan: ColumnPlan):
         named = dict(transformer.named_modules())
-        missing = sorted(m for m in modules if m not in named)
+        missing = sorted(m for m in plan.modules() if m not in named)
         if missing:
             raise ValueError(f"the transformer has no module {missing[0]}: the layout was built for another config")
         self.transformer = transformer
-        self._targets = {m: named[m] for m in modules}
+        self.plan = plan
+        self._targets = {m: named[m] for m in plan.modules()}
         self._handles: list[Any] = []
         self.n_text = 0
 
@@ -125,6 +151,16 @@ class _HookSet:
         self.n_text = int(text.shape[1])
 
     def _make(self, path: str, stream: str):
+        keys = [(g.module, g.region) for g in self.plan.groups if g.module == path]
+
+        def hook(module, args):
+            for key in keys:
+                self._apply(path, key, _tokens(args[0], stream, key[1], self.n_text))
+            return None
+
+        return hook
+
+    def _apply(self, path: str, key: tuple[str, str], view: Any) -> None:
         raise NotImplementedError
 
 
@@ -132,21 +168,11 @@ class Keep(_HookSet):
     """Keep a plan's columns of the next forward: ``kept[(module, region)]`` = [B, tokens, columns]."""
 
     def __init__(self, transformer: Any, plan: ColumnPlan):
-        super().__init__(transformer, plan.modules())
-        self.plan = plan
+        super().__init__(transformer, plan)
         self.kept: dict[tuple[str, str], Any] = {}
 
-    def _make(self, path: str, stream: str):
-        groups = [g for g in self.plan.groups if g.module == path]
-
-        def hook(module, args):
-            x = args[0]
-            for g in groups:
-                key = (g.module, g.region)
-                self.kept[key] = _tokens(x, stream, g.region, self.n_text).index_select(-1, self.plan.index[key])
-            return None
-
-        return hook
+    def _apply(self, path: str, key: tuple[str, str], view: Any) -> None:
+        self.kept[key] = view.index_select(-1, self.plan.index[key])
 
 
 class Write(_HookSet):
@@ -167,33 +193,22 @@ class Write(_HookSet):
         other: dict[tuple[str, str], Any] | None = None,
         positions: dict[tuple[str, str], Any] | None = None,
     ):
-        super().__init__(transformer, plan.modules())
-        self.plan = plan
+        super().__init__(transformer, plan)
         self.source = source
         self.other = other
         self.positions = positions if positions is not None else plan.positions_in(kept_plan)
 
-    def _make(self, path: str, stream: str):
-        groups = [g for g in self.plan.groups if g.module == path]
-
-        def hook(module, args):
-            x = args[0]
-            for g in groups:
-                key = (g.module, g.region)
-                src = self.source[key]
-                pos = self.positions[key]
-                if pos is not None:
-                    src = src.index_select(-1, pos)
-                if self.other is not None:
-                    oth = self.other[key] if pos is None else self.other[key].index_select(-1, pos)
-                    src = (src.float() + oth.float()).mul_(0.5).to(src.dtype)
-                view = _tokens(x, stream, g.region, self.n_text)
-                if view.shape[:2] != src.shape[:2]:
-                    raise RuntimeError(
-                        f"patching {path} ({g.region} tokens): the kept values are {tuple(src.shape[:2])} "
-                        f"(batch, tokens) but this run has {tuple(view.shape[:2])}"
-                    )
-                view.index_copy_(-1, self.plan.index[key], src.to(view.dtype))
-            return None
-
-        return hook
+    def _apply(self, path: str, key: tuple[str, str], view: Any) -> None:
+        src = self.source[key]
+        pos = self.positions[key]
+        if pos is not None:
+            src = src.index_select(-1, pos)
+        if self.other is not None:
+            oth = self.other[key] if pos is None else self.other[key].index_select(-1, pos)
+            src = (src.float() + oth.float()).mul_(0.5).to(src.dtype)
+        if view.shape[:2] != src.shape[:2]:
+            raise RuntimeError(
+                f"patching {path} ({key[1]} tokens): the kept values are {tuple(src.shape[:2])} "
+                f"(batch, tokens) but this run has {tuple(view.shape[:2])}"
+            )
+        view.index_copy_(-1, self.plan.index[key], src.to(view.dtype))

@@ -66,8 +66,9 @@ def markdown(record: dict[str, Any]) -> str:
         "",
         f"Settings: layout {s['layout']}, {s['height']}x{s['width']}, seed {s['seed']}, {s['dtype']}, "
         f"fold seed {s['split_seed']}, {s['random_sets']} random sets per set (same count per block, kind and "
-        f"token region). {f['pipeline_passes']} pipeline passes and {f['patched_forwards']} patched transformer "
-        "forwards.",
+        f"token region). {f['pipeline_passes']} pipeline passes, {f['keep_forwards']} keep forwards (kept groups: "
+        f"{', '.join(str(v) for v in record['memory']['groups'].values())} per fold) and {f['patched_forwards']} "
+        "patched transformer forwards.",
         "",
         "A fraction near 1 says the set carries (nearly) all of the pair's output difference through those "
         "columns at this step; it does not say how the model uses them in later steps, and fractions of L are "
@@ -125,6 +126,28 @@ def figure(record: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def summary_lines(run) -> list[str]:
+    """The console summary of a finished run: each set's mean fraction, the forwards and their time, kept memory."""
+    out = []
+    for i, st in enumerate(run.sets):
+        mean = sum(p.values[str(i)][0] for p in run.pairs) / len(run.pairs)
+        out.append(f"  {st.spec:<24} {st.n_units:>7,} units  mean fraction {mean:.3f}")
+    f, m = run.forwards, run.memory
+    ms = "n/a" if f["ms_per_forward"] is None else f"{f['ms_per_forward']:.1f} ms"
+    out.append(
+        f"forwards: {f['transformer_forwards']:,} transformer forwards for {f['pairs_run']} pair(s) "
+        f"({f['pipeline_passes']:,} pipeline passes, {f['keep_forwards']:,} keep, {f['patched_forwards']:,} patched) "
+        f"in {f['loop_seconds']:.1f} s: {ms} per forward"
+    )
+    groups = ", ".join(f"fold {k}: {v}" for k, v in m["groups"].items())
+    over = f"; over the budget alone: {', '.join(m['over_budget'])}" if m["over_budget"] else ""
+    out.append(
+        f"kept columns: peak {m['kept_peak_mib']:.1f} MiB (budget --max-kept-mib {m['max_kept_mib']:g}); "
+        f"kept groups {groups}{over}"
+    )
+    return out
 
 
 class Progress(Bar):

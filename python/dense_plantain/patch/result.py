@@ -185,6 +185,7 @@ def patch_record(run, layout) -> dict[str, Any]:
         "layout": {"name": layout.name, "n_units": layout.n_units, "counts": layout.counts()},
         "sets": [set_record(run, i, layout) for i in range(len(run.sets))],
         "forwards": run.forwards,
+        "memory": run.memory,
         "seconds": run.seconds,
         "resumed_from": run.resumed_from,
         "settings": run.settings,
@@ -192,31 +193,20 @@ def patch_record(run, layout) -> dict[str, Any]:
     }
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _finite(value)
-    return value
-
-
 # --- the folder ---------------------------------------------------------------------------------
 
 
 def is_patch_folder(folder: Path) -> bool:
-    names = {p.name for p in folder.iterdir()}
-    if PATCH_JSON not in names or not names <= OUTPUT_NAMES:
-        return False
-    try:
-        return "dense_plantain_patch" in json.loads((folder / PATCH_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    """True for a folder that a previous ``patch`` wrote (its patch.json is ours) and nobody added to."""
+    from dense_plantain.report.folder import holds_only
+
+    def ours(folder: Path) -> bool:
+        try:
+            return "dense_plantain_patch" in json.loads((folder / PATCH_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+
+    return holds_only(folder, OUTPUT_NAMES, PATCH_JSON, ours)
 
 
 def check_out_dir(out: Path) -> None:
@@ -235,9 +225,10 @@ def write_patch_folder(run, layout, out: str | Path) -> list[Path]:
     """Write patch.json, patch.md and the figure into ``out``, whole or not at all."""
     from dense_plantain.patch.report import figure, markdown
     from dense_plantain.report.folder import write_folder
+    from dense_plantain.report.records import _plain, results_json_text
 
     record = _plain(patch_record(run, layout))
-    text = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    text = results_json_text(record)
 
     def fill(staging: Path) -> None:
         (staging / PATCH_JSON).write_text(text, encoding="utf-8")

@@ -9,10 +9,16 @@ For a batch of pairs (all of one cross-fitting fold):
 1. the pipeline runs the batch's A prompts, then its B prompts. A pre-hook on the transformer
    keeps its inputs (so patched runs reuse them: no second text encoding), a forward hook keeps
    its prediction for the image tokens (``L``), and ``Keep`` hooks keep the columns of the
-   union of all sets' units (never a whole activation);
-2. for every set (and each of its random sets): four transformer forwards on the kept inputs,
-   with ``Write`` hooks: A with the set's columns from B, B with them from A, and A and B with
-   them from the A/B mean.
+   first kept group's units (never a whole activation);
+2. for every set instance of the group (a set or one of its random sets): four transformer
+   forwards on the kept inputs, with ``Write`` hooks: A with the set's columns from B, B with
+   them from A, and A and B with them from the A/B mean;
+3. each further kept group: its columns are kept in one transformer forward of A and one of B
+   on the same inputs (``keep_pass``), after the previous group's are let go, then step 2.
+
+Kept groups (``group_instances``): the set instances, in order, each group the most whose
+units' union fits ``max_kept_mib`` (A's and B's columns of a full batch, ``unit_bytes``); an
+instance that alone does not fit is a group of its own. The numbers do not depend on it.
 
 ``L`` is the transformer's prediction for the image tokens (the velocity of the flow-matching
 step, ``noise_pred``). The step's output latents are
@@ -25,15 +31,19 @@ output latents. Per pair, with ``e = L_B - L_A`` (float64):
 * ``ablation_shrink = 1 - ||L_{B<-m} - L_{A<-m}|| / ||e||`` (``m`` the A/B mean of the columns).
 
 Finished pairs go to ``OUT.partial.json`` after every batch; ``resume=True`` continues from it
-after checking that settings, model, prompts and unit sets match.
+after checking that settings, model, prompts and unit sets match (not ``batch_size`` nor
+``max_kept_mib``). While the pairs run, SIGTERM is handled as Ctrl-C (``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,12 +51,14 @@ from typing import Any
 
 import numpy as np
 
-from dense_plantain.patch.hooks import ColumnPlan, Keep, Write
+from dense_plantain.capture.job import TEXT_LAYERS, TEXT_TOKENS, PipelineSettings
+from dense_plantain.patch.hooks import ColumnPlan, Keep, Write, kept_bytes, unit_bytes
 from dense_plantain.patch.spec import PatchError, UnitSet, draw_random_sets, fold_assignment, parse_specs
 
 GUIDANCE_SCALE = 1.0
-TEXT_TOKENS = 512
-TEXT_LAYERS = (9, 18, 27)
+#: Default ``--max-kept-mib``: at FLUX.2 [klein] 4B scale a plantain unit keeps about 288 KiB per pair
+#: (16 columns x 4,608 tokens x bf16, A and B), so one top:1024 set takes about 288 MiB.
+DEFAULT_MAX_KEPT_MIB = 2048.0
 MEASURE = (
     "L = the transformer's prediction for the image tokens (noise_pred) of the single step; the step's output "
     "latents are unpatchify((x_T - L) * bn_std + bn_mean), a fixed affine map of L with a per-channel scale, so "
@@ -54,32 +66,29 @@ MEASURE = (
 )
 
 
+#: Settings the numbers do not depend on: a run may be resumed with other values of them.
+RESULT_FREE_SETTINGS = ("batch_size", "max_kept_mib")
+
+
 @dataclass(frozen=True)
-class PatchSettings:
-    layout: str = "plantain"
-    seed: int = 0
-    height: int = 1024
-    width: int = 1024
+class PatchSettings(PipelineSettings):
+    """What a patch run measures (with the pipeline's layout, seed and size); ``--resume`` checks it."""
+
     batch_size: int = 1
     random_sets: int = 20
     split_seed: int = 0
     units: tuple[str, ...] = ("all", "none")
+    #: Budget for the columns kept between the base passes and the patched forwards (A's and B's of a
+    #: batch together). Sets whose units' union exceeds it are measured in groups, each group after its
+    #: own pair of keep forwards; the numbers do not depend on it (like ``batch_size``).
+    max_kept_mib: float = DEFAULT_MAX_KEPT_MIB
 
     def validate(self) -> None:
-        from dense_plantain.units import LAYOUTS
-
-        if self.layout not in LAYOUTS:
-            raise PatchError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
-        for name, value in (("height", self.height), ("width", self.width)):
-            if value <= 0 or value % 16:
-                raise PatchError(
-                    f"--{name} {value} is not a positive multiple of 16 (FLUX.2 downsamples 8x and packs 2x2 "
-                    "patches; the pipeline would silently resize)"
-                )
-        if self.seed < 0:
-            raise PatchError(f"--seed must be a non-negative integer, got {self.seed}")
+        self.validate_pipeline(PatchError)
         if self.batch_size < 1:
             raise PatchError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.max_kept_mib >= 0:
+            raise PatchError(f"--max-kept-mib must be 0 or more, got {self.max_kept_mib}")
         if self.random_sets < 0:
             raise PatchError(f"--random-sets must be 0 or more, got {self.random_sets}")
         if not self.units:
@@ -104,7 +113,8 @@ class PatchRun:
     folds: np.ndarray
     settings: dict[str, Any]
     provenance: dict[str, Any]
-    forwards: dict[str, int]
+    forwards: dict[str, Any]
+    memory: dict[str, Any]
     seconds: float
     resumed_from: int = 0
     layout: Any = None  # the units.Layout the sets index
@@ -119,24 +129,17 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --- the capture the top:K sets are chosen on ---------------------------------------------------
 
 
 def selection_capture(results: str | Path | None, capture: str | Path | None):
     """The capture whose per-pair differences choose top:K units, and how it was found."""
+    from dense_plantain.analysis.inputs import file_sha256
     from dense_plantain.store import read_capture
 
     if capture is not None:
         cap = read_capture(capture)
-        return cap, {"capture": str(capture), "capture_sha256": _sha256_file(Path(capture))}
+        return cap, {"capture": str(capture), "capture_sha256": file_sha256(Path(capture))}
     if results is None:
         return None, None
     from dense_plantain.report.records import load_results
@@ -154,7 +157,7 @@ def selection_capture(results: str | Path | None, capture: str | Path | None):
             f"{results}: the capture it was made from ({path}) is not there any more; top:K needs its per-pair "
             "differences. Pass --capture with the capture file"
         )
-    sha = _sha256_file(Path(path))
+    sha = file_sha256(Path(path))
     if sources[0].get("sha256") not in (None, sha):
         raise PatchError(
             f"{path} changed since {results} was made from it (sha256 differs); run analyze again or pass --capture"
@@ -223,8 +226,65 @@ class _Recorder:
         self.out = output[0][:, : self.n_image]
 
 
+@dataclass
+class KeptGroup:
+    """Set instances measured on one keeping of their units' columns (the union, kept once)."""
+
+    keep_plan: ColumnPlan
+    members: list[tuple[str, ColumnPlan, dict]]  # (instance key, its plan, its positions in keep_plan)
+    planned_bytes: int  # A's and B's kept columns for a full batch, as planned
+
+
+def instances_of(sets: list[UnitSet], fold: int) -> list[tuple[str, np.ndarray]]:
+    """Every set instance applied to pairs of ``fold``: key ``"i"`` (set i) or ``"i/r"`` (its random set r)."""
+    out: list[tuple[str, np.ndarray]] = []
+    for i, s in enumerate(sets):
+        out.append((str(i), s.units_for(fold)))
+        for r, rand in enumerate(s.random):
+            out.append((f"{i}/{r}", rand[fold if len(rand) > 1 else 0]))
+    return out
+
+
+def instance_names(sets: list[UnitSet]) -> list[tuple[str, str]]:
+    """(key, words) of every set instance: ``"i"`` is set i's spec, ``"i/r"`` its random set r."""
+    out = []
+    for i, s in enumerate(sets):
+        out.append((str(i), s.spec))
+        out += [(f"{i}/{r}", f"{s.spec} random set {r}") for r in range(len(s.random))]
+    return out
+
+
+def group_instances(instances: list[tuple[str, np.ndarray]], cost: np.ndarray, budget: float) -> list[list[int]]:
+    """Split instances (in order) into groups whose units' union costs at most ``budget``.
+
+    ``cost[u]`` is what keeping unit u costs. Greedy: an instance joins the current group while
+    the union stays within the budget, else it opens the next group; an instance that alone
+    costs more than the budget gets a group of its own (it cannot be measured in parts).
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    union = np.zeros(len(cost), dtype=bool)
+    for k, (_, units) in enumerate(instances):
+        trial = union.copy()
+        trial[units] = True
+        if current and float(cost[trial].sum()) > budget:
+            groups.append(current)
+            current, trial = [], np.zeros(len(cost), dtype=bool)
+            trial[units] = True
+        current.append(k)
+        union = trial
+    if current:
+        groups.append(current)
+    return groups
+
+
 class BatchPatcher:
-    """Runs one batch of pairs: A and B through the pipeline, then patched transformer forwards."""
+    """Runs one batch of pairs: A and B through the pipeline, then patched transformer forwards.
+
+    ``forwards`` counts the transformer forwards by kind: ``pipeline`` (the A and B passes),
+    ``keep`` (a later group's A and B forwards that only keep columns), ``patched``.
+    ``kept_peak_bytes`` is the most that kept columns (A's and B's together) ever held.
+    """
 
     def __init__(self, pipe: Any, settings: PatchSettings, layout):
         from dense_plantain.capture.run import initial_noise
@@ -235,13 +295,46 @@ class BatchPatcher:
         self.noise = initial_noise(pipe, settings.height, settings.width, settings.seed)
         packed = pipe.vae_scale_factor * 2  # 8x VAE, 2x2 patches: as the pipeline's prepare_latents
         self.n_image = (settings.height // packed) * (settings.width // packed)
-        self.forwards = {"pipeline": 0, "patched": 0}
         self.device = pipe.transformer.device
+        self._init_counts()
+
+    def _init_counts(self) -> None:
+        self.forwards = {"pipeline": 0, "keep": 0, "patched": 0}
+        self.kept_peak_bytes = 0
+        self.n_text = TEXT_TOKENS  # the pipeline pads every prompt to this many text tokens
+        self._groups: dict[Any, list[KeptGroup]] = {}
 
     def plan(self, units: np.ndarray) -> ColumnPlan:
         return ColumnPlan(self.layout, units, device=self.device)
 
-    def base_pass(self, prompts: Sequence[str], keep_plan: ColumnPlan):
+    def budget_bytes(self) -> float:
+        return float(getattr(self.settings, "max_kept_mib", DEFAULT_MAX_KEPT_MIB)) * 2**20
+
+    def unit_cost(self, batch: int) -> np.ndarray:
+        """Per unit, the bytes its kept columns take for a batch of ``batch`` pairs (A and B)."""
+        size = self.pipe.transformer.dtype.itemsize
+        return 2 * batch * unit_bytes(self.layout, self.n_image, self.n_text, size)
+
+    def groups_for(self, sets: list[UnitSet], fold: int) -> list[KeptGroup]:
+        """The kept groups of a fold's set instances (the same for every batch of the fold)."""
+        ident = (fold, tuple((id(s), s.spec, len(s.random)) for s in sets))
+        if ident not in self._groups:
+            instances = instances_of(sets, fold)
+            cost = self.unit_cost(self.settings.batch_size)
+            out = []
+            for members in group_instances(instances, cost, self.budget_bytes()):
+                units = np.unique(np.concatenate([instances[k][1] for k in members]))
+                keep_plan = self.plan(units)
+                plans = []
+                for k in members:
+                    key, inst = instances[k]
+                    plan = self.plan(inst)
+                    plans.append((key, plan, plan.positions_in(keep_plan)))
+                out.append(KeptGroup(keep_plan, plans, int(cost[units].sum())))
+            self._groups[ident] = out
+        return self._groups[ident]
+
+    def base_pass(self, prompts: Sequence[str], keep_plan: ColumnPlan) -> tuple[dict[str, Any], Any, dict]:
         """One pipeline pass: (transformer kwargs, L, kept columns)."""
         import torch
 
@@ -263,6 +356,15 @@ class BatchPatcher:
             raise PatchError(f"the pipeline ran {rec.forwards} transformer forwards for one step; expected 1")
         self.forwards["pipeline"] += 1
         return rec.kwargs, rec.out, keep.kept
+
+    def keep_pass(self, kwargs: dict[str, Any], keep_plan: ColumnPlan) -> dict:
+        """A transformer forward on kept inputs that only keeps ``keep_plan``'s columns (a later group)."""
+        import torch
+
+        with Keep(self.pipe.transformer, keep_plan) as keep, torch.inference_mode():
+            self.pipe.transformer(**kwargs)
+        self.forwards["keep"] += 1
+        return keep.kept
 
     def forward(
         self,
@@ -306,28 +408,41 @@ def _measures(la, lb, l_ab, l_ba, l_am, l_bm):
 
 
 def run_batch(patcher: BatchPatcher, pairs, sets: list[UnitSet], fold: int) -> list[dict[str, list[float]]]:
-    """Measures of every set instance for a batch of pairs of one fold: one dict per pair."""
-    instances: list[tuple[str, np.ndarray]] = []
-    for i, s in enumerate(sets):
-        instances.append((str(i), s.units_for(fold)))
-        for r, rand in enumerate(s.random):
-            instances.append((f"{i}/{r}", rand[fold if len(rand) > 1 else 0]))
+    """Measures of every set instance for a batch of pairs of one fold: one dict per pair.
+
+    The first kept group's columns are kept in the pipeline's A and B passes; each later group's
+    in a pair of keep forwards on the same transformer inputs, after the previous group's columns
+    are let go, so kept columns never hold more than one group.
+    """
     import torch
 
-    cache = patcher.__dict__.setdefault("_plans", {})
-    ident = (fold, tuple((id(s), s.spec, len(s.random)) for s in sets))
-    if ident not in cache:  # plans and column positions are the same for every batch of a fold
-        union = np.unique(np.concatenate([u for _, u in instances])) if instances else np.zeros(0, np.int64)
-        keep_plan = patcher.plan(union)
-        plans = {}
-        for key, units in instances:
-            plan = patcher.plan(units)
-            plans[key] = (plan, plan.positions_in(keep_plan))
-        cache[ident] = (keep_plan, plans)
-    keep_plan, plans = cache[ident]
-    kw_a, la, kept_a = patcher.base_pass([p.a for p in pairs], keep_plan)
-    kw_b, lb, kept_b = patcher.base_pass([p.b for p in pairs], keep_plan)
+    groups = patcher.groups_for(sets, fold)
+    rows: dict[str, Any] = {}
+    kw_a, la, kept_a = patcher.base_pass([p.a for p in pairs], groups[0].keep_plan)
+    kw_b, lb, kept_b = patcher.base_pass([p.b for p in pairs], groups[0].keep_plan)
+    _check_differs(pairs, la, lb)
+    for g, group in enumerate(groups):
+        if g > 0:
+            kept_a = kept_b = {}  # the previous group's columns go before the next are kept
+            kept_a = patcher.keep_pass(kw_a, group.keep_plan)
+            kept_b = patcher.keep_pass(kw_b, group.keep_plan)
+        patcher.kept_peak_bytes = max(patcher.kept_peak_bytes, kept_bytes(kept_a, kept_b))
+        for key, plan, pos in group.members:
+            l_ab = patcher.forward(kw_a, plan, group.keep_plan, kept_b, positions=pos)
+            l_ba = patcher.forward(kw_b, plan, group.keep_plan, kept_a, positions=pos)
+            l_am = patcher.forward(kw_a, plan, group.keep_plan, kept_a, kept_b, positions=pos)
+            l_bm = patcher.forward(kw_b, plan, group.keep_plan, kept_a, kept_b, positions=pos)
+            rows[key] = _measures(la, lb, l_ab, l_ba, l_am, l_bm)
+    keys = [key for key, _ in instances_of(sets, fold)]
+    values = torch.stack([rows[k] for k in keys]).cpu().numpy() if keys else np.zeros((0, len(pairs), 3))
+    out: list[dict[str, list[float]]] = [{} for _ in pairs]
+    for k, key in enumerate(keys):
+        for j in range(len(pairs)):
+            out[j][key] = [float(v) for v in values[k, j]]
+    return out
 
+
+def _check_differs(pairs, la, lb) -> None:
     e2 = (lb.reshape(len(pairs), -1).double() - la.reshape(len(pairs), -1).double()).pow(2).sum(1)
     if bool((e2 == 0).any()):
         bad = [p.id for p, z in zip(pairs, (e2 == 0).tolist()) if z]
@@ -335,20 +450,6 @@ def run_batch(patcher: BatchPatcher, pairs, sets: list[UnitSet], fold: int) -> l
             f"pair(s) {', '.join(bad)}: A and B give the same transformer output (identical prompts after "
             "truncation to 512 tokens?), so no fraction of their difference exists; fix or drop those pairs"
         )
-    rows = []
-    for key, _ in instances:
-        plan, pos = plans[key]
-        l_ab = patcher.forward(kw_a, plan, keep_plan, kept_b, positions=pos)
-        l_ba = patcher.forward(kw_b, plan, keep_plan, kept_a, positions=pos)
-        l_am = patcher.forward(kw_a, plan, keep_plan, kept_a, kept_b, positions=pos)
-        l_bm = patcher.forward(kw_b, plan, keep_plan, kept_a, kept_b, positions=pos)
-        rows.append((key, _measures(la, lb, l_ab, l_ba, l_am, l_bm)))
-    values = torch.stack([m for _, m in rows]).cpu().numpy() if rows else np.zeros((0, len(pairs), 3))
-    out: list[dict[str, list[float]]] = [{} for _ in pairs]
-    for k, (key, _) in enumerate(rows):
-        for j in range(len(pairs)):
-            out[j][key] = [float(v) for v in values[k, j]]
-    return out
 
 
 # --- the whole run ------------------------------------------------------------------------------
@@ -434,7 +535,7 @@ def run_patch(
         ),
     }
     identity = {
-        "settings": {k: v for k, v in settings_meta.items() if k != "batch_size"},
+        "settings": {k: v for k, v in settings_meta.items() if k not in RESULT_FREE_SETTINGS},
         "model_config_sha256": model_meta.get("config_sha256"),
         "probe_sha256": probe.sha256,
         "sets_sha256": _sets_identity(sets),
@@ -466,8 +567,10 @@ def run_patch(
 
     saved = pipe._progress_bar_config if hasattr(pipe, "_progress_bar_config") else {}
     pipe.set_progress_bar_config(disable=True)
+    t_loop = time.monotonic()
+    on_disk = n_resumed  # pairs in the partial file: what an interruption keeps
     try:
-        with Progress(show_progress, total=len(probe.pairs), done=n_resumed) as bar:
+        with Progress(show_progress, total=len(probe.pairs), done=n_resumed) as bar, _term_as_interrupt():
             for fold, idx in batches:
                 batch = [probe.pairs[i] for i in idx]
                 bar.describe(f"pair {batch[0].id}")
@@ -476,29 +579,25 @@ def run_patch(
                 except _oom_type() as err:
                     raise PatchError(
                         f"out of GPU memory at --batch-size {settings.batch_size} ({err.__class__.__name__}); lower "
-                        "--batch-size (results do not depend on it)"
+                        "--batch-size or --max-kept-mib (results depend on neither)"
                     ) from None
                 for p, row in zip(batch, rows):
                     done[p.id] = row
                 atomic_write_bytes(
                     partial, json.dumps({"identity": identity, "pairs": done}, separators=(",", ":")).encode()
                 )
+                on_disk = len(done)
                 bar.advance(len(batch))
     except KeyboardInterrupt:
-        raise PatchError("interrupted." + _kept_note(partial, len(done))) from None
+        raise PatchError("interrupted." + _kept_note(partial, on_disk)) from None
     except PatchError as err:
-        raise PatchError(str(err) + "." + _kept_note(partial, len(done))) from None
+        raise PatchError(str(err) + "." + _kept_note(partial, on_disk)) from None
     finally:
         pipe._progress_bar_config = saved
+    loop_seconds = time.monotonic() - t_loop
     records = [PairRecord(p.id, int(folds[i]), done[p.id]) for i, p in enumerate(probe.pairs)]
-    n_sets = sum(1 + len(s.random) for s in sets)
-    forwards = {
-        "pipeline_passes": 2 * len(batches),
-        "patched_forwards": 4 * n_sets * len(batches),
-        "batches": len(batches),
-        "per_pair": 2 + 4 * n_sets,
-        "pairs_run": len(todo),
-    }
+    forwards = forward_counts(patcher, sets, len(batches), len(todo), loop_seconds)
+    memory = memory_record(patcher, sets)
     provenance = {
         "model": model_meta,
         "probe": probe.to_dict(),
@@ -515,10 +614,67 @@ def run_patch(
         settings=settings_meta,
         provenance=provenance,
         forwards=forwards,
+        memory=memory,
         seconds=time.monotonic() - t0,
         resumed_from=n_resumed,
         layout=layout,
     )
+
+
+def forward_counts(patcher: BatchPatcher, sets: list[UnitSet], n_batches: int, n_pairs: int, seconds: float):
+    """The transformer forwards this call ran, by kind, and the time per forward of the pair loop."""
+    f = patcher.forwards
+    total = f["pipeline"] + f["keep"] + f["patched"]
+    n_instances = sum(1 + len(s.random) for s in sets)
+    return {
+        "pipeline_passes": f["pipeline"],
+        "keep_forwards": f["keep"],
+        "patched_forwards": f["patched"],
+        "transformer_forwards": total,
+        "batches": n_batches,
+        "pairs_run": n_pairs,
+        "per_pair": 2 + 4 * n_instances,
+        "per_pair_note": "at --batch-size 1 and one kept group: A and B, then 4 patched forwards per set instance; "
+        "each further kept group adds 2 keep forwards per batch",
+        "loop_seconds": seconds,
+        "ms_per_forward": 1e3 * seconds / total if total else None,
+        "ms_per_forward_note": "the pair loop's wall time over its transformer forwards; the pipeline passes also "
+        "encode the prompts",
+    }
+
+
+def memory_record(patcher: BatchPatcher, sets: list[UnitSet]) -> dict[str, Any]:
+    """The budget, the kept groups per fold and the most the kept columns held (this call's batches)."""
+    budget = patcher.budget_bytes()
+    groups = {str(f): patcher.groups_for(sets, f) for f in (0, 1)}
+    # Only a group of one can be over: an instance joins a group only while the union fits.
+    over_keys = {g.members[0][0] for gs in groups.values() for g in gs if g.planned_bytes > budget}
+    over = [name for key, name in instance_names(sets) if key in over_keys]
+    return {
+        "max_kept_mib": budget / 2**20,
+        "kept_peak_bytes": patcher.kept_peak_bytes,
+        "kept_peak_mib": patcher.kept_peak_bytes / 2**20,
+        "groups": {f: len(gs) for f, gs in groups.items()},
+        "planned_group_mib": {f: [g.planned_bytes / 2**20 for g in gs] for f, gs in groups.items()},
+        "over_budget": over,
+        "rule": "kept columns (A's and B's of one batch, one kept group at a time) stay within max_kept_mib, "
+        "except a set instance that alone needs more (listed in over_budget): it is kept alone",
+        "text_tokens_planned": patcher.n_text,
+    }
+
+
+@contextlib.contextmanager
+def _term_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt while the pairs run (as Ctrl-C and ``timeout -s INT``): the finished
+    pairs stay in the partial file and the message says how to resume. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, saved)
 
 
 def _kept_note(partial: Path, n: int) -> str:

@@ -104,16 +104,23 @@ def clean_stale_staging(out: Path) -> list[Path]:
     return removed
 
 
-def is_results_folder(folder: Path) -> bool:
-    """True for a folder that a previous ``analyze``/``compare`` wrote and nobody added to."""
-    names = {p.name for p in folder.iterdir()}
-    if RESULTS_JSON not in names or not names <= OUTPUT_NAMES:
-        return False
+def holds_only(folder: Path, names: frozenset[str], main: str, is_valid: Callable[[Path], bool]) -> bool:
+    """True when ``folder`` holds its ``main`` file, no name outside ``names``, and ``is_valid(folder)``."""
+    found = {p.name for p in folder.iterdir()}
+    return main in found and found <= names and is_valid(folder)
+
+
+def _loads_results(folder: Path) -> bool:
     try:
         load_results(folder)
     except ResultsFileError:
         return False
     return True
+
+
+def is_results_folder(folder: Path) -> bool:
+    """True for a folder that a previous ``analyze``/``compare`` wrote and nobody added to."""
+    return holds_only(folder, OUTPUT_NAMES, RESULTS_JSON, _loads_results)
 
 
 def check_out_dir(out: str | os.PathLike[str], force: bool = False) -> None:
