@@ -380,6 +380,16 @@ def test_resume_keeps_finished_pairs(probe_file, tmp_path, basic_run, monkeypatc
     assert [p.values for p in resumed.pairs] == [p.values for p in basic_run.pairs]
     record = patch_record(resumed, build_layout(dict(tiny_loaded().pipe.transformer.config), "plantain"))
     assert record["resumed_from"] == 1
+    # the two calls together ran exactly the uninterrupted run's forwards (the interrupted batch ran none)
+    every = resumed.forwards["all_calls"]
+    assert every["calls"] == 2 and [c["pairs"] for c in resumed.forwards["calls"]] == [1, len(basic_run.pairs) - 1]
+    assert every["pairs"] == len(basic_run.pairs)
+    assert every["transformer_forwards"] == basic_run.forwards["transformer_forwards"]
+    assert resumed.forwards["transformer_forwards"] < every["transformer_forwards"]
+    assert basic_run.forwards["all_calls"]["calls"] == 1
+    from dense_plantain.patch.report import markdown
+
+    assert "interrupted and resumed, 2 calls in all" in markdown(record)
 
 
 def test_results_folder_leads_to_its_capture(probe_file, layout, tmp_path):

@@ -68,7 +68,7 @@ def markdown(record: dict[str, Any]) -> str:
         f"fold seed {s['split_seed']}, {s['random_sets']} random sets per set (same count per block, kind and "
         f"token region). {f['pipeline_passes']} pipeline passes, {f['keep_forwards']} keep forwards (kept groups: "
         f"{', '.join(str(v) for v in record['memory']['groups'].values())} per fold) and {f['patched_forwards']} "
-        "patched transformer forwards.",
+        "patched transformer forwards." + _calls_sentence(f),
         "",
         "A fraction near 1 says the set carries (nearly) all of the pair's output difference through those "
         "columns at this step; it does not say how the model uses them in later steps, and fractions of L are "
@@ -155,3 +155,17 @@ class Progress(Bar):
 
     def __init__(self, enabled: bool, total: int, done: int):
         super().__init__(enabled, total, done, verb="patch", noun="pairs")
+
+
+def _calls_sentence(f: dict) -> str:
+    """For a run finished over several calls (interrupted, then --resume): the counts above are the last call's."""
+    every = f.get("all_calls") or {}
+    if int(every.get("calls", 1)) <= 1:
+        return ""
+    total = int(every["transformer_forwards"])
+    ms = f"{1e3 * every['loop_seconds'] / total:.1f} ms" if total else "-"
+    return (
+        f" Those counts are the last call's ({f['pairs_run']} pairs): the run was interrupted and resumed, "
+        f"{every['calls']} calls in all, {total:,} transformer forwards for {every['pairs']} pairs in "
+        f"{every['loop_seconds']:.1f} s of pair loops ({ms} per forward)."
+    )

@@ -541,6 +541,8 @@ def run_patch(
         "sets_sha256": _sets_identity(sets),
     }
     done: dict[str, dict[str, list[float]]] = {}
+    #: Earlier calls of an interrupted run (from the partial file): pairs, forwards and loop time of each.
+    earlier_calls: list[dict[str, Any]] = []
     if partial.exists() and resume:
         try:
             old = json.loads(partial.read_text(encoding="utf-8"))
@@ -553,6 +555,7 @@ def run_patch(
                 "options, or pass --force to start over"
             )
         done = {str(k): v for k, v in old.get("pairs", {}).items()}
+        earlier_calls = [c for c in old.get("calls", []) if isinstance(c, dict)]
     elif partial.exists():
         partial.unlink()
     n_resumed = len(done)
@@ -583,8 +586,10 @@ def run_patch(
                     ) from None
                 for p, row in zip(batch, rows):
                     done[p.id] = row
+                calls = [*earlier_calls, _call_record(patcher, len(done) - n_resumed, time.monotonic() - t_loop)]
                 atomic_write_bytes(
-                    partial, json.dumps({"identity": identity, "pairs": done}, separators=(",", ":")).encode()
+                    partial,
+                    json.dumps({"identity": identity, "pairs": done, "calls": calls}, separators=(",", ":")).encode(),
                 )
                 on_disk = len(done)
                 bar.advance(len(batch))
@@ -597,6 +602,15 @@ def run_patch(
     loop_seconds = time.monotonic() - t_loop
     records = [PairRecord(p.id, int(folds[i]), done[p.id]) for i, p in enumerate(probe.pairs)]
     forwards = forward_counts(patcher, sets, len(batches), len(todo), loop_seconds)
+    calls = [*earlier_calls, _call_record(patcher, len(todo), loop_seconds)]
+    forwards["calls"] = calls
+    forwards["all_calls"] = {
+        "calls": len(calls),
+        "pairs": sum(int(c.get("pairs", 0)) for c in calls),
+        "transformer_forwards": sum(int(c.get("transformer_forwards", 0)) for c in calls),
+        "loop_seconds": sum(float(c.get("loop_seconds", 0.0)) for c in calls),
+        "note": "an interrupted call counts the forwards and time of its batches that reached the partial file",
+    }
     memory = memory_record(patcher, sets)
     provenance = {
         "model": model_meta,
@@ -619,6 +633,15 @@ def run_patch(
         resumed_from=n_resumed,
         layout=layout,
     )
+
+
+def _call_record(patcher: BatchPatcher, pairs: int, loop_seconds: float) -> dict[str, Any]:
+    """One call's share of a run (a resumed run has several): pairs finished, forwards run, loop time."""
+    return {
+        "pairs": int(pairs),
+        "transformer_forwards": int(sum(patcher.forwards.values())),
+        "loop_seconds": loop_seconds,
+    }
 
 
 def forward_counts(patcher: BatchPatcher, sets: list[UnitSet], n_batches: int, n_pairs: int, seconds: float):
