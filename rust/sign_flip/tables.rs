@@ -87,8 +87,12 @@ pub(super) struct BlockTables {
     /// Unit-major sums of the low group: `low[u * stride + a]`, zero past 2^bits.
     pub(super) low: Vec<f64>,
     pub(super) stride: usize,
-    /// Unit-major sums of the low group's top pairs (those choosing the leaf), per leaf.
+    /// Sums of the low group's top pairs (those choosing the leaf): built unit-major
+    /// (`leaf_offset[u * n_leaf + q]`), then copied leaf-major (`leaf_major[q * ub + u]`) for
+    /// the per-leaf filter, which runs over one leaf's units at a time.
     pub(super) leaf_offset: Vec<f64>,
+    pub(super) leaf_major: Vec<f64>,
+    ub: usize,
     pub(super) n_leaf: usize,
     pub(super) leaf_bits: usize,
     /// Sum of |x| over the pairs swept inside a leaf, and over the whole low group.
@@ -106,6 +110,8 @@ impl BlockTables {
             low: vec![0.0; ub * stride],
             stride,
             leaf_offset: vec![0.0; ub * n_leaf],
+            leaf_major: vec![0.0; ub * n_leaf],
+            ub,
             n_leaf,
             leaf_bits,
             leaf_radius: vec![0.0; ub],
@@ -124,6 +130,11 @@ impl BlockTables {
         let top_first = low.first_pair + self.leaf_bits;
         let top_bits = low.bits - self.leaf_bits;
         build_unit_major(prep, top_first, top_bits, u0, w, self.n_leaf, &mut self.leaf_offset);
+        for (u, row) in self.leaf_offset.chunks_exact(self.n_leaf).take(w).enumerate() {
+            for (q, &v) in row.iter().enumerate() {
+                self.leaf_major[q * self.ub + u] = v;
+            }
+        }
         self.leaf_radius[..w].fill(0.0);
         for b in 0..self.leaf_bits {
             for (r, &v) in self.leaf_radius[..w]
