@@ -2,7 +2,7 @@
 //!
 //! Every `unsafe` block and every intrinsic of the sign-flip null lives in this file.
 
-use super::tables::{build_byte_major, fold_pair0, BlockTables};
+use super::tables::{build_group_tables, BlockTables};
 use super::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -249,17 +249,25 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
                     if to == from {
                         continue;
                     }
-                    let (mx, cnt) = sweep::<V, K, A>(&units[from..to], &bases[from..to], &tables.low, stride, a0, &thr);
+                    let leaf = Leaf {
+                        units: &units[from..to],
+                        bases: &bases[from..to],
+                        low: &tables.low,
+                        stride,
+                        a0,
+                    };
+                    let (mx, cnt) = sweep::<V, K, A>(&leaf, &thr);
                     from = to;
-                    let p0 = (j_base + a0 as u64 - start) as usize;
+                    // The task's first pattern can fall inside a leaf: index from its lanes.
+                    let p_first = (j_base + (a0 + lanes.start) as u64 - start) as usize;
                     for (k, cnt_k) in cnt.iter().enumerate() {
-                        let row = &mut counts[(cell * K + k) * len_task + p0..];
-                        for l in lanes.clone() {
-                            row[l] += cnt_k[l] as u32;
+                        let row = &mut counts[(cell * K + k) * len_task + p_first..];
+                        for (r, &c) in row.iter_mut().zip(&cnt_k[lanes.clone()]) {
+                            *r += c as u32;
                         }
                     }
                     for l in lanes.clone() {
-                        let p = p0 + l;
+                        let p = p_first + l - lanes.start;
                         if mx[l] > max_ratio[p] {
                             max_ratio[p] = mx[l];
                         }
@@ -318,32 +326,35 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
     }
 }
 
+/// One leaf's sweep input: its units (local indices into the unit-major low table `low`, row
+/// `stride`), their fixed parts, and the leaf's first low pattern `a0`.
+struct Leaf<'a> {
+    units: &'a [u32],
+    bases: &'a [f64],
+    low: &'a [f64],
+    stride: usize,
+    a0: usize,
+}
+
 /// The `A` patterns of one leaf (from `a0`) over its units: max S^2 and counts above each
 /// ratio threshold, one lane per pattern.
 #[inline(always)]
-fn sweep<const V: u8, const K: usize, const A: usize>(
-    units: &[u32],
-    bases: &[f64],
-    low: &[f64],
-    stride: usize,
-    a0: usize,
-    thr: &[f64; K],
-) -> ([f64; A], [[u64; A]; K]) {
+fn sweep<const V: u8, const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
     #[cfg(target_arch = "x86_64")]
     if V == AVX512 && A == 32 {
         // SAFETY: V == AVX512 only inside functions compiled for (and run on) AVX-512.
-        return unsafe { sweep_avx512::<K, A>(units, bases, low, stride, a0, thr) };
+        return unsafe { sweep_avx512::<K, A>(leaf, thr) };
     }
     #[cfg(target_arch = "x86_64")]
     if V == AVX2 && A.is_multiple_of(AVX2_SWEEP) {
         // SAFETY: V == AVX2 only inside functions compiled for (and run on) AVX2.
-        return unsafe { sweep_avx2::<K, A>(units, bases, low, stride, a0, thr) };
+        return unsafe { sweep_avx2::<K, A>(leaf, thr) };
     }
     let mut mx = [0.0f64; A];
     let mut cnt = [[0u64; A]; K];
-    for (&u, &b) in units.iter().zip(bases) {
-        let at = u as usize * stride + a0;
-        let row: &[f64; A] = low[at..at + A].try_into().unwrap();
+    for (&u, &b) in leaf.units.iter().zip(leaf.bases) {
+        let at = u as usize * leaf.stride + leaf.a0;
+        let row: &[f64; A] = leaf.low[at..at + A].try_into().unwrap();
         let mut sq = [0.0f64; A];
         for l in 0..A {
             let s = b + row[l];
@@ -365,22 +376,15 @@ fn sweep<const V: u8, const K: usize, const A: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
 #[inline]
-unsafe fn sweep_avx512<const K: usize, const A: usize>(
-    units: &[u32],
-    bases: &[f64],
-    low: &[f64],
-    stride: usize,
-    a0: usize,
-    thr: &[f64; K],
-) -> ([f64; A], [[u64; A]; K]) {
+unsafe fn sweep_avx512<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
     assert!(A == 32);
     let mut mx = [_mm512_setzero_pd(); 4];
     let mut cnt = [[_mm512_setzero_si512(); 4]; K];
     let t: [__m512d; K] = std::array::from_fn(|k| _mm512_set1_pd(thr[k]));
     let one = _mm512_set1_epi64(1);
-    for (&u, &b) in units.iter().zip(bases) {
-        let at = u as usize * stride + a0;
-        let row = &low[at..at + 32];
+    for (&u, &b) in leaf.units.iter().zip(leaf.bases) {
+        let at = u as usize * leaf.stride + leaf.a0;
+        let row = &leaf.low[at..at + 32];
         let bv = _mm512_set1_pd(b);
         for v in 0..4 {
             // SAFETY: row holds 32 values, v * 8 + 8 <= 32.
@@ -419,14 +423,7 @@ const _: () = assert!(EXACT_UNIT_BLOCK < 1 << PACKED_BITS && MAX_K * PACKED_BITS
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn sweep_avx2<const K: usize, const A: usize>(
-    units: &[u32],
-    bases: &[f64],
-    low: &[f64],
-    stride: usize,
-    a0: usize,
-    thr: &[f64; K],
-) -> ([f64; A], [[u64; A]; K]) {
+unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
     let t: [__m256d; K] = std::array::from_fn(|k| _mm256_set1_pd(thr[k]));
     let bit: [__m256i; K] = std::array::from_fn(|k| _mm256_set1_epi64x(1i64 << (PACKED_BITS * k)));
     let mut mx_out = [0.0f64; A];
@@ -435,9 +432,9 @@ unsafe fn sweep_avx2<const K: usize, const A: usize>(
     for pass in (0..A).step_by(AVX2_SWEEP) {
         let mut mx = [_mm256_setzero_pd(); 4];
         let mut cnt = [_mm256_setzero_si256(); 4];
-        for (&u, &b) in units.iter().zip(bases) {
-            let at = u as usize * stride + a0 + pass;
-            let row = &low[at..at + AVX2_SWEEP];
+        for (&u, &b) in leaf.units.iter().zip(leaf.bases) {
+            let at = u as usize * leaf.stride + leaf.a0 + pass;
+            let row = &leaf.low[at..at + AVX2_SWEEP];
             let bv = _mm256_set1_pd(b);
             for v in 0..4 {
                 // SAFETY: row holds 16 values, v * 4 + 4 <= 16.
@@ -490,19 +487,7 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
     for u0 in (0..prep.m_pad).step_by(ub) {
         let w = ub.min(prep.m_pad - u0);
         let lanes = w / LANES;
-        for (gi, group) in prep.groups.iter().enumerate() {
-            let t = &mut tables[gi * plane..(gi + 1) * plane];
-            build_byte_major(prep, group.first_pair, group.bits, u0, w, t);
-        }
-        // Pair 0 goes into the first table added to it: S = ((x_0 + G_1) + G_2 ...) + G_0.
-        let first = if g > 1 { 1 } else { 0 };
-        fold_pair0(
-            prep,
-            prep.groups[first].bits,
-            u0,
-            w,
-            &mut tables[first * plane..(first + 1) * plane],
-        );
+        build_group_tables(prep, u0, w, plane, &mut tables);
         // The cells of this block: (cell, first and past-last vector of units).
         segs.clear();
         for (c, &(lo, hi)) in prep.cells.iter().enumerate() {

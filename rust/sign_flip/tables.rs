@@ -82,6 +82,30 @@ pub(super) fn fold_pair0(prep: &Prepared, bits: usize, u0: usize, w: usize, tabl
     }
 }
 
+/// Every group's byte-major table for units `u0 .. u0 + w` (`plane` values apart), with pair 0
+/// folded into the first table added to it: `S = ((x_0 + G_1) + G_2 ...) + G_0`.
+#[inline(always)]
+pub(super) fn build_group_tables(prep: &Prepared, u0: usize, w: usize, plane: usize, tables: &mut [f64]) {
+    for (gi, group) in prep.groups.iter().enumerate() {
+        build_byte_major(
+            prep,
+            group.first_pair,
+            group.bits,
+            u0,
+            w,
+            &mut tables[gi * plane..(gi + 1) * plane],
+        );
+    }
+    let first = if prep.groups.len() > 1 { 1 } else { 0 };
+    fold_pair0(
+        prep,
+        prep.groups[first].bits,
+        u0,
+        w,
+        &mut tables[first * plane..(first + 1) * plane],
+    );
+}
+
 /// Lookup tables of one block of units for exact mode.
 pub(super) struct BlockTables {
     /// Unit-major sums of the low group: `low[u * stride + a]`, zero past 2^bits.
