@@ -336,6 +336,18 @@ struct Leaf<'a> {
     a0: usize,
 }
 
+impl<'a> Leaf<'a> {
+    /// Per unit: its `len` low-table values from pattern `a0 + from`, and its fixed part.
+    #[inline(always)]
+    fn rows(&self, from: usize, len: usize) -> impl Iterator<Item = (&'a [f64], f64)> + '_ {
+        let (low, at0) = (self.low, self.a0 + from);
+        self.units.iter().zip(self.bases).map(move |(&u, &b)| {
+            let at = u as usize * self.stride + at0;
+            (&low[at..at + len], b)
+        })
+    }
+}
+
 /// The `A` patterns of one leaf (from `a0`) over its units: max S^2 and counts above each
 /// ratio threshold, one lane per pattern.
 #[inline(always)]
@@ -352,9 +364,8 @@ fn sweep<const V: u8, const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K
     }
     let mut mx = [0.0f64; A];
     let mut cnt = [[0u64; A]; K];
-    for (&u, &b) in leaf.units.iter().zip(leaf.bases) {
-        let at = u as usize * leaf.stride + leaf.a0;
-        let row: &[f64; A] = leaf.low[at..at + A].try_into().unwrap();
+    for (row, b) in leaf.rows(0, A) {
+        let row: &[f64; A] = row.try_into().unwrap();
         let mut sq = [0.0f64; A];
         for l in 0..A {
             let s = b + row[l];
@@ -382,9 +393,7 @@ unsafe fn sweep_avx512<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; 
     let mut cnt = [[_mm512_setzero_si512(); 4]; K];
     let t: [__m512d; K] = std::array::from_fn(|k| _mm512_set1_pd(thr[k]));
     let one = _mm512_set1_epi64(1);
-    for (&u, &b) in leaf.units.iter().zip(leaf.bases) {
-        let at = u as usize * leaf.stride + leaf.a0;
-        let row = &leaf.low[at..at + 32];
+    for (row, b) in leaf.rows(0, 32) {
         let bv = _mm512_set1_pd(b);
         for v in 0..4 {
             // SAFETY: row holds 32 values, v * 8 + 8 <= 32.
@@ -432,18 +441,19 @@ unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]
     for pass in (0..A).step_by(AVX2_SWEEP) {
         let mut mx = [_mm256_setzero_pd(); 4];
         let mut cnt = [_mm256_setzero_si256(); 4];
-        for (&u, &b) in leaf.units.iter().zip(leaf.bases) {
-            let at = u as usize * leaf.stride + leaf.a0 + pass;
-            let row = &leaf.low[at..at + AVX2_SWEEP];
+        for (row, b) in leaf.rows(pass, AVX2_SWEEP) {
             let bv = _mm256_set1_pd(b);
-            for v in 0..4 {
+            let mut sq = [_mm256_setzero_pd(); 4];
+            for (v, q) in sq.iter_mut().enumerate() {
                 // SAFETY: row holds 16 values, v * 4 + 4 <= 16.
                 let s = _mm256_add_pd(bv, unsafe { _mm256_loadu_pd(row.as_ptr().add(4 * v)) });
-                let sq = _mm256_mul_pd(s, s);
-                mx[v] = _mm256_max_pd(sq, mx[v]);
+                *q = _mm256_mul_pd(s, s);
+            }
+            for ((m, c), &q) in mx.iter_mut().zip(cnt.iter_mut()).zip(&sq) {
+                *m = _mm256_max_pd(q, *m);
                 for k in 0..K {
-                    let above = _mm256_castpd_si256(_mm256_cmp_pd::<_CMP_GT_OQ>(sq, t[k]));
-                    cnt[v] = _mm256_add_epi64(cnt[v], _mm256_and_si256(above, bit[k]));
+                    let above = _mm256_castpd_si256(_mm256_cmp_pd::<_CMP_GT_OQ>(q, t[k]));
+                    *c = _mm256_add_epi64(*c, _mm256_and_si256(above, bit[k]));
                 }
             }
         }
