@@ -9,9 +9,13 @@ in one run:
 * times ``mne.stats.permutation_t_test(diff, n_permutations=10000)`` on the same differences,
   inside this process after MNE is imported (MNE's import is not charged to it);
 
-and prints both with the ratio MNE / analyze. Run from the repository root:
+and prints both with the ratio MNE / analyze, then one in-process run split into its parts
+(imports, reading, each null, the pair bootstrap, the JSON/CSV/markdown, matplotlib's import, the
+figures) with CPU seconds per part. ``--exact`` also times ``analyze --exact`` (all 2^24 sign
+patterns) on data where about half the units are strong (|t| > 3 for about 51 %), with its peak
+memory, against MNE's 10,000-permutation Monte Carlo on the same data. Run from the repository root:
 
-    PYTHONPATH=python python3 benches/bench_analyze.py [--repeats 3] [--json out.json]
+    PYTHONPATH=python python3 benches/bench_analyze.py [--repeats 3] [--exact] [--json out.json]
 """
 
 from __future__ import annotations
@@ -55,18 +59,24 @@ def cpu() -> dict[str, object]:
     return info
 
 
-def make_capture(folder: Path) -> tuple[Path, np.ndarray]:
+def make_capture(folder: Path, strong_half: bool = False) -> tuple[Path, np.ndarray]:
+    """The bench capture; ``strong_half``: every other unit shifted by 1.45 sd instead of an
+    eighth by 0.9 (|t| > 3 for about half the units, as the reference card's data)."""
     layout = units.build_layout(units.KLEIN_4B)
     rng = np.random.default_rng(2026)
     m = layout.n_units
     block = layout.labels()["block_index"]
     shared = rng.normal(size=(N_PAIRS, len(layout.blocks)))
     diff = 0.6 * shared[:, block] * rng.normal(size=m) + rng.normal(size=(N_PAIRS, m))
-    diff[:, : m // 8] += 0.9  # some units with a real shift
+    if strong_half:
+        diff[:, ::2] += 1.45
+    else:
+        diff[:, : m // 8] += 0.9  # some units with a real shift
     a = (3.0 + rng.gamma(2.0, 0.5, size=(N_PAIRS, m))).astype(np.float32)
     b = (a + diff).astype(np.float32)
     pairs = [{"id": f"p{i:02d}", "a": f"prompt a {i}", "b": f"prompt b {i}"} for i in range(N_PAIRS)]
-    path = store.write_capture(folder / "bench.safetensors", a, b, {**layout.to_metadata(), "pairs": pairs})
+    name = "strong.safetensors" if strong_half else "bench.safetensors"
+    path = store.write_capture(folder / name, a, b, {**layout.to_metadata(), "pairs": pairs})
     return path, np.asarray(b, np.float64) - np.asarray(a, np.float64)
 
 
@@ -90,6 +100,59 @@ def time_analyze(capture: Path, folder: Path, repeats: int) -> tuple[list[float]
     return wall, cpu_s
 
 
+# One analyze run in a fresh interpreter, the CLI's steps one by one, CPU and wall per step.
+BREAKDOWN = r"""
+import json, os, sys, time
+marks = []
+def mark(name):
+    t = os.times()
+    marks.append((name, time.perf_counter(), t.user + t.system))
+mark("start")
+import numpy
+mark("importing numpy")
+from dense_plantain import analysis, cli, report  # what `python -m dense_plantain analyze` imports
+mark("imports (cli, analysis, report)")
+from dense_plantain.store import read_capture
+cap = read_capture(sys.argv[1])
+mark("reading the capture")
+kw = dict(permutations=int(sys.argv[2]), exact=False)
+analysis.analyze(cap, bootstrap=0, **kw)
+mark("statistics and nulls (bootstrap off)")
+result = analysis.analyze(cap, **kw)
+mark("statistics and nulls with the default bootstrap")
+from dense_plantain.report import records, tables
+record = result.to_json()
+records.results_json_text(record); records.units_csv_text(result); tables.results_markdown(record)
+mark("results.json, units.csv, results.md (text)")
+from dense_plantain.report import figures
+mark("importing matplotlib (figures)")
+figures.write_figures(result, sys.argv[3], record)
+mark("drawing the figures")
+steps = [("interpreter start (CPU before the first import; wall not known)", 0.0, marks[0][2])]
+print(json.dumps(steps + [(b[0], b[1] - a[1], b[2] - a[2]) for a, b in zip(marks, marks[1:])]))
+"""
+
+
+def breakdown(capture: Path, folder: Path) -> list[tuple[str, float, float]]:
+    """(step, wall s, CPU s) of one in-process analyze; the bootstrap's share is the difference of
+    the two statistics steps."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    out = folder / "figures"
+    out.mkdir()
+    cmd = [sys.executable, "-c", BREAKDOWN, str(capture), str(PERMUTATIONS), str(out)]
+    text = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True).stdout
+    return [tuple(step) for step in json.loads(text.strip().splitlines()[-1])]
+
+
+def peak_rss_mib(cmd: list[str]) -> float:
+    """Peak resident memory (MiB) of one run of ``cmd``, measured by a wrapper process."""
+    code = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    code += "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    out = subprocess.run([sys.executable, "-c", code, *cmd], check=True, env=env, capture_output=True, text=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
 def time_mne(diff: np.ndarray) -> tuple[float, float]:
     """Wall and CPU seconds of MNE's permutation_t_test (one job), MNE already imported."""
     from mne.stats import permutation_t_test
@@ -102,12 +165,32 @@ def time_mne(diff: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--exact", action="store_true", help="also time analyze --exact on half-strong data")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         capture, diff = make_capture(Path(tmp))
         analyze, analyze_cpu = time_analyze(capture, Path(tmp), args.repeats)
         mne_s, mne_cpu = time_mne(diff)
+        steps = breakdown(capture, Path(tmp))
+        exact_record = None
+        if args.exact:
+            strong, strong_diff = make_capture(Path(tmp), strong_half=True)
+            t = strong_diff.mean(0) / (strong_diff.std(0, ddof=1) / np.sqrt(N_PAIRS))
+            # One run, through the memory wrapper (its own start, about 0.03 s, is charged to it).
+            cmd = [sys.executable, "-m", "dense_plantain", "analyze", str(strong), "--exact", "-q"]
+            cpu0, start = _children_cpu(), time.perf_counter()
+            peak = peak_rss_mib([*cmd, "--out", str(Path(tmp) / "results-exact")])
+            ex_wall, ex_cpu = [time.perf_counter() - start], [_children_cpu() - cpu0]
+            mne_strong, mne_strong_cpu = time_mne(strong_diff)
+            exact_record = {
+                "share_abs_t_gt_3": float((np.abs(t) > 3).mean()),
+                "analyze_exact_s": ex_wall[0],
+                "analyze_exact_cpu_s": ex_cpu[0],
+                "peak_rss_mib": peak,
+                "mne_permutation_t_test_s": mne_strong,
+                "mne_permutation_t_test_cpu_s": mne_strong_cpu,
+            }
     best, median = min(analyze), statistics.median(analyze)
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -122,6 +205,8 @@ def main() -> None:
         "mne_permutation_t_test_cpu_s": mne_cpu,
         "load_average": os.getloadavg(),
         "ratio_mne_over_analyze_median": mne_s / median,
+        "breakdown": [{"step": a, "wall_s": w, "cpu_s": c} for a, w, c in steps],
+        "exact_half_strong": exact_record,
     }
     print(
         f"whole `dense-plantain analyze`, {N_PAIRS} x {diff.shape[1]:,}, P = {PERMUTATIONS:,}: "
@@ -134,6 +219,23 @@ def main() -> None:
         f"CPU seconds (user + sys): analyze {cpu_med:.2f} s (median), MNE {mne_cpu:.2f} s, "
         f"ratio {mne_cpu / cpu_med:.1f}x"
     )
+    print("one in-process run, by step (wall s / CPU s):")
+    total_cpu = sum(c for _, _, c in steps)
+    for name, w, c in steps:
+        print(f"  {name:66s} {w:6.2f} / {c:5.2f}  ({100 * c / total_cpu:4.1f} % of CPU)")
+    if exact_record is not None:
+        r = exact_record
+        print(
+            f"whole `analyze --exact` (2^{N_PAIRS - 1} patterns), half-strong data (|t| > 3 for "
+            f"{100 * r['share_abs_t_gt_3']:.0f} % of units): {r['analyze_exact_s']:.2f} s, CPU "
+            f"{r['analyze_exact_cpu_s']:.2f} s, peak RSS {r['peak_rss_mib']:.0f} MiB"
+        )
+        print(
+            f"MNE permutation_t_test (10,000) on the same data: {r['mne_permutation_t_test_s']:.2f} s, CPU "
+            f"{r['mne_permutation_t_test_cpu_s']:.2f} s; analyze --exact / MNE: "
+            f"{r['analyze_exact_s'] / r['mne_permutation_t_test_s']:.2f} by wall, "
+            f"{r['analyze_exact_cpu_s'] / r['mne_permutation_t_test_cpu_s']:.2f} by CPU (goal <= 0.5)"
+        )
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json:
         args.json.write_text(json.dumps(record, indent=1) + "\n")

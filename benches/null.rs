@@ -51,12 +51,11 @@ fn benches(c: &mut Criterion) {
         t: &T_THRESHOLDS,
         d: &D_THRESHOLDS,
     };
-    eprintln!(
-        "threads: {}, kernels: {}",
+    let (threads, kernels) = (
         dense_plantain_stats::threads::current_threads(),
-        sign_flip::simd_variant()
+        sign_flip::simd_variant(),
     );
-
+    eprintln!("threads: {threads}, kernels: {kernels}");
     let mut group = c.benchmark_group("null");
     group.sample_size(10);
     group.throughput(Throughput::Elements(10_000));
@@ -93,40 +92,29 @@ fn benches(c: &mut Criterion) {
             .unwrap()
         })
     });
+    // One-sided tallies over `lo .. hi`: exact patterns or Monte Carlo permutations.
+    let one_sided = |exact: bool, lo: u64, hi: u64| {
+        tallies::tallies(
+            black_box(&diffs),
+            thresholds,
+            &[],
+            Tail::Greater,
+            exact,
+            0,
+            lo,
+            hi,
+            &bars,
+        )
+        .unwrap()
+    };
     let one_len = 1u64 << 12;
     group.throughput(Throughput::Elements(2 * one_len));
     group.bench_function("tallies_exact_sample_one_sided_2x2p12", |b| {
-        b.iter(|| {
-            tallies::tallies(
-                black_box(&diffs),
-                thresholds,
-                &[],
-                Tail::Greater,
-                true,
-                0,
-                start,
-                start + one_len,
-                &bars,
-            )
-            .unwrap()
-        })
+        b.iter(|| one_sided(true, start, start + one_len))
     });
     group.throughput(Throughput::Elements(10_000));
     group.bench_function("tallies_monte_carlo_p10000_one_sided", |b| {
-        b.iter(|| {
-            tallies::tallies(
-                black_box(&diffs),
-                thresholds,
-                &[],
-                Tail::Greater,
-                false,
-                0,
-                0,
-                10_000,
-                &bars,
-            )
-            .unwrap()
-        })
+        b.iter(|| one_sided(false, 0, 10_000))
     });
     group.finish();
 

@@ -43,6 +43,7 @@
 
 use crate::paired::pow2_floor;
 use crate::rng::{self, Stream};
+use crate::sign_flip::monte_carlo_pattern;
 use crate::StatsError;
 use rayon::prelude::*;
 use std::fmt;
@@ -251,20 +252,6 @@ pub fn null<T: Value>(v: &VecDiffs<T>, mode: Mode, start: u64, end: u64) -> Resu
 /// The observed statistics only (no pattern evaluated beyond the identity).
 pub fn observed<T: Value>(v: &VecDiffs<T>) -> DirectionRange {
     Engine::new(v).run(Mode::Exact, 0, 0)
-}
-
-/// Pattern bytes of Monte Carlo permutation `i`: the same bits as the t null's permutation `i`
-/// (`sign_flip::monte_carlo_signs` shows them; a test checks the two agree).
-fn monte_carlo_pattern(key: u64, i: u64, n_pairs: usize, bytes: &mut [u8]) {
-    let bits = n_pairs - 1;
-    for (w, chunk) in bytes.chunks_mut(8).enumerate() {
-        let word = rng::counter_word(key, i, w as u64).to_le_bytes();
-        chunk.copy_from_slice(&word[..chunk.len()]);
-    }
-    if !bits.is_multiple_of(8) {
-        let last = bytes.len() - 1;
-        bytes[last] &= (1u8 << (bits % 8)) - 1;
-    }
 }
 
 /// Sign lanes of every byte: `SIGNS[b][l] = -1` where bit `l` of `b` is set.

@@ -125,31 +125,11 @@ pub(crate) struct MomentsOut<'a> {
     pub d: &'a mut [f64],
 }
 
-/// Two-pass moments of the rows given (each a slice over the same block of units), with the
-/// crate's conventions for constant units. Used for all pairs ([`paired`]) and for the halves of
-/// a split (`split_half`). Blocks of a few hundred units keep the work in L1.
-pub(crate) fn moments(rows: &[&[f64]], out: &mut MomentsOut) {
-    match crate::simd::isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked that the CPU has these features.
-        crate::simd::Isa::Avx512 => unsafe { moments_avx512(rows, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        crate::simd::Isa::Avx2 => unsafe { moments_avx2(rows, out) },
-        _ => moments_impl(rows, out),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-unsafe fn moments_avx512(rows: &[&[f64]], out: &mut MomentsOut) {
-    moments_impl(rows, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn moments_avx2(rows: &[&[f64]], out: &mut MomentsOut) {
-    moments_impl(rows, out)
+crate::simd::by_isa! {
+    /// Two-pass moments of the rows given (each a slice over the same block of units), with the
+    /// crate's conventions for constant units. Used for all pairs ([`paired`]) and for the halves of
+    /// a split (`split_half`). Blocks of a few hundred units keep the work in L1.
+    pub(crate) fn moments(rows: &[&[f64]], out: &mut MomentsOut) => moments_impl
 }
 
 #[inline(always)]

@@ -63,3 +63,34 @@ fn detect() -> Isa {
 fn detect() -> Isa {
     Isa::Baseline
 }
+
+/// Defines `fn $name(args)` that runs `$body(args)` compiled for this process's instruction set
+/// ([`isa`]): `$body` (an `#[inline(always)]` function) is built into an AVX-512 and an AVX2
+/// copy with `#[target_feature]`, and called plain otherwise.
+macro_rules! by_isa {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
+            unsafe fn avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            match $crate::simd::isa() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: isa() checked that the CPU has these features.
+                $crate::simd::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                $crate::simd::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                _ => $body($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use by_isa;

@@ -129,32 +129,12 @@ pub fn split_half(diffs: &PairDiffs, assignments: &[bool]) -> Result<Vec<f64>, S
     Ok(r)
 }
 
-/// Per-unit t over the given rows (pairs), exactly the arithmetic of
-/// [`crate::paired::moments`] unit by unit (sum in pair order, min / max for constancy, then
-/// squared deviations in pair order), so the same bits; but with each vector of units held in
-/// registers across the rows instead of re-read from memory per row.
-fn half_t(rows: &[&[f64]], t: &mut [f64]) {
-    match crate::simd::isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked that the CPU has these features.
-        crate::simd::Isa::Avx512 => unsafe { half_t_avx512(rows, t) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        crate::simd::Isa::Avx2 => unsafe { half_t_avx2(rows, t) },
-        _ => half_t_impl(rows, t),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-unsafe fn half_t_avx512(rows: &[&[f64]], t: &mut [f64]) {
-    half_t_impl(rows, t)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn half_t_avx2(rows: &[&[f64]], t: &mut [f64]) {
-    half_t_impl(rows, t)
+crate::simd::by_isa! {
+    /// Per-unit t over the given rows (pairs), exactly the arithmetic of
+    /// [`crate::paired::moments`] unit by unit (sum in pair order, min / max for constancy, then
+    /// squared deviations in pair order), so the same bits; but with each vector of units held in
+    /// registers across the rows instead of re-read from memory per row.
+    fn half_t(rows: &[&[f64]], t: &mut [f64]) => half_t_impl
 }
 
 #[inline(always)]

@@ -2,12 +2,15 @@
 //!
 //! Every `unsafe` block and every intrinsic of the sign-flip null lives in this file.
 
-use super::tables::{build_byte_major, fold_pair0, BlockTables};
+use super::tables::{build_group_tables, BlockTables};
 use super::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use crate::simd::{isa, Isa};
+
+/// Patterns per leaf of the AVX2 exact kernel (a multiple of [`AVX2_SWEEP`]).
+const AVX2_LEAF: usize = 32;
 
 /// Instruction-set tags for the generic kernels.
 const BASELINE: u8 = 0;
@@ -65,7 +68,7 @@ unsafe fn exact_avx512(
 unsafe fn exact_avx2(prep: &Prepared, ratios: &[f64], start: u64, end: u64, counts: &mut [u32], max_ratio: &mut [f64]) {
     with_k!(
         ratios.len(),
-        exact_impl::<AVX2, 8>,
+        exact_impl::<AVX2, AVX2_LEAF>,
         (prep, ratios, start, end, counts, max_ratio)
     )
 }
@@ -117,7 +120,9 @@ fn max_if_skipped(bound: f64, reach: f64, skip: f64) -> f64 {
     }
 }
 
-/// Exact mode over patterns `start .. end` (one task).
+/// Exact mode over patterns `start .. end` (one task). `counts` is laid out `[cells x K x
+/// patterns]` (a leaf's patterns are adjacent, so its counts are added as vectors and touch a
+/// few cache lines; the Monte Carlo kernel's rows are `[patterns x cells x K]`).
 ///
 /// Round 1: unit blocks outside, high-byte values `h` inside. Units whose `|B| + R` cannot
 /// reach the skip level are dropped for the whole `h`; the rest are filtered again per leaf
@@ -140,6 +145,7 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
     let leaf_bits = (A.trailing_zeros() as usize).min(low.bits);
     let ub = EXACT_UNIT_BLOCK.min(prep.m_pad);
     let n_blocks = prep.m_pad.div_ceil(ub);
+    let len_task = (end - start) as usize;
     let h_first = start >> low.bits;
     let n_h = ((((end - 1) >> low.bits) + 1) - h_first) as usize;
     let skip = prep.skip_below;
@@ -152,7 +158,7 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
     let mut leaf_units = vec![0u32; n_leaf * ub];
     let mut leaf_base = vec![0.0f64; n_leaf * ub];
     let mut leaf_len = vec![0usize; n_leaf];
-    let mut leaf_reach = vec![0.0f64; n_leaf];
+    let mut h_radius = vec![0.0f64; ub];
     let mut leaf_bound = vec![0.0f64; n_leaf];
     // Per (block, h): the largest bound on |S| among the units skipped there (-inf: none).
     let mut skipped = vec![f64::NEG_INFINITY; n_blocks * n_h];
@@ -197,23 +203,26 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
                 h_base[h_len] = base[u];
                 h_len += (reach[u] > skip) as usize;
             }
-            // Level 2, per leaf: |B + P_leaf| + R_leaf.
-            leaf_len.fill(0);
-            leaf_bound.fill(f64::NEG_INFINITY);
-            for (&u, &b) in h_units[..h_len].iter().zip(&h_base[..h_len]) {
-                let u = u as usize;
-                let offsets = &tables.leaf_offset[u * n_leaf..(u + 1) * n_leaf];
-                let radius = tables.leaf_radius[u];
-                for ((r, bound), &offset) in leaf_reach.iter_mut().zip(leaf_bound.iter_mut()).zip(offsets) {
-                    *r = (b + offset).abs() + radius;
-                    *bound = max_if_skipped(*bound, *r, skip);
+            // Level 2, per leaf: |B + P_leaf| + R_leaf, one leaf at a time over the units
+            // left by level 1 (the leaf's length stays in a register).
+            for (r, &u) in h_radius[..h_len].iter_mut().zip(&h_units[..h_len]) {
+                *r = tables.leaf_radius[u as usize];
+            }
+            for q in 0..n_leaf {
+                let offsets = &tables.leaf_major[q * ub..(q + 1) * ub];
+                let units = &mut leaf_units[q * ub..(q + 1) * ub];
+                let bases = &mut leaf_base[q * ub..(q + 1) * ub];
+                let mut len = 0;
+                let mut bound = f64::NEG_INFINITY;
+                for ((&u, &b), &radius) in h_units[..h_len].iter().zip(&h_base[..h_len]).zip(&h_radius[..h_len]) {
+                    let r = (b + offsets[u as usize]).abs() + radius;
+                    bound = max_if_skipped(bound, r, skip);
+                    units[len] = u;
+                    bases[len] = b;
+                    len += (r > skip) as usize;
                 }
-                for (q, (len, &r)) in leaf_len.iter_mut().zip(&leaf_reach).enumerate() {
-                    let at = q * ub + *len;
-                    leaf_units[at] = u as u32;
-                    leaf_base[at] = b;
-                    *len += (r > skip) as usize;
-                }
+                leaf_len[q] = len;
+                leaf_bound[q] = bound;
             }
             let bound = bound_lanes
                 .iter()
@@ -240,14 +249,25 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
                     if to == from {
                         continue;
                     }
-                    let (mx, cnt) = sweep::<V, K, A>(&units[from..to], &bases[from..to], &tables.low, stride, a0, &thr);
+                    let leaf = Leaf {
+                        units: &units[from..to],
+                        bases: &bases[from..to],
+                        low: &tables.low,
+                        stride,
+                        a0,
+                    };
+                    let (mx, cnt) = sweep::<V, K, A>(&leaf, &thr);
                     from = to;
-                    for l in lanes.clone() {
-                        let p = (j_base + (a0 + l) as u64 - start) as usize;
-                        let at = (p * n_cells + cell) * K;
-                        for k in 0..K {
-                            counts[at + k] += cnt[k][l] as u32;
+                    // The task's first pattern can fall inside a leaf: index from its lanes.
+                    let p_first = (j_base + (a0 + lanes.start) as u64 - start) as usize;
+                    for (k, cnt_k) in cnt.iter().enumerate() {
+                        let row = &mut counts[(cell * K + k) * len_task + p_first..];
+                        for (r, &c) in row.iter_mut().zip(&cnt_k[lanes.clone()]) {
+                            *r += c as u32;
                         }
+                    }
+                    for l in lanes.clone() {
+                        let p = p_first + l - lanes.start;
                         if mx[l] > max_ratio[p] {
                             max_ratio[p] = mx[l];
                         }
@@ -306,27 +326,46 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
     }
 }
 
+/// One leaf's sweep input: its units (local indices into the unit-major low table `low`, row
+/// `stride`), their fixed parts, and the leaf's first low pattern `a0`.
+struct Leaf<'a> {
+    units: &'a [u32],
+    bases: &'a [f64],
+    low: &'a [f64],
+    stride: usize,
+    a0: usize,
+}
+
+impl<'a> Leaf<'a> {
+    /// Per unit: its `len` low-table values from pattern `a0 + from`, and its fixed part.
+    #[inline(always)]
+    fn rows(&self, from: usize, len: usize) -> impl Iterator<Item = (&'a [f64], f64)> + '_ {
+        let (low, at0) = (self.low, self.a0 + from);
+        self.units.iter().zip(self.bases).map(move |(&u, &b)| {
+            let at = u as usize * self.stride + at0;
+            (&low[at..at + len], b)
+        })
+    }
+}
+
 /// The `A` patterns of one leaf (from `a0`) over its units: max S^2 and counts above each
 /// ratio threshold, one lane per pattern.
 #[inline(always)]
-fn sweep<const V: u8, const K: usize, const A: usize>(
-    units: &[u32],
-    bases: &[f64],
-    low: &[f64],
-    stride: usize,
-    a0: usize,
-    thr: &[f64; K],
-) -> ([f64; A], [[u64; A]; K]) {
+fn sweep<const V: u8, const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
     #[cfg(target_arch = "x86_64")]
     if V == AVX512 && A == 32 {
         // SAFETY: V == AVX512 only inside functions compiled for (and run on) AVX-512.
-        return unsafe { sweep_avx512::<K, A>(units, bases, low, stride, a0, thr) };
+        return unsafe { sweep_avx512::<K, A>(leaf, thr) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if V == AVX2 && A.is_multiple_of(AVX2_SWEEP) {
+        // SAFETY: V == AVX2 only inside functions compiled for (and run on) AVX2.
+        return unsafe { sweep_avx2::<K, A>(leaf, thr) };
     }
     let mut mx = [0.0f64; A];
     let mut cnt = [[0u64; A]; K];
-    for (&u, &b) in units.iter().zip(bases) {
-        let at = u as usize * stride + a0;
-        let row: &[f64; A] = low[at..at + A].try_into().unwrap();
+    for (row, b) in leaf.rows(0, A) {
+        let row: &[f64; A] = row.try_into().unwrap();
         let mut sq = [0.0f64; A];
         for l in 0..A {
             let s = b + row[l];
@@ -348,22 +387,13 @@ fn sweep<const V: u8, const K: usize, const A: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
 #[inline]
-unsafe fn sweep_avx512<const K: usize, const A: usize>(
-    units: &[u32],
-    bases: &[f64],
-    low: &[f64],
-    stride: usize,
-    a0: usize,
-    thr: &[f64; K],
-) -> ([f64; A], [[u64; A]; K]) {
+unsafe fn sweep_avx512<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
     assert!(A == 32);
     let mut mx = [_mm512_setzero_pd(); 4];
     let mut cnt = [[_mm512_setzero_si512(); 4]; K];
     let t: [__m512d; K] = std::array::from_fn(|k| _mm512_set1_pd(thr[k]));
     let one = _mm512_set1_epi64(1);
-    for (&u, &b) in units.iter().zip(bases) {
-        let at = u as usize * stride + a0;
-        let row = &low[at..at + 32];
+    for (row, b) in leaf.rows(0, 32) {
         let bv = _mm512_set1_pd(b);
         for v in 0..4 {
             // SAFETY: row holds 32 values, v * 8 + 8 <= 32.
@@ -384,6 +414,59 @@ unsafe fn sweep_avx512<const K: usize, const A: usize>(
             _mm512_storeu_pd(mx_out.as_mut_ptr().add(8 * v), mx[v]);
             for k in 0..K {
                 _mm512_storeu_si512(cnt_out[k].as_mut_ptr().add(8 * v).cast(), cnt[k][v]);
+            }
+        }
+    }
+    (mx_out, cnt_out)
+}
+
+/// Patterns per pass of [`sweep_avx2`]: four 256-bit registers of S^2.
+const AVX2_SWEEP: usize = 16;
+/// Bits per threshold in [`sweep_avx2`]'s packed counters (four 16-bit counts per int64 lane).
+const PACKED_BITS: usize = 16;
+const _: () = assert!(EXACT_UNIT_BLOCK < 1 << PACKED_BITS && MAX_K * PACKED_BITS <= 64);
+
+/// [`sweep`] with AVX2: the leaf's patterns in passes of 16 (four registers), the counts of
+/// all thresholds packed into one int64 lane per pattern (threshold `k` in bits `16k ..
+/// 16k + 16`; a leaf has fewer than 2^16 units), so eight registers hold a pass's state.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
+    let t: [__m256d; K] = std::array::from_fn(|k| _mm256_set1_pd(thr[k]));
+    let bit: [__m256i; K] = std::array::from_fn(|k| _mm256_set1_epi64x(1i64 << (PACKED_BITS * k)));
+    let mut mx_out = [0.0f64; A];
+    let mut cnt_out = [[0u64; A]; K];
+    let mut packed = [0u64; AVX2_SWEEP];
+    for pass in (0..A).step_by(AVX2_SWEEP) {
+        let mut mx = [_mm256_setzero_pd(); 4];
+        let mut cnt = [_mm256_setzero_si256(); 4];
+        for (row, b) in leaf.rows(pass, AVX2_SWEEP) {
+            let bv = _mm256_set1_pd(b);
+            let mut sq = [_mm256_setzero_pd(); 4];
+            for (v, q) in sq.iter_mut().enumerate() {
+                // SAFETY: row holds 16 values, v * 4 + 4 <= 16.
+                let s = _mm256_add_pd(bv, unsafe { _mm256_loadu_pd(row.as_ptr().add(4 * v)) });
+                *q = _mm256_mul_pd(s, s);
+            }
+            for ((m, c), &q) in mx.iter_mut().zip(cnt.iter_mut()).zip(&sq) {
+                *m = _mm256_max_pd(q, *m);
+                for k in 0..K {
+                    let above = _mm256_castpd_si256(_mm256_cmp_pd::<_CMP_GT_OQ>(q, t[k]));
+                    *c = _mm256_add_epi64(*c, _mm256_and_si256(above, bit[k]));
+                }
+            }
+        }
+        for v in 0..4 {
+            // SAFETY: mx_out holds A values, pass + 16 <= A; packed holds 16.
+            unsafe {
+                _mm256_storeu_pd(mx_out.as_mut_ptr().add(pass + 4 * v), mx[v]);
+                _mm256_storeu_si256(packed.as_mut_ptr().add(4 * v).cast(), cnt[v]);
+            }
+        }
+        for (l, &p) in packed.iter().enumerate() {
+            for (k, out) in cnt_out.iter_mut().enumerate() {
+                out[pass + l] = (p >> (PACKED_BITS * k)) & ((1 << PACKED_BITS) - 1);
             }
         }
     }
@@ -414,19 +497,7 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
     for u0 in (0..prep.m_pad).step_by(ub) {
         let w = ub.min(prep.m_pad - u0);
         let lanes = w / LANES;
-        for (gi, group) in prep.groups.iter().enumerate() {
-            let t = &mut tables[gi * plane..(gi + 1) * plane];
-            build_byte_major(prep, group.first_pair, group.bits, u0, w, t);
-        }
-        // Pair 0 goes into the first table added to it: S = ((x_0 + G_1) + G_2 ...) + G_0.
-        let first = if g > 1 { 1 } else { 0 };
-        fold_pair0(
-            prep,
-            prep.groups[first].bits,
-            u0,
-            w,
-            &mut tables[first * plane..(first + 1) * plane],
-        );
+        build_group_tables(prep, u0, w, plane, &mut tables);
         // The cells of this block: (cell, first and past-last vector of units).
         segs.clear();
         for (c, &(lo, hi)) in prep.cells.iter().enumerate() {

@@ -243,8 +243,9 @@ fn group_count(n_pairs: usize) -> usize {
     (n_pairs - 1).div_ceil(GROUP_BITS).max(1)
 }
 
-/// Pattern bytes (byte g = bits 8g .. 8g+8, little-endian) of Monte Carlo permutation `i`.
-fn monte_carlo_pattern(key: u64, i: u64, n_pairs: usize, bytes: &mut [u8]) {
+/// Pattern bytes (byte g = bits 8g .. 8g+8, little-endian) of Monte Carlo permutation `i`
+/// (the direction null draws the same patterns through this).
+pub(crate) fn monte_carlo_pattern(key: u64, i: u64, n_pairs: usize, bytes: &mut [u8]) {
     let bits = n_pairs - 1;
     for (w, chunk) in bytes.chunks_mut(8).enumerate() {
         let word = rng::counter_word(key, i, w as u64).to_le_bytes();

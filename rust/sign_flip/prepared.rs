@@ -261,9 +261,22 @@ impl Prepared {
                     kernels::monte_carlo(self, ratios, &patterns, &mut batch_counts, &mut max_ratio)
                 }
             }
-            for q in 0..len * n_cells {
-                raw[q * k_all + first..q * k_all + first + batch]
-                    .copy_from_slice(&batch_counts[q * batch..(q + 1) * batch]);
+            match mode {
+                // The exact kernel's counts are [cells x batch x patterns].
+                Mode::Exact => {
+                    for (ck, src) in batch_counts.chunks_exact(len).enumerate() {
+                        let (cell, k) = (ck / batch, ck % batch);
+                        for (p, &v) in src.iter().enumerate() {
+                            raw[(p * n_cells + cell) * k_all + first + k] = v;
+                        }
+                    }
+                }
+                Mode::MonteCarlo { .. } | Mode::Identity => {
+                    for q in 0..len * n_cells {
+                        raw[q * k_all + first..q * k_all + first + batch]
+                            .copy_from_slice(&batch_counts[q * batch..(q + 1) * batch]);
+                    }
+                }
             }
             first += batch;
             if first >= k_all {

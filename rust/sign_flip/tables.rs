@@ -82,13 +82,41 @@ pub(super) fn fold_pair0(prep: &Prepared, bits: usize, u0: usize, w: usize, tabl
     }
 }
 
+/// Every group's byte-major table for units `u0 .. u0 + w` (`plane` values apart), with pair 0
+/// folded into the first table added to it: `S = ((x_0 + G_1) + G_2 ...) + G_0`.
+#[inline(always)]
+pub(super) fn build_group_tables(prep: &Prepared, u0: usize, w: usize, plane: usize, tables: &mut [f64]) {
+    for (gi, group) in prep.groups.iter().enumerate() {
+        build_byte_major(
+            prep,
+            group.first_pair,
+            group.bits,
+            u0,
+            w,
+            &mut tables[gi * plane..(gi + 1) * plane],
+        );
+    }
+    let first = if prep.groups.len() > 1 { 1 } else { 0 };
+    fold_pair0(
+        prep,
+        prep.groups[first].bits,
+        u0,
+        w,
+        &mut tables[first * plane..(first + 1) * plane],
+    );
+}
+
 /// Lookup tables of one block of units for exact mode.
 pub(super) struct BlockTables {
     /// Unit-major sums of the low group: `low[u * stride + a]`, zero past 2^bits.
     pub(super) low: Vec<f64>,
     pub(super) stride: usize,
-    /// Unit-major sums of the low group's top pairs (those choosing the leaf), per leaf.
+    /// Sums of the low group's top pairs (those choosing the leaf): built unit-major
+    /// (`leaf_offset[u * n_leaf + q]`), then copied leaf-major (`leaf_major[q * ub + u]`) for
+    /// the per-leaf filter, which runs over one leaf's units at a time.
     pub(super) leaf_offset: Vec<f64>,
+    pub(super) leaf_major: Vec<f64>,
+    ub: usize,
     pub(super) n_leaf: usize,
     pub(super) leaf_bits: usize,
     /// Sum of |x| over the pairs swept inside a leaf, and over the whole low group.
@@ -106,6 +134,8 @@ impl BlockTables {
             low: vec![0.0; ub * stride],
             stride,
             leaf_offset: vec![0.0; ub * n_leaf],
+            leaf_major: vec![0.0; ub * n_leaf],
+            ub,
             n_leaf,
             leaf_bits,
             leaf_radius: vec![0.0; ub],
@@ -124,6 +154,11 @@ impl BlockTables {
         let top_first = low.first_pair + self.leaf_bits;
         let top_bits = low.bits - self.leaf_bits;
         build_unit_major(prep, top_first, top_bits, u0, w, self.n_leaf, &mut self.leaf_offset);
+        for (u, row) in self.leaf_offset.chunks_exact(self.n_leaf).take(w).enumerate() {
+            for (q, &v) in row.iter().enumerate() {
+                self.leaf_major[q * self.ub + u] = v;
+            }
+        }
         self.leaf_radius[..w].fill(0.0);
         for b in 0..self.leaf_bits {
             for (r, &v) in self.leaf_radius[..w]

@@ -27,7 +27,7 @@
 //! negation commutes with every operation used).
 
 use super::prepared::{closed_form_abs_t, Prepared, NO_CLASS};
-use super::tables::{build_byte_major, fold_pair0};
+use super::tables::build_group_tables;
 use super::*;
 use rayon::prelude::*;
 
@@ -87,14 +87,8 @@ pub fn unit_groups(n_units: usize, partitions: &[&[u32]]) -> Result<Vec<Vec<usiz
 /// Per unit, its observed statistic as the tallies compare it: `S^2 / SS` (two-sided) or
 /// `S / sqrt(SS)` (one-sided, of the negated data for `Less`), through the null's own sums.
 pub fn unit_scores(diffs: &PairDiffs, tail: Tail) -> Result<Vec<f64>, StatsError> {
-    let negated;
-    let diffs = match tail {
-        Tail::Less => {
-            negated = negate(diffs);
-            PairDiffs::new(&negated, diffs.n_pairs(), diffs.n_units())?
-        }
-        _ => *diffs,
-    };
+    let mut negated = Vec::new();
+    let diffs = oriented(diffs, tail, &mut negated)?;
     let prep = Prepared::new(&diffs, Thresholds { t: &[], d: &[] })?;
     let m = diffs.n_units();
     let mut s = vec![0.0f64; prep.m_pad];
@@ -149,14 +143,8 @@ pub fn tallies(
             reason: "the bars of the max statistic are not sorted ascending".into(),
         });
     }
-    let negated;
-    let diffs = match tail {
-        Tail::Less => {
-            negated = negate(diffs);
-            PairDiffs::new(&negated, diffs.n_pairs(), diffs.n_units())?
-        }
-        _ => *diffs,
-    };
+    let mut negated = Vec::new();
+    let diffs = oriented(diffs, tail, &mut negated)?;
     let n = diffs.n_pairs();
     let m = diffs.n_units();
     let groups = unit_groups(m, partitions)?;
@@ -389,14 +377,8 @@ pub fn observed(
     partitions: &[&[u32]],
     tail: Tail,
 ) -> Result<Vec<i64>, StatsError> {
-    let negated;
-    let diffs = match tail {
-        Tail::Less => {
-            negated = negate(diffs);
-            PairDiffs::new(&negated, diffs.n_pairs(), diffs.n_units())?
-        }
-        _ => *diffs,
-    };
+    let mut negated = Vec::new();
+    let diffs = oriented(diffs, tail, &mut negated)?;
     let n = diffs.n_pairs();
     let groups = unit_groups(diffs.n_units(), partitions)?;
     let cols = thresholds.len();
@@ -421,6 +403,15 @@ pub fn observed(
         out[gi * cols..(gi + 1) * cols].copy_from_slice(&row);
     }
     Ok(out)
+}
+
+/// The differences a tail reads: negated (into `negated`) for `Less`, as given otherwise.
+fn oriented<'a>(diffs: &PairDiffs<'a>, tail: Tail, negated: &'a mut Vec<f64>) -> Result<PairDiffs<'a>, StatsError> {
+    if tail != Tail::Less {
+        return Ok(*diffs);
+    }
+    *negated = negate(diffs);
+    PairDiffs::new(negated, diffs.n_pairs(), diffs.n_units())
 }
 
 fn negate(diffs: &PairDiffs) -> Vec<f64> {
@@ -549,24 +540,7 @@ fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, us
     let mut s = vec![0.0f64; ub];
     for u0 in (0..prep.m_pad).step_by(ub) {
         let w = ub.min(prep.m_pad - u0);
-        for (gi, group) in prep.groups.iter().enumerate() {
-            build_byte_major(
-                prep,
-                group.first_pair,
-                group.bits,
-                u0,
-                w,
-                &mut tables[gi * plane..(gi + 1) * plane],
-            );
-        }
-        let first = if g > 1 { 1 } else { 0 };
-        fold_pair0(
-            prep,
-            prep.groups[first].bits,
-            u0,
-            w,
-            &mut tables[first * plane..(first + 1) * plane],
-        );
+        build_group_tables(prep, u0, w, plane, &mut tables);
         let real = w.min(m.saturating_sub(u0));
         if real == 0 {
             continue;

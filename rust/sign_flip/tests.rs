@@ -55,6 +55,15 @@ fn close(a: f64, b: f64) -> bool {
 const T: [f64; 3] = [2.0, 3.0, 5.0];
 const D: [f64; 2] = [0.8, 0.5];
 
+/// Every row of an exact null from pattern 0 (counts of T and D, max |t|) against [`brute`].
+fn assert_exact_rows_are_brute_force(got: &NullRange, data: &[f64], n: usize, m: usize) {
+    for (j, (counts, &max_t)) in got.counts.chunks_exact(5).zip(&got.max_abs_t).enumerate() {
+        let (c, mx) = brute(data, n, m, &exact_signs(n, j as u64), &T, &D);
+        assert_eq!(counts, &c[..], "n={n} j={j}");
+        assert!(close(max_t, mx), "n={n} j={j}: {max_t} vs {mx}");
+    }
+}
+
 #[test]
 fn exact_matches_brute_force() {
     // (11, 3): weak units, so most patterns have no unit near a threshold (the deferred max pass).
@@ -63,15 +72,7 @@ fn exact_matches_brute_force() {
         let diffs = PairDiffs::new(&data, n, m).unwrap();
         let total = n_patterns(n).unwrap();
         let got = exact(&diffs, Thresholds { t: &T, d: &D }, 0, total).unwrap();
-        for j in 0..total {
-            let (c, mx) = brute(&data, n, m, &exact_signs(n, j), &T, &D);
-            assert_eq!(&got.counts[j as usize * 5..j as usize * 5 + 5], &c[..], "n={n} j={j}");
-            assert!(
-                close(got.max_abs_t[j as usize], mx),
-                "n={n} j={j}: {} vs {mx}",
-                got.max_abs_t[j as usize]
-            );
-        }
+        assert_exact_rows_are_brute_force(&got, &data, n, m);
     }
 }
 
@@ -217,15 +218,7 @@ fn equal_magnitude_units_with_mixed_signs_are_handled_in_closed_form() {
     let diffs = PairDiffs::new(&data, n, m).unwrap();
     let got = exact(&diffs, Thresholds { t: &T, d: &D }, 0, 256).unwrap();
     assert_eq!(got.max_abs_t[1 << 3], f64::INFINITY);
-    for j in 0..256u64 {
-        let (c, mx) = brute(&data, n, m, &exact_signs(n, j), &T, &D);
-        assert_eq!(&got.counts[j as usize * 5..j as usize * 5 + 5], &c[..], "j={j}");
-        assert!(
-            close(got.max_abs_t[j as usize], mx),
-            "j={j}: {} vs {mx}",
-            got.max_abs_t[j as usize]
-        );
-    }
+    assert_exact_rows_are_brute_force(&got, &data, n, m);
 }
 
 #[test]
@@ -283,4 +276,49 @@ fn tallies_of_all_groups_in_one_run_equal_runs_over_each_group() {
         }
         assert_eq!(at, got.hist.len());
     }
+}
+
+#[test]
+fn exact_tallies_with_cells_match_brute_force_histograms() {
+    // The exact kernel's per-leaf filter, leaf sweeps and [cells x K x patterns] counts against
+    // float64 t from scratch for every pattern: 13 pairs (16 leaves of 256 patterns, high
+    // bytes 0..16), 1,100 units in three blocks, strong units (most survive the filters) and
+    // weak ones (mostly skipped), two partitions. Run under each DENSE_PLANTAIN_SIMD value.
+    use tallies::{tallies, unit_groups, Tail};
+    let (n, m) = (13, 1100);
+    let mut data = random_data(n, m, 33);
+    for i in 0..n {
+        for u in (0..m).step_by(2) {
+            data[i * m + u] += 1.2;
+        }
+    }
+    let diffs = PairDiffs::new(&data, n, m).unwrap();
+    let kind: Vec<u32> = (0..m as u32).map(|u| u / 300 % 2).collect();
+    let region: Vec<u32> = (0..m as u32).map(|u| u % 3).collect();
+    let parts: [&[u32]; 2] = [&kind, &region];
+    let thr = Thresholds { t: &T, d: &D };
+    let total = n_patterns(n).unwrap();
+    let got = tallies(&diffs, thr, &parts, Tail::Two, true, 0, 0, total, &[]).unwrap();
+    let groups = unit_groups(m, &parts).unwrap();
+    let cols = T.len() + D.len();
+    let mut want: Vec<Vec<i64>> = groups.iter().map(|g| vec![0i64; cols * (g.len() + 1)]).collect();
+    let data = &data;
+    let subs: Vec<Vec<f64>> = groups
+        .iter()
+        .map(|units| {
+            (0..n)
+                .flat_map(|i| units.iter().map(move |&u| data[i * m + u]))
+                .collect()
+        })
+        .collect();
+    for j in 0..total {
+        let signs = exact_signs(n, j);
+        for (g, units) in groups.iter().enumerate() {
+            let (c, _) = brute(&subs[g], n, units.len(), &signs, &T, &D);
+            for (col, &k) in c.iter().enumerate() {
+                want[g][col * (units.len() + 1) + k as usize] += 1;
+            }
+        }
+    }
+    assert_eq!(got.hist, want.concat());
 }

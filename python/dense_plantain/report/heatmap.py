@@ -68,9 +68,9 @@ def grid(layout: units.Layout) -> tuple[list[str], list[tuple[str, str, int]], n
     return rows, groups, unit_row, unit_col
 
 
-def _matrix(result: AnalysisResult) -> np.ndarray:
-    rows, _, r, c = grid(result.layout)
-    m = np.full((len(rows), int(c.max()) + 1), np.nan)
+def _matrix(result: AnalysisResult, n_rows: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """|t| placed at each unit's (row, column) of the grid; NaN where a block has no unit."""
+    m = np.full((n_rows, int(c.max()) + 1), np.nan)
     m[r, c] = np.nan_to_num(result.abs_t, nan=np.nan, posinf=np.nan)
     return m
 
@@ -78,10 +78,10 @@ def _matrix(result: AnalysisResult) -> np.ndarray:
 def abs_t_heatmap(result: AnalysisResult, baselines: list[tuple[str, AnalysisResult]]) -> Figure:
     """The main run's |t| (and each baseline's) laid out as the network, on one colour scale."""
     panels = [("main run", result)] + list(baselines)
-    mats = [_matrix(r) for _, r in panels]
+    rows, groups, unit_row, unit_col = grid(result.layout)  # baselines share the main run's layout
+    mats = [_matrix(r, len(rows), unit_row, unit_col) for _, r in panels]
     finite = [m[np.isfinite(m)] for m in mats]
     vmax = max([float(f.max()) for f in finite if f.size] + [BLOCK_T])
-    rows, groups, _, _ = grid(result.layout)
     fig = Figure(figsize=(14, 1.2 + 0.16 * len(rows) * len(panels) + 0.8 * len(panels)))
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"hspace": 0.6})[:, 0]
     image = None
