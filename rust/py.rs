@@ -387,15 +387,18 @@ fn bootstrap_indices(py: Python<'_>, n_pairs: usize, draws: usize, seed: u64) ->
         .into_pyarray(py))
 }
 
-/// bootstrap_counts(diff, t_thresholds, d_thresholds, indices uint32 [draws x n]) -> int64 [draws x k]
+/// bootstrap_counts(diff, t_thresholds, d_thresholds, indices uint32 [draws x n], tail="two") -> int64 [draws x k]
 #[pyfunction]
+#[pyo3(signature = (diff, t_thresholds, d_thresholds, indices, tail="two"))]
 fn bootstrap_counts<'py>(
     py: Python<'py>,
     diff: PyReadonlyArray2<'py, f64>,
     t_thresholds: Vec<f64>,
     d_thresholds: Vec<f64>,
     indices: PyReadonlyArray2<'py, u32>,
+    tail: &str,
 ) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let tail = tail_of(tail)?;
     let d = diffs(&diff)?;
     let (idx, draws, width) = matrix(&indices, "indices")?;
     if width != d.n_pairs() {
@@ -409,7 +412,7 @@ fn bootstrap_counts<'py>(
         d: &d_thresholds,
     };
     let c = py
-        .detach(|| crate::bootstrap::counts(&d, thresholds, idx))
+        .detach(|| crate::bootstrap::counts(&d, thresholds, idx, tail))
         .map_err(value_error)?;
     Ok(Array2::from_shape_vec((draws, thresholds.len()), c)
         .expect("counts shape")

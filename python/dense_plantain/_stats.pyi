@@ -142,5 +142,6 @@ def bootstrap_counts(
     t_thresholds: list[float],
     d_thresholds: list[float],
     indices: npt.NDArray[np.uint32],
+    tail: str = "two",
 ) -> npt.NDArray[np.int64]:
-    """[draws x (t + d thresholds)] counts of units above each threshold per draw."""
+    """[draws x (t + d thresholds)] counts of units over each threshold per draw, for the tail."""

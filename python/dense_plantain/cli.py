@@ -591,7 +591,7 @@ def _robustness_options(fn):
             default="two",
             show_default=True,
             help="Alternative: B - A differs (two), is larger (greater) or smaller (less). p, q, p_maxT and the "
-            "counts (|t| > c, t > c, t < -c) follow it; Welch's design (compare, unmatched) is two-sided only.",
+            "counts (|t| > c, t > c, t < -c) follow it, for paired and Welch designs (compare, --by contrasts).",
         ),
         click.option(
             "--fwer-null",
