@@ -113,7 +113,7 @@ def test_welch_bootstrap_equals_a_numpy_resample_within_each_sample(tmp_path, la
     draws = 150
     res = analysis.compare(p1, p2, pairing="unmatched", tail=tail, permutations=50, splits=4, seed=5, bootstrap=draws)
     rec = res.to_json()["bootstrap"]
-    counts, idx1, idx2 = welch.bootstrap_counts(x1, x2, draws=draws, seed=5, tail=tail)
+    counts, idx1, idx2 = welch.bootstrap_counts(x1, x2, ((3.0, 5.0), (0.8,)), draws=draws, seed=5, tail=tail)
     sign = {"two": None, "less": -1.0}[tail]
     want = []
     for r1, r2 in zip(idx1, idx2, strict=True):

@@ -211,15 +211,23 @@ def _check_shape(shape: tuple[int, ...], name: str) -> None:
 def _check_finite(arr: np.ndarray, name: str) -> None:
     if arr.dtype.kind != "f":
         return
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        i, j = (int(v) for v in np.argwhere(bad)[0])
-        more = int(bad.sum()) - 1
-        also = f" ({more} more non-finite value(s))" if more else ""
+    where = _first_non_finite(arr)
+    if where is not None:
+        i, j, also = where
         raise StatsInputError(
             f"{name} has a non-finite value {float(arr[i, j])} at pair {i}, unit {j}{also}; "
             "re-capture that pair or drop it"
         )
+
+
+def _first_non_finite(arr: np.ndarray) -> tuple[int, int, str] | None:
+    """(row, column, " (k more non-finite value(s))" or "") of the first non-finite entry, or None."""
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    i, j = (int(v) for v in np.argwhere(bad)[0])
+    more = int(bad.sum()) - 1
+    return i, j, f" ({more} more non-finite value(s))" if more else ""
 
 
 def _thresholds(values: Sequence[float], kind: str) -> tuple[float, ...]:
@@ -853,11 +861,9 @@ def _as_vectors(delta_vec: np.ndarray, width: int) -> tuple[np.ndarray, int]:
         )
     dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
     out = np.ascontiguousarray(arr, dtype=dtype)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        i, c = (int(v) for v in np.argwhere(bad)[0])
-        more = int(bad.sum()) - 1
-        also = f" ({more} more non-finite value(s))" if more else ""
+    where = _first_non_finite(out)
+    if where is not None:
+        i, c, also = where
         raise StatsInputError(
             f"delta_vec has a non-finite value {float(out[i, c])} at pair {i}, unit {c // width}, "
             f"column {c % width} of the unit{also}; re-capture that pair or drop it"

@@ -286,18 +286,9 @@ def label_shuffle_null(
         done = stop
         if progress is not None:
             progress(done, n_perm)
-    return LabelShuffleNull(
-        t_counts=t_counts,
-        d_counts=d_counts,
-        max_abs_t=max_abs_t,
-        exact=bool(exact),
-        n_permutations=n_perm,
-        seed=int(seed),
-        t_thresholds=t_th,
-        d_thresholds=d_th,
-        tail=tail,
-        max_stat=None if tail == "two" else max_stat,
-    )
+    top_stat = None if tail == "two" else max_stat
+    # Fields in order: counts, maxima, exactness, size, seed, thresholds, tail, max statistic.
+    return LabelShuffleNull(t_counts, d_counts, max_abs_t, bool(exact), n_perm, int(seed), t_th, d_th, tail, top_stat)
 
 
 def observed_counts(
@@ -372,25 +363,21 @@ def _two_samples(x1: np.ndarray, x2: np.ndarray, what: str) -> tuple[np.ndarray,
     return x1, x2, n1, n2
 
 
+#: ``(t thresholds, d thresholds)``.
+Thresholds = tuple[tuple[float, ...], tuple[float, ...]]
 #: Draws per block of the bootstrap's weight products (bounds memory at a few ``block x units`` arrays).
 _BOOT_BLOCK = 64
 
 
 def bootstrap_counts(
-    x1: np.ndarray,
-    x2: np.ndarray,
-    *,
-    t_thresholds: tuple[float, ...] = (3.0, 5.0),
-    d_thresholds: tuple[float, ...] = (0.8,),
-    draws: int = 1000,
-    seed: int = 0,
-    tail: str = "two",
+    x1: np.ndarray, x2: np.ndarray, thresholds: Thresholds, *, draws: int = 1000, seed: int = 0, tail: str = "two"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pair bootstrap of the Welch threshold counts: each draw resamples the rows of each sample
     with replacement, apart (sample 1 by ``stats.bootstrap_indices(n1, draws, seed)``, sample 2
     by ``stats.bootstrap_indices(n2, draws, seed + 1)``), and recounts.
 
-    Returns ``(counts int64 [draws x k_t + k_d], indices1, indices2)``. Each draw's group sums
+    ``thresholds``: ``(t thresholds, d thresholds)``. Returns ``(counts int64 [draws x k_t + k_d],
+    indices1, indices2)``. Each draw's group sums
     and sums of squares come from integer row weights times the pooled-centred rows (the
     label-shuffle null's route: :func:`_moments`, variances clamped at 0), so t and d follow
     that null's conventions; counts as :func:`label_shuffle_null` counts them for ``tail``.
@@ -399,8 +386,8 @@ def bootstrap_counts(
 
     _check_tail(tail)
     x1, x2, n1, n2 = _two_samples(x1, x2, "a Welch bootstrap")
-    t_th = tuple(float(v) for v in t_thresholds)
-    d_th = tuple(float(v) for v in d_thresholds)
+    t_th = tuple(float(v) for v in thresholds[0])
+    d_th = tuple(float(v) for v in thresholds[1])
     idx1 = stats.bootstrap_indices(n1, draws, seed)
     idx2 = stats.bootstrap_indices(n2, draws, int(seed) + 1)
     rows, squares, _, _ = _pooled(x1, x2)

@@ -87,11 +87,8 @@ def pair_levels(cap: Capture, factor: str) -> list[str]:
     return levels
 
 
-def _sub_settings(settings: dict[str, Any], tail: str | None = None) -> dict[str, Any]:
-    out = {**settings, "group_nulls": False, "bootstrap": 0, "bootstrap_splits": 0}
-    if tail is not None:
-        out["tail"] = tail
-    return out
+def _sub_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {**settings, "group_nulls": False, "bootstrap": 0, "bootstrap_splits": 0}
 
 
 def by_factor(
@@ -116,15 +113,13 @@ def by_factor(
         "note": "per level: the paired design on that level's pairs (own null, no per-group nulls); "
         "contrasts: Welch's t of the pair differences with a label-shuffle null (the same tail)",
     }
+
+    def run(design: PairedDesign | WelchDesign) -> Any:
+        """One sub-analysis: the main settings, no per-group nulls, no bootstrap."""
+        return run_design(design, layout, _sub_settings(settings), conditions={}, sources=[], progress=progress)
+
     for lv in names:
-        res = run_design(
-            PairedDesign(np.ascontiguousarray(diff[rows[lv]])),
-            layout,
-            _sub_settings(settings),
-            conditions={},
-            sources=[],
-            progress=progress,
-        )
+        res = run(PairedDesign(np.ascontiguousarray(diff[rows[lv]])))
         js = res.to_json()
         level = {"level": lv, "n_pairs": int(rows[lv].size), "pair_ids": [ids[i] for i in rows[lv]]}
         record["levels"].append({**level, **_summary(js), "split_half": js["split_half"]})
@@ -132,14 +127,7 @@ def by_factor(
     pairs_of = [(names[0], [names[1]])] if len(names) == 2 else [(lv, [o for o in names if o != lv]) for lv in names]
     for lv, others in pairs_of:
         rest = np.sort(np.concatenate([rows[o] for o in others]))
-        res = run_design(
-            WelchDesign(np.ascontiguousarray(diff[rows[lv]]), np.ascontiguousarray(diff[rest])),
-            layout,
-            _sub_settings(settings),
-            conditions={},
-            sources=[],
-            progress=progress,
-        )
+        res = run(WelchDesign(np.ascontiguousarray(diff[rows[lv]]), np.ascontiguousarray(diff[rest])))
         js = res.to_json()
         contrast = {"level": lv, "against": others, "n_pairs": js["n_pairs"], "group_sizes": js["group_sizes"]}
         extra = {"max_abs_t_p_maxT": js["max_abs_t_p_maxT"], "n_p_maxT_below_05": int(np.sum(res.p_maxT < 0.05))}

@@ -205,14 +205,9 @@ def bootstrap_record(
         record["method"] = (
             "pair bootstrap within each sample (rows resampled with replacement apart), percentile interval"
         )
+        thresholds = (options.t_thresholds, options.d_thresholds)
         welch_counts, _, _ = welch.bootstrap_counts(
-            design.x1,
-            design.x2,
-            t_thresholds=options.t_thresholds,
-            d_thresholds=options.d_thresholds,
-            draws=draws,
-            seed=seed,
-            tail=options.tail,
+            design.x1, design.x2, thresholds, draws=draws, seed=seed, tail=options.tail
         )
         _threshold_intervals(record, options, observed, welch_counts, level)
         record["split_half_note"] = "not computed for Welch's design"

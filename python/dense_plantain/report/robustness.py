@@ -81,8 +81,10 @@ def _bootstrap_md(res: Mapping[str, Any]) -> str | None:
         return None
     if boot.get("note"):
         return f"### Pair bootstrap\n\n{boot['note']}."
+    within = "within each sample" in str(boot.get("method", ""))
+    what = "the rows of each sample apart, with" if within else "the pairs with"
     text = (
-        f"### Pair bootstrap\n\nThe intervals next to the counts: {boot['draws']:,} draws of the pairs with "
+        f"### Pair bootstrap\n\nThe intervals next to the counts: {boot['draws']:,} draws of {what} "
         f"replacement (seed {boot['seed']}), each count recounted per draw; {round(100 * boot['level'])}% "
         "percentile interval. They show how much a count moves with the choice of pairs; resampling repeats "
         "pairs, which shrinks the SD, so bootstrap counts lean above the observed ones. They are not a test."
@@ -96,6 +98,12 @@ def _bootstrap_md(res: Mapping[str, Any]) -> str | None:
     else:
         text += " The split-half median was not bootstrapped (opt-in: --bootstrap-splits K)."
     return text
+
+
+def seeds_section(res: Mapping[str, Any]) -> str | None:
+    """The "Noise seeds" section (markdown): each seed's counts and the seed-to-seed consistency;
+    None for a one-seed analysis."""
+    return _seeds_md(res)
 
 
 def _seeds_md(res: Mapping[str, Any]) -> str | None:
