@@ -412,16 +412,20 @@ fn axpy(acc: &mut [f64; TILE], w: f64, x: &[f64; TILE]) {
 fn count_into(mean: &[f64], var: &[f64], n: usize, thresholds: Thresholds, tail: Tail, out: &mut [i64]) {
     let nt = thresholds.t.len();
     let nf = n as f64;
+    // The side test as a sign: m * sign > 0 (one-sided) or m != 0 (two-sided), branch-free.
+    let sign = match tail {
+        Tail::Two => 0.0,
+        Tail::Greater => 1.0,
+        Tail::Less => -1.0,
+    };
     let over = |scale: f64, c: f64| -> i64 {
         let c2 = c * c;
-        let side = |m: f64| match tail {
-            Tail::Two => true,
-            Tail::Greater => m > 0.0,
-            Tail::Less => m < 0.0,
-        };
         mean.iter()
             .zip(var)
-            .map(|(&m, &v)| (side(m) && (m * m * scale > c2 * v || v == 0.0) && m != 0.0) as i64)
+            .map(|(&m, &v)| {
+                let side = if sign == 0.0 { m != 0.0 } else { m * sign > 0.0 };
+                (side & ((m * m * scale > c2 * v) | (v == 0.0))) as i64
+            })
             .sum()
     };
     for (col, &c) in thresholds.t.iter().enumerate() {
