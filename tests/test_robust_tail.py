@@ -103,6 +103,9 @@ def test_one_sided_welch_equals_a_brute_force_label_shuffle_and_scipy(tmp_path, 
     rest = np.delete(max_abs, 0)
     want = (1 + (rest[None, :] >= sign * t_obs[:, None] * (1 - 1e-10)).sum(axis=1)) / 126
     np.testing.assert_allclose(mne_like.p_maxT, want, rtol=1e-12)
+    out = tmp_path / f"res-{tail}"
+    report.write_results(res, out)
+    assert "the label-shuffle null counts t > c (or t < −c) per labelling" in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize("tail", ["two", "less"])
@@ -127,3 +130,27 @@ def test_welch_bootstrap_equals_a_numpy_resample_within_each_sample(tmp_path, la
         assert (row["low"], row["high"]) == pytest.approx((lo, hi), abs=1e-9)
         assert row["count"] == res.thresholds[k].count
     assert rec["note"] is None and "within each sample" in rec["method"]
+
+
+def test_by_contrasts_follow_the_tail_and_the_welch_report_says_so(tmp_path, layout):
+    n = 12
+    a, b = correlated_pairs(layout, n, planted=PLANTED, seed=51)
+    meta = probe_meta(n)
+    cloth = ["loose", "fitted"] * 6
+    for pair, level in zip(meta["pairs"], cloth, strict=True):
+        pair["factors"] = {"clothing": level}
+    path = write(tmp_path / "by.safetensors", a, b, layout, **meta)
+    diff = b.astype(np.float64) - a.astype(np.float64)
+    res = analysis.analyze(path, by="clothing", tail="less", permutations=300, splits=4, bootstrap=0)
+    rec = res.to_json()["by"]
+    assert rec["contrast_tail"] == "less"
+    cl = np.array(cloth)
+    x1, x2 = diff[cl == "loose"], diff[cl == "fitted"]
+    t, d = _welch_t_d(x1, x2)
+    (contrast,) = rec["contrasts"]
+    assert [th["count"] for th in contrast["thresholds"]] == [(t < -3).sum(), (t < -5).sum(), (d < -0.8).sum()]
+    assert all(th["tail"] == "less" for th in contrast["thresholds"])
+    np.testing.assert_allclose(res.extra_columns["by_clothing_loose_t"], t, rtol=1e-9)
+    out = tmp_path / "res"
+    report.write_results(res, out)
+    assert "label-shuffle null, one-sided, first sample's mean B − A below" in (out / "results.md").read_text()
