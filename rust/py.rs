@@ -352,16 +352,22 @@ fn bootstrap_indices(py: Python<'_>, n_pairs: usize, draws: usize, seed: u64) ->
     Ok(matrix_out(py, draws, n_pairs, idx))
 }
 
-diff_binding! {
-    /// bootstrap_counts(diff, t_thresholds, d_thresholds, indices uint32 [draws x n]) -> int64 [draws x k]
-    fn bootstrap_counts(
-        py, d, t_thresholds: Vec<f64>, d_thresholds: Vec<f64>, indices: PyReadonlyArray2<'py, u32>
-    ) -> Bound<'py, PyArray2<i64>> {
-        let (idx, draws) = per_pair(&indices, "indices", &d)?;
-        let th = thresholds(&t_thresholds, &d_thresholds);
-        let c = py.detach(|| crate::bootstrap::counts(&d, th, idx)).map_err(value_error)?;
-        Ok(matrix_out(py, draws, th.len(), c))
-    }
+/// bootstrap_counts(diff, t_thresholds, d_thresholds, indices uint32 [draws x n], tail="two") -> int64 [draws x k]
+#[pyfunction]
+#[pyo3(signature = (diff, t_thresholds, d_thresholds, indices, tail="two"))]
+fn bootstrap_counts<'py>(
+    py: Python<'py>,
+    diff: PyReadonlyArray2<'py, f64>,
+    t_thresholds: Vec<f64>,
+    d_thresholds: Vec<f64>,
+    indices: PyReadonlyArray2<'py, u32>,
+    tail: &str,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let (tail, d) = (tail_of(tail)?, diffs(&diff)?);
+    let (idx, draws) = per_pair(&indices, "indices", &d)?;
+    let th = thresholds(&t_thresholds, &d_thresholds);
+    let c = py.detach(|| crate::bootstrap::counts(&d, th, idx, tail)).map_err(value_error)?;
+    Ok(matrix_out(py, draws, th.len(), c))
 }
 
 fn register_direction_bootstrap(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -94,14 +94,13 @@ def test_one_sided_p_maxT_equals_mne_exact_and_parametric_p_equals_scipy(tmp_pat
     assert mne_like.to_json()["null"]["fwer_statistic"].startswith("max |t|")
 
 
-def test_two_sided_default_is_unchanged_and_welch_refuses_one_sided(tmp_path, layout):
+def test_two_sided_default_is_unchanged_and_matched_compare_is_one_sided(tmp_path, layout):
     p1, a1, b1 = _capture(tmp_path, layout, 8, seed=5, name="one")
     p2, a2, b2 = _capture(tmp_path, layout, 8, seed=6, name="two")
     res = analysis.analyze(p1, permutations=200, splits=5, bootstrap=0)
     np.testing.assert_allclose(res.p, sps.ttest_rel(b1, a1).pvalue, rtol=1e-9)
     assert res.to_json()["tail"] == "two"
-    with pytest.raises(StatsInputError, match="--tail less is not available for Welch"):
-        analysis.compare(p1, p2, pairing="unmatched", tail="less", permutations=50, splits=5, bootstrap=0)
+    # Welch's one-sided path: tests/test_robust_tail.py.
     # The matched path is one-sided too: a paired t of diff1 - diff2.
     res = analysis.compare(p1, p2, pairing="matched", tail="less", permutations=200, splits=5, bootstrap=0)
     want = sps.ttest_rel(b1 - a1, b2 - a2, alternative="less").pvalue
@@ -168,7 +167,7 @@ def test_constant_unit_has_no_d_interval_and_welch_intervals_equal_scipy(tmp_pat
     np.testing.assert_allclose(res.intervals["ci_low"], ci.low, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(res.intervals["ci_high"], ci.high, rtol=1e-9, atol=1e-12)
     assert np.isnan(res.intervals["d_ci_low"]).all()
-    assert "not computed" in res.to_json()["bootstrap"]["note"]
+    assert res.to_json()["bootstrap"]["split_half_note"] == "not computed for Welch's design"
 
 
 @pytest.mark.parametrize("tail", ["two", "greater"])

@@ -115,5 +115,7 @@ def direction_null(
 def bootstrap_indices(n_pairs: int, draws: int, seed: int) -> _U32:
     """[draws x n_pairs] pair indices of the pair bootstrap."""
 
-def bootstrap_counts(diff: _F64, t_thresholds: list[float], d_thresholds: list[float], indices: _U32) -> _I64:
-    """[draws x (t + d thresholds)] counts of units above each threshold per draw."""
+def bootstrap_counts(
+    diff: _F64, t_thresholds: list[float], d_thresholds: list[float], indices: _U32, tail: str = "two"
+) -> _I64:
+    """[draws x (t + d thresholds)] counts of units over each threshold per draw, for the tail."""

@@ -525,16 +525,21 @@ def make_tiny_model_cmd(folder: str, seed: int, force: bool) -> None:
     help="Folder for the demo's capture file and results.",
 )
 @click.option("--batch-size", default=10, show_default=True, type=click.IntRange(min=1))
-def demo(out: str, batch_size: int) -> None:
+@click.option(
+    "--seeds", default=None, help="Noise seeds, as capture --seeds (e.g. 0-2): per-seed counts and consistency."
+)
+@click.option("--bootstrap", default=None, type=click.IntRange(min=0), help="Pair-bootstrap draws (0: none).")
+def demo(out: str, batch_size: int, seeds: str | None, bootstrap: int | None) -> None:
     """The whole flow on a tiny random model, on the CPU, in about a minute.
 
     Builds (once, in the cache folder) a tiny FLUX.2 [klein] pipeline with random weights,
     captures the bundled dense-plantain pairs at 64x64, and analyses the capture. The weights
     are random, so the numbers show the machinery working, not a finding about FLUX.2.
     """
+    from dense_plantain.capture.seeds import parse_seeds
     from dense_plantain.demo import run_demo
 
-    run_demo(out, batch_size=batch_size)
+    run_demo(out, batch_size=batch_size, seeds=parse_seeds(seeds) if seeds else (0,), bootstrap=bootstrap)
 
 
 # --- analyze, report, compare ------------------------------------------------------------
@@ -602,7 +607,7 @@ def _robustness_options() -> list:
             default="two",
             show_default=True,
             help="Alternative: B - A differs (two), is larger (greater) or smaller (less). p, q, p_maxT and the "
-            "counts (|t| > c, t > c, t < -c) follow it; Welch's design (compare, unmatched) is two-sided only.",
+            "counts (|t| > c, t > c, t < -c) follow it, for paired and Welch designs (compare, --by contrasts).",
         ),
         click.option(
             "--fwer-null",

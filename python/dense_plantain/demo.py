@@ -4,11 +4,18 @@ capture, analysis and report, so it lives above all three).
 prompts (the bundled dense-plantain pairs) -> capture (tiny Klein pipeline, 64x64, CPU) ->
 capture file -> analysis -> results folder. The pipeline's weights are random, so the demo shows
 that the machinery works end to end; its numbers say nothing about FLUX.2.
+
+``seeds`` (``demo --seeds 0-2``): every prompt under each noise seed, through the capture's own
+multi-seed path (``capture.seeds.run_seeds``, as ``capture --seeds``), for the capture and its
+random-weights baseline alike; the results then show each seed's counts and the seed-to-seed
+consistency. ``bootstrap`` (``demo --bootstrap N``, 0 for none): the pair-bootstrap draws behind the
+intervals shown next to the counts.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.markup import escape
@@ -24,13 +31,28 @@ DEMO_PROBE = "dense-plantain"
 DEMO_SIZE = 64
 
 
-def run_demo(out: str | Path = "dense-plantain-demo", *, batch_size: int = 10, console=None) -> Path:
-    """Run the demo into folder ``out``; return the capture file's path."""
+def run_demo(
+    out: str | Path = "dense-plantain-demo",
+    *,
+    batch_size: int = 10,
+    console=None,
+    seeds: Sequence[int] = (0,),
+    bootstrap: int | None = None,
+) -> Path:
+    """Run the demo into folder ``out``; return the capture file's path. ``seeds``: the noise
+    seeds of the capture (several: ``capture --seeds``); ``bootstrap``: pair-bootstrap draws
+    (None: the analysis's default, 0: none)."""
     from rich.console import Console
 
-    from dense_plantain.capture.run import CaptureSettings, run_capture
+    from dense_plantain.capture.job import CaptureJob
+    from dense_plantain.capture.run import CaptureSettings
+    from dense_plantain.capture.seeds import run_seeds
     from dense_plantain.capture.tiny import cached_tiny_model
     from dense_plantain.prompts import bundled_path
+
+    seeds = tuple(int(v) for v in seeds)
+    if not seeds:
+        raise ValueError("the demo needs at least one seed")
 
     console = console or Console()
     t0 = time.monotonic()
@@ -44,39 +66,30 @@ def run_demo(out: str | Path = "dense-plantain-demo", *, batch_size: int = 10, c
     console.print(f"prompts  {escape(str(probe_path))}")
     capture_path = out / "capture.safetensors"
     settings = CaptureSettings(height=DEMO_SIZE, width=DEMO_SIZE)
-    result = run_capture(
-        str(folder),
-        probe_path,
-        capture_path,
+    job = CaptureJob(
+        prompts=probe_path,
+        out=capture_path,
+        model=str(folder),
         settings=settings,
         device="cpu",
         dtype="float32",
         batch_size=batch_size,
         force=True,
     )
+    result = run_seeds(job, seeds)  # one seed: exactly the single-seed capture
+    under = f" under {len(seeds)} noise seeds ({', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
     console.print(
-        f"capture  {escape(str(result.path))}: {result.n_pairs} pairs x {result.n_units} units"
+        f"capture  {escape(str(result.path))}: {result.n_pairs} pairs x {result.n_units} units{under}"
         f" in {result.seconds:.1f} s"
     )
     # The random-weights baseline: the same tiny pipeline with its transformer re-initialised
-    # (capture --weights random), the same prompts, settings and text encoder.
+    # (capture --weights random), the same prompts, settings, seeds and text encoder.
     baseline_path = out / "baseline-random.safetensors"
-    base = run_capture(
-        str(folder),
-        probe_path,
-        baseline_path,
-        settings=settings,
-        device="cpu",
-        dtype="float32",
-        batch_size=batch_size,
-        force=True,
-        weights="random",
-        weights_seed=0,
-    )
+    base = run_seeds(job.replace(out=baseline_path, weights="random", weights_seed=0), seeds)
     console.print(
         f"baseline {escape(str(base.path))}: --weights random (transformer re-initialised) in {base.seconds:.1f} s"
     )
-    _analyze(capture_path, out / "results", console, baseline_path)
+    _analyze(capture_path, out / "results", console, baseline_path, bootstrap=bootstrap)
     try:
         _patch(folder, probe_path, out, console)
     except ImportError as err:  # the compiled statistics extension is not built in this checkout
@@ -89,25 +102,35 @@ def run_demo(out: str | Path = "dense-plantain-demo", *, batch_size: int = 10, c
     return capture_path
 
 
-def _analyze(capture_path: Path, results: Path, console, baseline_path: Path | None = None) -> None:
+def _analyze(
+    capture_path: Path, results: Path, console, baseline_path: Path | None = None, *, bootstrap: int | None = None
+) -> None:
     """Analyse with the project's analysis and report when they are importable; else summarise.
-    With ``baseline_path``, the baseline is analysed the same way and the Controls table printed."""
+    With ``baseline_path``, the baseline is analysed the same way and the Controls table printed;
+    a multi-seed capture's per-seed counts and consistency follow the results table."""
     from dense_plantain.store import read_capture
 
     cap = read_capture(capture_path)
     baselines = [read_capture(baseline_path)] if baseline_path is not None else []
     try:
         from dense_plantain import analysis, report
+        from dense_plantain.report.cells import MD_PIPE
+        from dense_plantain.report.robustness import seeds_section
         from dense_plantain.report.tables import print_results
 
+        draws = analysis.DEFAULT_BOOTSTRAP if bootstrap is None else int(bootstrap)
         with console.status("analysing (sign-flip null)"):
-            result = analysis.analyze(cap, baselines=baselines)
+            result = analysis.analyze(cap, baselines=baselines, bootstrap=draws)
         paths = report.write_results(result, results, force=True)
     except ImportError as err:  # the compiled statistics extension is not built in this checkout
         console.print(f"[yellow]analysis unavailable here ({escape(str(err))}); capture summary instead:[/]")
         _print_summary(cap, console)
         return
-    print_results(result.to_json())
+    res = result.to_json()
+    print_results(res)
+    seeds_text = seeds_section(res)
+    if seeds_text:
+        console.print(seeds_text.replace(MD_PIPE, "|"), markup=False, highlight=False)
     console.print(f"results  {escape(str(paths[0].parent))}: " + ", ".join(p.name for p in paths))
 
 

@@ -70,7 +70,13 @@ class NullDistribution(Protocol):
 
 
 def fwer_p(
-    null_max: np.ndarray, stat_obs: np.ndarray, *, exact: bool, n_permutations: int, identity_row: int | None
+    null_max: np.ndarray,
+    stat_obs: np.ndarray,
+    *,
+    exact: bool,
+    n_permutations: int,
+    identity_row: int | None,
+    signed: bool = False,
 ) -> np.ndarray:
     """Max-statistic family-wise p per unit, the one rule every design uses.
 
@@ -78,10 +84,17 @@ def fwer_p(
     ``identity_row`` the observed one): ``(1 + #{other rows >= |obs|}) / P``, the identity counted
     for every unit without comparing (its maximum is the observed maximum), as MNE's exact
     ``permutation_t_test`` does. ">=" allows `FWER_RTOL` below ``|obs|``. NaN statistics give NaN.
+    ``signed``: one-sided statistics (t, or -t), compared as they are, not as |obs| (the tolerance
+    is then `FWER_RTOL` of ``|obs|`` below ``obs``).
     """
-    obs = np.abs(np.asarray(stat_obs, dtype=np.float64))
+    obs = np.asarray(stat_obs, dtype=np.float64)
+    if not signed:
+        obs = np.abs(obs)
     undefined = np.isnan(obs)
-    bar = np.nan_to_num(obs, nan=0.0) * (1.0 - FWER_RTOL)
+    obs = np.nan_to_num(obs, nan=0.0, posinf=np.inf, neginf=-np.inf)
+    bar = (
+        obs * (1.0 - FWER_RTOL) if not signed else np.where(obs >= 0, obs * (1.0 - FWER_RTOL), obs * (1.0 + FWER_RTOL))
+    )
     maxima = np.asarray(null_max, dtype=np.float64)
     if exact:
         rest = np.sort(np.delete(maxima, identity_row) if identity_row is not None else maxima)
@@ -110,6 +123,8 @@ class CountsNull:
     includes_identity: bool
     identity_row: int | None = None  # exact nulls: the row of the observed pattern
     tail: str = "two"
+    #: One-sided nulls: per permutation, the max of the tail's statistic (t, or -t for "less").
+    max_stat: np.ndarray | None = field(default=None, repr=False)
 
     def column(self, threshold_index: int, partition: int | None = None, group: int | None = None) -> np.ndarray:
         """The null counts of one threshold (for figures); ``KeyError`` for a group without a null."""
@@ -145,11 +160,21 @@ class CountsNull:
             value = float("inf")  # interpolating between two infinite maxima
         return value
 
-    def fwer_p(self, stat_obs: np.ndarray) -> np.ndarray:
+    def fwer_p(self, stat_obs: np.ndarray, *, null: str = "max") -> np.ndarray:
+        """Two-sided: |t| against max |t|. One-sided: t (or -t for "less") against the max of it
+        (``null="max"``) or against max |t| (``"max_abs"``, MNE's one-sided rule)."""
+        signed = self.tail != "two"
+        maxima = self.max_abs_t
+        obs = np.asarray(stat_obs, dtype=np.float64)
+        if signed:
+            obs = obs if self.tail == "greater" else -obs
+            if null == "max" and self.max_stat is not None:
+                maxima = self.max_stat
         return fwer_p(
-            self.max_abs_t,
-            stat_obs,
+            maxima,
+            obs,
             exact=self.exact,
             n_permutations=self.n_permutations,
             identity_row=self.identity_row if self.exact else None,
+            signed=signed,
         )

@@ -228,7 +228,8 @@ def compare(
     unit layout, and (where both record them) the model and capture settings: a difference is
     refused unless ``allow_different_settings``, and is recorded either way. ``tail``,
     ``fwer_null``, ``bootstrap`` and ``bootstrap_splits`` as for `analyze`; Welch's design (the
-    unmatched path) is two-sided only and has no pair bootstrap (results.json says so).
+    unmatched path) takes ``tail`` too, and its bootstrap resamples within each capture (no
+    split-half interval: results.json says so).
 
     ``baselines``: pairs of captures (baseline of capture 1, baseline of capture 2), e.g. both
     sets captured with ``--weights random``, compared the same way (``analysis.baselines``).

@@ -120,8 +120,9 @@ def tail_p(t: np.ndarray, df: np.ndarray, tail: str) -> np.ndarray:
         return stdtr(df, -t if tail == "greater" else t)
 
 
-# One engine run over some columns: (counts int64 [P x k_t + k_d], max |t| [P], exact, P).
-_Run = Callable[[np.ndarray | None, Progress | None], tuple[np.ndarray, np.ndarray, bool, int]]
+# One engine run over some columns: (counts int64 [P x k_t + k_d], max |t| [P], max of the tail's
+# statistic [P] or None, exact, P).
+_Run = Callable[[np.ndarray | None, Progress | None], tuple[np.ndarray, np.ndarray, np.ndarray | None, bool, int]]
 
 
 def _per_group_null(
@@ -135,6 +136,7 @@ def _per_group_null(
             jobs.append((index, int(label), np.flatnonzero(labels == label)))
     counts: dict[tuple[int | None, int | None], np.ndarray] = {}
     max_abs_t = np.empty(0)
+    max_stat: np.ndarray | None = None
     exact, n_perm = False, 0
     for i, (k, g, cols) in enumerate(jobs):
         report = None
@@ -143,10 +145,10 @@ def _per_group_null(
             def report(done: int, total: int, i: int = i) -> None:
                 progress(i * total + done, len(jobs) * total)
 
-        c, m, ex, n = run(cols, report)
+        c, m, top, ex, n = run(cols, report)
         counts[(k, g)] = c
         if cols is None:
-            max_abs_t, exact, n_perm = m, ex, n
+            max_abs_t, max_stat, exact, n_perm = m, top, ex, n
     return CountsNull(
         counts=counts,
         max_abs_t=max_abs_t,
@@ -156,15 +158,8 @@ def _per_group_null(
         includes_identity=exact,  # exact row 0 is the identity; a Monte Carlo draw may hit it by chance
         identity_row=0 if exact else None,
         tail=options.tail,
+        max_stat=max_stat,
     )
-
-
-def _tail(options: NullOptions) -> None:
-    if options.tail != "two":
-        raise StatsInputError(
-            f"--tail {options.tail} is not available for Welch's t (compare's unmatched path, --by contrasts): "
-            "its label-shuffle null is two-sided only. Use --tail two, or a matched comparison (--pairing matched)"
-        )
 
 
 def signed_counts(t: np.ndarray, d: np.ndarray, options: NullOptions) -> np.ndarray:
@@ -274,7 +269,7 @@ class WelchDesign:
         return UnitStatistics(res.mean_diff, res.t, res.d, res.df, two_sided_p(res.t, res.df))
 
     def null(self, options: NullOptions, partitions: Sequence[np.ndarray], progress: Progress | None) -> CountsNull:
-        _tail(options)
+        """The label-shuffle null for the options' tail (one-sided: t > c / t < -c, max t / min t)."""
 
         def run(cols: np.ndarray | None, report: Progress | None):
             try:
@@ -286,17 +281,21 @@ class WelchDesign:
                     exact=options.exact,
                     seed=options.seed,
                     progress=report,
+                    tail=options.tail,
                 )
             except ValueError as err:
                 raise StatsInputError(f"label-shuffle null: {err}") from None
             counts = np.concatenate([null.t_counts, null.d_counts], axis=1)
-            return counts, null.max_abs_t, bool(null.exact), int(null.n_permutations)
+            return counts, null.max_abs_t, null.max_stat, bool(null.exact), int(null.n_permutations)
 
         return _per_group_null(run, partitions, options, progress)
 
     def observed_counts(self, columns: np.ndarray | None, options: NullOptions) -> np.ndarray:
         obs = welch.observed_counts(
-            *self._parts(columns), t_thresholds=options.t_thresholds, d_thresholds=options.d_thresholds
+            *self._parts(columns),
+            t_thresholds=options.t_thresholds,
+            d_thresholds=options.d_thresholds,
+            tail=options.tail,
         )
         return np.concatenate([obs.t_counts, obs.d_counts]).astype(np.int64)
 

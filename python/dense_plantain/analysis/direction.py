@@ -100,22 +100,21 @@ class CrossRow:
 
 @dataclass(eq=False)
 class DirectionAnalysis:
-    """The direction test of one capture, per unit and in summary (``AnalysisResult.direction``)."""
+    """The direction test of one capture, per unit and in summary (``AnalysisResult.direction``).
 
-    width: int
-    n_pairs: int
-    D: np.ndarray
-    D_norm: np.ndarray
-    p: np.ndarray
-    p_max: np.ndarray
-    agree: np.ndarray
-    agree_p: np.ndarray
-    exact: bool
-    n_permutations: int
-    seed: int
+    ``test`` is the engine's result (``stats.DirectionResult``); its fields (``D``, ``D_norm``,
+    ``p``, ``p_max``, ``agree``, ``agree_p``, ``exact``, ``n_permutations``, ``seed``, ``width``,
+    ``n_pairs``) read through this record as well (``analysis.direction.D`` and so on)."""
+
+    test: stats.DirectionResult
     classes: np.ndarray  # object [units], one of CLASSES
     cross: list[CrossRow] = field(default_factory=list)  # first row: all units
     alpha: float = ALPHA
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "test":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.test, name)
 
     @property
     def n_significant(self) -> int:
@@ -190,18 +189,4 @@ def direction_analysis(
     for axis, parts in partitions:
         for name, cols in parts:
             cross.append(CrossRow(axis, str(name), int(cols.size), _counts(classes[cols])))
-    return DirectionAnalysis(
-        width=int(width),
-        n_pairs=int(res.n_pairs),
-        D=np.asarray(res.D, dtype=np.float64),
-        D_norm=np.asarray(res.D_norm, dtype=np.float64),
-        p=np.asarray(res.p, dtype=np.float64),
-        p_max=p_max,
-        agree=np.asarray(res.agree, dtype=np.float64),
-        agree_p=np.asarray(res.agree_p, dtype=np.float64),
-        exact=bool(res.exact),
-        n_permutations=int(res.n_permutations),
-        seed=int(res.seed),
-        classes=classes,
-        cross=cross,
-    )
+    return DirectionAnalysis(test=res, classes=classes, cross=cross)

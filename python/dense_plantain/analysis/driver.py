@@ -72,7 +72,7 @@ def run_design(
 
     if options.tail == "two":
         p_max = np.asarray(null.fwer_p(st.t), dtype=np.float64)
-    else:  # one-sided nulls are the engine's tallies (the paired design; Welch refuses other tails)
+    else:  # one-sided: the tail's max statistic (or max |t|, fwer_null "max_abs"), paired and Welch designs
         p_max = np.asarray(null.fwer_p(st.t, null=options.fwer_null), dtype=np.float64)  # type: ignore[call-arg]
     observed_all = design.observed_counts(None, options)
     thresholds = _threshold_rows(st.t, st.d, null, observed_all, options)
@@ -128,7 +128,7 @@ def run_design(
         q=bh_q(p_tail),
         thresholds=thresholds,
         groups=groups,
-        blocks=block_summaries(layout, st.t, st.d),
+        blocks=block_summaries(layout, st.t, st.d, options.tail),
         split_half=split_half,
         null_method=design.null_method,
         null_exact=bool(null.exact),
@@ -208,13 +208,23 @@ def bh_q(p: np.ndarray) -> np.ndarray:
     return q
 
 
-def block_summaries(layout: Layout, t: np.ndarray, d: np.ndarray) -> list[BlockSummary]:
-    """Every block: max |t| (and its unit), units with |t| > 3, median |d|; largest max |t| first."""
+def block_summaries(layout: Layout, t: np.ndarray, d: np.ndarray, tail: str = "two") -> list[BlockSummary]:
+    """Every block's summary for the alternative ``tail``, largest first.
+
+    Two-sided: max |t| (and its unit), units with |t| > 3, median |d|. One-sided, the same on the
+    tail's oriented statistic ``s = t`` ("greater") or ``s = -t`` ("less"), as the one-sided unit
+    counts and max statistic: max s, units with s > 3 (t > 3, or t < -3), median of the oriented d.
+    The values stay oriented in `BlockSummary` (``tail`` says how); the report turns "less" back
+    into min t, t < -3 and median d."""
     names = layout.unit_names()
-    abs_t, abs_d = np.abs(t), np.abs(d)
+    if tail == "two":
+        st, sd = np.abs(t), np.abs(d)
+    else:
+        sign = 1.0 if tail == "greater" else -1.0
+        st, sd = sign * np.asarray(t, np.float64), sign * np.asarray(d, np.float64)
     out = []
     for b in layout.blocks:
-        bt, bd = abs_t[b.units], abs_d[b.units]
+        bt, bd = st[b.units], sd[b.units]
         finite = ~np.isnan(bt)
         if finite.any():
             j = int(np.nanargmax(bt))
@@ -222,7 +232,9 @@ def block_summaries(layout: Layout, t: np.ndarray, d: np.ndarray) -> list[BlockS
         else:
             top, unit = float("nan"), ""
         med = float(np.nanmedian(bd)) if (~np.isnan(bd)).any() else float("nan")
-        out.append(BlockSummary(b.name, b.n_units, top, unit, int((bt > BLOCK_T).sum()), med))
+        with np.errstate(invalid="ignore"):
+            over = int((bt > BLOCK_T).sum())
+        out.append(BlockSummary(b.name, b.n_units, top, unit, over, med, tail=tail))
     # Stable sort: blocks without a defined t last, ties in layout order.
     return sorted(out, key=lambda s: (np.isnan(s.max_abs_t), -np.nan_to_num(s.max_abs_t, nan=0.0)))
 

@@ -10,8 +10,9 @@ the capture keeps each pair's labels in ``meta["pairs"][i]["factors"]``. For ``-
   through `WelchDesign` with its label-shuffle null (as ``compare``'s unmatched path). With two
   levels that is the one contrast ``level 1 - level 2``; with more, each level against the pairs
   of all other levels (``k`` contrasts, each pair used once per contrast), which asks "does this
-  level differ from the rest" without the ``k (k - 1) / 2`` pairwise tests. Welch's null is
-  two-sided, so the contrasts are two-sided whatever ``--tail`` (results.json says so).
+  level differ from the rest" without the ``k (k - 1) / 2`` pairwise tests. The contrasts follow
+  ``--tail`` (one-sided: "greater" asks whether the level's differences are larger than the
+  others'), as the per-level analyses do.
 
 results.json ``"by"``: ``{"factor", "levels": [{"level", "n_pairs", "pair_ids", "max_abs_t",
 "thresholds", "top_blocks", "split_half"}], "contrasts": [{"level", "against", "n_pairs",
@@ -86,11 +87,8 @@ def pair_levels(cap: Capture, factor: str) -> list[str]:
     return levels
 
 
-def _sub_settings(settings: dict[str, Any], tail: str | None = None) -> dict[str, Any]:
-    out = {**settings, "group_nulls": False, "bootstrap": 0, "bootstrap_splits": 0}
-    if tail is not None:
-        out["tail"] = tail
-    return out
+def _sub_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {**settings, "group_nulls": False, "bootstrap": 0, "bootstrap_splits": 0}
 
 
 def by_factor(
@@ -111,61 +109,40 @@ def by_factor(
         "levels": [],
         "contrasts": [],
         "contrast_rule": "level 1 - level 2" if len(names) == 2 else "each level - all other levels",
-        "contrast_tail": "two",
+        "contrast_tail": str(settings.get("tail", "two")),
         "note": "per level: the paired design on that level's pairs (own null, no per-group nulls); "
-        "contrasts: Welch's t of the pair differences with a label-shuffle null (two-sided)",
+        "contrasts: Welch's t of the pair differences with a label-shuffle null (the same tail)",
     }
+
+    def run(design: PairedDesign | WelchDesign) -> Any:
+        """One sub-analysis: the main settings, no per-group nulls, no bootstrap."""
+        return run_design(design, layout, _sub_settings(settings), conditions={}, sources=[], progress=progress)
+
     for lv in names:
-        res = run_design(
-            PairedDesign(np.ascontiguousarray(diff[rows[lv]])),
-            layout,
-            _sub_settings(settings),
-            conditions={},
-            sources=[],
-            progress=progress,
-        )
+        res = run(PairedDesign(np.ascontiguousarray(diff[rows[lv]])))
         js = res.to_json()
-        record["levels"].append(
-            {
-                "level": lv,
-                "n_pairs": int(rows[lv].size),
-                "pair_ids": [ids[i] for i in rows[lv]],
-                "max_abs_t": js["max_abs_t"],
-                "max_abs_t_unit": js["max_abs_t_unit"],
-                "thresholds": js["thresholds"],
-                "top_blocks": js["top_blocks"][:TOP_BLOCKS],
-                "split_half": js["split_half"],
-                "null": js["null"],
-            }
-        )
+        level = {"level": lv, "n_pairs": int(rows[lv].size), "pair_ids": [ids[i] for i in rows[lv]]}
+        record["levels"].append({**level, **_summary(js), "split_half": js["split_half"]})
     columns: dict[str, np.ndarray] = {}
     pairs_of = [(names[0], [names[1]])] if len(names) == 2 else [(lv, [o for o in names if o != lv]) for lv in names]
     for lv, others in pairs_of:
         rest = np.sort(np.concatenate([rows[o] for o in others]))
-        res = run_design(
-            WelchDesign(np.ascontiguousarray(diff[rows[lv]]), np.ascontiguousarray(diff[rest])),
-            layout,
-            _sub_settings(settings, tail="two"),
-            conditions={},
-            sources=[],
-            progress=progress,
-        )
+        res = run(WelchDesign(np.ascontiguousarray(diff[rows[lv]]), np.ascontiguousarray(diff[rest])))
         js = res.to_json()
-        record["contrasts"].append(
-            {
-                "level": lv,
-                "against": others,
-                "n_pairs": js["n_pairs"],
-                "group_sizes": js["group_sizes"],
-                "max_abs_t": js["max_abs_t"],
-                "max_abs_t_unit": js["max_abs_t_unit"],
-                "max_abs_t_p_maxT": js["max_abs_t_p_maxT"],
-                "n_p_maxT_below_05": int(np.sum(res.p_maxT < 0.05)),
-                "thresholds": js["thresholds"],
-                "top_blocks": js["top_blocks"][:TOP_BLOCKS],
-                "null": js["null"],
-            }
-        )
+        contrast = {"level": lv, "against": others, "n_pairs": js["n_pairs"], "group_sizes": js["group_sizes"]}
+        extra = {"max_abs_t_p_maxT": js["max_abs_t_p_maxT"], "n_p_maxT_below_05": int(np.sum(res.p_maxT < 0.05))}
+        record["contrasts"].append({**contrast, **_summary(js), **extra})
         columns[f"by_{factor}_{lv}_t"] = res.t
         columns[f"by_{factor}_{lv}_p_maxT"] = res.p_maxT
     return record, columns
+
+
+def _summary(js: dict[str, Any]) -> dict[str, Any]:
+    """The part of an analysis's results.json that a level or a contrast record keeps."""
+    return {
+        "max_abs_t": js["max_abs_t"],
+        "max_abs_t_unit": js["max_abs_t_unit"],
+        "thresholds": js["thresholds"],
+        "top_blocks": js["top_blocks"][:TOP_BLOCKS],
+        "null": js["null"],
+    }

@@ -131,6 +131,9 @@ class BlockSummary:
     max_unit: str  # the unit with the largest |t| in the block
     n_t_gt3: int
     median_abs_d: float
+    #: One-sided analyses: the three values are of the oriented statistic (t for "greater", -t and
+    #: -d for "less"): max t / units with t > 3 / median d, or -min t / t < -3 / -median d.
+    tail: str = "two"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,6 +143,7 @@ class BlockSummary:
             "n_t_gt3": self.n_t_gt3,
             "n_units": self.n_units,
             "median_abs_d": json_number(self.median_abs_d),
+            "tail": self.tail,
         }
 
 

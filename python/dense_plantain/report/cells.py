@@ -141,15 +141,30 @@ def max_t_cells(res: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def block_line(b: Mapping[str, Any], pipe: str = MD_PIPE) -> str:
-    """ "single[0]: max|t|=22.45, 283/768 units at |t|>3, median |d|=0.45"."""
-    abs_t = f"{pipe}t{pipe}"
-    top = number(b["max_abs_t"])
-    if b["max_abs_t"] in ("inf", "-inf") and b.get("max_unit"):
+    """ "single[0]: max|t|=22.45, 283/768 units at |t|>3, median |d|=0.45"; one-sided blocks
+    (``tail`` greater / less) read "max t=..., ... at t>3, median d=..." / "min t=..., ... at t<-3"."""
+    tail = b.get("tail", "two")
+    if tail == "two":
+        top_word, over, d_word = f"max{pipe}t{pipe}", f"{pipe}t{pipe}>3", f"{pipe}d{pipe}"
+        top_value, med = b["max_abs_t"], b["median_abs_d"]
+    else:  # the summary's values are oriented (-t, -d for "less"): show them as t and d again
+        less = tail == "less"
+        top_word, over, d_word = ("min t", "t<-3", "d") if less else ("max t", "t>3", "d")
+        top_value, med = (
+            (_negate(b["max_abs_t"]), _negate(b["median_abs_d"])) if less else (b["max_abs_t"], b["median_abs_d"])
+        )
+    top = number(top_value)
+    if top_value in ("inf", "-inf") and b.get("max_unit"):
         top += f" ({b['max_unit']}: its differences are all equal and non-zero)"
-    return (
-        f"{b['block']}: max{abs_t}={top}, {b['n_t_gt3']:,}/{b['n_units']:,} units at "
-        f"{abs_t}>3, median {pipe}d{pipe}={number(b['median_abs_d'])}"
-    )
+    count = f"{b['n_t_gt3']:,}/{b['n_units']:,}"
+    return f"{b['block']}: {top_word}={top}, {count} units at {over}, median {d_word}={number(med)}"
+
+
+def _negate(v: Any) -> Any:
+    """-v for a results.json number (float, None, or the words "inf" / "-inf" / "nan")."""
+    if isinstance(v, str):
+        return {"inf": "-inf", "-inf": "inf"}.get(v, v)
+    return None if v is None else -v
 
 
 def group_name(g: Mapping[str, Any]) -> str:

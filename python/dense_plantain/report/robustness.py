@@ -18,6 +18,11 @@ _TAIL_WORDS = {
     "greater": "one-sided, B − A > 0 (units counted at t > c, d > c)",
     "less": "one-sided, B − A < 0 (units counted at t < −c, d < −c)",
 }
+#: Welch's design: the first sample's mean difference against the second's.
+_WELCH_TAIL_WORDS = {
+    "greater": "one-sided, first sample's mean B − A above the second's (t > c, d > c)",
+    "less": "one-sided, first sample's mean B − A below the second's (t < −c, d < −c)",
+}
 
 
 def tail_sentence(res: Mapping[str, Any]) -> str | None:
@@ -27,10 +32,21 @@ def tail_sentence(res: Mapping[str, Any]) -> str | None:
         return None
     null = res.get("null", {})
     stat = null.get("fwer_statistic", "max t")
+    words = _TAIL_WORDS.get(tail, tail)
+    if res.get("design") == "contrast-welch":
+        words = _WELCH_TAIL_WORDS.get(tail, tail)
+        null_words = (
+            f"the label-shuffle null counts t > c (or t < −c) per labelling and p_maxT compares each unit's t "
+            f"with the {stat} of every labelling"
+        )
+    else:
+        null_words = (
+            "the sign-flip null lets every pair's sign vary (all 2^n patterns when exact) and "
+            f"p_maxT compares each unit's t with the {stat} of every pattern"
+        )
     return (
-        f"Test: {_TAIL_WORDS.get(tail, tail)}. p is the one-sided parametric p of the t distribution and q its "
-        f"Benjamini–Hochberg q; the sign-flip null lets every pair's sign vary (all 2^n patterns when exact) and "
-        f"p_maxT compares each unit's t with the {stat} of every pattern."
+        f"Test: {words}. p is the one-sided parametric p of the t distribution and q its "
+        f"Benjamini–Hochberg q; {null_words}."
     )
 
 
@@ -81,8 +97,10 @@ def _bootstrap_md(res: Mapping[str, Any]) -> str | None:
         return None
     if boot.get("note"):
         return f"### Pair bootstrap\n\n{boot['note']}."
+    within = "within each sample" in str(boot.get("method", ""))
+    what = "the rows of each sample apart, with" if within else "the pairs with"
     text = (
-        f"### Pair bootstrap\n\nThe intervals next to the counts: {boot['draws']:,} draws of the pairs with "
+        f"### Pair bootstrap\n\nThe intervals next to the counts: {boot['draws']:,} draws of {what} "
         f"replacement (seed {boot['seed']}), each count recounted per draw; {round(100 * boot['level'])}% "
         "percentile interval. They show how much a count moves with the choice of pairs; resampling repeats "
         "pairs, which shrinks the SD, so bootstrap counts lean above the observed ones. They are not a test."
@@ -96,6 +114,12 @@ def _bootstrap_md(res: Mapping[str, Any]) -> str | None:
     else:
         text += " The split-half median was not bootstrapped (opt-in: --bootstrap-splits K)."
     return text
+
+
+def seeds_section(res: Mapping[str, Any]) -> str | None:
+    """The "Noise seeds" section (markdown): each seed's counts and the seed-to-seed consistency;
+    None for a one-seed analysis."""
+    return _seeds_md(res)
 
 
 def _seeds_md(res: Mapping[str, Any]) -> str | None:
@@ -156,7 +180,7 @@ def _by_md(res: Mapping[str, Any]) -> str | None:
             )
         parts.append(
             "Between levels, per unit: Welch's t of the pair differences "
-            f"({rec['contrast_rule']}; label-shuffle null, two-sided); per-unit t and p_maxT are the "
+            f"({rec['contrast_rule']}; label-shuffle null, {_contrast_tail(rec)}); per-unit t and p_maxT are the "
             f"`by_{factor}_<level>_*` columns of units.csv.\n\n{_md_table(header, rows)}"
         )
     return "\n\n".join(parts)
@@ -165,3 +189,8 @@ def _by_md(res: Mapping[str, Any]) -> str | None:
 def markdown_sections(res: Mapping[str, Any]) -> list[str]:
     """results.md sections for the record's bootstrap, seeds and factor levels (each when present)."""
     return [s for s in (_bootstrap_md(res), _seeds_md(res), _by_md(res)) if s]
+
+
+def _contrast_tail(rec: Mapping[str, Any]) -> str:
+    tail = str(rec.get("contrast_tail", "two"))
+    return "two-sided" if tail == "two" else _WELCH_TAIL_WORDS.get(tail, tail)

@@ -62,8 +62,13 @@ def results_table_md(res: Mapping[str, Any]) -> str:
     return _md_table(["Metric", "Value", "Significance"], results_rows(res))
 
 
+def _block_order(res: Mapping[str, Any], pipe: str) -> str:
+    """What the top blocks are sorted by: max |t|, or the one-sided max t / min t."""
+    return {"greater": "max t", "less": "min t"}.get(str(res.get("tail", "two")), f"max {pipe}t{pipe}")
+
+
 def top_blocks_md(res: Mapping[str, Any], n: int = TOP_BLOCKS) -> str:
-    lines = [f"**Top blocks by max {cells.MD_PIPE}t{cells.MD_PIPE}:**", ""]
+    lines = [f"**Top blocks by {_block_order(res, cells.MD_PIPE)}:**", ""]
     lines += [f"- {cells.block_line(b)}" for b in res["top_blocks"][:n]]
     return "\n".join(lines)
 
@@ -123,7 +128,7 @@ def print_results(res: Mapping[str, Any], console=None) -> None:
     console.print(table)
     if cells.any_zero_p99(res):
         console.print(cells.zero_p99_note(res), style="dim")
-    console.print("Top blocks by max |t|:", style="bold")
+    console.print(f"Top blocks by {_block_order(res, '|')}:", style="bold")
     for b in res["top_blocks"][:TOP_BLOCKS]:
         console.print(f"  {cells.block_line(b, pipe='|')}", highlight=False, markup=False)
     for heading, header, rows in group_tables(res):
