@@ -366,7 +366,9 @@ fn bootstrap_counts<'py>(
     let (tail, d) = (tail_of(tail)?, diffs(&diff)?);
     let (idx, draws) = per_pair(&indices, "indices", &d)?;
     let th = thresholds(&t_thresholds, &d_thresholds);
-    let c = py.detach(|| crate::bootstrap::counts(&d, th, idx, tail)).map_err(value_error)?;
+    let c = py
+        .detach(|| crate::bootstrap::counts(&d, th, idx, tail))
+        .map_err(value_error)?;
     Ok(matrix_out(py, draws, th.len(), c))
 }
 
