@@ -4,20 +4,13 @@ thread count."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy import stats as sps
 
 from dense_plantain import stats
 from dense_plantain.analysis import intervals
-
-ROOT = Path(__file__).resolve().parents[1]
+from fresh_python import thread_runs
 
 
 @pytest.mark.parametrize("n", [6, 25])
@@ -73,14 +66,14 @@ def test_weighted_bootstrap_counts_equal_a_numpy_recount_for_each_tail():
 def test_bootstrap_counts_do_not_depend_on_the_thread_count(tmp_path):
     rng = np.random.default_rng(2)
     np.save(tmp_path / "diff.npy", rng.normal(0.1, 1.0, (14, 5000)))
-    code = (
-        "import json, sys, numpy as np; from dense_plantain import stats; "
-        f"d = np.load({str(tmp_path / 'diff.npy')!r}); "
-        "c = stats.bootstrap_counts(d, draws=50, seed=4, tail='greater').counts; print(json.dumps(c.tolist()))"
-    )
-    out = []
-    for threads in ("1", "2"):
-        env = {**os.environ, "DENSE_PLANTAIN_NUM_THREADS": threads, "PYTHONPATH": str(ROOT / "python")}
-        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        out.append(json.loads(run.stdout))
-    assert out[0] == out[1]
+    # The package as this interpreter imports it (installed, or the source tree on PYTHONPATH).
+    code = f"""
+        import json, numpy as np
+        from dense_plantain import stats
+        d = np.load({str(tmp_path / "diff.npy")!r})
+        c = stats.bootstrap_counts(d, draws=50, seed=4, tail="greater").counts
+        print(json.dumps({{"threads": stats.threads(), "counts": c.tolist()}}))
+    """
+    runs = thread_runs(code, ("1", "2"))
+    assert runs["1"] == runs["2"]
+    assert np.asarray(runs["1"]["counts"]).shape[0] == 50
