@@ -341,6 +341,13 @@ def test_cli_top_k_random_sets_and_folder(probe_file, layout, tmp_path, monkeypa
     assert rec["sets"][2]["random"]["n_sets"] == 3
     md = (out / "patch.md").read_text()
     assert "| `top:5` |" in md and "noise_pred" in md
+    # which weights ran is recorded as a capture of the same folder records it, and said first
+    from dense_plantain.capture.provenance import weights_record
+
+    weights = rec["provenance"]["weights"]
+    assert weights == {"recorded": True, **weights_record(tiny_loaded().source)}
+    assert weights["random"] and weights["kind"] == "tiny-random"
+    assert md.splitlines()[2].startswith("**Random weights (tiny-random)")
     # the console summary and patch.json count the forwards and the kept memory
     f, m = rec["forwards"], rec["memory"]
     assert f["transformer_forwards"] == f["pipeline_passes"] + f["keep_forwards"] + f["patched_forwards"]

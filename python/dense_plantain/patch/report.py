@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from dense_plantain.progress import Bar
+from dense_plantain.report import cells
 
 
 def _num(x: Any, digits: int = 3) -> str:
@@ -30,6 +31,8 @@ def markdown(record: dict[str, Any]) -> str:
     s = record["settings"]
     lines = [
         "## Patching: what the units carry to the output",
+        "",
+        cells.weights_line({"weights": record.get("provenance", {}).get("weights")}),
         "",
         f"For each of {record['n_pairs']} pairs, with the shared initial noise and one step (guidance 1.0), A and "
         "B were run once and then again with a unit set's columns (at the units' tokens, at the input of the "

@@ -612,8 +612,12 @@ def run_patch(
         "note": "an interrupted call counts the forwards and time of its batches that reached the partial file",
     }
     memory = memory_record(patcher, sets)
+    from dense_plantain.capture.provenance import weights_record
+
     provenance = {
         "model": model_meta,
+        # which weights ran (random or saved), as a capture records them: patch.md says it first
+        "weights": {"recorded": True, **weights_record(loaded.source)},
         "probe": probe.to_dict(),
         "selection": selection,
         "selection_capture_model": (cap.meta.get("model") if cap is not None else None),
