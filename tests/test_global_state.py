@@ -105,6 +105,23 @@ def test_a_random_weights_baseline_puts_the_callers_pipeline_back(tmp_path):
     np.testing.assert_array_equal(after.b, before.b)
     np.testing.assert_array_equal(after.extra["a_input"], before.extra["a_input"])
 
+    # A pipeline the run owns (run_seeds and the shard loop load one for themselves) is not copied
+    # back: it stays re-initialised, and its baseline equals the caller-pipeline baseline above.
+    from dense_plantain.capture.job import CaptureJob
+    from dense_plantain.capture.run import run_job
+
+    job = CaptureJob(
+        prompts=probe, out=tmp_path / "owned.safetensors", model=str(tiny_dir()), weights="random", weights_seed=1,
+        settings=kw["settings"], batch_size=3, show_progress=False,
+    )  # fmt: skip
+    run_job(job, loaded=loaded, owns_loaded=True)
+    assert snapshot.changed(loaded.pipe) and not any(
+        n.startswith("text_encoder.") for n in snapshot.changed(loaded.pipe)
+    )
+    np.testing.assert_array_equal(
+        read_capture(tmp_path / "owned.safetensors").a, read_capture(tmp_path / "random.safetensors").a
+    )
+
 
 def test_an_in_memory_pipeline_from_a_folder_says_its_weights_were_not_checked():
     """``capture_pairs`` records the folder's file hashes for a folder-loaded pipeline, and says that

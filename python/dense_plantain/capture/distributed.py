@@ -451,7 +451,14 @@ class _Outcome:
 
 
 def _capture_shard(
-    job: CaptureJob, launch: Launch, identity: RunIdentity, dev, *, loaded=None, show_progress: bool = True
+    job: CaptureJob,
+    launch: Launch,
+    identity: RunIdentity,
+    dev,
+    *,
+    loaded=None,
+    show_progress: bool = True,
+    owns_loaded: bool = False,
 ) -> _Outcome:
     outcome = _Outcome(launch.rank, str(dev))
     world = launch.world_size
@@ -472,6 +479,7 @@ def _capture_shard(
             plan=plan,
             after_batch=_failure_hook(launch.rank),
             loaded=loaded,
+            owns_loaded=owns_loaded,
         )
         outcome.resumed = result.resumed_from
     except KeyboardInterrupt:
@@ -702,7 +710,13 @@ def _finish_locked(job: CaptureJob, out: Path, world: int, identity: RunIdentity
             continue
         loaded = loaded or load_pipeline(job.model, device=job.device, dtype=job.dtype)
         outcome = _capture_shard(
-            job.replace(resume=True, force=False), launch, identity, dev, loaded=loaded, show_progress=job.show_progress
+            job.replace(resume=True, force=False),
+            launch,
+            identity,
+            dev,
+            loaded=loaded,
+            show_progress=job.show_progress,
+            owns_loaded=True,  # loaded above for these shards alone
         )
         if outcome.error is not None:
             states = [inspect_shard(out, r, world, identity) for r in range(world)]

@@ -706,14 +706,17 @@ def run_job(
     plan: ShardPlan = ShardPlan(),
     loaded=None,
     after_batch: Callable[[int, int], None] | None = None,
+    owns_loaded: bool = False,
 ) -> CaptureResult:
     """Capture ``plan``'s pairs of ``job.prompts`` into ``job.out`` (see the module docstring).
 
-    Everything that needs no model is checked first (settings, prompt file, existing outputs, a
-    writable folder, the output lock). ``after_batch(pairs_done, pairs_total)`` runs after each
-    batch's pairs are safe on disk; ``loaded`` (a ``model.LoadedModel``) skips loading. On failure
-    the ``CaptureError`` carries ``kept_pair_ids`` (read back from the partial file) and ``partial_path``.
-    ``job.interruptible`` runs the forwards in a worker thread so that Ctrl-C stops at once.
+        Everything that needs no model is checked first (settings, prompt file, existing outputs, a
+        writable folder, the output lock). ``after_batch(pairs_done, pairs_total)`` runs after each
+        batch's pairs are safe on disk; ``loaded`` (a ``model.LoadedModel``) skips loading, and is put
+    back as it was after a random-weights baseline unless ``owns_loaded`` says the caller loaded it
+    for this run alone (``run_seeds``, the shard loop of ``distributed``: no host copy). On failure
+        the ``CaptureError`` carries ``kept_pair_ids`` (read back from the partial file) and ``partial_path``.
+        ``job.interruptible`` runs the forwards in a worker thread so that Ctrl-C stops at once.
     """
     from dense_plantain.capture.model import device_name, load_pipeline
     from dense_plantain.prompts import load_probe
@@ -748,7 +751,7 @@ def run_job(
                 )
         image_sha = file_sha256(settings.image) if settings.image else None
 
-        callers = loaded is not None  # the caller's pipeline: put back as it was after a baseline
+        callers = loaded is not None and not owns_loaded  # the caller's pipeline: put back after a baseline
         loaded = loaded or load_pipeline(job.model, device=job.device, dtype=job.dtype)
         pipe = loaded.pipe
         counts = _count_tokens(pipe, pairs)  # before any forward: refuses pairs the 512-token cut makes equal

@@ -124,6 +124,7 @@ def run_seeds(job: CaptureJob, seeds: Sequence[int], *, loaded=None) -> CaptureR
         raise CaptureError(f"{out} already exists; pass --force to overwrite it, or choose another --out.")
     paths = [seed_path(out, s) for s in seeds]
     resumed = 0
+    owned = False  # whether this function loaded the pipeline itself (a baseline may then leave it random)
     for seed, path in zip(seeds, paths, strict=True):
         sub = job.replace(out=path, settings=dataclasses.replace(job.settings, seed=seed))
         if path.exists() and not job.force:
@@ -141,8 +142,8 @@ def run_seeds(job: CaptureJob, seeds: Sequence[int], *, loaded=None) -> CaptureR
         if loaded is None:
             from dense_plantain.capture.model import load_pipeline
 
-            loaded = load_pipeline(job.model, device=job.device, dtype=job.dtype)
-        run_job(sub, loaded=loaded)
+            loaded, owned = load_pipeline(job.model, device=job.device, dtype=job.dtype), True
+        run_job(sub, loaded=loaded, owns_loaded=owned)
     combine_seed_captures(out, paths, seeds)
     for path in paths:
         path.unlink(missing_ok=True)
