@@ -179,6 +179,19 @@ def _model_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return click.option("--model", "model", default=DEFAULT_MODEL, show_default=True, metavar="MODEL", help=help)
 
 
+def _number(*decls: str, default: float, help: str, low: float = 0, high: int | None = None, **extra: Any):
+    """A numeric option with its default shown and its range checked by click.
+
+    An int ``default`` makes an integer option in ``low ..= high``; a float one a float option of at
+    least ``low`` (``min_open=True`` in ``extra``: above it).
+    """
+    if isinstance(default, int):
+        kind: click.ParamType = click.IntRange(min=int(low), max=high)
+    else:
+        kind = click.FloatRange(min=low, min_open=extra.pop("min_open", False))
+    return click.option(*decls, default=default, show_default=True, type=kind, help=help, **extra)
+
+
 def _pipeline_options(batch_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options of the commands that run the pipeline on a prompt file's pairs (capture, patch).
 
@@ -195,13 +208,7 @@ def _pipeline_options(batch_help: str) -> Callable[[Callable[..., Any]], Callabl
             help="Prompt file (TOML with [[pairs]] id/a/b), or the name of a bundled set (`prompts list`).",
         ),
         click.option("--layout", type=click.Choice(list(LAYOUTS)), default="plantain", show_default=True),
-        click.option(
-            "--seed",
-            default=0,
-            show_default=True,
-            type=click.IntRange(min=0),
-            help="Seed of the initial noise, shared by every prompt.",
-        ),
+        _number("--seed", default=0, help="Seed of the initial noise, shared by every prompt."),
         click.option("--height", default=1024, show_default=True, type=int, help="Image height (a multiple of 16)."),
         click.option("--width", default=1024, show_default=True, type=int, help="Image width (a multiple of 16)."),
         click.option("--device", type=click.Choice(list(DEVICES)), default="auto", show_default=True),
@@ -212,7 +219,7 @@ def _pipeline_options(batch_help: str) -> Callable[[Callable[..., Any]], Callabl
             show_default=True,
             help="auto: bfloat16 on a GPU, float32 on the CPU.",
         ),
-        click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help=batch_help),
+        _number("--batch-size", default=1, low=1, help=batch_help),
     ]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -304,13 +311,7 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     metavar="REF.png",
     help="Condition every prompt on this reference image (its tokens join the image tokens).",
 )
-@click.option(
-    "--steps",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Denoising steps of the run (the protocol uses 1).",
-)
+@_number("--steps", default=1, low=1, help="Denoising steps of the run (the protocol uses 1).")
 @click.option(
     "--capture-steps",
     default="0",
@@ -349,18 +350,11 @@ def _parse_steps(text: str) -> tuple[int, ...]:
     "from its config (default init, --weights-seed), trained text encoder and tokenizer kept. "
     "random-all: the text encoder re-initialised too.",
 )
-@click.option(
-    "--weights-seed",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Seed of the re-initialisation with --weights random|random-all.",
-)
-@click.option(
+@_number("--weights-seed", default=0, help="Seed of the re-initialisation with --weights random|random-all.")
+@_number(
     "--dist-timeout",
     default=60.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    min_open=True,
     metavar="MINUTES",
     help="With torchrun: how long a process waits to join the others and, once its "
     "shard is done, for the others to finish theirs.",
@@ -493,7 +487,7 @@ def capture(
 
 @main.command("make-tiny-model")
 @click.argument("folder", type=click.Path())
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the random weights.")
+@_number("--seed", default=0, help="Seed of the random weights.")
 @click.option("--force", is_flag=True, help="Replace an existing non-empty FOLDER.")
 def make_tiny_model_cmd(folder: str, seed: int, force: bool) -> None:
     """Write a tiny FLUX.2 [klein] pipeline with random weights to FOLDER (about 40 MB, offline).
@@ -558,11 +552,11 @@ def _analysis_options() -> list:
             "or not at all; a previous results folder is replaced, any other non-empty folder "
             "needs --force.",
         ),
-        click.option(
+        # default: analysis.DEFAULT_PERMUTATIONS (not imported here: the CLI starts fast)
+        _number(
             "--permutations",
-            default=10_000,  # analysis.DEFAULT_PERMUTATIONS (not imported here: the CLI starts fast)
-            show_default=True,
-            type=click.IntRange(min=1),
+            default=10_000,
+            low=1,
             help="Null permutations (Monte Carlo), and the limit below which the null is exact.",
         ),
         click.option(
@@ -572,16 +566,8 @@ def _analysis_options() -> list:
             help="Force an exact (enumerated) or a Monte Carlo null. Default: exact when the number of "
             "distinct permutations is at most --permutations.",
         ),
-        click.option(
-            "--seed",
-            default=0,
-            show_default=True,
-            type=click.IntRange(0, 2**63 - 1),
-            help="Seed of the null and the splits.",
-        ),
-        click.option(
-            "--splits", default=100, show_default=True, type=click.IntRange(min=1), help="Random split-half splits."
-        ),
+        _number("--seed", default=0, high=2**63 - 1, help="Seed of the null and the splits."),
+        _number("--splits", default=100, low=1, help="Random split-half splits."),
         click.option(
             "--group-nulls/--no-group-nulls",
             default=True,
@@ -617,18 +603,11 @@ def _robustness_options() -> list:
             help="One-sided p_maxT: against each pattern's max t (min t for less; more powerful) or its max |t| "
             "(MNE's permutation_t_test tail=1/-1).",
         ),
-        click.option(
-            "--bootstrap",
-            default=1000,  # analysis.DEFAULT_BOOTSTRAP
-            show_default=True,
-            type=click.IntRange(min=0),
-            help="Pair-bootstrap draws for the 95% intervals of the counts (0: off).",
-        ),
-        click.option(
+        # default: analysis.DEFAULT_BOOTSTRAP
+        _number("--bootstrap", default=1000, help="Pair-bootstrap draws for the 95% intervals of the counts (0: off)."),
+        _number(
             "--bootstrap-splits",
             default=0,
-            show_default=True,
-            type=click.IntRange(min=0),
             help="Also bootstrap the split-half median with this many splits per draw (slow: about 0.3 s per "
             "draw at 100 splits and 25 x 16,320; 0: off).",
         ),
@@ -894,15 +873,9 @@ _KEPT_HELP = (
     help="Results folder of `analyze` on a capture of these prompts: top:K reads that capture's per-pair differences.",
 )
 @click.option("--capture", "capture_file", type=click.Path(), default=None, help="The capture top:K chooses on.")
-@click.option(
-    "--random-sets",
-    default=20,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Random unit sets per set, matched per block, kind and token region.",
-)
-@click.option("--split-seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the two folds.")
-@click.option("--max-kept-mib", default=2048.0, show_default=True, type=click.FloatRange(min=0), help=_KEPT_HELP)
+@_number("--random-sets", default=20, help="Random unit sets per set, matched per block, kind and token region.")
+@_number("--split-seed", default=0, help="Seed of the two folds.")
+@_number("--max-kept-mib", default=2048.0, help=_KEPT_HELP)
 @click.option("--resume", is_flag=True, help="Continue an unfinished run of --out (same settings required).")
 @click.option("--force", is_flag=True, help="Discard an unfinished run of --out and start over.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
