@@ -75,6 +75,12 @@ b = "A blue kite over a beach."
 """
 
 
+def edited(old: str, new: str) -> str:
+    """THREE_PAIRS with one edit (each bad-input case below is one)."""
+    assert old in THREE_PAIRS, old
+    return THREE_PAIRS.replace(old, new)
+
+
 # --- the bundled sets ----------------------------------------------------------------------
 
 
@@ -250,7 +256,7 @@ def test_probe_table_and_fields(tmp_path):
     [
         (
             "invalid TOML",
-            THREE_PAIRS.replace('b = "A blue car in a street."', 'b = "A blue car in a street.'),
+            edited('b = "A blue car in a street."', 'b = "A blue car in a street.'),
             'b = "A blue car in a street.',
             1,
             None,
@@ -258,16 +264,16 @@ def test_probe_table_and_fields(tmp_path):
         ),
         (
             "missing field",
-            THREE_PAIRS.replace('b = "A blue car in a street."\n', ""),
+            edited('b = "A blue car in a street."\n', ""),
             "[[pairs]]",
             2,
             "car",
             "missing field 'b'",
         ),
-        ("duplicate id", THREE_PAIRS.replace('id = "kite"', 'id = "cup"'), "[[pairs]]", 3, "cup", "duplicate id"),
+        ("duplicate id", edited('id = "kite"', 'id = "cup"'), "[[pairs]]", 3, "cup", "duplicate id"),
         (
             "empty prompt",
-            THREE_PAIRS.replace('a = "A red kite over a beach."', 'a = "  "'),
+            edited('a = "A red kite over a beach."', 'a = "  "'),
             'a = "  "',
             1,
             "kite",
@@ -275,7 +281,7 @@ def test_probe_table_and_fields(tmp_path):
         ),
         (
             "a equals b",
-            THREE_PAIRS.replace('b = "A blue cup on a table."', 'b = "A red cup on a table."'),
+            edited('b = "A blue cup on a table."', 'b = "A red cup on a table."'),
             'b = "A red cup on a table."',
             1,
             "cup",
@@ -283,13 +289,13 @@ def test_probe_table_and_fields(tmp_path):
         ),
         (
             "unknown pair key",
-            THREE_PAIRS.replace('id = "car"', 'id = "car"\nsubjet = "car"'),
+            edited('id = "car"', 'id = "car"\nsubjet = "car"'),
             "subjet",
             1,
             "car",
             "probably a typo for 'subject'",
         ),
-        ("non-string id", THREE_PAIRS.replace('id = "car"', "id = 7"), "id = 7", 1, "7", "id must be a string"),
+        ("non-string id", edited('id = "car"', "id = 7"), "id = 7", 1, "7", "id must be a string"),
         (
             "unknown probe key",
             '[probe]\nlable_a = "red"\n' + THREE_PAIRS,
