@@ -86,47 +86,187 @@ pub fn split_half(diffs: &PairDiffs, assignments: &[bool]) -> Result<Vec<f64>, S
             )
         })
         .collect();
-    // Unit blocks outside (each block's data stays in L1/L2 for all splits), splits inside;
-    // the t-maps are kept block-major, `[block][split][unit in block]`.
-    let n_blocks = m.div_ceil(UNIT_BLOCK).max(1);
-    let span = n_splits * UNIT_BLOCK;
-    let mut t1 = vec![0.0f64; n_blocks * span];
-    let mut t2 = vec![0.0f64; n_blocks * span];
-    crate::threads::install(|| {
-        t1.par_chunks_mut(span)
-            .zip(t2.par_chunks_mut(span))
-            .enumerate()
-            .for_each(|(b, (t1, t2))| {
+    // Unit blocks outside (each block's data stays in L1/L2 for all splits), splits inside. A
+    // block's two t-maps of a split live only in a small buffer: what the block keeps is its
+    // co-moments, `[block][split]`.
+    let n_blocks = m.div_ceil(UNIT_BLOCK);
+    let per_block: Vec<Vec<CoMoments>> = crate::threads::install(|| {
+        (0..n_blocks)
+            .into_par_iter()
+            .map(|b| {
                 let u0 = b * UNIT_BLOCK;
-                let w = UNIT_BLOCK.min(m - u0.min(m));
+                let w = UNIT_BLOCK.min(m - u0);
                 let rows: Vec<&[f64]> = (0..n).map(|i| &scaled.pair(i)[u0..u0 + w]).collect();
                 let mut half: Vec<&[f64]> = Vec::with_capacity(n);
-                for (s, (first, second)) in halves.iter().enumerate() {
-                    for (pairs, t) in [(first, &mut *t1), (second, &mut *t2)] {
-                        half.clear();
-                        half.extend(pairs.iter().map(|&i| rows[i]));
-                        half_t(&half, &mut t[s * UNIT_BLOCK..s * UNIT_BLOCK + w]);
-                    }
-                }
-            });
-    });
-    let gather = |t: &[f64], s: usize| -> Vec<f64> {
-        let mut v = Vec::with_capacity(m);
-        for b in 0..n_blocks {
-            let u0 = b * UNIT_BLOCK;
-            let w = UNIT_BLOCK.min(m - u0.min(m));
-            let at = b * span + s * UNIT_BLOCK;
-            v.extend_from_slice(&t[at..at + w]);
-        }
-        v
-    };
-    let r = crate::threads::install(|| {
-        (0..n_splits)
-            .into_par_iter()
-            .map(|s| pearson_finite(&gather(&t1, s), &gather(&t2, s)))
+                // Past `w` the buffers stay NaN, which the co-moments leave out like any
+                // non-finite t.
+                let mut t1 = [f64::NAN; UNIT_BLOCK];
+                let mut t2 = [f64::NAN; UNIT_BLOCK];
+                halves
+                    .iter()
+                    .map(|(first, second)| {
+                        for (pairs, t) in [(first, &mut t1), (second, &mut t2)] {
+                            half.clear();
+                            half.extend(pairs.iter().map(|&i| rows[i]));
+                            half_t(&half, &mut t[..w]);
+                        }
+                        let mut c = CoMoments::EMPTY;
+                        block_co_moments(&t1, &t2, &mut c);
+                        c
+                    })
+                    .collect()
+            })
             .collect()
     });
+    // Each split's blocks merged in block order: the same operations whatever the thread count.
+    let r = (0..n_splits)
+        .map(|s| {
+            let mut total = CoMoments::EMPTY;
+            for block in &per_block {
+                total.merge(&block[s]);
+            }
+            total.pearson()
+        })
+        .collect();
     Ok(r)
+}
+
+/// Pearson moments of the (x, y) pairs with both values finite: count, means, centred sums of
+/// squares and cross products, and the extremes (for exact constancy).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CoMoments {
+    count: usize,
+    mean_x: f64,
+    mean_y: f64,
+    sxx: f64,
+    syy: f64,
+    sxy: f64,
+    lo_x: f64,
+    hi_x: f64,
+    lo_y: f64,
+    hi_y: f64,
+}
+
+impl CoMoments {
+    const EMPTY: CoMoments = CoMoments {
+        count: 0,
+        mean_x: 0.0,
+        mean_y: 0.0,
+        sxx: 0.0,
+        syy: 0.0,
+        sxy: 0.0,
+        lo_x: f64::INFINITY,
+        hi_x: f64::NEG_INFINITY,
+        lo_y: f64::INFINITY,
+        hi_y: f64::NEG_INFINITY,
+    };
+
+    /// Adds `other`'s pairs: the pairwise update of Chan, Golub & LeVeque (1979), "Updating
+    /// formulae and a pairwise algorithm for computing sample variances", applied to both sums
+    /// of squares and, the same way, to the cross products: with `d = mean_b - mean_a`,
+    /// `S = S_a + S_b + d_x d_y n_a n_b / n`.
+    fn merge(&mut self, other: &CoMoments) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        let (dx, dy) = (other.mean_x - self.mean_x, other.mean_y - self.mean_y);
+        let weight = na * nb / n;
+        self.mean_x += dx * (nb / n);
+        self.mean_y += dy * (nb / n);
+        self.sxx += other.sxx + dx * dx * weight;
+        self.syy += other.syy + dy * dy * weight;
+        self.sxy += other.sxy + dx * dy * weight;
+        self.count += other.count;
+        self.lo_x = self.lo_x.min(other.lo_x);
+        self.hi_x = self.hi_x.max(other.hi_x);
+        self.lo_y = self.lo_y.min(other.lo_y);
+        self.hi_y = self.hi_y.max(other.hi_y);
+    }
+
+    /// r, or NaN with fewer than two pairs or a constant x or y (decided by exact equality).
+    fn pearson(&self) -> f64 {
+        let constant = self.lo_x == self.hi_x || self.lo_y == self.hi_y;
+        if self.count < 2 || constant || self.sxx == 0.0 || self.syy == 0.0 {
+            return f64::NAN;
+        }
+        self.sxy / (self.sxx * self.syy).sqrt()
+    }
+}
+
+/// Lanes of the co-moment loops (whole vectors of a block; the block is a multiple of it).
+const LANES: usize = 8;
+
+crate::simd::by_isa! {
+    /// The co-moments of one block's two t-maps (`x`, `y`, equal lengths, a multiple of
+    /// [`LANES`]), two-pass: counts, sums and extremes of the finite pairs, then centred sums.
+    /// Each lane accumulates its own units, and lanes are added in lane order, so every
+    /// instruction set gives the same bits.
+    fn block_co_moments(x: &[f64], y: &[f64], out: &mut CoMoments) => block_co_moments_impl
+}
+
+#[inline(always)]
+fn block_co_moments_impl(x: &[f64], y: &[f64], out: &mut CoMoments) {
+    debug_assert!(x.len() == y.len() && x.len().is_multiple_of(LANES));
+    let lanes = |v: &[f64]| -> [f64; LANES] { v.try_into().unwrap() };
+    let mut count = [0.0f64; LANES];
+    let (mut sx, mut sy) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (mut lo_x, mut hi_x) = ([f64::INFINITY; LANES], [f64::NEG_INFINITY; LANES]);
+    let (mut lo_y, mut hi_y) = ([f64::INFINITY; LANES], [f64::NEG_INFINITY; LANES]);
+    for (xv, yv) in x.chunks_exact(LANES).zip(y.chunks_exact(LANES)) {
+        let (xv, yv) = (lanes(xv), lanes(yv));
+        for l in 0..LANES {
+            let keep = xv[l].is_finite() & yv[l].is_finite();
+            count[l] += if keep { 1.0 } else { 0.0 };
+            sx[l] += if keep { xv[l] } else { 0.0 };
+            sy[l] += if keep { yv[l] } else { 0.0 };
+            lo_x[l] = if keep && xv[l] < lo_x[l] { xv[l] } else { lo_x[l] };
+            hi_x[l] = if keep && xv[l] > hi_x[l] { xv[l] } else { hi_x[l] };
+            lo_y[l] = if keep && yv[l] < lo_y[l] { yv[l] } else { lo_y[l] };
+            hi_y[l] = if keep && yv[l] > hi_y[l] { yv[l] } else { hi_y[l] };
+        }
+    }
+    let mut c = CoMoments::EMPTY;
+    let (mut n, mut tx, mut ty) = (0.0, 0.0, 0.0);
+    for l in 0..LANES {
+        n += count[l];
+        tx += sx[l];
+        ty += sy[l];
+        c.lo_x = c.lo_x.min(lo_x[l]);
+        c.hi_x = c.hi_x.max(hi_x[l]);
+        c.lo_y = c.lo_y.min(lo_y[l]);
+        c.hi_y = c.hi_y.max(hi_y[l]);
+    }
+    c.count = n as usize;
+    if c.count == 0 {
+        *out = CoMoments::EMPTY;
+        return;
+    }
+    c.mean_x = tx / n;
+    c.mean_y = ty / n;
+    let (mut sxx, mut syy, mut sxy) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
+    for (xv, yv) in x.chunks_exact(LANES).zip(y.chunks_exact(LANES)) {
+        let (xv, yv) = (lanes(xv), lanes(yv));
+        for l in 0..LANES {
+            let keep = xv[l].is_finite() & yv[l].is_finite();
+            let dx = if keep { xv[l] - c.mean_x } else { 0.0 };
+            let dy = if keep { yv[l] - c.mean_y } else { 0.0 };
+            sxx[l] += dx * dx;
+            syy[l] += dy * dy;
+            sxy[l] += dx * dy;
+        }
+    }
+    for l in 0..LANES {
+        c.sxx += sxx[l];
+        c.syy += syy[l];
+        c.sxy += sxy[l];
+    }
+    *out = c;
 }
 
 crate::simd::by_isa! {
@@ -193,39 +333,40 @@ fn half_t_lanes<const L: usize>(rows: &[&[f64]], u0: usize, t: &mut [f64]) {
     }
 }
 
-/// Pearson r over the units where both values are finite (two-pass, fixed order).
-fn pearson_finite(x: &[f64], y: &[f64]) -> f64 {
-    let keep = |a: f64, b: f64| a.is_finite() && b.is_finite();
-    let (mut sx, mut sy, mut count) = (0.0, 0.0, 0usize);
-    for (&a, &b) in x.iter().zip(y) {
-        if keep(a, b) {
-            sx += a;
-            sy += b;
-            count += 1;
-        }
-    }
-    if count < 2 {
-        return f64::NAN;
-    }
-    let (mx, my) = (sx / count as f64, sy / count as f64);
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (&a, &b) in x.iter().zip(y) {
-        if keep(a, b) {
-            let (da, db) = (a - mx, b - my);
-            sxy += da * db;
-            sxx += da * da;
-            syy += db * db;
-        }
-    }
-    if sxx == 0.0 || syy == 0.0 {
-        return f64::NAN;
-    }
-    sxy / (sxx * syy).sqrt()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference: Pearson r over the units where both values are finite, two-pass over the
+    /// whole vectors (no blocks, no merging).
+    fn pearson_finite(x: &[f64], y: &[f64]) -> f64 {
+        let keep = |a: f64, b: f64| a.is_finite() && b.is_finite();
+        let (mut sx, mut sy, mut count) = (0.0, 0.0, 0usize);
+        for (&a, &b) in x.iter().zip(y) {
+            if keep(a, b) {
+                sx += a;
+                sy += b;
+                count += 1;
+            }
+        }
+        if count < 2 {
+            return f64::NAN;
+        }
+        let (mx, my) = (sx / count as f64, sy / count as f64);
+        let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+        for (&a, &b) in x.iter().zip(y) {
+            if keep(a, b) {
+                let (da, db) = (a - mx, b - my);
+                sxy += da * db;
+                sxx += da * da;
+                syy += db * db;
+            }
+        }
+        if sxx == 0.0 || syy == 0.0 {
+            return f64::NAN;
+        }
+        sxy / (sxx * syy).sqrt()
+    }
 
     #[test]
     fn assignments_have_the_right_halves_and_are_stable() {
@@ -241,11 +382,16 @@ mod tests {
 
     #[test]
     fn r_matches_a_direct_computation() {
-        let (n, m) = (9, 400);
-        let mut g = SplitMix64::new(8);
+        matches_a_direct_computation(9, 400, 5, 8);
+        // 25 pairs as in the probes; four whole blocks of units and a tail of 235.
+        matches_a_direct_computation(25, 1259, 7, 9);
+    }
+
+    fn matches_a_direct_computation(n: usize, m: usize, splits: usize, seed: u64) {
+        let mut g = SplitMix64::new(seed);
         let data: Vec<f64> = (0..n * m).map(|k| g.next_f64() + (k % m) as f64 / m as f64).collect();
         let diffs = PairDiffs::new(&data, n, m).unwrap();
-        let a = assignments(n, 5, 1).unwrap();
+        let a = assignments(n, splits, 1).unwrap();
         let r = split_half(&diffs, &a).unwrap();
         for (k, row) in a.chunks_exact(n).enumerate() {
             let t_of = |half: bool| -> Vec<f64> {
@@ -296,10 +442,94 @@ mod tests {
         }
     }
 
+    /// r of `x`, `y` the way [`split_half`] gets it: blocks of `block` values (NaN-padded at the
+    /// end), co-moments per block, merged in order.
+    fn blocked(x: &[f64], y: &[f64], block: usize) -> CoMoments {
+        assert!(block.is_multiple_of(LANES));
+        let pad = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.resize(v.len().div_ceil(block) * block, f64::NAN);
+            v
+        };
+        let (x, y) = (pad(x), pad(y));
+        let mut total = CoMoments::EMPTY;
+        for (xb, yb) in x.chunks_exact(block).zip(y.chunks_exact(block)) {
+            let mut c = CoMoments::EMPTY;
+            block_co_moments(xb, yb, &mut c);
+            total.merge(&c);
+        }
+        total
+    }
+
+    #[test]
+    fn merged_block_co_moments_match_one_pass_over_all_units() {
+        // Offset values (mean 1000, sd about 1: a test of the centring), infinities in either
+        // vector, and a whole block of them (a block with nothing to add).
+        let m = 3001;
+        let mut g = SplitMix64::new(21);
+        let mut x: Vec<f64> = (0..m).map(|_| 1000.0 + g.next_f64() * 3.0).collect();
+        let y: Vec<f64> = x.iter().map(|&v| -0.5 * v + g.next_f64() * 2.0 + 7.0).collect();
+        let mut y = y;
+        for u in (0..m).step_by(19) {
+            x[u] = f64::INFINITY;
+        }
+        for u in (5..m).step_by(23) {
+            y[u] = f64::NEG_INFINITY;
+        }
+        for v in &mut x[512..768] {
+            *v = f64::NEG_INFINITY;
+        }
+        let keep: Vec<usize> = (0..m).filter(|&u| x[u].is_finite() && y[u].is_finite()).collect();
+        let k = keep.len() as f64;
+        let mx = keep.iter().map(|&u| x[u]).sum::<f64>() / k;
+        let my = keep.iter().map(|&u| y[u]).sum::<f64>() / k;
+        let sxx: f64 = keep.iter().map(|&u| (x[u] - mx).powi(2)).sum();
+        let syy: f64 = keep.iter().map(|&u| (y[u] - my).powi(2)).sum();
+        let sxy: f64 = keep.iter().map(|&u| (x[u] - mx) * (y[u] - my)).sum();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+        for block in [8, 64, 256] {
+            let c = blocked(&x, &y, block);
+            assert_eq!(c.count, keep.len(), "block {block}");
+            assert!(close(c.mean_x, mx) && close(c.mean_y, my), "block {block}");
+            assert!(
+                close(c.sxx, sxx) && close(c.syy, syy) && close(c.sxy, sxy),
+                "block {block}"
+            );
+            let r = c.pearson();
+            assert!(
+                r < -0.5 && (r - pearson_finite(&x, &y)).abs() < 1e-13,
+                "block {block}: {r}"
+            );
+        }
+    }
+
     #[test]
     fn degenerate_units_are_left_out() {
-        assert!(pearson_finite(&[1.0, f64::INFINITY, 2.0, 3.0], &[2.0, 5.0, 4.0, 6.5]) > 0.9);
-        assert!(pearson_finite(&[1.0, f64::INFINITY], &[2.0, 5.0]).is_nan());
-        assert!(pearson_finite(&[1.0, 1.0, 1.0], &[2.0, 5.0, 3.0]).is_nan());
+        let r = |x: &[f64], y: &[f64]| blocked(x, y, LANES).pearson();
+        assert!((r(&[1.0, f64::INFINITY, 2.0, 3.0], &[2.0, 5.0, 4.0, 6.5]) - 0.9979487157886732).abs() < 1e-15);
+        assert!(r(&[1.0, f64::INFINITY], &[2.0, 5.0]).is_nan());
+        assert!(r(&[1.0, 1.0, 1.0], &[2.0, 5.0, 3.0]).is_nan());
+        // Constant over the units kept, whatever the rounding of its mean: NaN, not +-1.
+        let third = 1.0 / 3.0;
+        let y: Vec<f64> = (0..999).map(|u| (u % 17) as f64).collect();
+        assert!(r(&vec![third; 999], &y).is_nan());
+        let mut x = vec![third; 999];
+        x[4] = 2.0;
+        let mut y_inf = y.clone();
+        y_inf[4] = f64::INFINITY;
+        assert!(r(&x, &y_inf).is_nan()); // the one other value is left out
+        assert!(!r(&x, &y).is_nan());
+    }
+
+    #[test]
+    fn identical_units_give_nan() {
+        // Every unit the same column: each half's t-map is constant, so no split has an r.
+        let (n, m) = (10, 1000);
+        let mut g = SplitMix64::new(2);
+        let col: Vec<f64> = (0..n).map(|_| g.next_f64() - 0.3).collect();
+        let data: Vec<f64> = (0..n * m).map(|k| col[k / m]).collect();
+        let diffs = PairDiffs::new(&data, n, m).unwrap();
+        let r = split_half(&diffs, &assignments(n, 8, 0).unwrap()).unwrap();
+        assert!(r.iter().all(|v| v.is_nan()), "{r:?}");
     }
 }
