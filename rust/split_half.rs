@@ -270,10 +270,14 @@ fn block_co_moments_impl(x: &[f64], y: &[f64], out: &mut CoMoments) {
 }
 
 crate::simd::by_isa! {
-    /// Per-unit t over the given rows (pairs), exactly the arithmetic of
-    /// [`crate::paired::moments`] unit by unit (sum in pair order, min / max for constancy, then
-    /// squared deviations in pair order), so the same bits; but with each vector of units held in
-    /// registers across the rows instead of re-read from memory per row.
+    /// Per-unit t over the given rows (pairs), with the arithmetic of [`crate::paired::moments`]
+    /// unit by unit (sum in pair order, then squared deviations in pair order), so the same bits;
+    /// but with each vector of units held in registers across the rows instead of re-read from
+    /// memory per row. Constancy is decided as exactly, by another route: the spread
+    /// `sum_i |x_i - x_0|` is 0 if and only if every `x_i == x_0` (for finite floats `x - y == 0`
+    /// only when `x == y`, -0 and +0 included, and a sum of non-negative terms, at most 4 each
+    /// after scaling, is 0 only when each is). Its subtract, mask and add vectorise cleanly,
+    /// where a per-lane min / max select compiled to mask shuffles.
     fn half_t(rows: &[&[f64]], t: &mut [f64]) => half_t_impl
 }
 
@@ -295,13 +299,12 @@ fn half_t_lanes<const L: usize>(rows: &[&[f64]], u0: usize, t: &mut [f64]) {
     let sqrt_k = kf.sqrt();
     let at = |r: &[f64]| -> [f64; L] { r[u0..u0 + L].try_into().unwrap() };
     let first = at(rows[0]);
-    let (mut sum, mut lo, mut hi) = (first, first, first);
+    let (mut sum, mut spread) = (first, [0.0f64; L]);
     for row in &rows[1..] {
         let x = at(row);
         for l in 0..L {
             sum[l] += x[l];
-            lo[l] = if x[l] < lo[l] { x[l] } else { lo[l] };
-            hi[l] = if x[l] > hi[l] { x[l] } else { hi[l] };
+            spread[l] += (x[l] - first[l]).abs();
         }
     }
     let mut mean = [0.0f64; L];
@@ -323,11 +326,11 @@ fn half_t_lanes<const L: usize>(rows: &[&[f64]], u0: usize, t: &mut [f64]) {
         t_u[l] = mean[l] / ((ss[l] / (kf - 1.0)).sqrt() / sqrt_k);
     }
     for l in 0..L {
-        let constant = lo[l] == hi[l];
-        let degenerate = if lo[l] == 0.0 {
+        let constant = spread[l] == 0.0;
+        let degenerate = if first[l] == 0.0 {
             0.0
         } else {
-            f64::INFINITY.copysign(lo[l])
+            f64::INFINITY.copysign(first[l])
         };
         t[l] = if constant { degenerate } else { t_u[l] };
     }
@@ -421,7 +424,11 @@ mod tests {
             data[i * m + 4] = 0.0; // constant 0: t = 0
             data[i * m + 9] = -1.5; // constant: t = -inf
             data[i * m + 201] = 2.5;
+            // -0 and +0 are equal: constant 0 (t = 0); and a zero of either sign among others.
+            data[i * m + 12] = if i % 2 == 0 { 0.0 } else { -0.0 };
+            data[i * m + 13] = if i % 3 == 0 { -0.0 } else { 0.0 };
         }
+        data[(n - 1) * m + 13] = 0.25;
         let rows: Vec<&[f64]> = data.chunks_exact(m).collect();
         for k in [2, 5, 12, 13] {
             let half = &rows[n - k..];
@@ -439,6 +446,11 @@ mod tests {
             );
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&t), bits(&tt), "k={k}");
+            assert_eq!(
+                (t[4], t[12], t[9], t[201]),
+                (0.0, 0.0, f64::NEG_INFINITY, f64::INFINITY)
+            );
+            assert!(t[13].is_finite() && t[13] != 0.0, "k={k}: {}", t[13]);
         }
     }
 
