@@ -98,10 +98,8 @@ pub fn split_half(diffs: &PairDiffs, assignments: &[bool]) -> Result<Vec<f64>, S
                 let w = UNIT_BLOCK.min(m - u0);
                 let rows: Vec<&[f64]> = (0..n).map(|i| &scaled.pair(i)[u0..u0 + w]).collect();
                 let mut half: Vec<&[f64]> = Vec::with_capacity(n);
-                // Past `w` the buffers stay NaN, which the co-moments leave out like any
-                // non-finite t.
-                let mut t1 = [f64::NAN; UNIT_BLOCK];
-                let mut t2 = [f64::NAN; UNIT_BLOCK];
+                let mut t1 = [0.0f64; UNIT_BLOCK];
+                let mut t2 = [0.0f64; UNIT_BLOCK];
                 halves
                     .iter()
                     .map(|(first, second)| {
@@ -111,7 +109,7 @@ pub fn split_half(diffs: &PairDiffs, assignments: &[bool]) -> Result<Vec<f64>, S
                             half_t(&half, &mut t[..w]);
                         }
                         let mut c = CoMoments::EMPTY;
-                        block_co_moments(&t1, &t2, &mut c);
+                        block_co_moments(&t1[..w], &t2[..w], &mut c);
                         c
                     })
                     .collect()
@@ -132,7 +130,8 @@ pub fn split_half(diffs: &PairDiffs, assignments: &[bool]) -> Result<Vec<f64>, S
 }
 
 /// Pearson moments of the (x, y) pairs with both values finite: count, means, centred sums of
-/// squares and cross products, and the extremes (for exact constancy).
+/// squares and cross products, and, for exact constancy, the value all x (all y) share if they
+/// do.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct CoMoments {
     count: usize,
@@ -141,10 +140,8 @@ struct CoMoments {
     sxx: f64,
     syy: f64,
     sxy: f64,
-    lo_x: f64,
-    hi_x: f64,
-    lo_y: f64,
-    hi_y: f64,
+    same_x: Option<f64>,
+    same_y: Option<f64>,
 }
 
 impl CoMoments {
@@ -155,10 +152,8 @@ impl CoMoments {
         sxx: 0.0,
         syy: 0.0,
         sxy: 0.0,
-        lo_x: f64::INFINITY,
-        hi_x: f64::NEG_INFINITY,
-        lo_y: f64::INFINITY,
-        hi_y: f64::NEG_INFINITY,
+        same_x: None,
+        same_y: None,
     };
 
     /// Adds `other`'s pairs: the pairwise update of Chan, Golub & LeVeque (1979), "Updating
@@ -183,15 +178,14 @@ impl CoMoments {
         self.syy += other.syy + dy * dy * weight;
         self.sxy += other.sxy + dx * dy * weight;
         self.count += other.count;
-        self.lo_x = self.lo_x.min(other.lo_x);
-        self.hi_x = self.hi_x.max(other.hi_x);
-        self.lo_y = self.lo_y.min(other.lo_y);
-        self.hi_y = self.hi_y.max(other.hi_y);
+        let same = |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(a, b)| a == b).map(|(a, _)| a);
+        self.same_x = same(self.same_x, other.same_x);
+        self.same_y = same(self.same_y, other.same_y);
     }
 
     /// r, or NaN with fewer than two pairs or a constant x or y (decided by exact equality).
     fn pearson(&self) -> f64 {
-        let constant = self.lo_x == self.hi_x || self.lo_y == self.hi_y;
+        let constant = self.same_x.is_some() || self.same_y.is_some();
         if self.count < 2 || constant || self.sxx == 0.0 || self.syy == 0.0 {
             return f64::NAN;
         }
@@ -199,67 +193,67 @@ impl CoMoments {
     }
 }
 
-/// Lanes of the co-moment loops (whole vectors of a block; the block is a multiple of it).
+/// Lanes of the co-moment loops.
 const LANES: usize = 8;
 
 crate::simd::by_isa! {
-    /// The co-moments of one block's two t-maps (`x`, `y`, equal lengths, a multiple of
-    /// [`LANES`]), two-pass: counts, sums and extremes of the finite pairs, then centred sums.
-    /// Each lane accumulates its own units, and lanes are added in lane order, so every
-    /// instruction set gives the same bits.
+    /// The co-moments of one block's two t-maps (`x`, `y`, equal lengths), two-pass. Usually
+    /// every value is finite (their sums are then finite, and an infinity or NaN anywhere makes
+    /// one of them not): vector lanes, no masks; each lane accumulates its own units and lanes
+    /// are added in lane order, so every instruction set gives the same bits. Otherwise the block
+    /// is redone unit by unit, leaving out the pairs with a non-finite value.
     fn block_co_moments(x: &[f64], y: &[f64], out: &mut CoMoments) => block_co_moments_impl
 }
 
 #[inline(always)]
 fn block_co_moments_impl(x: &[f64], y: &[f64], out: &mut CoMoments) {
-    debug_assert!(x.len() == y.len() && x.len().is_multiple_of(LANES));
+    debug_assert!(x.len() == y.len() && !x.is_empty());
     let lanes = |v: &[f64]| -> [f64; LANES] { v.try_into().unwrap() };
-    let mut count = [0.0f64; LANES];
+    let (xs, ys) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let (x_rest, y_rest) = (xs.remainder(), ys.remainder());
     let (mut sx, mut sy) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let (mut lo_x, mut hi_x) = ([f64::INFINITY; LANES], [f64::NEG_INFINITY; LANES]);
-    let (mut lo_y, mut hi_y) = ([f64::INFINITY; LANES], [f64::NEG_INFINITY; LANES]);
-    for (xv, yv) in x.chunks_exact(LANES).zip(y.chunks_exact(LANES)) {
+    for (xv, yv) in xs.clone().zip(ys.clone()) {
         let (xv, yv) = (lanes(xv), lanes(yv));
         for l in 0..LANES {
-            let keep = xv[l].is_finite() & yv[l].is_finite();
-            count[l] += if keep { 1.0 } else { 0.0 };
-            sx[l] += if keep { xv[l] } else { 0.0 };
-            sy[l] += if keep { yv[l] } else { 0.0 };
-            lo_x[l] = if keep && xv[l] < lo_x[l] { xv[l] } else { lo_x[l] };
-            hi_x[l] = if keep && xv[l] > hi_x[l] { xv[l] } else { hi_x[l] };
-            lo_y[l] = if keep && yv[l] < lo_y[l] { yv[l] } else { lo_y[l] };
-            hi_y[l] = if keep && yv[l] > hi_y[l] { yv[l] } else { hi_y[l] };
+            sx[l] += xv[l];
+            sy[l] += yv[l];
         }
     }
-    let mut c = CoMoments::EMPTY;
-    let (mut n, mut tx, mut ty) = (0.0, 0.0, 0.0);
+    for (l, (&a, &b)) in x_rest.iter().zip(y_rest).enumerate() {
+        sx[l] += a;
+        sy[l] += b;
+    }
+    let (mut tx, mut ty) = (0.0, 0.0);
     for l in 0..LANES {
-        n += count[l];
         tx += sx[l];
         ty += sy[l];
-        c.lo_x = c.lo_x.min(lo_x[l]);
-        c.hi_x = c.hi_x.max(hi_x[l]);
-        c.lo_y = c.lo_y.min(lo_y[l]);
-        c.hi_y = c.hi_y.max(hi_y[l]);
     }
-    c.count = n as usize;
-    if c.count == 0 {
-        *out = CoMoments::EMPTY;
+    if !(tx.is_finite() && ty.is_finite()) {
+        *out = co_moments_of_finite(x, y);
         return;
     }
+    let n = x.len() as f64;
+    let mut c = CoMoments::EMPTY;
+    c.count = x.len();
     c.mean_x = tx / n;
     c.mean_y = ty / n;
+    (c.same_x, c.same_y) = shared_values(x, y);
+    let (mx, my) = (c.mean_x, c.mean_y);
     let (mut sxx, mut syy, mut sxy) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
-    for (xv, yv) in x.chunks_exact(LANES).zip(y.chunks_exact(LANES)) {
+    for (xv, yv) in xs.zip(ys) {
         let (xv, yv) = (lanes(xv), lanes(yv));
         for l in 0..LANES {
-            let keep = xv[l].is_finite() & yv[l].is_finite();
-            let dx = if keep { xv[l] - c.mean_x } else { 0.0 };
-            let dy = if keep { yv[l] - c.mean_y } else { 0.0 };
+            let (dx, dy) = (xv[l] - mx, yv[l] - my);
             sxx[l] += dx * dx;
             syy[l] += dy * dy;
             sxy[l] += dx * dy;
         }
+    }
+    for (l, (&a, &b)) in x_rest.iter().zip(y_rest).enumerate() {
+        let (dx, dy) = (a - mx, b - my);
+        sxx[l] += dx * dx;
+        syy[l] += dy * dy;
+        sxy[l] += dx * dy;
     }
     for l in 0..LANES {
         c.sxx += sxx[l];
@@ -267,6 +261,52 @@ fn block_co_moments_impl(x: &[f64], y: &[f64], out: &mut CoMoments) {
         c.sxy += sxy[l];
     }
     *out = c;
+}
+
+/// [`block_co_moments`] of a block with non-finite values: two-pass over the pairs with both
+/// values finite, one unit at a time.
+fn co_moments_of_finite(x: &[f64], y: &[f64]) -> CoMoments {
+    let kept = || x.iter().zip(y).filter(|(a, b)| a.is_finite() && b.is_finite());
+    let (mut count, mut tx, mut ty) = (0usize, 0.0, 0.0);
+    for (&a, &b) in kept() {
+        count += 1;
+        tx += a;
+        ty += b;
+    }
+    if count == 0 {
+        return CoMoments::EMPTY;
+    }
+    let mut c = CoMoments::EMPTY;
+    c.count = count;
+    c.mean_x = tx / count as f64;
+    c.mean_y = ty / count as f64;
+    (c.same_x, c.same_y) = shared_values(x, y);
+    for (&a, &b) in kept() {
+        let (dx, dy) = (a - c.mean_x, b - c.mean_y);
+        c.sxx += dx * dx;
+        c.syy += dy * dy;
+        c.sxy += dx * dy;
+    }
+    c
+}
+
+/// The value all finite-pair x share and the one all y share, where they do; a scan that stops
+/// at the first pair of kept values that differ in both (usually the second unit), rather than
+/// per-lane min / max, which do not vectorise cleanly. The caller has at least one kept pair.
+fn shared_values(x: &[f64], y: &[f64]) -> (Option<f64>, Option<f64>) {
+    let mut kept = x.iter().zip(y).filter(|(a, b)| a.is_finite() && b.is_finite());
+    let Some((&x0, &y0)) = kept.next() else {
+        return (None, None);
+    };
+    let (mut same_x, mut same_y) = (true, true);
+    for (&a, &b) in kept {
+        same_x &= a == x0;
+        same_y &= b == y0;
+        if !same_x && !same_y {
+            break;
+        }
+    }
+    (same_x.then_some(x0), same_y.then_some(y0))
 }
 
 crate::simd::by_isa! {
@@ -454,18 +494,11 @@ mod tests {
         }
     }
 
-    /// r of `x`, `y` the way [`split_half`] gets it: blocks of `block` values (NaN-padded at the
-    /// end), co-moments per block, merged in order.
+    /// The co-moments of `x`, `y` the way [`split_half`] gets them: blocks of `block` values (the
+    /// last one shorter), co-moments per block, merged in order.
     fn blocked(x: &[f64], y: &[f64], block: usize) -> CoMoments {
-        assert!(block.is_multiple_of(LANES));
-        let pad = |v: &[f64]| {
-            let mut v = v.to_vec();
-            v.resize(v.len().div_ceil(block) * block, f64::NAN);
-            v
-        };
-        let (x, y) = (pad(x), pad(y));
         let mut total = CoMoments::EMPTY;
-        for (xb, yb) in x.chunks_exact(block).zip(y.chunks_exact(block)) {
+        for (xb, yb) in x.chunks(block).zip(y.chunks(block)) {
             let mut c = CoMoments::EMPTY;
             block_co_moments(xb, yb, &mut c);
             total.merge(&c);
@@ -482,10 +515,11 @@ mod tests {
         let mut x: Vec<f64> = (0..m).map(|_| 1000.0 + g.next_f64() * 3.0).collect();
         let y: Vec<f64> = x.iter().map(|&v| -0.5 * v + g.next_f64() * 2.0 + 7.0).collect();
         let mut y = y;
-        for u in (0..m).step_by(19) {
+        // Infinities in the first half only: blocks with them and blocks without.
+        for u in (0..1500).step_by(19) {
             x[u] = f64::INFINITY;
         }
-        for u in (5..m).step_by(23) {
+        for u in (5..1500).step_by(23) {
             y[u] = f64::NEG_INFINITY;
         }
         for v in &mut x[512..768] {
@@ -499,7 +533,7 @@ mod tests {
         let syy: f64 = keep.iter().map(|&u| (y[u] - my).powi(2)).sum();
         let sxy: f64 = keep.iter().map(|&u| (x[u] - mx) * (y[u] - my)).sum();
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
-        for block in [8, 64, 256] {
+        for block in [8, 64, 100, 256] {
             let c = blocked(&x, &y, block);
             assert_eq!(c.count, keep.len(), "block {block}");
             assert!(close(c.mean_x, mx) && close(c.mean_y, my), "block {block}");
@@ -516,8 +550,33 @@ mod tests {
     }
 
     #[test]
+    fn vector_and_unit_by_unit_co_moments_agree() {
+        let mut g = SplitMix64::new(4);
+        for len in [1, 7, 8, 45, 256] {
+            let x: Vec<f64> = (0..len).map(|_| g.next_f64() * 4.0 - 1.0).collect();
+            let y: Vec<f64> = x.iter().map(|&v| v * v + g.next_f64()).collect();
+            let mut fast = CoMoments::EMPTY;
+            block_co_moments(&x, &y, &mut fast);
+            let slow = co_moments_of_finite(&x, &y);
+            assert_eq!(
+                (fast.count, fast.same_x, fast.same_y),
+                (slow.count, slow.same_x, slow.same_y)
+            );
+            for (a, b) in [
+                (fast.mean_x, slow.mean_x),
+                (fast.mean_y, slow.mean_y),
+                (fast.sxx, slow.sxx),
+                (fast.syy, slow.syy),
+                (fast.sxy, slow.sxy),
+            ] {
+                assert!((a - b).abs() <= 1e-13 * b.abs().max(1e-300), "len {len}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
     fn degenerate_units_are_left_out() {
-        let r = |x: &[f64], y: &[f64]| blocked(x, y, LANES).pearson();
+        let r = |x: &[f64], y: &[f64]| blocked(x, y, 64).pearson();
         assert!((r(&[1.0, f64::INFINITY, 2.0, 3.0], &[2.0, 5.0, 4.0, 6.5]) - 0.9979487157886732).abs() < 1e-15);
         assert!(r(&[1.0, f64::INFINITY], &[2.0, 5.0]).is_nan());
         assert!(r(&[1.0, 1.0, 1.0], &[2.0, 5.0, 3.0]).is_nan());
