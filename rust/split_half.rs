@@ -6,9 +6,15 @@
 //! half every unit gets its paired t (conventions of [`crate::paired`]); the split's value is the
 //! Pearson r, across units, between the two t-vectors.
 //!
-//! Units whose t is infinite in either half (all differences of that half equal and non-zero)
-//! are left out of that split's r; if fewer than two units remain, or either t-vector is
-//! constant over them, r is NaN.
+//! Units whose t is not finite in either half (all differences of that half equal and non-zero,
+//! or an sd that rounds to 0) are left out of that split's r; if fewer than two units remain, or
+//! either t-vector is constant over them (exact equality), r is NaN.
+//!
+//! Nothing of size splits x units is stored. Per block of units and split, both halves' t-maps
+//! are computed (up to a factor per half, which r ignores) into a small buffer and reduced at
+//! once to the block's Pearson co-moments, two-pass; the blocks of a split are then merged in
+//! block order with the pairwise update of Chan, Golub & LeVeque, so the result does not depend
+//! on the thread count.
 
 use crate::paired::ScaledDiffs;
 use crate::rng::{self, SplitMix64, Stream};
@@ -106,7 +112,7 @@ pub fn split_half(diffs: &PairDiffs, assignments: &[bool]) -> Result<Vec<f64>, S
                         for (pairs, t) in [(first, &mut t1), (second, &mut t2)] {
                             half.clear();
                             half.extend(pairs.iter().map(|&i| rows[i]));
-                            half_t(&half, &mut t[..w]);
+                            half_scaled_t(&half, t_sd_zero_bound(pairs.len()), &mut t[..w]);
                         }
                         let mut c = CoMoments::EMPTY;
                         block_co_moments(&t1[..w], &t2[..w], &mut c);
@@ -309,34 +315,54 @@ fn shared_values(x: &[f64], y: &[f64]) -> (Option<f64>, Option<f64>) {
     (same_x.then_some(x0), same_y.then_some(y0))
 }
 
+/// The largest sum of squared deviations `ss` for which t's variance `ss / (k - 1)` rounds to
+/// 0 (0 itself for `k = 2`): at or below it t's sd is 0 and t is +-inf or NaN. Such an `ss` is
+/// a subnormal `j * 2^-1074`, and `j * 2^-1074 / (k - 1)` rounds to 0 exactly when it is at most
+/// half of `2^-1074` (the tie rounds to the even 0), that is `j <= (k - 1) / 2`.
+fn t_sd_zero_bound(k: usize) -> f64 {
+    debug_assert!(k >= 2 && (k as u64) < 1 << 52);
+    f64::from_bits(((k - 1) / 2) as u64)
+}
+
 crate::simd::by_isa! {
-    /// Per-unit t over the given rows (pairs), with the arithmetic of [`crate::paired::moments`]
-    /// unit by unit (sum in pair order, then squared deviations in pair order), so the same bits;
-    /// but with each vector of units held in registers across the rows instead of re-read from
-    /// memory per row. Constancy is decided as exactly, by another route: the spread
+    /// Per-unit t over the given rows (pairs) up to the half's factor `sqrt(k (k - 1))`:
+    /// `mean / sqrt(ss)` (`ss` the sum of squared deviations), which is
+    /// `t / sqrt(k (k - 1))`. Pearson r does not change when either map is multiplied by a
+    /// positive constant, and this costs one square root and one division per unit where t costs
+    /// a square root and three divisions (the divider was the loop's bottleneck).
+    ///
+    /// `mean` and `ss` are the arithmetic of [`crate::paired::moments`] unit by unit (sum in
+    /// pair order, then squared deviations in pair order), so the same bits; each vector of units
+    /// stays in registers across the rows. The value is not finite exactly where t is not, so a
+    /// split leaves out the same units: constant units get t's closed forms (0 for all-zero,
+    /// +-inf otherwise), and where t's sd rounds to 0 (`ss <= sd_zero`, from
+    /// [`t_sd_zero_bound`]; t is +-inf there, or NaN for a zero mean) the value is NaN.
+    /// Elsewhere both are finite for rows scaled as [`ScaledDiffs`] scales them (|x| < 2, so
+    /// neither quotient overflows).
+    ///
+    /// Constancy is decided exactly, as in `moments`, by another route: the spread
     /// `sum_i |x_i - x_0|` is 0 if and only if every `x_i == x_0` (for finite floats `x - y == 0`
-    /// only when `x == y`, -0 and +0 included, and a sum of non-negative terms, at most 4 each
-    /// after scaling, is 0 only when each is). Its subtract, mask and add vectorise cleanly,
-    /// where a per-lane min / max select compiled to mask shuffles.
-    fn half_t(rows: &[&[f64]], t: &mut [f64]) => half_t_impl
+    /// only when `x == y`, -0 and +0 included, and a sum of non-negative terms is 0 only when
+    /// each is). Its subtract, mask and add vectorise cleanly, where a per-lane min / max select
+    /// compiled to mask shuffles.
+    fn half_scaled_t(rows: &[&[f64]], sd_zero: f64, out: &mut [f64]) => half_scaled_t_impl
 }
 
 #[inline(always)]
-fn half_t_impl(rows: &[&[f64]], t: &mut [f64]) {
-    let w = t.len();
+fn half_scaled_t_impl(rows: &[&[f64]], sd_zero: f64, out: &mut [f64]) {
+    let w = out.len();
     let full = w / 8 * 8;
     for u0 in (0..full).step_by(8) {
-        half_t_lanes::<8>(rows, u0, &mut t[u0..u0 + 8]);
+        half_scaled_t_lanes::<8>(rows, sd_zero, u0, &mut out[u0..u0 + 8]);
     }
     for u in full..w {
-        half_t_lanes::<1>(rows, u, &mut t[u..u + 1]);
+        half_scaled_t_lanes::<1>(rows, sd_zero, u, &mut out[u..u + 1]);
     }
 }
 
 #[inline(always)]
-fn half_t_lanes<const L: usize>(rows: &[&[f64]], u0: usize, t: &mut [f64]) {
+fn half_scaled_t_lanes<const L: usize>(rows: &[&[f64]], sd_zero: f64, u0: usize, out: &mut [f64]) {
     let kf = rows.len() as f64;
-    let sqrt_k = kf.sqrt();
     let at = |r: &[f64]| -> [f64; L] { r[u0..u0 + L].try_into().unwrap() };
     let first = at(rows[0]);
     let (mut sum, mut spread) = (first, [0.0f64; L]);
@@ -359,11 +385,17 @@ fn half_t_lanes<const L: usize>(rows: &[&[f64]], u0: usize, t: &mut [f64]) {
             ss[l] += dev * dev;
         }
     }
-    // t of every lane first, branch-free (vector sqrt and divisions); constant lanes are then
-    // replaced by their closed form, so their (unused) t_u does not matter.
-    let mut t_u = [0.0f64; L];
+    // Every lane's quotient first, branch-free (vector sqrt and division); constant lanes are
+    // then replaced by their closed form. (Written this way, with a constant NaN, the select
+    // compiles to a blend; with a select on the divisor instead, part of the lanes came out
+    // scalar.)
+    let mut q = [0.0f64; L];
     for l in 0..L {
-        t_u[l] = mean[l] / ((ss[l] / (kf - 1.0)).sqrt() / sqrt_k);
+        q[l] = if ss[l] <= sd_zero {
+            f64::NAN
+        } else {
+            mean[l] / ss[l].sqrt()
+        };
     }
     for l in 0..L {
         let constant = spread[l] == 0.0;
@@ -372,7 +404,7 @@ fn half_t_lanes<const L: usize>(rows: &[&[f64]], u0: usize, t: &mut [f64]) {
         } else {
             f64::INFINITY.copysign(first[l])
         };
-        t[l] = if constant { degenerate } else { t_u[l] };
+        out[l] = if constant { degenerate } else { q[l] };
     }
 }
 
@@ -425,72 +457,139 @@ mod tests {
 
     #[test]
     fn r_matches_a_direct_computation() {
-        matches_a_direct_computation(9, 400, 5, 8);
-        // 25 pairs as in the probes; four whole blocks of units and a tail of 235.
-        matches_a_direct_computation(25, 1259, 7, 9);
+        for (n, m, splits, seed) in [(9, 400, 5, 8), (25, 1259, 7, 9)] {
+            // 25 pairs as in the probes; four whole blocks of units and a tail of 235.
+            let mut g = SplitMix64::new(seed);
+            let data: Vec<f64> = (0..n * m).map(|k| g.next_f64() + (k % m) as f64 / m as f64).collect();
+            matches_a_direct_computation(n, m, &data, splits);
+        }
     }
 
-    fn matches_a_direct_computation(n: usize, m: usize, splits: usize, seed: u64) {
-        let mut g = SplitMix64::new(seed);
-        let data: Vec<f64> = (0..n * m).map(|k| g.next_f64() + (k % m) as f64 / m as f64).collect();
-        let diffs = PairDiffs::new(&data, n, m).unwrap();
+    #[test]
+    fn units_whose_t_sd_rounds_to_zero_are_left_out() {
+        // Units 0..100 ordinary; in units 100..220 one pair is 1, another 2^-537 and the rest 0.
+        // A half of 5 with the 2^-537 but not the 1 has ss = 2^-1074 (the deviation 0.8 2^-537
+        // squares to it, the others to 0), whose ss / 4 rounds to 0: t's sd is 0 although ss is
+        // not, so t is infinite and the unit drops out (mean / sqrt(ss) alone would be 0.2).
+        // Every other half is ordinary or all 0 (t = 0).
+        let (n, m) = (10, 220);
+        let mut g = SplitMix64::new(12);
+        let mut data: Vec<f64> = (0..n * m).map(|_| g.next_f64() - 0.4).collect();
+        for u in 100..m {
+            for i in 0..n {
+                data[i * m + u] = 0.0;
+            }
+            let (one, tiny) = (u % n, (u % n + 1 + u / n % (n - 1)) % n);
+            data[one * m + u] = 1.0;
+            data[tiny * m + u] = (-537.0f64).exp2();
+        }
+        let cases = matches_a_direct_computation(n, m, &data, 40);
+        assert!(cases > 0, "no half had a non-zero ss and a zero sd");
+    }
+
+    /// Checks [`split_half`] against t computed directly per unit and half (its conventions:
+    /// constant halves 0 or +-inf) and [`pearson_finite`]; returns how many (split, half, unit)
+    /// had a non-zero ss but an sd that rounds to 0.
+    fn matches_a_direct_computation(n: usize, m: usize, data: &[f64], splits: usize) -> usize {
+        let diffs = PairDiffs::new(data, n, m).unwrap();
         let a = assignments(n, splits, 1).unwrap();
         let r = split_half(&diffs, &a).unwrap();
+        let mut sd_rounded_to_zero = 0;
         for (k, row) in a.chunks_exact(n).enumerate() {
-            let t_of = |half: bool| -> Vec<f64> {
+            let mut t_of = |half: bool| -> Vec<f64> {
                 (0..m)
                     .map(|u| {
                         let v: Vec<f64> = (0..n).filter(|&i| row[i] == half).map(|i| data[i * m + u]).collect();
+                        if v.iter().all(|&x| x == v[0]) {
+                            return if v[0] == 0.0 { 0.0 } else { f64::INFINITY.copysign(v[0]) };
+                        }
                         let kf = v.len() as f64;
                         let mean = v.iter().sum::<f64>() / kf;
-                        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (kf - 1.0)).sqrt();
+                        let ss = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
+                        let sd = (ss / (kf - 1.0)).sqrt();
+                        sd_rounded_to_zero += usize::from(ss > 0.0 && sd == 0.0);
                         mean / (sd / kf.sqrt())
                     })
                     .collect()
             };
             let (t1, t2) = (t_of(true), t_of(false));
             let expected = pearson_finite(&t1, &t2);
-            assert!((r[k] - expected).abs() < 1e-12, "{} vs {expected}", r[k]);
+            assert!((r[k] - expected).abs() < 1e-12, "split {k}: {} vs {expected}", r[k]);
         }
+        sd_rounded_to_zero
     }
 
     #[test]
-    fn register_blocked_t_is_moments_bit_for_bit() {
+    fn t_sd_zero_bound_is_where_the_variance_rounds_to_zero() {
+        for k in 2..400usize {
+            let b = t_sd_zero_bound(k);
+            let df = (k - 1) as f64;
+            assert_eq!(b / df, 0.0, "k={k}");
+            assert!(f64::from_bits(b.to_bits() + 1) / df > 0.0, "k={k}");
+        }
+        assert_eq!(t_sd_zero_bound(2), 0.0);
+    }
+
+    #[test]
+    fn scaled_t_is_moments_t_over_its_factor() {
         use crate::paired::{moments, MomentsOut};
-        let (n, m) = (13, 203); // a tail of 3 units past the vectors of 8
+        let (n, m) = (13, 243); // a tail of 3 units past the vectors of 8
         let mut g = SplitMix64::new(5);
         let mut data: Vec<f64> = (0..n * m).map(|k| g.next_f64() * 3.0 - 1.0 + (k % 7) as f64).collect();
         for i in 0..n {
             data[i * m + 4] = 0.0; // constant 0: t = 0
             data[i * m + 9] = -1.5; // constant: t = -inf
-            data[i * m + 201] = 2.5;
+            data[i * m + 241] = 2.5;
             // -0 and +0 are equal: constant 0 (t = 0); and a zero of either sign among others.
             data[i * m + 12] = if i % 2 == 0 { 0.0 } else { -0.0 };
             data[i * m + 13] = if i % 3 == 0 { -0.0 } else { 0.0 };
+            // Zeros and one c 2^-e (c = 1, 1.1, .. 1.9; e = 530..541): ss runs from normal
+            // through subnormal (where t's variance ss / (k - 1) rounds to 0 before ss does) to 0.
+            for j in 0..120 {
+                let tiny = (1.0 + (j % 10) as f64 / 10.0) * (-(530.0 + (j / 10) as f64)).exp2();
+                data[i * m + 100 + j] = if i == n - 1 { tiny } else { 0.0 };
+            }
         }
         data[(n - 1) * m + 13] = 0.25;
         let rows: Vec<&[f64]> = data.chunks_exact(m).collect();
-        for k in [2, 5, 12, 13] {
+        for k in [2, 3, 5, 12, 13] {
             let half = &rows[n - k..];
-            let mut t = vec![0.0; m];
-            half_t(half, &mut t);
-            let (mut mean, mut sd, mut tt, mut d) = (vec![0.0; m], vec![0.0; m], vec![0.0; m], vec![0.0; m]);
+            let mut q = vec![0.0; m];
+            half_scaled_t(half, t_sd_zero_bound(k), &mut q);
+            let (mut mean, mut sd, mut t, mut d) = (vec![0.0; m], vec![0.0; m], vec![0.0; m], vec![0.0; m]);
             moments(
                 half,
                 &mut MomentsOut {
                     mean: &mut mean,
                     sd: &mut sd,
-                    t: &mut tt,
+                    t: &mut t,
                     d: &mut d,
                 },
             );
-            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&t), bits(&tt), "k={k}");
+            let factor = ((k * (k - 1)) as f64).sqrt();
+            let mut sd_rounded_to_zero = 0;
+            for u in 0..m {
+                let col: Vec<f64> = half.iter().map(|r| r[u]).collect();
+                let mu = col.iter().sum::<f64>() / k as f64;
+                let ss: f64 = col.iter().map(|x| (x - mu) * (x - mu)).sum();
+                if !t[u].is_finite() {
+                    assert!(!q[u].is_finite(), "k={k} u={u}: {} vs {}", q[u], t[u]);
+                    sd_rounded_to_zero += usize::from(ss > 0.0);
+                } else if ss / (k - 1) as f64 >= f64::MIN_POSITIVE {
+                    let (a, b) = (q[u] * factor, t[u]);
+                    assert!((a - b).abs() <= 1e-14 * b.abs(), "k={k} u={u}: {a} vs {b}");
+                } else {
+                    // A subnormal variance: t has lost digits to it (q, from ss itself, fewer).
+                    assert!(q[u].is_finite(), "k={k} u={u}: {} vs {}", q[u], t[u]);
+                }
+            }
             assert_eq!(
-                (t[4], t[12], t[9], t[201]),
+                (q[4], q[12], q[9], q[241]),
                 (0.0, 0.0, f64::NEG_INFINITY, f64::INFINITY)
             );
-            assert!(t[13].is_finite() && t[13] != 0.0, "k={k}: {}", t[13]);
+            assert!(q[13].is_finite() && q[13] != 0.0, "k={k}: {}", q[13]);
+            // The case the bound is for came up (for k = 2 the bound is 0 and it cannot).
+            assert!(k == 2 || sd_rounded_to_zero > 0, "k={k}");
         }
     }
 
