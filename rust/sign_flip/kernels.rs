@@ -30,83 +30,77 @@ macro_rules! with_k {
     };
 }
 
-pub(super) fn exact(prep: &Prepared, ratios: &[f64], start: u64, end: u64, counts: &mut [u32], max_ratio: &mut [f64]) {
+/// Where one kernel call's patterns come from.
+#[derive(Clone, Copy)]
+pub(super) enum Patterns<'a> {
+    /// Exact patterns `start .. end`: a pattern's bytes are its number's, little-endian.
+    Range { start: u64, end: u64 },
+    /// Monte Carlo (or identity) patterns: one row of `prep.groups.len()` bytes each.
+    Bytes(&'a [u8]),
+}
+
+/// One kernel call: the data, one pass of thresholds, the patterns, and the outputs (added to).
+pub(super) struct Job<'a> {
+    pub(super) prep: &'a Prepared,
+    /// The ratio thresholds of this pass (at most [`MAX_K`]).
+    pub(super) ratios: &'a [f64],
+    pub(super) patterns: Patterns<'a>,
+    /// Counts above each threshold, per cell, added to. Exact: `[cells x k_stride x len]`
+    /// (a leaf's patterns adjacent); Monte Carlo: `[len x cells x k_stride]`. Threshold `k` of
+    /// the pass is row `k` of the `k_stride >= ratios.len()`, so that passes share one buffer.
+    pub(super) counts: &'a mut [u32],
+    pub(super) k_stride: usize,
+    /// Max S^2 over the units, per pattern, raised in place.
+    pub(super) max_ratio: &'a mut [f64],
+    pub(super) scratch: &'a mut Scratch,
+}
+
+/// Lookup-table memory that one thread's kernel calls reuse (megabytes a call).
+#[derive(Default)]
+pub(super) struct Scratch {
+    exact: Option<BlockTables>,
+    monte_carlo: Vec<f64>,
+}
+
+/// Runs a kernel call with the instruction set this process uses.
+pub(super) fn run(job: &mut Job) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked that the CPU has these features.
-        Isa::Avx512 => unsafe { exact_avx512(prep, ratios, start, end, counts, max_ratio) },
+        Isa::Avx512 => unsafe { run_avx512(job) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { exact_avx2(prep, ratios, start, end, counts, max_ratio) },
-        _ => with_k!(
-            ratios.len(),
-            exact_impl::<BASELINE, 8>,
-            (prep, ratios, start, end, counts, max_ratio)
-        ),
+        Isa::Avx2 => unsafe { run_avx2(job) },
+        _ => run_isa::<BASELINE>(job),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
-unsafe fn exact_avx512(
-    prep: &Prepared,
-    ratios: &[f64],
-    start: u64,
-    end: u64,
-    counts: &mut [u32],
-    max_ratio: &mut [f64],
-) {
-    with_k!(
-        ratios.len(),
-        exact_impl::<AVX512, 32>,
-        (prep, ratios, start, end, counts, max_ratio)
-    )
+unsafe fn run_avx512(job: &mut Job) {
+    run_isa::<AVX512>(job)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,popcnt")]
-unsafe fn exact_avx2(prep: &Prepared, ratios: &[f64], start: u64, end: u64, counts: &mut [u32], max_ratio: &mut [f64]) {
-    with_k!(
-        ratios.len(),
-        exact_impl::<AVX2, AVX2_LEAF>,
-        (prep, ratios, start, end, counts, max_ratio)
-    )
+unsafe fn run_avx2(job: &mut Job) {
+    run_isa::<AVX2>(job)
 }
 
-pub(super) fn monte_carlo(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked that the CPU has these features.
-        Isa::Avx512 => unsafe { mc_avx512(prep, ratios, patterns, counts, max_ratio) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { mc_avx2(prep, ratios, patterns, counts, max_ratio) },
-        _ => mc_groups::<BASELINE>(prep, ratios, patterns, counts, max_ratio),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
-unsafe fn mc_avx512(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
-    mc_groups::<AVX512>(prep, ratios, patterns, counts, max_ratio)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,popcnt")]
-unsafe fn mc_avx2(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
-    mc_groups::<AVX2>(prep, ratios, patterns, counts, max_ratio)
-}
-
-/// Picks the Monte Carlo kernel for the number of groups (1 to 4 unrolled, more looped).
+/// The kernel for the patterns' kind, the thresholds' number and (Monte Carlo) the groups'
+/// number, compiled for instruction set `V`; exact leaves of 32 patterns (8 on the baseline).
 #[inline(always)]
-fn mc_groups<const V: u8>(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
-    let k = ratios.len();
-    match prep.groups.len() {
-        1 => with_k!(k, mc_impl::<V, 1>, (prep, ratios, patterns, counts, max_ratio)),
-        2 => with_k!(k, mc_impl::<V, 2>, (prep, ratios, patterns, counts, max_ratio)),
-        3 => with_k!(k, mc_impl::<V, 3>, (prep, ratios, patterns, counts, max_ratio)),
-        4 => with_k!(k, mc_impl::<V, 4>, (prep, ratios, patterns, counts, max_ratio)),
-        _ => with_k!(k, mc_impl::<V, 0>, (prep, ratios, patterns, counts, max_ratio)),
+fn run_isa<const V: u8>(job: &mut Job) {
+    let k = job.ratios.len();
+    match (job.patterns, job.prep.groups.len()) {
+        (Patterns::Range { .. }, _) if V == AVX512 => with_k!(k, exact_impl::<V, 32>, (job)),
+        (Patterns::Range { .. }, _) if V == AVX2 => with_k!(k, exact_impl::<V, AVX2_LEAF>, (job)),
+        (Patterns::Range { .. }, _) => with_k!(k, exact_impl::<V, 8>, (job)),
+        (Patterns::Bytes(_), 1) => with_k!(k, mc_impl::<V, 1>, (job)),
+        (Patterns::Bytes(_), 2) => with_k!(k, mc_impl::<V, 2>, (job)),
+        (Patterns::Bytes(_), 3) => with_k!(k, mc_impl::<V, 3>, (job)),
+        (Patterns::Bytes(_), 4) => with_k!(k, mc_impl::<V, 4>, (job)),
+        (Patterns::Bytes(_), _) => with_k!(k, mc_impl::<V, 0>, (job)),
     }
 }
 
@@ -120,9 +114,10 @@ fn max_if_skipped(bound: f64, reach: f64, skip: f64) -> f64 {
     }
 }
 
-/// Exact mode over patterns `start .. end` (one task). `counts` is laid out `[cells x K x
-/// patterns]` (a leaf's patterns are adjacent, so its counts are added as vectors and touch a
-/// few cache lines; the Monte Carlo kernel's rows are `[patterns x cells x K]`).
+/// Exact mode over patterns `start .. end` (one task). `counts` is laid out `[cells x
+/// k_stride x patterns]` (a leaf's patterns are adjacent, so its counts are added as vectors
+/// and touch a few cache lines; the Monte Carlo kernel's rows are `[patterns x cells x
+/// k_stride]`).
 ///
 /// Round 1: unit blocks outside, high-byte values `h` inside. Units whose `|B| + R` cannot
 /// reach the skip level are dropped for the whole `h`; the rest are filtered again per leaf
@@ -130,15 +125,13 @@ fn max_if_skipped(bound: f64, reach: f64, skip: f64) -> f64 {
 /// over its own units, one lane per pattern. Round 2 revisits the (block, h) whose skipped
 /// units could hold a pattern's max (only when no unit reached the skip level there).
 #[inline(always)]
-fn exact_impl<const V: u8, const A: usize, const K: usize>(
-    prep: &Prepared,
-    ratios: &[f64],
-    start: u64,
-    end: u64,
-    counts: &mut [u32],
-    max_ratio: &mut [f64],
-) {
-    let thr: [f64; K] = ratios.try_into().unwrap();
+fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
+    let Patterns::Range { start, end } = job.patterns else {
+        unreachable!("exact kernel on Monte Carlo patterns")
+    };
+    let (prep, k_stride) = (job.prep, job.k_stride);
+    let (counts, max_ratio) = (&mut *job.counts, &mut *job.max_ratio);
+    let thr: [f64; K] = job.ratios.try_into().unwrap();
     let low = prep.groups[0];
     let n_low = 1usize << low.bits;
     let stride = n_low.max(A);
@@ -149,7 +142,7 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
     let h_first = start >> low.bits;
     let n_h = ((((end - 1) >> low.bits) + 1) - h_first) as usize;
     let skip = prep.skip_below;
-    let mut tables = BlockTables::new(prep, ub, stride, leaf_bits);
+    let tables = BlockTables::reuse(&mut job.scratch.exact, prep, ub, stride, leaf_bits);
     let n_leaf = tables.n_leaf;
     let mut base = vec![0.0f64; ub];
     let mut reach = vec![0.0f64; ub];
@@ -261,7 +254,7 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
                     // The task's first pattern can fall inside a leaf: index from its lanes.
                     let p_first = (j_base + (a0 + lanes.start) as u64 - start) as usize;
                     for (k, cnt_k) in cnt.iter().enumerate() {
-                        let row = &mut counts[(cell * K + k) * len_task + p_first..];
+                        let row = &mut counts[(cell * k_stride + k) * len_task + p_first..];
                         for (r, &c) in row.iter_mut().zip(&cnt_k[lanes.clone()]) {
                             *r += c as u32;
                         }
@@ -476,28 +469,28 @@ unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]
 /// Monte Carlo over the given patterns (one task): unit blocks outside, permutations inside,
 /// one lane per unit. `NG` is the number of groups (0: any, looped at run time).
 #[inline(always)]
-fn mc_impl<const V: u8, const NG: usize, const K: usize>(
-    prep: &Prepared,
-    ratios: &[f64],
-    patterns: &[u8],
-    counts: &mut [u32],
-    max_ratio: &mut [f64],
-) {
-    let thr: [f64; K] = ratios.try_into().unwrap();
+fn mc_impl<const V: u8, const NG: usize, const K: usize>(job: &mut Job) {
+    let Patterns::Bytes(patterns) = job.patterns else {
+        unreachable!("Monte Carlo kernel on an exact range")
+    };
+    let (prep, k_stride) = (job.prep, job.k_stride);
+    let (counts, max_ratio) = (&mut *job.counts, &mut *job.max_ratio);
+    let thr: [f64; K] = job.ratios.try_into().unwrap();
     let g = prep.groups.len();
     debug_assert!(NG == 0 || NG == g);
     let ub = (MC_TABLE_BUDGET / (8 * 256 * g) / LANES * LANES)
         .clamp(LANES, 512)
         .min(prep.m_pad);
     let plane = 256 * ub;
-    let mut tables = vec![0.0f64; g * plane];
+    let tables = &mut job.scratch.monte_carlo;
+    tables.resize(tables.len().max(g * plane), 0.0);
     let mut offsets = vec![0usize; g];
     let n_cells = prep.cells.len();
     let mut segs: Vec<(usize, usize, usize)> = Vec::with_capacity(n_cells);
     for u0 in (0..prep.m_pad).step_by(ub) {
         let w = ub.min(prep.m_pad - u0);
         let lanes = w / LANES;
-        build_group_tables(prep, u0, w, plane, &mut tables);
+        build_group_tables(prep, u0, w, plane, tables);
         // The cells of this block: (cell, first and past-last vector of units).
         segs.clear();
         for (c, &(lo, hi)) in prep.cells.iter().enumerate() {
@@ -548,7 +541,7 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
                         accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
                     }
                 }
-                let at = (p * n_cells + cell) * K;
+                let at = (p * n_cells + cell) * k_stride;
                 for k in 0..K {
                     counts[at + k] += cnt[k];
                 }

@@ -127,7 +127,33 @@ pub(super) struct BlockTables {
 }
 
 impl BlockTables {
-    pub(super) fn new(prep: &Prepared, ub: usize, stride: usize, leaf_bits: usize) -> Self {
+    /// The tables in `slot` if they have this layout, else new ones put there. Reused tables
+    /// keep their old values until rebuilt ([`BlockTables::build`] writes every entry read).
+    pub(super) fn reuse<'a>(
+        slot: &'a mut Option<Self>,
+        prep: &Prepared,
+        ub: usize,
+        stride: usize,
+        leaf_bits: usize,
+    ) -> &'a mut Self {
+        let fits = slot.as_ref().is_some_and(|t| {
+            t.ub == ub
+                && t.stride == stride
+                && t.leaf_bits == leaf_bits
+                && t.n_leaf == 1usize << (prep.groups[0].bits - leaf_bits)
+                && t.high.len() + 1 == prep.groups.len()
+                && t.high
+                    .iter()
+                    .zip(&prep.groups[1..])
+                    .all(|(h, g)| h.len() == (1usize << g.bits) * ub)
+        });
+        if !fits {
+            *slot = Some(Self::new(prep, ub, stride, leaf_bits));
+        }
+        slot.as_mut().unwrap()
+    }
+
+    fn new(prep: &Prepared, ub: usize, stride: usize, leaf_bits: usize) -> Self {
         let low = prep.groups[0];
         let n_leaf = 1usize << (low.bits - leaf_bits);
         BlockTables {
