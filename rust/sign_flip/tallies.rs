@@ -14,7 +14,9 @@
 //! The units are laid out in cells, one per distinct tuple of partition labels, each padded
 //! with all-zero units to a multiple of the 8-unit vector; the kernels count per cell and a group's
 //! count under a pattern is the sum of its cells' counts, so all groups of all partitions cost
-//! one sweep over the units. One-sided tails still sweep each group's units apart.
+//! one sweep over the units. Each parallel task of that sweep adds its patterns straight into
+//! its own histograms (no per-pattern rows are kept), and the tasks' histograms are summed.
+//! One-sided tails still sweep each group's units apart.
 //!
 //! # Tails
 //! `Two`: the statistic is |t|, on the 2^(n-1) patterns with pair 0 fixed, compared as `S^2`
@@ -56,11 +58,9 @@ pub struct TallyRange {
     pub patterns: u64,
 }
 
-/// Permutations (or one-sided exact patterns) per internal step: bounds the per-step rows.
+/// One-sided permutations (or exact patterns) per internal step: bounds the per-step rows.
+/// (Two-sided tallies keep no rows: each task adds its patterns to its own histograms.)
 const STEP: u64 = 1 << 14;
-/// Two-sided exact patterns per internal step: several of the exact kernel's tasks (2^16
-/// patterns each), so that every thread has work; about 20 MiB of rows in flight.
-const STEP_EXACT_TWO: u64 = 1 << 19;
 /// Bit word of a Monte Carlo permutation that holds pair 0's sign (one-sided only).
 const PAIR0_WORD: u64 = 1 << 40;
 
@@ -195,31 +195,13 @@ pub fn tallies(
         }
         let sub_diffs = PairDiffs::new(&sub, n, units.len())?;
         let prep = Prepared::new(&sub_diffs, thresholds)?;
-        let step = if exact && tail == Tail::Two {
-            STEP_EXACT_TWO
-        } else {
-            STEP
-        };
         let mut lo = start;
         while lo < end {
-            let hi = end.min(lo + step);
+            let hi = end.min(lo + STEP);
             let place = |score: f64, bins: &mut [i64]| {
                 bins[bars.partition_point(|&b| b <= score)] += 1;
             };
-            if tail == Tail::Two {
-                let range = prep.run(mode, lo, hi);
-                for row in range.counts.chunks_exact(cols.max(1)).take((hi - lo) as usize) {
-                    for (c, &v) in row.iter().enumerate().take(cols) {
-                        hist[c * stride + v as usize] += 1;
-                    }
-                }
-                if gi == 0 {
-                    for &r in &range.max_ratio {
-                        place(r, &mut out.max_bins);
-                        place(r, &mut out.abs_bins);
-                    }
-                }
-            } else {
+            {
                 let s = signed_range(&prep, mode, lo, hi);
                 for p in 0..(hi - lo) as usize {
                     let take_pos = match mode {
@@ -337,34 +319,44 @@ fn two_sided(
         }
     }
     debug_assert_eq!(members.len(), sizes.len());
-    let step = if matches!(mode, Mode::Exact) {
-        STEP_EXACT_TWO
+    // Per task, its own histograms (every group's, then the max's bins), filled pattern by
+    // pattern as the task finishes them; tasks' histograms are added up (integer sums: the
+    // same whatever the number of threads or the order).
+    let n_hist = out.hist.len();
+    let empty = || vec![0i64; n_hist + bars.len() + 1];
+    let bounds = if start < end {
+        prep.task_bounds(mode, start, end)
     } else {
-        STEP
+        Vec::new()
     };
-    let place = |score: f64, bins: &mut [i64]| {
-        bins[bars.partition_point(|&b| b <= score)] += 1;
-    };
-    let row_len = n_cells * cols.max(1);
-    let mut lo = start;
-    while lo < end {
-        let hi = end.min(lo + step);
-        let range = prep.run(mode, lo, hi);
-        for row in range.counts.chunks_exact(row_len).take((hi - lo) as usize) {
-            for (gi, cells) in members.iter().enumerate() {
-                let stride = sizes[gi] + 1;
-                let hist = &mut out.hist[offsets[gi]..offsets[gi] + cols * stride];
-                for c in 0..cols {
-                    let v: i64 = cells.iter().map(|&cell| row[cell * cols + c]).sum();
-                    hist[c * stride + v as usize] += 1;
-                }
-            }
-        }
-        for &r in &range.max_ratio {
-            place(r, &mut out.max_bins);
-            place(r, &mut out.abs_bins);
-        }
-        lo = hi;
+    let sum = crate::threads::install(|| {
+        bounds
+            .par_windows(2)
+            .fold(empty, |mut acc, w| {
+                let (hist, bins) = acc.split_at_mut(n_hist);
+                prep.task::<false>(mode, w[0], w[1], |_, row, ratio, _| {
+                    for ((cells, &offset), &size) in members.iter().zip(offsets).zip(sizes) {
+                        for c in 0..cols {
+                            let v: i64 = cells.iter().map(|&cell| row[cell * cols + c]).sum();
+                            hist[offset + c * (size + 1) + v as usize] += 1;
+                        }
+                    }
+                    bins[bars.partition_point(|&b| b <= ratio)] += 1;
+                });
+                acc
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            })
+            .unwrap_or_else(empty)
+    });
+    for (h, v) in out.hist.iter_mut().zip(&sum[..n_hist]) {
+        *h += v;
+    }
+    for ((m, a), v) in out.max_bins.iter_mut().zip(out.abs_bins.iter_mut()).zip(&sum[n_hist..]) {
+        *m += v;
+        *a += v;
     }
     Ok(())
 }
