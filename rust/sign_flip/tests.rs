@@ -322,3 +322,27 @@ fn exact_tallies_with_cells_match_brute_force_histograms() {
     }
     assert_eq!(got.hist, want.concat());
 }
+
+#[test]
+fn exact_with_three_high_groups_matches_brute_force_across_their_changes() {
+    // n = 30: the low byte and three high groups (8, 8 and 5 pairs). The ranges cross high-byte
+    // values where the second and third high groups' bytes change (multiples of 2^16 and 2^24
+    // patterns) and a task edge, starting inside a leaf; strong and weak units.
+    let (n, m) = (30, 40);
+    let mut data = random_data(n, m, 17);
+    for i in 0..n {
+        for u in (0..m).step_by(3) {
+            data[i * m + u] += 1.0;
+        }
+    }
+    let diffs = PairDiffs::new(&data, n, m).unwrap();
+    for start in [(3u64 << 16) - 1500 + 7, (1u64 << 24) - 700] {
+        let got = exact(&diffs, Thresholds { t: &T, d: &D }, start, start + 2500).unwrap();
+        for (p, (counts, &max_t)) in got.counts.chunks_exact(5).zip(&got.max_abs_t).enumerate() {
+            let j = start + p as u64;
+            let (c, mx) = brute(&data, n, m, &exact_signs(n, j), &T, &D);
+            assert_eq!(counts, &c[..], "j={j}");
+            assert!(close(max_t, mx), "j={j}: {max_t} vs {mx}");
+        }
+    }
+}
