@@ -303,41 +303,52 @@ impl Prepared {
         let nf = self.n as f64;
         let mut class_t = vec![0.0f64; self.classes.len()];
         let mut row = vec![0i64; n_cells * cols];
+        // Where pattern p's count of each (cell, column) is: at[cell * cols + c] + p * step.
+        let step = match mode {
+            Mode::Exact => 1,
+            Mode::MonteCarlo { .. } | Mode::Identity => n_cells * k_all,
+        };
+        let at: Vec<usize> = (0..n_cells)
+            .flat_map(|cell| self.columns.iter().map(move |&(idx, _, _)| (cell, idx)))
+            .map(|(cell, idx)| match mode {
+                Mode::Exact => (cell * k_all + idx) * len,
+                Mode::MonteCarlo { .. } | Mode::Identity => cell * k_all + idx,
+            })
+            .collect();
         for p in 0..len {
-            let exact_bytes = (start + p as u64).to_le_bytes();
-            let bytes: &[u8] = match mode {
-                Mode::Exact => &exact_bytes[..g],
-                Mode::MonteCarlo { .. } | Mode::Identity => &patterns[p * g..(p + 1) * g],
-            };
+            for (r, &a) in row.iter_mut().zip(&at) {
+                *r = raw[a + p * step] as i64;
+            }
             let mut ratio = max_ratio[p];
             let mut abs_t = if WITH_T {
                 abs_t_from_ratio(ratio, self.n)
             } else {
                 f64::NAN
             };
-            for (class, t) in self.classes.iter().zip(class_t.iter_mut()) {
-                let k = class.agreement(bytes, self.n);
-                *t = closed_form_abs_t(k, self.n);
-                let r = (k * k) as f64 / nf;
-                ratio = if r > ratio { r } else { ratio };
-                if WITH_T {
-                    abs_t = abs_t.max(*t);
+            if !self.classes.is_empty() {
+                let exact_bytes = (start + p as u64).to_le_bytes();
+                let bytes: &[u8] = match mode {
+                    Mode::Exact => &exact_bytes[..g],
+                    Mode::MonteCarlo { .. } | Mode::Identity => &patterns[p * g..(p + 1) * g],
+                };
+                for (class, t) in self.classes.iter().zip(class_t.iter_mut()) {
+                    let k = class.agreement(bytes, self.n);
+                    *t = closed_form_abs_t(k, self.n);
+                    let r = (k * k) as f64 / nf;
+                    ratio = if r > ratio { r } else { ratio };
+                    if WITH_T {
+                        abs_t = abs_t.max(*t);
+                    }
                 }
-            }
-            for cell in 0..n_cells {
-                for (c, &(idx, threshold, is_d)) in self.columns.iter().enumerate() {
-                    let at = match mode {
-                        Mode::Exact => (cell * k_all + idx) * len + p,
-                        Mode::MonteCarlo { .. } | Mode::Identity => (p * n_cells + cell) * k_all + idx,
-                    };
-                    let mut v = raw[at] as i64;
-                    for (ci, &t) in class_t.iter().enumerate() {
-                        let stat = if is_d { t / nf.sqrt() } else { t };
-                        if stat > threshold {
-                            v += self.class_cells[ci * n_cells + cell];
+                for cell in 0..n_cells {
+                    for (c, &(_, threshold, is_d)) in self.columns.iter().enumerate() {
+                        for (ci, &t) in class_t.iter().enumerate() {
+                            let stat = if is_d { t / nf.sqrt() } else { t };
+                            if stat > threshold {
+                                row[cell * cols + c] += self.class_cells[ci * n_cells + cell];
+                            }
                         }
                     }
-                    row[cell * cols + c] = v;
                 }
             }
             sink(p, &row, ratio, abs_t);

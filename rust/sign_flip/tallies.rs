@@ -319,6 +319,21 @@ fn two_sided(
         }
     }
     debug_assert_eq!(members.len(), sizes.len());
+    // Per (group, column): where its histogram's bin 0 is, and which of a pattern's
+    // `[cells x columns]` counts add up to its count.
+    let sums: Vec<(usize, Vec<usize>)> = members
+        .iter()
+        .zip(offsets.iter().zip(sizes))
+        .flat_map(|(cells, (&offset, &size))| {
+            (0..cols).map(move |c| {
+                (
+                    offset + c * (size + 1),
+                    cells.iter().map(|&cell| cell * cols + c).collect(),
+                )
+            })
+        })
+        .collect();
+    let bar_index = BarIndex::new(bars);
     // Per task, its own histograms (every group's, then the max's bins), filled pattern by
     // pattern as the task finishes them; tasks' histograms are added up (integer sums: the
     // same whatever the number of threads or the order).
@@ -335,13 +350,11 @@ fn two_sided(
             .fold(empty, |mut acc, w| {
                 let (hist, bins) = acc.split_at_mut(n_hist);
                 prep.task::<false>(mode, w[0], w[1], |_, row, ratio, _| {
-                    for ((cells, &offset), &size) in members.iter().zip(offsets).zip(sizes) {
-                        for c in 0..cols {
-                            let v: i64 = cells.iter().map(|&cell| row[cell * cols + c]).sum();
-                            hist[offset + c * (size + 1) + v as usize] += 1;
-                        }
+                    for (bin0, at) in &sums {
+                        let v: i64 = at.iter().map(|&i| row[i]).sum();
+                        hist[bin0 + v as usize] += 1;
                     }
-                    bins[bars.partition_point(|&b| b <= ratio)] += 1;
+                    bins[bar_index.at_or_below(ratio)] += 1;
                 });
                 acc
             })
@@ -359,6 +372,56 @@ fn two_sided(
         *a += v;
     }
     Ok(())
+}
+
+/// The number of sorted bars at or below a value, in a few steps: a table of where each of
+/// about `bars / 4` equal-width buckets starts narrows the search to three buckets, and the
+/// answer is used only when the bars on either side of that slice confirm it (otherwise a
+/// search over all the bars), so it is exactly `bars.partition_point(|b| b <= r)`.
+pub(super) struct BarIndex<'a> {
+    bars: &'a [f64],
+    lo: f64,
+    scale: f64,
+    /// `starts[k]`: the bars below bucket `k`'s lower edge `lo + k / scale`; the last is all.
+    starts: Vec<usize>,
+}
+
+impl<'a> BarIndex<'a> {
+    pub(super) fn new(bars: &'a [f64]) -> Self {
+        let (Some(&lo), Some(&hi)) = (bars.first(), bars.last()) else {
+            return BarIndex {
+                bars,
+                lo: 0.0,
+                scale: 0.0,
+                starts: Vec::new(),
+            };
+        };
+        let n_buckets = (bars.len() / 4).max(1);
+        let scale = n_buckets as f64 / (hi - lo);
+        let mut starts: Vec<usize> = (0..=n_buckets)
+            .map(|k| bars.partition_point(|&b| b < lo + k as f64 / scale))
+            .collect();
+        starts.push(bars.len());
+        BarIndex {
+            bars,
+            lo,
+            scale,
+            starts,
+        }
+    }
+
+    #[inline]
+    pub(super) fn at_or_below(&self, r: f64) -> usize {
+        let bars = self.bars;
+        if let Some(last) = self.starts.len().checked_sub(1) {
+            let k = (((r - self.lo) * self.scale) as usize).min(last);
+            let (a, b) = (self.starts[k.saturating_sub(1)], self.starts[(k + 2).min(last)]);
+            if a <= b && (a == 0 || bars[a - 1] <= r) && (b == bars.len() || bars[b] > r) {
+                return a + bars[a..b].partition_point(|&x| x <= r);
+            }
+        }
+        bars.partition_point(|&x| x <= r)
+    }
 }
 
 /// The observed counts (identity pattern) per group and threshold column, through the
