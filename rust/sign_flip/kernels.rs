@@ -413,53 +413,45 @@ unsafe fn sweep_avx512<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; 
     (mx_out, cnt_out)
 }
 
-/// Patterns per pass of [`sweep_avx2`]: four 256-bit registers of S^2.
-const AVX2_SWEEP: usize = 16;
-/// Bits per threshold in [`sweep_avx2`]'s packed counters (four 16-bit counts per int64 lane).
-const PACKED_BITS: usize = 16;
-const _: () = assert!(EXACT_UNIT_BLOCK < 1 << PACKED_BITS && MAX_K * PACKED_BITS <= 64);
+/// Patterns per pass of [`sweep_avx2`]: two 256-bit registers of S^2.
+const AVX2_SWEEP: usize = 8;
 
-/// [`sweep`] with AVX2: the leaf's patterns in passes of 16 (four registers), the counts of
-/// all thresholds packed into one int64 lane per pattern (threshold `k` in bits `16k ..
-/// 16k + 16`; a leaf has fewer than 2^16 units), so eight registers hold a pass's state.
+/// [`sweep`] with AVX2, in passes of 8 patterns: per pass, two registers of maxima and two of
+/// counts per threshold (a compare's all-ones mask is -1: subtracting it counts), so that the
+/// pass's state and the thresholds stay in the 16 registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
     let t: [__m256d; K] = std::array::from_fn(|k| _mm256_set1_pd(thr[k]));
-    let bit: [__m256i; K] = std::array::from_fn(|k| _mm256_set1_epi64x(1i64 << (PACKED_BITS * k)));
     let mut mx_out = [0.0f64; A];
     let mut cnt_out = [[0u64; A]; K];
-    let mut packed = [0u64; AVX2_SWEEP];
-    for pass in (0..A).step_by(AVX2_SWEEP) {
-        let mut mx = [_mm256_setzero_pd(); 4];
-        let mut cnt = [_mm256_setzero_si256(); 4];
+    // A run-time pass count: unrolled passes would keep every pass's results in registers
+    // and spill the next pass's state (measured: stores and reloads in the inner loop).
+    let passes = std::hint::black_box(A / AVX2_SWEEP);
+    for pass in (0..passes).map(|i| i * AVX2_SWEEP) {
+        let mut mx = [_mm256_setzero_pd(); 2];
+        let mut cnt = [[_mm256_setzero_si256(); 2]; K];
         for (row, b) in leaf.rows(pass, AVX2_SWEEP) {
             let bv = _mm256_set1_pd(b);
-            let mut sq = [_mm256_setzero_pd(); 4];
-            for (v, q) in sq.iter_mut().enumerate() {
-                // SAFETY: row holds 16 values, v * 4 + 4 <= 16.
+            for v in 0..2 {
+                // SAFETY: row holds 8 values, v * 4 + 4 <= 8.
                 let s = _mm256_add_pd(bv, unsafe { _mm256_loadu_pd(row.as_ptr().add(4 * v)) });
-                *q = _mm256_mul_pd(s, s);
-            }
-            for ((m, c), &q) in mx.iter_mut().zip(cnt.iter_mut()).zip(&sq) {
-                *m = _mm256_max_pd(q, *m);
+                let q = _mm256_mul_pd(s, s);
+                mx[v] = _mm256_max_pd(q, mx[v]);
                 for k in 0..K {
                     let above = _mm256_castpd_si256(_mm256_cmp_pd::<_CMP_GT_OQ>(q, t[k]));
-                    *c = _mm256_add_epi64(*c, _mm256_and_si256(above, bit[k]));
+                    cnt[k][v] = _mm256_sub_epi64(cnt[k][v], above);
                 }
             }
         }
-        for v in 0..4 {
-            // SAFETY: mx_out holds A values, pass + 16 <= A; packed holds 16.
+        for v in 0..2 {
+            // SAFETY: the outputs hold A values, pass + 8 <= A.
             unsafe {
                 _mm256_storeu_pd(mx_out.as_mut_ptr().add(pass + 4 * v), mx[v]);
-                _mm256_storeu_si256(packed.as_mut_ptr().add(4 * v).cast(), cnt[v]);
-            }
-        }
-        for (l, &p) in packed.iter().enumerate() {
-            for (k, out) in cnt_out.iter_mut().enumerate() {
-                out[pass + l] = (p >> (PACKED_BITS * k)) & ((1 << PACKED_BITS) - 1);
+                for k in 0..K {
+                    _mm256_storeu_si256(cnt_out[k].as_mut_ptr().add(pass + 4 * v).cast(), cnt[k][v]);
+                }
             }
         }
     }
