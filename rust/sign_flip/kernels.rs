@@ -144,15 +144,12 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
     let skip = prep.skip_below;
     let tables = BlockTables::reuse(&mut job.scratch.exact, prep, ub, stride, leaf_bits);
     let n_leaf = tables.n_leaf;
+    let leaf_row = tables.leaf_row;
     let mut base = vec![0.0f64; ub];
     let mut reach = vec![0.0f64; ub];
     let mut h_units = vec![0u32; ub];
-    let mut h_base = vec![0.0f64; ub];
-    let mut leaf_units = vec![0u32; n_leaf * ub];
-    let mut leaf_base = vec![0.0f64; n_leaf * ub];
-    let mut leaf_len = vec![0usize; n_leaf];
-    let mut h_radius = vec![0.0f64; ub];
-    let mut leaf_bound = vec![0.0f64; n_leaf];
+    let mut leaf_units = vec![0u32; leaf_row * ub];
+    let mut leaf_len = vec![0usize; leaf_row];
     // Per (block, h): the largest bound on |S| among the units skipped there (-inf: none).
     let mut skipped = vec![f64::NEG_INFINITY; n_blocks * n_h];
     let a_range = |h: u64| {
@@ -191,31 +188,31 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                 }
             }
             let mut h_len = 0;
-            for u in 0..w {
+            for (u, &r) in reach[..w].iter().enumerate() {
                 h_units[h_len] = u as u32;
-                h_base[h_len] = base[u];
-                h_len += (reach[u] > skip) as usize;
+                h_len += (r > skip) as usize;
             }
-            // Level 2, per leaf: |B + P_leaf| + R_leaf, one leaf at a time over the units
-            // left by level 1 (the leaf's length stays in a register).
-            for (r, &u) in h_radius[..h_len].iter_mut().zip(&h_units[..h_len]) {
-                *r = tables.leaf_radius[u as usize];
-            }
-            for q in 0..n_leaf {
-                let offsets = &tables.leaf_major[q * ub..(q + 1) * ub];
-                let units = &mut leaf_units[q * ub..(q + 1) * ub];
-                let bases = &mut leaf_base[q * ub..(q + 1) * ub];
-                let mut len = 0;
-                let mut bound = f64::NEG_INFINITY;
-                for ((&u, &b), &radius) in h_units[..h_len].iter().zip(&h_base[..h_len]).zip(&h_radius[..h_len]) {
-                    let r = (b + offsets[u as usize]).abs() + radius;
-                    bound = max_if_skipped(bound, r, skip);
-                    units[len] = u;
-                    bases[len] = b;
-                    len += (r > skip) as usize;
+            // Level 2, per leaf: |B + P_leaf| + R_leaf over the units left by level 1, eight
+            // leaves at a time (a unit's leaf offsets are adjacent, and the eight lists'
+            // lengths stay in registers; padding leaves have NaN offsets: never kept).
+            let mut leaf_bound = [f64::NEG_INFINITY; 8];
+            for q0 in (0..leaf_row).step_by(8) {
+                let mut lens = [0usize; 8];
+                for &u in &h_units[..h_len] {
+                    let (b, radius) = (base[u as usize], tables.leaf_radius[u as usize]);
+                    let at = u as usize * leaf_row + q0;
+                    let offsets: &[f64; 8] = tables.leaf_offset[at..at + 8].try_into().unwrap();
+                    let mut r = [0.0f64; 8];
+                    for l in 0..8 {
+                        r[l] = (b + offsets[l]).abs() + radius;
+                        leaf_bound[l] = max_if_skipped(leaf_bound[l], r[l], skip);
+                    }
+                    for l in 0..8 {
+                        leaf_units[(q0 + l) * ub + lens[l]] = u;
+                        lens[l] += (r[l] > skip) as usize;
+                    }
                 }
-                leaf_len[q] = len;
-                leaf_bound[q] = bound;
+                leaf_len[q0..q0 + 8].copy_from_slice(&lens);
             }
             let bound = bound_lanes
                 .iter()
@@ -224,13 +221,12 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
             skipped[bi * n_h + hi] = bound;
             let (a_from, a_to) = a_range(h);
             let j_base = h << low.bits;
-            for (q, &len) in leaf_len.iter().enumerate() {
+            for (q, &len) in leaf_len.iter().enumerate().take(n_leaf) {
                 let a0 = q * A;
                 if a0 + A <= a_from || a0 >= a_to {
                     continue;
                 }
                 let units = &leaf_units[q * ub..q * ub + len];
-                let bases = &leaf_base[q * ub..q * ub + len];
                 let lanes = a_from.max(a0) - a0..(a_to - a0).min(A);
                 let mut from = 0;
                 for &(cell, end_u) in &segs {
@@ -244,7 +240,7 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                     }
                     let leaf = Leaf {
                         units: &units[from..to],
-                        bases: &bases[from..to],
+                        base: &base,
                         low: &tables.low,
                         stride,
                         a0,
@@ -320,10 +316,10 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
 }
 
 /// One leaf's sweep input: its units (local indices into the unit-major low table `low`, row
-/// `stride`), their fixed parts, and the leaf's first low pattern `a0`.
+/// `stride`, and into the fixed parts `base`), and the leaf's first low pattern `a0`.
 struct Leaf<'a> {
     units: &'a [u32],
-    bases: &'a [f64],
+    base: &'a [f64],
     low: &'a [f64],
     stride: usize,
     a0: usize,
@@ -334,9 +330,9 @@ impl<'a> Leaf<'a> {
     #[inline(always)]
     fn rows(&self, from: usize, len: usize) -> impl Iterator<Item = (&'a [f64], f64)> + '_ {
         let (low, at0) = (self.low, self.a0 + from);
-        self.units.iter().zip(self.bases).map(move |(&u, &b)| {
+        self.units.iter().map(move |&u| {
             let at = u as usize * self.stride + at0;
-            (&low[at..at + len], b)
+            (&low[at..at + len], self.base[u as usize])
         })
     }
 }

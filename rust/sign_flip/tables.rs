@@ -136,11 +136,10 @@ pub(super) struct BlockTables {
     /// Unit-major sums of the low group: `low[u * stride + a]`, zero past 2^bits.
     pub(super) low: Vec<f64>,
     pub(super) stride: usize,
-    /// Sums of the low group's top pairs (those choosing the leaf): built unit-major
-    /// (`leaf_offset[u * n_leaf + q]`), then copied leaf-major (`leaf_major[q * ub + u]`) for
-    /// the per-leaf filter, which runs over one leaf's units at a time.
+    /// Sums of the low group's top pairs (those choosing the leaf), unit-major:
+    /// `leaf_offset[u * leaf_row + q]`, rows padded with NaN to `leaf_row`, a multiple of 8.
     pub(super) leaf_offset: Vec<f64>,
-    pub(super) leaf_major: Vec<f64>,
+    pub(super) leaf_row: usize,
     ub: usize,
     pub(super) n_leaf: usize,
     pub(super) leaf_bits: usize,
@@ -183,11 +182,12 @@ impl BlockTables {
     fn new(prep: &Prepared, ub: usize, stride: usize, leaf_bits: usize) -> Self {
         let low = prep.groups[0];
         let n_leaf = 1usize << (low.bits - leaf_bits);
+        let leaf_row = n_leaf.next_multiple_of(8);
         BlockTables {
             low: vec![0.0; ub * stride],
             stride,
-            leaf_offset: vec![0.0; ub * n_leaf],
-            leaf_major: vec![0.0; ub * n_leaf],
+            leaf_offset: vec![f64::NAN; ub * leaf_row],
+            leaf_row,
             ub,
             n_leaf,
             leaf_bits,
@@ -208,12 +208,7 @@ impl BlockTables {
         build_unit_major(prep, low.first_pair, low.bits, u0, w, self.stride, &mut self.low);
         let top_first = low.first_pair + self.leaf_bits;
         let top_bits = low.bits - self.leaf_bits;
-        build_unit_major(prep, top_first, top_bits, u0, w, self.n_leaf, &mut self.leaf_offset);
-        for (u, row) in self.leaf_offset.chunks_exact(self.n_leaf).take(w).enumerate() {
-            for (q, &v) in row.iter().enumerate() {
-                self.leaf_major[q * self.ub + u] = v;
-            }
-        }
+        build_unit_major(prep, top_first, top_bits, u0, w, self.leaf_row, &mut self.leaf_offset);
         self.leaf_radius[..w].fill(0.0);
         for b in 0..self.leaf_bits {
             for (r, &v) in self.leaf_radius[..w]
