@@ -206,12 +206,17 @@ impl Prepared {
     }
 
     /// Boundaries of the tasks that cover `start .. end` (`start`, ..., `end`): exact tasks
-    /// cover whole high-byte values; Monte Carlo tasks are balanced over the pool. Neither
-    /// changes any number.
+    /// cover a power of two of whole high-byte values, aligned (at most [`EXACT_H_CHUNK`],
+    /// within [`EXACT_TASK_COUNT_BYTES`] of counts, and few enough to give every thread two);
+    /// Monte Carlo tasks are balanced over the pool. None of this changes any number.
     pub(super) fn task_bounds(&self, mode: Mode, start: u64, end: u64) -> Vec<u64> {
         match mode {
             Mode::Exact => {
-                let span = EXACT_H_CHUNK << self.low_bits();
+                let per_h = ((4 * self.cells.len() * self.ratios.len().max(1)) as u64) << self.low_bits();
+                let threads = crate::threads::current_threads() as u64;
+                let balanced = ((end - start) >> self.low_bits()) / (2 * threads);
+                let h_per_task = EXACT_H_CHUNK.min(EXACT_TASK_COUNT_BYTES / per_h).min(balanced).max(1);
+                let span = (1u64 << h_per_task.ilog2()) << self.low_bits();
                 let mut b = vec![start];
                 let mut next = (start / span + 1) * span;
                 while next < end {
