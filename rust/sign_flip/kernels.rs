@@ -104,6 +104,88 @@ fn run_isa<const V: u8>(job: &mut Job) {
     }
 }
 
+/// Level 1 of the exact kernel for one high-byte value: the block's units whose `|B| + R` can
+/// reach the skip level, in order, into `kept` (`LANES` entries longer than `base`), and the
+/// largest `|B| + R` of the others, per lane, into `bound`. Returns how many are kept.
+#[inline(always)]
+fn level1<const V: u8>(base: &[f64], radius: &[f64], skip: f64, kept: &mut [u32], bound: &mut [f64; LANES]) -> usize {
+    assert!(base.len() == radius.len() && base.len().is_multiple_of(LANES) && kept.len() >= base.len() + LANES);
+    #[cfg(target_arch = "x86_64")]
+    if V == AVX2 || V == AVX512 {
+        // SAFETY: V names the features of the function this is compiled (and run) in; AVX-512F
+        // implies AVX2.
+        return unsafe { level1_avx2(base, radius, skip, kept, bound) };
+    }
+    let mut len = 0;
+    for (c, (b, rad)) in base.chunks_exact(LANES).zip(radius.chunks_exact(LANES)).enumerate() {
+        for l in 0..LANES {
+            let r = b[l].abs() + rad[l];
+            bound[l] = max_if_skipped(bound[l], r, skip);
+            kept[len] = (c * LANES + l) as u32;
+            len += (r > skip) as usize;
+        }
+    }
+    len
+}
+
+/// For each 8-bit mask, the positions of its set bits, in order (then zeros).
+const LEFT_PACK: [[u32; 8]; 256] = {
+    let mut table = [[0u32; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut bit, mut at) = (0, 0);
+        while bit < 8 {
+            if m >> bit & 1 == 1 {
+                table[m][at] = bit as u32;
+                at += 1;
+            }
+            bit += 1;
+        }
+        m += 1;
+    }
+    table
+};
+
+/// [`level1`] with AVX2: eight units at a time, the kept ones' indices left-packed by one
+/// permutation from [`LEFT_PACK`] and stored together (branch-free, no per-unit store).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+#[inline]
+unsafe fn level1_avx2(base: &[f64], radius: &[f64], skip: f64, kept: &mut [u32], bound: &mut [f64; LANES]) -> usize {
+    let sign = _mm256_set1_pd(-0.0);
+    let (sk, none) = (_mm256_set1_pd(skip), _mm256_set1_pd(f64::NEG_INFINITY));
+    // SAFETY (every load and store here): `bound` holds 8 values; `base` and `radius` hold
+    // whole chunks of 8 from `c * 8`; `kept` holds `base.len() + 8` entries, and `len <= c * 8`.
+    let mut bd = unsafe { [_mm256_loadu_pd(bound.as_ptr()), _mm256_loadu_pd(bound.as_ptr().add(4))] };
+    let mut len = 0usize;
+    for c in 0..base.len() / LANES {
+        let mut mask = 0usize;
+        for (v, bd) in bd.iter_mut().enumerate() {
+            let at = c * LANES + 4 * v;
+            let (b, r) = unsafe {
+                (
+                    _mm256_loadu_pd(base.as_ptr().add(at)),
+                    _mm256_loadu_pd(radius.as_ptr().add(at)),
+                )
+            };
+            let reach = _mm256_add_pd(_mm256_andnot_pd(sign, b), r);
+            let above = _mm256_cmp_pd::<_CMP_GT_OQ>(reach, sk);
+            // max_if_skipped, lane by lane: the reach where it is not above the skip level.
+            *bd = _mm256_max_pd(_mm256_blendv_pd(reach, none, above), *bd);
+            mask |= (_mm256_movemask_pd(above) as usize) << (4 * v);
+        }
+        let order = unsafe { _mm256_loadu_si256(LEFT_PACK[mask].as_ptr().cast()) };
+        let units = _mm256_add_epi32(order, _mm256_set1_epi32((c * LANES) as i32));
+        unsafe { _mm256_storeu_si256(kept.as_mut_ptr().add(len).cast(), units) };
+        len += mask.count_ones() as usize;
+    }
+    unsafe {
+        _mm256_storeu_pd(bound.as_mut_ptr(), bd[0]);
+        _mm256_storeu_pd(bound.as_mut_ptr().add(4), bd[1]);
+    }
+    len
+}
+
 #[inline(always)]
 fn max_if_skipped(bound: f64, reach: f64, skip: f64) -> f64 {
     let kept = if reach <= skip { reach } else { f64::NEG_INFINITY };
@@ -146,8 +228,7 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
     let n_leaf = tables.n_leaf;
     let leaf_row = tables.leaf_row;
     let mut base = vec![0.0f64; ub];
-    let mut reach = vec![0.0f64; ub];
-    let mut h_units = vec![0u32; ub];
+    let mut h_units = vec![0u32; ub + LANES];
     let mut leaf_units = vec![0u32; leaf_row * ub];
     let mut leaf_len = vec![0usize; leaf_row];
     // Per (block, h): the largest bound on |S| among the units skipped there (-inf: none).
@@ -177,21 +258,7 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
             tables.base(prep, u0, w, h, &mut base);
             // Level 1, whole h: |B| + R against the skip level (branch-free).
             let mut bound_lanes = [f64::NEG_INFINITY; LANES];
-            for ((r, b), rad) in reach[..w]
-                .chunks_exact_mut(LANES)
-                .zip(base[..w].chunks_exact(LANES))
-                .zip(tables.radius[..w].chunks_exact(LANES))
-            {
-                for l in 0..LANES {
-                    r[l] = b[l].abs() + rad[l];
-                    bound_lanes[l] = max_if_skipped(bound_lanes[l], r[l], skip);
-                }
-            }
-            let mut h_len = 0;
-            for (u, &r) in reach[..w].iter().enumerate() {
-                h_units[h_len] = u as u32;
-                h_len += (r > skip) as usize;
-            }
+            let h_len = level1::<V>(&base[..w], &tables.radius[..w], skip, &mut h_units, &mut bound_lanes);
             // Level 2, per leaf: |B + P_leaf| + R_leaf over the units left by level 1, eight
             // leaves at a time (a unit's leaf offsets are adjacent, and the eight lists'
             // lengths stay in registers; padding leaves have NaN offsets: never kept).
