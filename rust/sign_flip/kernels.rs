@@ -322,11 +322,8 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                             *r += c as u32;
                         }
                     }
-                    for l in lanes.clone() {
-                        let p = p_first + l - lanes.start;
-                        if mx[l] > max_ratio[p] {
-                            max_ratio[p] = mx[l];
-                        }
+                    for (m, &v) in max_ratio[p_first..].iter_mut().zip(&mx[lanes.clone()]) {
+                        *m = if v > *m { v } else { *m }; // branch-free
                     }
                 }
             }
