@@ -231,6 +231,9 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
     let mut h_units = vec![0u32; ub + LANES];
     let mut leaf_units = vec![0u32; leaf_row * ub];
     let mut leaf_len = vec![0usize; leaf_row];
+    let (mut all_units, mut first_units) = (vec![0u32; ub], vec![0u32; ub]);
+    // A unit whose |S| bound in a leaf is at most this is below the second threshold there.
+    let second = thr.get(1).map_or(f64::INFINITY, |&r| r.sqrt() - SKIP_MARGIN);
     // Per (block, h): the largest bound on |S| among the units skipped there (-inf: none).
     let mut skipped = vec![f64::NEG_INFINITY; n_blocks * n_h];
     let a_range = |h: u64| {
@@ -305,14 +308,49 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                     if to == from {
                         continue;
                     }
-                    let leaf = Leaf {
-                        units: &units[from..to],
-                        base: &base,
-                        low: &tables.low,
-                        stride,
-                        a0,
+                    let (mx, cnt) = if K >= 2 {
+                        // Units that cannot reach the second threshold anywhere in the leaf
+                        // (most of them) are swept for the first threshold only.
+                        let (mut n_all, mut n_first) = (0, 0);
+                        for &u in &units[from..to] {
+                            let u_ = u as usize;
+                            let v = base[u_] + tables.leaf_offset[u_ * leaf_row + q];
+                            let r = v.abs() + tables.leaf_radius[u_];
+                            all_units[n_all] = u;
+                            first_units[n_first] = u;
+                            n_all += (r > second) as usize;
+                            n_first += (r <= second) as usize;
+                        }
+                        let leaf = |units| Leaf {
+                            units,
+                            base: &base,
+                            low: &tables.low,
+                            stride,
+                            a0,
+                        };
+                        let (mut mx, mut cnt) = if n_all > 0 {
+                            sweep::<V, K, A>(&leaf(&all_units[..n_all]), &thr)
+                        } else {
+                            ([0.0; A], [[0; A]; K])
+                        };
+                        if n_first > 0 {
+                            let (mx1, cnt1) = sweep::<V, 1, A>(&leaf(&first_units[..n_first]), &[thr[0]]);
+                            for ((m, &m1), (c, &c1)) in mx.iter_mut().zip(&mx1).zip(cnt[0].iter_mut().zip(&cnt1[0])) {
+                                *m = if m1 > *m { m1 } else { *m };
+                                *c += c1;
+                            }
+                        }
+                        (mx, cnt)
+                    } else {
+                        let leaf = Leaf {
+                            units: &units[from..to],
+                            base: &base,
+                            low: &tables.low,
+                            stride,
+                            a0,
+                        };
+                        sweep::<V, K, A>(&leaf, &thr)
                     };
-                    let (mx, cnt) = sweep::<V, K, A>(&leaf, &thr);
                     from = to;
                     // The task's first pattern can fall inside a leaf: index from its lanes.
                     let p_first = (j_base + (a0 + lanes.start) as u64 - start) as usize;
@@ -473,29 +511,33 @@ unsafe fn sweep_avx512<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; 
     (mx_out, cnt_out)
 }
 
-/// Patterns per pass of [`sweep_avx2`]: two 256-bit registers of S^2.
+/// Patterns per pass of [`sweep_avx2`] with two or more thresholds: two 256-bit registers
+/// of S^2 (four with one threshold or none: fewer registers of counts).
 const AVX2_SWEEP: usize = 8;
 
-/// [`sweep`] with AVX2, in passes of 8 patterns: per pass, two registers of maxima and two of
-/// counts per threshold (a compare's all-ones mask is -1: subtracting it counts), so that the
-/// pass's state and the thresholds stay in the 16 registers.
+/// [`sweep`] with AVX2, in passes of 8 patterns (16 for at most one threshold): per pass, the
+/// maxima and one register of counts per threshold and vector of S^2 (a compare's all-ones
+/// mask is -1: subtracting it counts), so that the pass's state and the thresholds stay in the
+/// 16 registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
+    let nv = if K <= 1 && A.is_multiple_of(16) { 4 } else { 2 };
+    let width = 4 * nv;
     let t: [__m256d; K] = std::array::from_fn(|k| _mm256_set1_pd(thr[k]));
     let mut mx_out = [0.0f64; A];
     let mut cnt_out = [[0u64; A]; K];
     // A run-time pass count: unrolled passes would keep every pass's results in registers
     // and spill the next pass's state (measured: stores and reloads in the inner loop).
-    let passes = std::hint::black_box(A / AVX2_SWEEP);
-    for pass in (0..passes).map(|i| i * AVX2_SWEEP) {
-        let mut mx = [_mm256_setzero_pd(); 2];
-        let mut cnt = [[_mm256_setzero_si256(); 2]; K];
-        for (row, b) in leaf.rows(pass, AVX2_SWEEP) {
+    let passes = std::hint::black_box(A / width);
+    for pass in (0..passes).map(|i| i * width) {
+        let mut mx = [_mm256_setzero_pd(); 4];
+        let mut cnt = [[_mm256_setzero_si256(); 4]; K];
+        for (row, b) in leaf.rows(pass, width) {
             let bv = _mm256_set1_pd(b);
-            for v in 0..2 {
-                // SAFETY: row holds 8 values, v * 4 + 4 <= 8.
+            for v in 0..nv {
+                // SAFETY: row holds `width` = 4 * nv values.
                 let s = _mm256_add_pd(bv, unsafe { _mm256_loadu_pd(row.as_ptr().add(4 * v)) });
                 let q = _mm256_mul_pd(s, s);
                 mx[v] = _mm256_max_pd(q, mx[v]);
@@ -505,8 +547,8 @@ unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]
                 }
             }
         }
-        for v in 0..2 {
-            // SAFETY: the outputs hold A values, pass + 8 <= A.
+        for v in 0..nv {
+            // SAFETY: the outputs hold A values, pass + width <= A.
             unsafe {
                 _mm256_storeu_pd(mx_out.as_mut_ptr().add(pass + 4 * v), mx[v]);
                 for k in 0..K {
