@@ -128,6 +128,78 @@ fn level1<const V: u8>(base: &[f64], radius: &[f64], skip: f64, kept: &mut [u32]
     len
 }
 
+/// Eight lists of units (one per leaf), `row` apart in `units`, and their lengths.
+struct Lists<'a> {
+    units: &'a mut [u32],
+    len: &'a mut [usize; 8],
+    row: usize,
+}
+
+/// Level 2 for leaves `q0 .. q0 + 8`: each unit of `units` (left by level 1) goes onto the
+/// list of every leaf where `|B + P_leaf| + R_leaf` can reach the skip level; the largest such
+/// bound of the leaves where it cannot raises `bound` (per leaf of the eight).
+#[inline(always)]
+fn level2<const V: u8>(
+    units: &[u32],
+    base: &[f64],
+    tables: &BlockTables,
+    q0: usize,
+    skip: f64,
+    lists: Lists,
+    bound: &mut [f64; 8],
+) {
+    let row = tables.leaf_row;
+    let mut lens = [0usize; 8];
+    for &u in units {
+        let (b, radius) = (base[u as usize], tables.leaf_radius[u as usize]);
+        let at = u as usize * row + q0;
+        let offsets: &[f64; 8] = tables.leaf_offset[at..at + 8].try_into().unwrap();
+        let mut mask = 0u32;
+        #[cfg(target_arch = "x86_64")]
+        if V == AVX2 || V == AVX512 {
+            // SAFETY: V names the features of the function this is compiled (and run) in;
+            // AVX-512F implies AVX2.
+            mask = unsafe { leaf_reach_avx2(b, radius, offsets, skip, bound) };
+        }
+        if V == BASELINE {
+            for l in 0..8 {
+                let r = (b + offsets[l]).abs() + radius;
+                bound[l] = max_if_skipped(bound[l], r, skip);
+                mask |= ((r > skip) as u32) << l;
+            }
+        }
+        for (l, len) in lens.iter_mut().enumerate() {
+            lists.units[l * lists.row + *len] = u;
+            *len += (mask >> l & 1) as usize;
+        }
+    }
+    *lists.len = lens;
+}
+
+/// One unit's `|B + P_leaf| + R_leaf` for eight leaves: the mask of those above the skip
+/// level; the others raise `bound` (as [`max_if_skipped`]: NaN offsets, padding, do neither).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn leaf_reach_avx2(b: f64, radius: f64, offsets: &[f64; 8], skip: f64, bound: &mut [f64; 8]) -> u32 {
+    let (bv, rv, sk) = (_mm256_set1_pd(b), _mm256_set1_pd(radius), _mm256_set1_pd(skip));
+    let (sign, none) = (_mm256_set1_pd(-0.0), _mm256_set1_pd(f64::NEG_INFINITY));
+    let mut mask = 0u32;
+    for v in 0..2 {
+        // SAFETY: offsets and bound hold 8 values, 4 * v + 4 <= 8.
+        let o = unsafe { _mm256_loadu_pd(offsets.as_ptr().add(4 * v)) };
+        let r = _mm256_add_pd(_mm256_andnot_pd(sign, _mm256_add_pd(bv, o)), rv);
+        let above = _mm256_cmp_pd::<_CMP_GT_OQ>(r, sk);
+        let kept = _mm256_blendv_pd(r, none, above);
+        unsafe {
+            let at = bound.as_mut_ptr().add(4 * v);
+            _mm256_storeu_pd(at, _mm256_max_pd(kept, _mm256_loadu_pd(at)));
+        }
+        mask |= (_mm256_movemask_pd(above) as u32) << (4 * v);
+    }
+    mask
+}
+
 /// For each 8-bit mask, the positions of its set bits, in order (then zeros).
 const LEFT_PACK: [[u32; 8]; 256] = {
     let mut table = [[0u32; 8]; 256];
@@ -267,22 +339,12 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
             // lengths stay in registers; padding leaves have NaN offsets: never kept).
             let mut leaf_bound = [f64::NEG_INFINITY; 8];
             for q0 in (0..leaf_row).step_by(8) {
-                let mut lens = [0usize; 8];
-                for &u in &h_units[..h_len] {
-                    let (b, radius) = (base[u as usize], tables.leaf_radius[u as usize]);
-                    let at = u as usize * leaf_row + q0;
-                    let offsets: &[f64; 8] = tables.leaf_offset[at..at + 8].try_into().unwrap();
-                    let mut r = [0.0f64; 8];
-                    for l in 0..8 {
-                        r[l] = (b + offsets[l]).abs() + radius;
-                        leaf_bound[l] = max_if_skipped(leaf_bound[l], r[l], skip);
-                    }
-                    for l in 0..8 {
-                        leaf_units[(q0 + l) * ub + lens[l]] = u;
-                        lens[l] += (r[l] > skip) as usize;
-                    }
-                }
-                leaf_len[q0..q0 + 8].copy_from_slice(&lens);
+                let lists = Lists {
+                    units: &mut leaf_units[q0 * ub..(q0 + 8) * ub],
+                    len: (&mut leaf_len[q0..q0 + 8]).try_into().unwrap(),
+                    row: ub,
+                };
+                level2::<V>(&h_units[..h_len], &base, tables, q0, skip, lists, &mut leaf_bound);
             }
             let bound = bound_lanes
                 .iter()
