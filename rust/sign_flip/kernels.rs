@@ -30,84 +30,232 @@ macro_rules! with_k {
     };
 }
 
-pub(super) fn exact(prep: &Prepared, ratios: &[f64], start: u64, end: u64, counts: &mut [u32], max_ratio: &mut [f64]) {
+/// Where one kernel call's patterns come from.
+#[derive(Clone, Copy)]
+pub(super) enum Patterns<'a> {
+    /// Exact patterns `start .. end`: a pattern's bytes are its number's, little-endian.
+    Range { start: u64, end: u64 },
+    /// Monte Carlo (or identity) patterns: one row of `prep.groups.len()` bytes each.
+    Bytes(&'a [u8]),
+}
+
+/// One kernel call: the data, one pass of thresholds, the patterns, and the outputs (added to).
+pub(super) struct Job<'a> {
+    pub(super) prep: &'a Prepared,
+    /// The ratio thresholds of this pass (at most [`MAX_K`]).
+    pub(super) ratios: &'a [f64],
+    pub(super) patterns: Patterns<'a>,
+    /// Counts above each threshold, per cell, added to. Exact: `[cells x k_stride x len]`
+    /// (a leaf's patterns adjacent); Monte Carlo: `[len x cells x k_stride]`. Threshold `k` of
+    /// the pass is row `k` of the `k_stride >= ratios.len()`, so that passes share one buffer.
+    pub(super) counts: &'a mut [u32],
+    pub(super) k_stride: usize,
+    /// Max S^2 over the units, per pattern, raised in place.
+    pub(super) max_ratio: &'a mut [f64],
+    pub(super) scratch: &'a mut Scratch,
+}
+
+/// Lookup-table memory that one thread's kernel calls reuse (megabytes a call).
+#[derive(Default)]
+pub(super) struct Scratch {
+    exact: Option<BlockTables>,
+    monte_carlo: Vec<f64>,
+}
+
+/// Runs a kernel call with the instruction set this process uses.
+pub(super) fn run(job: &mut Job) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: isa() checked that the CPU has these features.
-        Isa::Avx512 => unsafe { exact_avx512(prep, ratios, start, end, counts, max_ratio) },
+        Isa::Avx512 => unsafe { run_avx512(job) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { exact_avx2(prep, ratios, start, end, counts, max_ratio) },
-        _ => with_k!(
-            ratios.len(),
-            exact_impl::<BASELINE, 8>,
-            (prep, ratios, start, end, counts, max_ratio)
-        ),
+        Isa::Avx2 => unsafe { run_avx2(job) },
+        _ => run_isa::<BASELINE>(job),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
-unsafe fn exact_avx512(
-    prep: &Prepared,
-    ratios: &[f64],
-    start: u64,
-    end: u64,
-    counts: &mut [u32],
-    max_ratio: &mut [f64],
-) {
-    with_k!(
-        ratios.len(),
-        exact_impl::<AVX512, 32>,
-        (prep, ratios, start, end, counts, max_ratio)
-    )
+unsafe fn run_avx512(job: &mut Job) {
+    run_isa::<AVX512>(job)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,popcnt")]
-unsafe fn exact_avx2(prep: &Prepared, ratios: &[f64], start: u64, end: u64, counts: &mut [u32], max_ratio: &mut [f64]) {
-    with_k!(
-        ratios.len(),
-        exact_impl::<AVX2, AVX2_LEAF>,
-        (prep, ratios, start, end, counts, max_ratio)
-    )
+unsafe fn run_avx2(job: &mut Job) {
+    run_isa::<AVX2>(job)
 }
 
-pub(super) fn monte_carlo(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
-    match isa() {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: isa() checked that the CPU has these features.
-        Isa::Avx512 => unsafe { mc_avx512(prep, ratios, patterns, counts, max_ratio) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { mc_avx2(prep, ratios, patterns, counts, max_ratio) },
-        _ => mc_groups::<BASELINE>(prep, ratios, patterns, counts, max_ratio),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
-unsafe fn mc_avx512(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
-    mc_groups::<AVX512>(prep, ratios, patterns, counts, max_ratio)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,popcnt")]
-unsafe fn mc_avx2(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
-    mc_groups::<AVX2>(prep, ratios, patterns, counts, max_ratio)
-}
-
-/// Picks the Monte Carlo kernel for the number of groups (1 to 4 unrolled, more looped).
+/// The kernel for the patterns' kind, the thresholds' number and (Monte Carlo) the groups'
+/// number, compiled for instruction set `V`; exact leaves of 32 patterns (8 on the baseline).
 #[inline(always)]
-fn mc_groups<const V: u8>(prep: &Prepared, ratios: &[f64], patterns: &[u8], counts: &mut [u32], max_ratio: &mut [f64]) {
-    let k = ratios.len();
-    match prep.groups.len() {
-        1 => with_k!(k, mc_impl::<V, 1>, (prep, ratios, patterns, counts, max_ratio)),
-        2 => with_k!(k, mc_impl::<V, 2>, (prep, ratios, patterns, counts, max_ratio)),
-        3 => with_k!(k, mc_impl::<V, 3>, (prep, ratios, patterns, counts, max_ratio)),
-        4 => with_k!(k, mc_impl::<V, 4>, (prep, ratios, patterns, counts, max_ratio)),
-        _ => with_k!(k, mc_impl::<V, 0>, (prep, ratios, patterns, counts, max_ratio)),
+fn run_isa<const V: u8>(job: &mut Job) {
+    let k = job.ratios.len();
+    match (job.patterns, job.prep.groups.len()) {
+        (Patterns::Range { .. }, _) if V == AVX512 => with_k!(k, exact_impl::<V, 32>, (job)),
+        (Patterns::Range { .. }, _) if V == AVX2 => with_k!(k, exact_impl::<V, AVX2_LEAF>, (job)),
+        (Patterns::Range { .. }, _) => with_k!(k, exact_impl::<V, 8>, (job)),
+        (Patterns::Bytes(_), 1) => with_k!(k, mc_impl::<V, 1>, (job)),
+        (Patterns::Bytes(_), 2) => with_k!(k, mc_impl::<V, 2>, (job)),
+        (Patterns::Bytes(_), 3) => with_k!(k, mc_impl::<V, 3>, (job)),
+        (Patterns::Bytes(_), 4) => with_k!(k, mc_impl::<V, 4>, (job)),
+        (Patterns::Bytes(_), _) => with_k!(k, mc_impl::<V, 0>, (job)),
     }
+}
+
+/// Level 1 of the exact kernel for one high-byte value: the block's units whose `|B| + R` can
+/// reach the skip level, in order, into `kept` (`LANES` entries longer than `base`), and the
+/// largest `|B| + R` of the others, per lane, into `bound`. Returns how many are kept.
+#[inline(always)]
+fn level1<const V: u8>(base: &[f64], radius: &[f64], skip: f64, kept: &mut [u32], bound: &mut [f64; LANES]) -> usize {
+    assert!(base.len() == radius.len() && base.len().is_multiple_of(LANES) && kept.len() >= base.len() + LANES);
+    #[cfg(target_arch = "x86_64")]
+    if V == AVX2 || V == AVX512 {
+        // SAFETY: V names the features of the function this is compiled (and run) in; AVX-512F
+        // implies AVX2.
+        return unsafe { level1_avx2(base, radius, skip, kept, bound) };
+    }
+    let mut len = 0;
+    for (c, (b, rad)) in base.chunks_exact(LANES).zip(radius.chunks_exact(LANES)).enumerate() {
+        for l in 0..LANES {
+            let r = b[l].abs() + rad[l];
+            bound[l] = max_if_skipped(bound[l], r, skip);
+            kept[len] = (c * LANES + l) as u32;
+            len += (r > skip) as usize;
+        }
+    }
+    len
+}
+
+/// Eight lists of units (one per leaf), `row` apart in `units`, and their lengths.
+struct Lists<'a> {
+    units: &'a mut [u32],
+    len: &'a mut [usize; 8],
+    row: usize,
+}
+
+/// Level 2 for leaves `q0 .. q0 + 8`: each unit of `units` (left by level 1) goes onto the
+/// list of every leaf where `|B + P_leaf| + R_leaf` can reach the skip level; the largest such
+/// bound of the leaves where it cannot raises `bound` (per leaf of the eight).
+#[inline(always)]
+fn level2<const V: u8>(
+    units: &[u32],
+    base: &[f64],
+    tables: &BlockTables,
+    q0: usize,
+    skip: f64,
+    lists: Lists,
+    bound: &mut [f64; 8],
+) {
+    let row = tables.leaf_row;
+    let mut lens = [0usize; 8];
+    for &u in units {
+        let (b, radius) = (base[u as usize], tables.leaf_radius[u as usize]);
+        let at = u as usize * row + q0;
+        let offsets: &[f64; 8] = tables.leaf_offset[at..at + 8].try_into().unwrap();
+        let mut mask = 0u32;
+        #[cfg(target_arch = "x86_64")]
+        if V == AVX2 || V == AVX512 {
+            // SAFETY: V names the features of the function this is compiled (and run) in;
+            // AVX-512F implies AVX2.
+            mask = unsafe { leaf_reach_avx2(b, radius, offsets, skip, bound) };
+        }
+        if V == BASELINE {
+            for l in 0..8 {
+                let r = (b + offsets[l]).abs() + radius;
+                bound[l] = max_if_skipped(bound[l], r, skip);
+                mask |= ((r > skip) as u32) << l;
+            }
+        }
+        for (l, len) in lens.iter_mut().enumerate() {
+            lists.units[l * lists.row + *len] = u;
+            *len += (mask >> l & 1) as usize;
+        }
+    }
+    *lists.len = lens;
+}
+
+/// One unit's `|B + P_leaf| + R_leaf` for eight leaves: the mask of those above the skip
+/// level; the others raise `bound` (as [`max_if_skipped`]: NaN offsets, padding, do neither).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn leaf_reach_avx2(b: f64, radius: f64, offsets: &[f64; 8], skip: f64, bound: &mut [f64; 8]) -> u32 {
+    let (bv, rv, sk) = (_mm256_set1_pd(b), _mm256_set1_pd(radius), _mm256_set1_pd(skip));
+    let (sign, none) = (_mm256_set1_pd(-0.0), _mm256_set1_pd(f64::NEG_INFINITY));
+    let mut mask = 0u32;
+    for v in 0..2 {
+        // SAFETY: offsets and bound hold 8 values, 4 * v + 4 <= 8.
+        let o = unsafe { _mm256_loadu_pd(offsets.as_ptr().add(4 * v)) };
+        let r = _mm256_add_pd(_mm256_andnot_pd(sign, _mm256_add_pd(bv, o)), rv);
+        let above = _mm256_cmp_pd::<_CMP_GT_OQ>(r, sk);
+        let kept = _mm256_blendv_pd(r, none, above);
+        unsafe {
+            let at = bound.as_mut_ptr().add(4 * v);
+            _mm256_storeu_pd(at, _mm256_max_pd(kept, _mm256_loadu_pd(at)));
+        }
+        mask |= (_mm256_movemask_pd(above) as u32) << (4 * v);
+    }
+    mask
+}
+
+/// For each 8-bit mask, the positions of its set bits, in order (then zeros).
+const LEFT_PACK: [[u32; 8]; 256] = {
+    let mut table = [[0u32; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut bit, mut at) = (0, 0);
+        while bit < 8 {
+            if m >> bit & 1 == 1 {
+                table[m][at] = bit as u32;
+                at += 1;
+            }
+            bit += 1;
+        }
+        m += 1;
+    }
+    table
+};
+
+/// [`level1`] with AVX2: eight units at a time, the kept ones' indices left-packed by one
+/// permutation from [`LEFT_PACK`] and stored together (branch-free, no per-unit store).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+#[inline]
+unsafe fn level1_avx2(base: &[f64], radius: &[f64], skip: f64, kept: &mut [u32], bound: &mut [f64; LANES]) -> usize {
+    let sign = _mm256_set1_pd(-0.0);
+    let (sk, none) = (_mm256_set1_pd(skip), _mm256_set1_pd(f64::NEG_INFINITY));
+    // SAFETY (every load and store here): `bound` holds 8 values; `base` and `radius` hold
+    // whole chunks of 8 from `c * 8`; `kept` holds `base.len() + 8` entries, and `len <= c * 8`.
+    let mut bd = unsafe { [_mm256_loadu_pd(bound.as_ptr()), _mm256_loadu_pd(bound.as_ptr().add(4))] };
+    let mut len = 0usize;
+    for c in 0..base.len() / LANES {
+        let mut mask = 0usize;
+        for (v, bd) in bd.iter_mut().enumerate() {
+            let at = c * LANES + 4 * v;
+            let (b, r) = unsafe {
+                (
+                    _mm256_loadu_pd(base.as_ptr().add(at)),
+                    _mm256_loadu_pd(radius.as_ptr().add(at)),
+                )
+            };
+            let reach = _mm256_add_pd(_mm256_andnot_pd(sign, b), r);
+            let above = _mm256_cmp_pd::<_CMP_GT_OQ>(reach, sk);
+            // max_if_skipped, lane by lane: the reach where it is not above the skip level.
+            *bd = _mm256_max_pd(_mm256_blendv_pd(reach, none, above), *bd);
+            mask |= (_mm256_movemask_pd(above) as usize) << (4 * v);
+        }
+        let order = unsafe { _mm256_loadu_si256(LEFT_PACK[mask].as_ptr().cast()) };
+        let units = _mm256_add_epi32(order, _mm256_set1_epi32((c * LANES) as i32));
+        unsafe { _mm256_storeu_si256(kept.as_mut_ptr().add(len).cast(), units) };
+        len += mask.count_ones() as usize;
+    }
+    unsafe {
+        _mm256_storeu_pd(bound.as_mut_ptr(), bd[0]);
+        _mm256_storeu_pd(bound.as_mut_ptr().add(4), bd[1]);
+    }
+    len
 }
 
 #[inline(always)]
@@ -120,9 +268,10 @@ fn max_if_skipped(bound: f64, reach: f64, skip: f64) -> f64 {
     }
 }
 
-/// Exact mode over patterns `start .. end` (one task). `counts` is laid out `[cells x K x
-/// patterns]` (a leaf's patterns are adjacent, so its counts are added as vectors and touch a
-/// few cache lines; the Monte Carlo kernel's rows are `[patterns x cells x K]`).
+/// Exact mode over patterns `start .. end` (one task). `counts` is laid out `[cells x
+/// k_stride x patterns]` (a leaf's patterns are adjacent, so its counts are added as vectors
+/// and touch a few cache lines; the Monte Carlo kernel's rows are `[patterns x cells x
+/// k_stride]`).
 ///
 /// Round 1: unit blocks outside, high-byte values `h` inside. Units whose `|B| + R` cannot
 /// reach the skip level are dropped for the whole `h`; the rest are filtered again per leaf
@@ -130,15 +279,13 @@ fn max_if_skipped(bound: f64, reach: f64, skip: f64) -> f64 {
 /// over its own units, one lane per pattern. Round 2 revisits the (block, h) whose skipped
 /// units could hold a pattern's max (only when no unit reached the skip level there).
 #[inline(always)]
-fn exact_impl<const V: u8, const A: usize, const K: usize>(
-    prep: &Prepared,
-    ratios: &[f64],
-    start: u64,
-    end: u64,
-    counts: &mut [u32],
-    max_ratio: &mut [f64],
-) {
-    let thr: [f64; K] = ratios.try_into().unwrap();
+fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
+    let Patterns::Range { start, end } = job.patterns else {
+        unreachable!("exact kernel on Monte Carlo patterns")
+    };
+    let (prep, k_stride) = (job.prep, job.k_stride);
+    let (counts, max_ratio) = (&mut *job.counts, &mut *job.max_ratio);
+    let thr: [f64; K] = job.ratios.try_into().unwrap();
     let low = prep.groups[0];
     let n_low = 1usize << low.bits;
     let stride = n_low.max(A);
@@ -149,17 +296,16 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
     let h_first = start >> low.bits;
     let n_h = ((((end - 1) >> low.bits) + 1) - h_first) as usize;
     let skip = prep.skip_below;
-    let mut tables = BlockTables::new(prep, ub, stride, leaf_bits);
+    let tables = BlockTables::reuse(&mut job.scratch.exact, prep, ub, stride, leaf_bits);
     let n_leaf = tables.n_leaf;
+    let leaf_row = tables.leaf_row;
     let mut base = vec![0.0f64; ub];
-    let mut reach = vec![0.0f64; ub];
-    let mut h_units = vec![0u32; ub];
-    let mut h_base = vec![0.0f64; ub];
-    let mut leaf_units = vec![0u32; n_leaf * ub];
-    let mut leaf_base = vec![0.0f64; n_leaf * ub];
-    let mut leaf_len = vec![0usize; n_leaf];
-    let mut h_radius = vec![0.0f64; ub];
-    let mut leaf_bound = vec![0.0f64; n_leaf];
+    let mut h_units = vec![0u32; ub + LANES];
+    let mut leaf_units = vec![0u32; leaf_row * ub];
+    let mut leaf_len = vec![0usize; leaf_row];
+    let (mut all_units, mut first_units) = (vec![0u32; ub], vec![0u32; ub]);
+    // A unit whose |S| bound in a leaf is at most this is below the second threshold there.
+    let second = thr.get(1).map_or(f64::INFINITY, |&r| r.sqrt() - SKIP_MARGIN);
     // Per (block, h): the largest bound on |S| among the units skipped there (-inf: none).
     let mut skipped = vec![f64::NEG_INFINITY; n_blocks * n_h];
     let a_range = |h: u64| {
@@ -187,42 +333,18 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
             tables.base(prep, u0, w, h, &mut base);
             // Level 1, whole h: |B| + R against the skip level (branch-free).
             let mut bound_lanes = [f64::NEG_INFINITY; LANES];
-            for ((r, b), rad) in reach[..w]
-                .chunks_exact_mut(LANES)
-                .zip(base[..w].chunks_exact(LANES))
-                .zip(tables.radius[..w].chunks_exact(LANES))
-            {
-                for l in 0..LANES {
-                    r[l] = b[l].abs() + rad[l];
-                    bound_lanes[l] = max_if_skipped(bound_lanes[l], r[l], skip);
-                }
-            }
-            let mut h_len = 0;
-            for u in 0..w {
-                h_units[h_len] = u as u32;
-                h_base[h_len] = base[u];
-                h_len += (reach[u] > skip) as usize;
-            }
-            // Level 2, per leaf: |B + P_leaf| + R_leaf, one leaf at a time over the units
-            // left by level 1 (the leaf's length stays in a register).
-            for (r, &u) in h_radius[..h_len].iter_mut().zip(&h_units[..h_len]) {
-                *r = tables.leaf_radius[u as usize];
-            }
-            for q in 0..n_leaf {
-                let offsets = &tables.leaf_major[q * ub..(q + 1) * ub];
-                let units = &mut leaf_units[q * ub..(q + 1) * ub];
-                let bases = &mut leaf_base[q * ub..(q + 1) * ub];
-                let mut len = 0;
-                let mut bound = f64::NEG_INFINITY;
-                for ((&u, &b), &radius) in h_units[..h_len].iter().zip(&h_base[..h_len]).zip(&h_radius[..h_len]) {
-                    let r = (b + offsets[u as usize]).abs() + radius;
-                    bound = max_if_skipped(bound, r, skip);
-                    units[len] = u;
-                    bases[len] = b;
-                    len += (r > skip) as usize;
-                }
-                leaf_len[q] = len;
-                leaf_bound[q] = bound;
+            let h_len = level1::<V>(&base[..w], &tables.radius[..w], skip, &mut h_units, &mut bound_lanes);
+            // Level 2, per leaf: |B + P_leaf| + R_leaf over the units left by level 1, eight
+            // leaves at a time (a unit's leaf offsets are adjacent, and the eight lists'
+            // lengths stay in registers; padding leaves have NaN offsets: never kept).
+            let mut leaf_bound = [f64::NEG_INFINITY; 8];
+            for q0 in (0..leaf_row).step_by(8) {
+                let lists = Lists {
+                    units: &mut leaf_units[q0 * ub..(q0 + 8) * ub],
+                    len: (&mut leaf_len[q0..q0 + 8]).try_into().unwrap(),
+                    row: ub,
+                };
+                level2::<V>(&h_units[..h_len], &base, tables, q0, skip, lists, &mut leaf_bound);
             }
             let bound = bound_lanes
                 .iter()
@@ -231,13 +353,12 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
             skipped[bi * n_h + hi] = bound;
             let (a_from, a_to) = a_range(h);
             let j_base = h << low.bits;
-            for (q, &len) in leaf_len.iter().enumerate() {
+            for (q, &len) in leaf_len.iter().enumerate().take(n_leaf) {
                 let a0 = q * A;
                 if a0 + A <= a_from || a0 >= a_to {
                     continue;
                 }
                 let units = &leaf_units[q * ub..q * ub + len];
-                let bases = &leaf_base[q * ub..q * ub + len];
                 let lanes = a_from.max(a0) - a0..(a_to - a0).min(A);
                 let mut from = 0;
                 for &(cell, end_u) in &segs {
@@ -249,28 +370,60 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
                     if to == from {
                         continue;
                     }
-                    let leaf = Leaf {
-                        units: &units[from..to],
-                        bases: &bases[from..to],
-                        low: &tables.low,
-                        stride,
-                        a0,
+                    let (mx, cnt) = if K >= 2 {
+                        // Units that cannot reach the second threshold anywhere in the leaf
+                        // (most of them) are swept for the first threshold only.
+                        let (mut n_all, mut n_first) = (0, 0);
+                        for &u in &units[from..to] {
+                            let u_ = u as usize;
+                            let v = base[u_] + tables.leaf_offset[u_ * leaf_row + q];
+                            let r = v.abs() + tables.leaf_radius[u_];
+                            all_units[n_all] = u;
+                            first_units[n_first] = u;
+                            n_all += (r > second) as usize;
+                            n_first += (r <= second) as usize;
+                        }
+                        let leaf = |units| Leaf {
+                            units,
+                            base: &base,
+                            low: &tables.low,
+                            stride,
+                            a0,
+                        };
+                        let (mut mx, mut cnt) = if n_all > 0 {
+                            sweep::<V, K, A>(&leaf(&all_units[..n_all]), &thr)
+                        } else {
+                            ([0.0; A], [[0; A]; K])
+                        };
+                        if n_first > 0 {
+                            let (mx1, cnt1) = sweep::<V, 1, A>(&leaf(&first_units[..n_first]), &[thr[0]]);
+                            for ((m, &m1), (c, &c1)) in mx.iter_mut().zip(&mx1).zip(cnt[0].iter_mut().zip(&cnt1[0])) {
+                                *m = if m1 > *m { m1 } else { *m };
+                                *c += c1;
+                            }
+                        }
+                        (mx, cnt)
+                    } else {
+                        let leaf = Leaf {
+                            units: &units[from..to],
+                            base: &base,
+                            low: &tables.low,
+                            stride,
+                            a0,
+                        };
+                        sweep::<V, K, A>(&leaf, &thr)
                     };
-                    let (mx, cnt) = sweep::<V, K, A>(&leaf, &thr);
                     from = to;
                     // The task's first pattern can fall inside a leaf: index from its lanes.
                     let p_first = (j_base + (a0 + lanes.start) as u64 - start) as usize;
                     for (k, cnt_k) in cnt.iter().enumerate() {
-                        let row = &mut counts[(cell * K + k) * len_task + p_first..];
+                        let row = &mut counts[(cell * k_stride + k) * len_task + p_first..];
                         for (r, &c) in row.iter_mut().zip(&cnt_k[lanes.clone()]) {
                             *r += c as u32;
                         }
                     }
-                    for l in lanes.clone() {
-                        let p = p_first + l - lanes.start;
-                        if mx[l] > max_ratio[p] {
-                            max_ratio[p] = mx[l];
-                        }
+                    for (m, &v) in max_ratio[p_first..].iter_mut().zip(&mx[lanes.clone()]) {
+                        *m = if v > *m { v } else { *m }; // branch-free
                     }
                 }
             }
@@ -327,10 +480,10 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(
 }
 
 /// One leaf's sweep input: its units (local indices into the unit-major low table `low`, row
-/// `stride`), their fixed parts, and the leaf's first low pattern `a0`.
+/// `stride`, and into the fixed parts `base`), and the leaf's first low pattern `a0`.
 struct Leaf<'a> {
     units: &'a [u32],
-    bases: &'a [f64],
+    base: &'a [f64],
     low: &'a [f64],
     stride: usize,
     a0: usize,
@@ -341,9 +494,9 @@ impl<'a> Leaf<'a> {
     #[inline(always)]
     fn rows(&self, from: usize, len: usize) -> impl Iterator<Item = (&'a [f64], f64)> + '_ {
         let (low, at0) = (self.low, self.a0 + from);
-        self.units.iter().zip(self.bases).map(move |(&u, &b)| {
+        self.units.iter().map(move |&u| {
             let at = u as usize * self.stride + at0;
-            (&low[at..at + len], b)
+            (&low[at..at + len], self.base[u as usize])
         })
     }
 }
@@ -420,53 +573,49 @@ unsafe fn sweep_avx512<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; 
     (mx_out, cnt_out)
 }
 
-/// Patterns per pass of [`sweep_avx2`]: four 256-bit registers of S^2.
-const AVX2_SWEEP: usize = 16;
-/// Bits per threshold in [`sweep_avx2`]'s packed counters (four 16-bit counts per int64 lane).
-const PACKED_BITS: usize = 16;
-const _: () = assert!(EXACT_UNIT_BLOCK < 1 << PACKED_BITS && MAX_K * PACKED_BITS <= 64);
+/// Patterns per pass of [`sweep_avx2`] with two or more thresholds: two 256-bit registers
+/// of S^2 (four with one threshold or none: fewer registers of counts).
+const AVX2_SWEEP: usize = 8;
 
-/// [`sweep`] with AVX2: the leaf's patterns in passes of 16 (four registers), the counts of
-/// all thresholds packed into one int64 lane per pattern (threshold `k` in bits `16k ..
-/// 16k + 16`; a leaf has fewer than 2^16 units), so eight registers hold a pass's state.
+/// [`sweep`] with AVX2, in passes of 8 patterns (16 for at most one threshold): per pass, the
+/// maxima and one register of counts per threshold and vector of S^2 (a compare's all-ones
+/// mask is -1: subtracting it counts), so that the pass's state and the thresholds stay in the
+/// 16 registers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
+    let nv = if K <= 1 && A.is_multiple_of(16) { 4 } else { 2 };
+    let width = 4 * nv;
     let t: [__m256d; K] = std::array::from_fn(|k| _mm256_set1_pd(thr[k]));
-    let bit: [__m256i; K] = std::array::from_fn(|k| _mm256_set1_epi64x(1i64 << (PACKED_BITS * k)));
     let mut mx_out = [0.0f64; A];
     let mut cnt_out = [[0u64; A]; K];
-    let mut packed = [0u64; AVX2_SWEEP];
-    for pass in (0..A).step_by(AVX2_SWEEP) {
+    // A run-time pass count: unrolled passes would keep every pass's results in registers
+    // and spill the next pass's state (measured: stores and reloads in the inner loop).
+    let passes = std::hint::black_box(A / width);
+    for pass in (0..passes).map(|i| i * width) {
         let mut mx = [_mm256_setzero_pd(); 4];
-        let mut cnt = [_mm256_setzero_si256(); 4];
-        for (row, b) in leaf.rows(pass, AVX2_SWEEP) {
+        let mut cnt = [[_mm256_setzero_si256(); 4]; K];
+        for (row, b) in leaf.rows(pass, width) {
             let bv = _mm256_set1_pd(b);
-            let mut sq = [_mm256_setzero_pd(); 4];
-            for (v, q) in sq.iter_mut().enumerate() {
-                // SAFETY: row holds 16 values, v * 4 + 4 <= 16.
+            for v in 0..nv {
+                // SAFETY: row holds `width` = 4 * nv values.
                 let s = _mm256_add_pd(bv, unsafe { _mm256_loadu_pd(row.as_ptr().add(4 * v)) });
-                *q = _mm256_mul_pd(s, s);
-            }
-            for ((m, c), &q) in mx.iter_mut().zip(cnt.iter_mut()).zip(&sq) {
-                *m = _mm256_max_pd(q, *m);
+                let q = _mm256_mul_pd(s, s);
+                mx[v] = _mm256_max_pd(q, mx[v]);
                 for k in 0..K {
                     let above = _mm256_castpd_si256(_mm256_cmp_pd::<_CMP_GT_OQ>(q, t[k]));
-                    *c = _mm256_add_epi64(*c, _mm256_and_si256(above, bit[k]));
+                    cnt[k][v] = _mm256_sub_epi64(cnt[k][v], above);
                 }
             }
         }
-        for v in 0..4 {
-            // SAFETY: mx_out holds A values, pass + 16 <= A; packed holds 16.
+        for v in 0..nv {
+            // SAFETY: the outputs hold A values, pass + width <= A.
             unsafe {
                 _mm256_storeu_pd(mx_out.as_mut_ptr().add(pass + 4 * v), mx[v]);
-                _mm256_storeu_si256(packed.as_mut_ptr().add(4 * v).cast(), cnt[v]);
-            }
-        }
-        for (l, &p) in packed.iter().enumerate() {
-            for (k, out) in cnt_out.iter_mut().enumerate() {
-                out[pass + l] = (p >> (PACKED_BITS * k)) & ((1 << PACKED_BITS) - 1);
+                for k in 0..K {
+                    _mm256_storeu_si256(cnt_out[k].as_mut_ptr().add(pass + 4 * v).cast(), cnt[k][v]);
+                }
             }
         }
     }
@@ -476,28 +625,28 @@ unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]
 /// Monte Carlo over the given patterns (one task): unit blocks outside, permutations inside,
 /// one lane per unit. `NG` is the number of groups (0: any, looped at run time).
 #[inline(always)]
-fn mc_impl<const V: u8, const NG: usize, const K: usize>(
-    prep: &Prepared,
-    ratios: &[f64],
-    patterns: &[u8],
-    counts: &mut [u32],
-    max_ratio: &mut [f64],
-) {
-    let thr: [f64; K] = ratios.try_into().unwrap();
+fn mc_impl<const V: u8, const NG: usize, const K: usize>(job: &mut Job) {
+    let Patterns::Bytes(patterns) = job.patterns else {
+        unreachable!("Monte Carlo kernel on an exact range")
+    };
+    let (prep, k_stride) = (job.prep, job.k_stride);
+    let (counts, max_ratio) = (&mut *job.counts, &mut *job.max_ratio);
+    let thr: [f64; K] = job.ratios.try_into().unwrap();
     let g = prep.groups.len();
     debug_assert!(NG == 0 || NG == g);
     let ub = (MC_TABLE_BUDGET / (8 * 256 * g) / LANES * LANES)
         .clamp(LANES, 512)
         .min(prep.m_pad);
     let plane = 256 * ub;
-    let mut tables = vec![0.0f64; g * plane];
+    let tables = &mut job.scratch.monte_carlo;
+    tables.resize(tables.len().max(g * plane), 0.0);
     let mut offsets = vec![0usize; g];
     let n_cells = prep.cells.len();
     let mut segs: Vec<(usize, usize, usize)> = Vec::with_capacity(n_cells);
     for u0 in (0..prep.m_pad).step_by(ub) {
         let w = ub.min(prep.m_pad - u0);
         let lanes = w / LANES;
-        build_group_tables(prep, u0, w, plane, &mut tables);
+        build_group_tables(prep, u0, w, plane, tables);
         // The cells of this block: (cell, first and past-last vector of units).
         segs.clear();
         for (c, &(lo, hi)) in prep.cells.iter().enumerate() {
@@ -548,7 +697,7 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(
                         accumulate::<V, K>(&s, &thr, &mut mx, &mut cnt);
                     }
                 }
-                let at = (p * n_cells + cell) * K;
+                let at = (p * n_cells + cell) * k_stride;
                 for k in 0..K {
                     counts[at + k] += cnt[k];
                 }

@@ -179,11 +179,44 @@ impl Prepared {
         if len == 0 {
             return out;
         }
-        // Task boundaries: exact tasks cover whole high-byte values; Monte Carlo tasks are
-        // balanced over the pool. Neither changes any number.
-        let task_bounds: Vec<u64> = match mode {
+        let task_bounds = self.task_bounds(mode, start, end);
+        let mut jobs = Vec::with_capacity(task_bounds.len() - 1);
+        let (mut counts, mut maxima, mut ratios) =
+            (&mut out.counts[..], &mut out.max_abs_t[..], &mut out.max_ratio[..]);
+        for w in task_bounds.windows(2) {
+            let k = (w[1] - w[0]) as usize;
+            let (c_head, c_tail) = std::mem::take(&mut counts).split_at_mut(k * cols);
+            let (m_head, m_tail) = std::mem::take(&mut maxima).split_at_mut(k);
+            let (r_head, r_tail) = std::mem::take(&mut ratios).split_at_mut(k);
+            jobs.push((w[0], w[1], c_head, m_head, r_head));
+            counts = c_tail;
+            maxima = m_tail;
+            ratios = r_tail;
+        }
+        crate::threads::install(|| {
+            jobs.into_par_iter().for_each(|(lo, hi, counts, maxima, ratios)| {
+                self.task::<true>(mode, lo, hi, |p, row, ratio, abs_t| {
+                    counts[p * cols..(p + 1) * cols].copy_from_slice(row);
+                    ratios[p] = ratio;
+                    maxima[p] = abs_t;
+                });
+            });
+        });
+        out
+    }
+
+    /// Boundaries of the tasks that cover `start .. end` (`start`, ..., `end`): exact tasks
+    /// cover a power of two of whole high-byte values, aligned (at most [`EXACT_H_CHUNK`],
+    /// within [`EXACT_TASK_COUNT_BYTES`] of counts, and few enough to give every thread two);
+    /// Monte Carlo tasks are balanced over the pool. None of this changes any number.
+    pub(super) fn task_bounds(&self, mode: Mode, start: u64, end: u64) -> Vec<u64> {
+        match mode {
             Mode::Exact => {
-                let span = EXACT_H_CHUNK << self.low_bits();
+                let per_h = ((4 * self.cells.len() * self.ratios.len().max(1)) as u64) << self.low_bits();
+                let threads = crate::threads::current_threads() as u64;
+                let balanced = ((end - start) >> self.low_bits()) / (2 * threads);
+                let h_per_task = EXACT_H_CHUNK.min(EXACT_TASK_COUNT_BYTES / per_h).min(balanced).max(1);
+                let span = (1u64 << h_per_task.ilog2()) << self.low_bits();
                 let mut b = vec![start];
                 let mut next = (start / span + 1) * span;
                 while next < end {
@@ -200,125 +233,152 @@ impl Prepared {
                 b.push(end);
                 b
             }
-        };
-        let mut jobs = Vec::with_capacity(task_bounds.len() - 1);
-        let (mut counts, mut maxima, mut ratios) =
-            (&mut out.counts[..], &mut out.max_abs_t[..], &mut out.max_ratio[..]);
-        for w in task_bounds.windows(2) {
-            let k = (w[1] - w[0]) as usize;
-            let (c_head, c_tail) = std::mem::take(&mut counts).split_at_mut(k * cols);
-            let (m_head, m_tail) = std::mem::take(&mut maxima).split_at_mut(k);
-            let (r_head, r_tail) = std::mem::take(&mut ratios).split_at_mut(k);
-            jobs.push((w[0], w[1], c_head, m_head, r_head));
-            counts = c_tail;
-            maxima = m_tail;
-            ratios = r_tail;
         }
-        crate::threads::install(|| {
-            jobs.into_par_iter().for_each(|(lo, hi, counts, maxima, ratios)| {
-                self.task(mode, lo, hi, counts, maxima, ratios);
-            });
-        });
-        out
     }
 
-    /// One task: raw counts and max ratios over the units, then the closed-form constant units.
-    pub(super) fn task(
+    /// One task: raw counts and max ratios over the units, then the closed-form constant
+    /// units; hands each pattern `p` (from 0) to `sink(p, counts, max_ratio, max_abs_t)`, the
+    /// counts `[cells x columns]`. `max_abs_t` is computed only if `WITH_T` (NaN otherwise).
+    pub(super) fn task<const WITH_T: bool>(
         &self,
         mode: Mode,
         start: u64,
         end: u64,
-        counts: &mut [i64],
-        max_abs_t: &mut [f64],
-        max_ratio_out: &mut [f64],
+        sink: impl FnMut(usize, &[i64], f64, f64),
+    ) {
+        TASK_BUFFERS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buffers) => self.task_in::<WITH_T>(&mut buffers, mode, start, end, sink),
+            Err(_) => self.task_in::<WITH_T>(&mut TaskBuffers::default(), mode, start, end, sink),
+        });
+    }
+
+    fn task_in<const WITH_T: bool>(
+        &self,
+        buffers: &mut TaskBuffers,
+        mode: Mode,
+        start: u64,
+        end: u64,
+        mut sink: impl FnMut(usize, &[i64], f64, f64),
     ) {
         let len = (end - start) as usize;
         let k_all = self.ratios.len();
         let n_cells = self.cells.len();
-        let mut raw = vec![0u32; len * n_cells * k_all];
-        let mut max_ratio = vec![0.0f64; len];
-        let mut patterns: Vec<u8> = Vec::new();
+        let g = self.groups.len();
+        let TaskBuffers {
+            raw,
+            max_ratio,
+            patterns,
+            kernel,
+        } = buffers;
+        refill(raw, len * n_cells * k_all, 0);
+        refill(max_ratio, len, 0.0);
         match mode {
             Mode::MonteCarlo { key } => {
-                let g = self.groups.len();
-                patterns = vec![0u8; len * g];
+                refill(patterns, len * g, 0);
                 for (i, bytes) in patterns.chunks_exact_mut(g).enumerate() {
                     monte_carlo_pattern(key, start + i as u64, self.n, bytes);
                 }
             }
-            Mode::Identity => patterns = vec![0u8; len * self.groups.len()],
-            Mode::Exact => {}
+            Mode::Identity => refill(patterns, len * g, 0),
+            Mode::Exact => patterns.clear(),
         }
-        // Thresholds in passes of at most MAX_K; every pass also takes the max (idempotent).
+        // Thresholds in passes of at most MAX_K into one buffer (rows of k_all); every pass
+        // also takes the max (idempotent). Exact counts are [cells x k_all x patterns], Monte
+        // Carlo counts [patterns x cells x k_all].
         let mut first = 0;
-        loop {
+        while first < k_all || first == 0 {
             let batch = (k_all - first).min(MAX_K);
-            let ratios = &self.ratios[first..first + batch];
-            let mut batch_counts = vec![0u32; len * n_cells * batch];
-            match mode {
-                Mode::Exact => kernels::exact(self, ratios, start, end, &mut batch_counts, &mut max_ratio),
-                Mode::MonteCarlo { .. } | Mode::Identity => {
-                    kernels::monte_carlo(self, ratios, &patterns, &mut batch_counts, &mut max_ratio)
-                }
-            }
-            match mode {
-                // The exact kernel's counts are [cells x batch x patterns].
-                Mode::Exact => {
-                    for (ck, src) in batch_counts.chunks_exact(len).enumerate() {
-                        let (cell, k) = (ck / batch, ck % batch);
-                        for (p, &v) in src.iter().enumerate() {
-                            raw[(p * n_cells + cell) * k_all + first + k] = v;
-                        }
-                    }
-                }
-                Mode::MonteCarlo { .. } | Mode::Identity => {
-                    for q in 0..len * n_cells {
-                        raw[q * k_all + first..q * k_all + first + batch]
-                            .copy_from_slice(&batch_counts[q * batch..(q + 1) * batch]);
-                    }
-                }
-            }
-            first += batch;
-            if first >= k_all {
-                break;
-            }
+            let (offset, kind) = match mode {
+                Mode::Exact => (first * len, kernels::Patterns::Range { start, end }),
+                Mode::MonteCarlo { .. } | Mode::Identity => (first, kernels::Patterns::Bytes(patterns)),
+            };
+            let offset = offset.min(raw.len());
+            kernels::run(&mut kernels::Job {
+                prep: self,
+                ratios: &self.ratios[first..first + batch],
+                patterns: kind,
+                counts: &mut raw[offset..],
+                k_stride: k_all,
+                max_ratio,
+                scratch: kernel,
+            });
+            first += batch.max(1);
         }
         let cols = self.columns.len();
         let nf = self.n as f64;
-        let g = self.groups.len();
         let mut class_t = vec![0.0f64; self.classes.len()];
+        let mut row = vec![0i64; n_cells * cols];
+        // Where pattern p's count of each (cell, column) is: at[cell * cols + c] + p * step.
+        let step = match mode {
+            Mode::Exact => 1,
+            Mode::MonteCarlo { .. } | Mode::Identity => n_cells * k_all,
+        };
+        let at: Vec<usize> = (0..n_cells)
+            .flat_map(|cell| self.columns.iter().map(move |&(idx, _, _)| (cell, idx)))
+            .map(|(cell, idx)| match mode {
+                Mode::Exact => (cell * k_all + idx) * len,
+                Mode::MonteCarlo { .. } | Mode::Identity => cell * k_all + idx,
+            })
+            .collect();
         for p in 0..len {
-            let exact_bytes = (start + p as u64).to_le_bytes();
-            let bytes: &[u8] = match mode {
-                Mode::Exact => &exact_bytes[..g],
-                Mode::MonteCarlo { .. } | Mode::Identity => &patterns[p * g..(p + 1) * g],
-            };
-            let mut ratio = max_ratio[p];
-            let mut abs_t = abs_t_from_ratio(ratio, self.n);
-            for (class, t) in self.classes.iter().zip(class_t.iter_mut()) {
-                let k = class.agreement(bytes, self.n);
-                *t = closed_form_abs_t(k, self.n);
-                let r = (k * k) as f64 / nf;
-                ratio = if r > ratio { r } else { ratio };
-                abs_t = abs_t.max(*t);
+            for (r, &a) in row.iter_mut().zip(&at) {
+                *r = raw[a + p * step] as i64;
             }
-            max_abs_t[p] = abs_t;
-            max_ratio_out[p] = ratio;
-            for cell in 0..n_cells {
-                let q = p * n_cells + cell;
-                for (c, &(idx, threshold, is_d)) in self.columns.iter().enumerate() {
-                    let mut v = raw[q * k_all + idx] as i64;
-                    for (ci, &t) in class_t.iter().enumerate() {
-                        let stat = if is_d { t / nf.sqrt() } else { t };
-                        if stat > threshold {
-                            v += self.class_cells[ci * n_cells + cell];
+            let mut ratio = max_ratio[p];
+            let mut abs_t = if WITH_T {
+                abs_t_from_ratio(ratio, self.n)
+            } else {
+                f64::NAN
+            };
+            if !self.classes.is_empty() {
+                let exact_bytes = (start + p as u64).to_le_bytes();
+                let bytes: &[u8] = match mode {
+                    Mode::Exact => &exact_bytes[..g],
+                    Mode::MonteCarlo { .. } | Mode::Identity => &patterns[p * g..(p + 1) * g],
+                };
+                for (class, t) in self.classes.iter().zip(class_t.iter_mut()) {
+                    let k = class.agreement(bytes, self.n);
+                    *t = closed_form_abs_t(k, self.n);
+                    let r = (k * k) as f64 / nf;
+                    ratio = if r > ratio { r } else { ratio };
+                    if WITH_T {
+                        abs_t = abs_t.max(*t);
+                    }
+                }
+                for cell in 0..n_cells {
+                    for (c, &(_, threshold, is_d)) in self.columns.iter().enumerate() {
+                        for (ci, &t) in class_t.iter().enumerate() {
+                            let stat = if is_d { t / nf.sqrt() } else { t };
+                            if stat > threshold {
+                                row[cell * cols + c] += self.class_cells[ci * n_cells + cell];
+                            }
                         }
                     }
-                    counts[q * cols + c] = v;
                 }
             }
+            sink(p, &row, ratio, abs_t);
         }
     }
+}
+
+/// Buffers a thread's tasks reuse: megabytes of counts and tables, whose fresh pages cost a
+/// task more than filling them (page faults, zero-page copies).
+#[derive(Default)]
+struct TaskBuffers {
+    raw: Vec<u32>,
+    max_ratio: Vec<f64>,
+    patterns: Vec<u8>,
+    kernel: kernels::Scratch,
+}
+
+thread_local! {
+    static TASK_BUFFERS: std::cell::RefCell<TaskBuffers> = std::cell::RefCell::default();
+}
+
+/// `v` set to `len` copies of `value`, keeping its allocation.
+fn refill<T: Copy>(v: &mut Vec<T>, len: usize, value: T) {
+    v.clear();
+    v.resize(len, value);
 }
 
 /// `unit_class` of a unit that is not in a class.

@@ -14,7 +14,9 @@
 //! The units are laid out in cells, one per distinct tuple of partition labels, each padded
 //! with all-zero units to a multiple of the 8-unit vector; the kernels count per cell and a group's
 //! count under a pattern is the sum of its cells' counts, so all groups of all partitions cost
-//! one sweep over the units. One-sided tails still sweep each group's units apart.
+//! one sweep over the units. Each parallel task of that sweep adds its patterns straight into
+//! its own histograms (no per-pattern rows are kept), and the tasks' histograms are summed.
+//! One-sided tails still sweep each group's units apart.
 //!
 //! # Tails
 //! `Two`: the statistic is |t|, on the 2^(n-1) patterns with pair 0 fixed, compared as `S^2`
@@ -56,11 +58,9 @@ pub struct TallyRange {
     pub patterns: u64,
 }
 
-/// Permutations (or one-sided exact patterns) per internal step: bounds the per-step rows.
+/// One-sided permutations (or exact patterns) per internal step: bounds the per-step rows.
+/// (Two-sided tallies keep no rows: each task adds its patterns to its own histograms.)
 const STEP: u64 = 1 << 14;
-/// Two-sided exact patterns per internal step: several of the exact kernel's tasks (2^16
-/// patterns each), so that every thread has work; about 20 MiB of rows in flight.
-const STEP_EXACT_TWO: u64 = 1 << 19;
 /// Bit word of a Monte Carlo permutation that holds pair 0's sign (one-sided only).
 const PAIR0_WORD: u64 = 1 << 40;
 
@@ -195,31 +195,13 @@ pub fn tallies(
         }
         let sub_diffs = PairDiffs::new(&sub, n, units.len())?;
         let prep = Prepared::new(&sub_diffs, thresholds)?;
-        let step = if exact && tail == Tail::Two {
-            STEP_EXACT_TWO
-        } else {
-            STEP
-        };
         let mut lo = start;
         while lo < end {
-            let hi = end.min(lo + step);
+            let hi = end.min(lo + STEP);
             let place = |score: f64, bins: &mut [i64]| {
                 bins[bars.partition_point(|&b| b <= score)] += 1;
             };
-            if tail == Tail::Two {
-                let range = prep.run(mode, lo, hi);
-                for row in range.counts.chunks_exact(cols.max(1)).take((hi - lo) as usize) {
-                    for (c, &v) in row.iter().enumerate().take(cols) {
-                        hist[c * stride + v as usize] += 1;
-                    }
-                }
-                if gi == 0 {
-                    for &r in &range.max_ratio {
-                        place(r, &mut out.max_bins);
-                        place(r, &mut out.abs_bins);
-                    }
-                }
-            } else {
+            {
                 let s = signed_range(&prep, mode, lo, hi);
                 for p in 0..(hi - lo) as usize {
                     let take_pos = match mode {
@@ -337,36 +319,109 @@ fn two_sided(
         }
     }
     debug_assert_eq!(members.len(), sizes.len());
-    let step = if matches!(mode, Mode::Exact) {
-        STEP_EXACT_TWO
+    // Per (group, column): where its histogram's bin 0 is, and which of a pattern's
+    // `[cells x columns]` counts add up to its count.
+    let sums: Vec<(usize, Vec<usize>)> = members
+        .iter()
+        .zip(offsets.iter().zip(sizes))
+        .flat_map(|(cells, (&offset, &size))| {
+            (0..cols).map(move |c| {
+                (
+                    offset + c * (size + 1),
+                    cells.iter().map(|&cell| cell * cols + c).collect(),
+                )
+            })
+        })
+        .collect();
+    let bar_index = BarIndex::new(bars);
+    // Per task, its own histograms (every group's, then the max's bins), filled pattern by
+    // pattern as the task finishes them; tasks' histograms are added up (integer sums: the
+    // same whatever the number of threads or the order).
+    let n_hist = out.hist.len();
+    let empty = || vec![0i64; n_hist + bars.len() + 1];
+    let bounds = if start < end {
+        prep.task_bounds(mode, start, end)
     } else {
-        STEP
+        Vec::new()
     };
-    let place = |score: f64, bins: &mut [i64]| {
-        bins[bars.partition_point(|&b| b <= score)] += 1;
-    };
-    let row_len = n_cells * cols.max(1);
-    let mut lo = start;
-    while lo < end {
-        let hi = end.min(lo + step);
-        let range = prep.run(mode, lo, hi);
-        for row in range.counts.chunks_exact(row_len).take((hi - lo) as usize) {
-            for (gi, cells) in members.iter().enumerate() {
-                let stride = sizes[gi] + 1;
-                let hist = &mut out.hist[offsets[gi]..offsets[gi] + cols * stride];
-                for c in 0..cols {
-                    let v: i64 = cells.iter().map(|&cell| row[cell * cols + c]).sum();
-                    hist[c * stride + v as usize] += 1;
-                }
-            }
-        }
-        for &r in &range.max_ratio {
-            place(r, &mut out.max_bins);
-            place(r, &mut out.abs_bins);
-        }
-        lo = hi;
+    let sum = crate::threads::install(|| {
+        bounds
+            .par_windows(2)
+            .fold(empty, |mut acc, w| {
+                let (hist, bins) = acc.split_at_mut(n_hist);
+                prep.task::<false>(mode, w[0], w[1], |_, row, ratio, _| {
+                    for (bin0, at) in &sums {
+                        let v: i64 = at.iter().map(|&i| row[i]).sum();
+                        hist[bin0 + v as usize] += 1;
+                    }
+                    bins[bar_index.at_or_below(ratio)] += 1;
+                });
+                acc
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            })
+            .unwrap_or_else(empty)
+    });
+    for (h, v) in out.hist.iter_mut().zip(&sum[..n_hist]) {
+        *h += v;
+    }
+    for ((m, a), v) in out.max_bins.iter_mut().zip(out.abs_bins.iter_mut()).zip(&sum[n_hist..]) {
+        *m += v;
+        *a += v;
     }
     Ok(())
+}
+
+/// The number of sorted bars at or below a value, in a few steps: a table of where each of
+/// about `bars / 4` equal-width buckets starts narrows the search to three buckets, and the
+/// answer is used only when the bars on either side of that slice confirm it (otherwise a
+/// search over all the bars), so it is exactly `bars.partition_point(|b| b <= r)`.
+pub(super) struct BarIndex<'a> {
+    bars: &'a [f64],
+    lo: f64,
+    scale: f64,
+    /// `starts[k]`: the bars below bucket `k`'s lower edge `lo + k / scale`; the last is all.
+    starts: Vec<usize>,
+}
+
+impl<'a> BarIndex<'a> {
+    pub(super) fn new(bars: &'a [f64]) -> Self {
+        let (Some(&lo), Some(&hi)) = (bars.first(), bars.last()) else {
+            return BarIndex {
+                bars,
+                lo: 0.0,
+                scale: 0.0,
+                starts: Vec::new(),
+            };
+        };
+        let n_buckets = (bars.len() / 4).max(1);
+        let scale = n_buckets as f64 / (hi - lo);
+        let mut starts: Vec<usize> = (0..=n_buckets)
+            .map(|k| bars.partition_point(|&b| b < lo + k as f64 / scale))
+            .collect();
+        starts.push(bars.len());
+        BarIndex {
+            bars,
+            lo,
+            scale,
+            starts,
+        }
+    }
+
+    #[inline]
+    pub(super) fn at_or_below(&self, r: f64) -> usize {
+        let bars = self.bars;
+        if let Some(last) = self.starts.len().checked_sub(1) {
+            let k = (((r - self.lo) * self.scale) as usize).min(last);
+            let (a, b) = (self.starts[k.saturating_sub(1)], self.starts[(k + 2).min(last)]);
+            if a <= b && (a == 0 || bars[a - 1] <= r) && (b == bars.len() || bars[b] > r) {
+                return a + bars[a..b].partition_point(|&x| x <= r);
+            }
+        }
+        bars.partition_point(|&x| x <= r)
+    }
 }
 
 /// The observed counts (identity pattern) per group and threshold column, through the

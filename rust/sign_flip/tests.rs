@@ -322,3 +322,51 @@ fn exact_tallies_with_cells_match_brute_force_histograms() {
     }
     assert_eq!(got.hist, want.concat());
 }
+
+#[test]
+fn exact_with_three_high_groups_matches_brute_force_across_their_changes() {
+    // n = 30: the low byte and three high groups (8, 8 and 5 pairs). The ranges cross high-byte
+    // values where the second and third high groups' bytes change (multiples of 2^16 and 2^24
+    // patterns) and a task edge, starting inside a leaf; strong and weak units.
+    let (n, m) = (30, 40);
+    let mut data = random_data(n, m, 17);
+    for i in 0..n {
+        for u in (0..m).step_by(3) {
+            data[i * m + u] += 1.0;
+        }
+    }
+    let diffs = PairDiffs::new(&data, n, m).unwrap();
+    for start in [(3u64 << 16) - 1500 + 7, (1u64 << 24) - 700] {
+        let got = exact(&diffs, Thresholds { t: &T, d: &D }, start, start + 2500).unwrap();
+        for (p, (counts, &max_t)) in got.counts.chunks_exact(5).zip(&got.max_abs_t).enumerate() {
+            let j = start + p as u64;
+            let (c, mx) = brute(&data, n, m, &exact_signs(n, j), &T, &D);
+            assert_eq!(counts, &c[..], "j={j}");
+            assert!(close(max_t, mx), "j={j}: {max_t} vs {mx}");
+        }
+    }
+}
+
+#[test]
+fn bar_index_counts_like_a_binary_search_over_all_bars() {
+    // Clustered bars with ties, a far outlier and infinities; queries at, between and beyond
+    // the bars, at bucket edges, and NaN.
+    let mut g = rng::SplitMix64::new(5);
+    let mut sets: Vec<Vec<f64>> = vec![vec![], vec![2.0], vec![1.0, 1.0, 1.0], vec![0.0, f64::INFINITY]];
+    let mut many: Vec<f64> = (0..5000).map(|_| (g.next_f64() * 40.0).floor() / 8.0).collect();
+    many.extend([1e6, -3.0, f64::NEG_INFINITY]);
+    sets.push(many);
+    sets.push((0..3000).map(|_| g.next_f64().powi(6) * 25.0).collect());
+    for mut bars in sets {
+        bars.sort_by(f64::total_cmp);
+        let index = tallies::BarIndex::new(&bars);
+        let mut queries: Vec<f64> = bars.clone();
+        queries.extend(bars.iter().map(|&b| b + 1e-12));
+        queries.extend(bars.iter().map(|&b| f64::from_bits(b.to_bits().wrapping_sub(1))));
+        queries.extend((0..2000).map(|_| g.next_f64() * 30.0 - 2.0));
+        queries.extend([f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1e300, 1e300, 0.0, -0.0]);
+        for r in queries {
+            assert_eq!(index.at_or_below(r), bars.partition_point(|&b| b <= r), "r = {r}");
+        }
+    }
+}
