@@ -21,7 +21,15 @@ import numpy as np
 
 from dense_plantain.report import cells
 
-__all__ = ["CSV_COLUMNS", "FIGURE", "console_lines", "csv_cells", "direction_figure", "direction_markdown"]
+__all__ = [
+    "CSV_COLUMNS",
+    "FIGURE",
+    "console_lines",
+    "csv_cells",
+    "csv_columns",
+    "direction_figure",
+    "direction_markdown",
+]
 
 #: units.csv columns added when the direction test ran.
 CSV_COLUMNS = ("D", "p_D", "p_maxD", "agree")
@@ -38,6 +46,13 @@ CLASS_COLOURS = {"both": "#9467bd", "magnitude": "#1f77b4", "direction": "#d6272
 def csv_cells(direction: Any, j: int) -> list[str]:
     """unit ``j``'s ``CSV_COLUMNS`` cells (same number format as the other units.csv columns)."""
     return [format(float(v), ".10g") for v in (direction.D[j], direction.p[j], direction.p_max[j], direction.agree[j])]
+
+
+def csv_columns(direction: Any) -> list[list[str]]:
+    """The ``CSV_COLUMNS`` cells of every unit, column by column (`csv_cells` for all units at once)."""
+    from dense_plantain.report.records import number_cells
+
+    return [number_cells(v) for v in (direction.D, direction.p, direction.p_max, direction.agree)]
 
 
 def _group_word(row: Mapping[str, Any]) -> str:
