@@ -3,6 +3,9 @@
 * units.csv, built column by column, against a cell-by-cell writer (one ``csv`` row per unit,
   every cell read from the arrays by index), on a result with the direction columns, an extra
   column and non-finite numbers.
+* the heatmap's grid (rows, column groups, each unit's cell), worked out per run of equal labels
+  with integer keys, against a per-unit walk with tuple keys sorted by Python, on the bench's full
+  Klein 4B layout, the small layouts, an unlabelled layout and attention units without heads.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ import io
 import numpy as np
 import pytest
 
-from dense_plantain import analysis, store
-from dense_plantain.report import records
+from dense_plantain import analysis, store, units
+from dense_plantain.report import heatmap, records
 from synthetic_captures import correlated_pairs, probe_meta, small_layout, write
 
 
@@ -87,3 +90,58 @@ def test_units_csv_non_finite_numbers_extra_and_direction_columns(direction_resu
     first = list(csv.DictReader(io.StringIO(text)))[:5]
     assert [row["odd"] for row in first] == ["nan", "inf", "-inf", "1e-300", "1.23456789e+11"]
     assert "p_maxD" in first[0] and "agree" in first[0]
+
+
+def reference_grid(layout):
+    """The heatmap grid unit by unit: a tuple key per unit, columns in Python's sorted tuple order."""
+    lab = layout.labels()
+    regions: dict[tuple[str, str], list[str]] = {}
+    for j in range(layout.n_units):
+        seen = regions.setdefault((str(lab["block"][j]), str(lab["kind"][j])), [])
+        if str(lab["region"][j]) not in seen:
+            seen.append(str(lab["region"][j]))
+    words: dict[tuple[str, int], list[str]] = {}
+    keys = []
+    for j in range(layout.n_units):
+        block, kind, region = str(lab["block"][j]), str(lab["kind"][j]), str(lab["region"][j])
+        rank = regions[(block, kind)].index(region)
+        family = kind if kind in ("attention", "mlp") else "unit"
+        w = words.setdefault((family, rank), [])
+        if units.region_word(region) not in w:
+            w.append(units.region_word(region))
+        second = {"attention": int(lab["head"][j]), "mlp": 0}.get(family, 0)
+        third = int(lab["slice"][j]) if family != "unit" else j - layout.block(block).start
+        keys.append((("attention", "mlp", "unit").index(family), rank, second, third))
+    columns = {k: i for i, k in enumerate(sorted(set(keys)))}
+    groups = []
+    for k, col in columns.items():
+        family = ("attention", "mlp", "unit")[k[0]]
+        label = units.kind_word(family) if family != "unit" else "units"
+        name = f"{label} ({' / '.join(words[(family, k[1])])})"
+        if not groups or groups[-1][0] != name:
+            groups.append((name, family, col))
+    rows = [b.name for b in layout.blocks]
+    unit_row = [rows.index(str(b)) for b in lab["block"]]
+    return rows, groups, unit_row, [columns[k] for k in keys]
+
+
+def _layouts():
+    yield units.build_layout(units.KLEIN_4B)
+    yield small_layout("plantain")
+    yield small_layout("heads")
+    yield units.Layout(name="foreign", blocks=(units.Block("first", 0, 7), units.Block("second", 7, 3)))
+    headless = [
+        units.Readout("joint[0]", "m.attn", "image", "attention", 0, 4, 3),
+        units.Readout("joint[0]", "m.ff", "image", "mlp", 0, 4, 2),
+        units.Readout("single[0]", "s.attn", "all", "attention", 0, 4, 2, head_width=8),
+    ]
+    yield units.Layout(name="headless", readouts=tuple(headless))
+
+
+@pytest.mark.parametrize("layout", list(_layouts()), ids=lambda layout: layout.name + str(layout.n_units))
+def test_heatmap_grid_equals_a_unit_by_unit_walk(layout):
+    rows, groups, unit_row, unit_col = heatmap.grid(layout)
+    want_rows, want_groups, want_row, want_col = reference_grid(layout)
+    assert rows == want_rows and groups == want_groups
+    assert unit_row.tolist() == want_row and unit_col.tolist() == want_col
+    assert unit_col.dtype == np.int64 and unit_row.dtype == np.int64
