@@ -6,19 +6,32 @@
 * the heatmap's grid (rows, column groups, each unit's cell), worked out per run of equal labels
   with integer keys, against a per-unit walk with tuple keys sorted by Python, on the bench's full
   Klein 4B layout, the small layouts, an unlabelled layout and attention units without heads.
+* the figure worker (``report.worker``): its figures pixel for pixel against the same figures
+  drawn in this process (main run, baselines, direction test); a figure failing in it, the worker
+  dying, and this process failing while it draws: each fails the write with a clear error and
+  leaves no results folder and no staging folder.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
+import errno
 import io
+import os
+import signal
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from dense_plantain import analysis, store, units
-from dense_plantain.report import heatmap, records
-from synthetic_captures import correlated_pairs, probe_meta, small_layout, write
+from dense_plantain import analysis, report, store, units
+from dense_plantain.cli import main
+from dense_plantain.report import figures, heatmap, records
+from dense_plantain.report import worker as figure_worker
+from dense_plantain.report.worker import FigureWorker, FigureWorkerError
+from synthetic_captures import RESULTS_FILES, correlated_pairs, probe_meta, small_layout, write
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +158,154 @@ def test_heatmap_grid_equals_a_unit_by_unit_walk(layout):
     assert rows == want_rows and groups == want_groups
     assert unit_row.tolist() == want_row and unit_col.tolist() == want_col
     assert unit_col.dtype == np.int64 and unit_row.dtype == np.int64
+
+
+# --- the figure worker -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def baseline_result(tmp_path_factory):
+    import test_controls_analysis as controls
+
+    root = tmp_path_factory.mktemp("latb")
+    main_file = controls._capture(root / "main.safetensors", 1, controls.SAVED_WEIGHTS, planted={"single[0]": 2.0})
+    base_file = controls._capture(root / "base.safetensors", 2, controls.RANDOM_WEIGHTS)
+    result = analysis.analyze(main_file, permutations=200, splits=8, bootstrap=0, baselines=[base_file])
+    assert result.baseline_results
+    return result
+
+
+def _pixels(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGBA"))
+
+
+@pytest.mark.parametrize("which", ["small_result", "baseline_result", "direction_result"])
+def test_worker_figures_equal_this_process_pixel_for_pixel(which, request, tmp_path):
+    result = request.getfixturevalue(which)
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    drawn_here = figures.write_figures(result, here)
+    with FigureWorker().start() as w:
+        drawn_there = figures.write_figures(result, there, worker=w)
+    assert [p.name for p in drawn_there] == [p.name for p in drawn_here]
+    expected = {"abs_t_heatmap.png", *figures.FILES}
+    expected |= {"controls_blocks.png"} if which == "baseline_result" else set()
+    expected |= {"direction_vs_magnitude.png"} if which == "direction_result" else set()
+    assert {p.name for p in there.iterdir()} == expected
+    for a in drawn_here:
+        b = there / a.name
+        pa, pb = _pixels(a), _pixels(b)
+        assert pa.shape == pb.shape and np.array_equal(pa, pb), a.name
+        assert pa.std() > 0.01  # not blank
+
+
+def test_worker_writes_the_same_folder_as_this_process(small_result, tmp_path):
+    report.write_results(small_result, tmp_path / "here")
+    with FigureWorker().start() as w:
+        report.write_results(small_result, tmp_path / "there", worker=w)
+    names = sorted(p.name for p in (tmp_path / "here").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "there").iterdir())
+    for name in names:
+        a, b = tmp_path / "here" / name, tmp_path / "there" / name
+        if name.endswith(".png"):
+            assert np.array_equal(_pixels(a), _pixels(b)), name
+        else:
+            assert a.read_bytes() == b.read_bytes(), name
+
+
+def _no_null_summary(result):
+    """A copy of ``result`` whose first threshold lost its null histogram: null_counts.png cannot be drawn."""
+    broken = copy.copy(result)
+    broken.thresholds = [dataclasses.replace(result.thresholds[0], null_histogram=None)] + result.thresholds[1:]
+    return broken
+
+
+def _nothing_left(folder, out):
+    return not out.exists() and not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_figure_failing_in_the_worker_fails_the_write_and_leaves_nothing(small_result, tmp_path):
+    out = tmp_path / "res"
+    with FigureWorker().start() as w:
+        with pytest.raises(FigureWorkerError, match=r"null_counts\.png.*no null summary.*nothing was written"):
+            report.write_results(_no_null_summary(small_result), out, worker=w)
+    assert _nothing_left(tmp_path, out)
+
+
+def test_a_worker_that_dies_fails_the_write_and_leaves_nothing(small_result, tmp_path):
+    out = tmp_path / "res"
+    w = FigureWorker().start()
+    os.kill(w.pid, signal.SIGKILL)
+    with pytest.raises(FigureWorkerError, match=r"figure process ended \(exit status -9\).*nothing was written"):
+        report.write_results(small_result, out, worker=w)
+    assert _nothing_left(tmp_path, out)
+    w.close()
+
+
+def test_a_failure_here_while_the_worker_draws_ends_it_and_leaves_nothing(small_result, tmp_path, monkeypatch):
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(records, "units_csv_text", full)
+    out = tmp_path / "res"
+    w = FigureWorker().start()
+    with pytest.raises(report.OutputFolderError, match="the disk is full.*nothing was written"):
+        report.write_results(small_result, out, worker=w)
+    assert w._proc is not None and w._proc.poll() is not None  # killed before the staging folder went
+    assert _nothing_left(tmp_path, out)
+
+
+def test_a_disk_error_in_the_worker_is_the_same_oserror(small_result, tmp_path):
+    data = figures.FigureData.from_result(small_result)
+    with FigureWorker().start() as w, pytest.raises(FileNotFoundError):
+        w.draw(data, tmp_path / "no such folder")
+
+
+def test_worker_off_by_environment(monkeypatch):
+    monkeypatch.setenv(figure_worker.WORKER_ENV, "0")
+    assert figure_worker.start_figure_worker() is None
+    monkeypatch.setenv(figure_worker.WORKER_ENV, "1")
+    monkeypatch.setattr(figure_worker, "_cpus", lambda: 1)
+    assert figure_worker.start_figure_worker() is None  # one CPU: drawing here is cheaper
+    monkeypatch.setattr(figure_worker, "_cpus", lambda: 2)
+    started = figure_worker.start_figure_worker()
+    assert isinstance(started, FigureWorker)
+    started.close()
+
+
+def test_shares_of_the_figures_cover_each_once():
+    names = ["abs_t_heatmap.png", *figures.FILES, "controls_blocks.png", "direction_vs_magnitude.png"]
+    for parts in range(1, 8):
+        groups = figure_worker._share(names, parts)
+        assert sorted(n for g in groups for n in g) == sorted(names) and len(groups) == min(parts, len(names))
+
+
+def test_cli_analyze_with_the_worker_writes_the_folder_and_a_failing_figure_exits_2(tmp_path, monkeypatch):
+    layout = small_layout()
+    a, b = correlated_pairs(layout, 8, planted={"joint[0]": 1.2}, seed=9)
+    capture = write(tmp_path / "c.safetensors", a, b, layout, **probe_meta(8))
+    monkeypatch.setattr(figure_worker, "_cpus", lambda: 2)  # the worker, whatever this machine has
+    started = []
+    real_start = FigureWorker.start
+
+    def start(self):
+        started.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(FigureWorker, "start", start)
+    args = ["analyze", str(capture), "-q", "--permutations", "64", "--splits", "4", "--bootstrap", "10"]
+    ok = CliRunner().invoke(main, args + ["--out", str(tmp_path / "ok")])
+    assert ok.exit_code == 0, ok.output
+    assert len(started) == 1 and started[0]._proc.poll() is not None  # it ran and has ended
+    assert {p.name for p in (tmp_path / "ok").iterdir()} == RESULTS_FILES
+
+    real = figures.FigureData.from_result
+    monkeypatch.setattr(figures.FigureData, "from_result", lambda result, res=None: real(_no_null_summary(result), res))
+    bad = CliRunner().invoke(main, args + ["--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "null_counts.png" in bad.output and "nothing was written" in bad.output
+    assert "Traceback" not in bad.output
+    assert not (tmp_path / "bad").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -12,11 +12,15 @@ Unit positions come from the layout's labels (``units.Layout.labels``: kind, reg
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from matplotlib.figure import Figure
 
 from dense_plantain import units
-from dense_plantain.analysis import BLOCK_T, AnalysisResult
+
+if TYPE_CHECKING:
+    from dense_plantain.report.figures import FigureData
 
 
 def grid(layout: units.Layout) -> tuple[list[str], list[tuple[str, str, int]], np.ndarray, np.ndarray]:
@@ -85,26 +89,26 @@ def grid(layout: units.Layout) -> tuple[list[str], list[tuple[str, str, int]], n
     return rows, groups, unit_row, np.asarray(unit_col, dtype=np.int64).reshape(n)
 
 
-def _matrix(result: AnalysisResult, n_rows: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+def _matrix(abs_t: np.ndarray, n_rows: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:
     """|t| placed at each unit's (row, column) of the grid; NaN where a block has no unit."""
     m = np.full((n_rows, int(c.max()) + 1), np.nan)
-    m[r, c] = np.nan_to_num(result.abs_t, nan=np.nan, posinf=np.nan)
+    m[r, c] = np.nan_to_num(abs_t, nan=np.nan, posinf=np.nan)
     return m
 
 
-def abs_t_heatmap(result: AnalysisResult, baselines: list[tuple[str, AnalysisResult]]) -> Figure:
+def abs_t_heatmap(data: FigureData) -> Figure:
     """The main run's |t| (and each baseline's) laid out as the network, on one colour scale."""
-    panels = [("main run", result)] + list(baselines)
-    rows, groups, unit_row, unit_col = grid(result.layout)  # baselines share the main run's layout
-    mats = [_matrix(r, len(rows), unit_row, unit_col) for _, r in panels]
+    panels = data.panels
+    rows, groups, unit_row, unit_col = grid(data.layout)  # baselines share the main run's layout
+    mats = [_matrix(p.abs_t, len(rows), unit_row, unit_col) for p in panels]
     finite = [m[np.isfinite(m)] for m in mats]
-    vmax = max([float(f.max()) for f in finite if f.size] + [BLOCK_T])
+    vmax = max([float(f.max()) for f in finite if f.size] + [data.block_t])
     fig = Figure(figsize=(14, 1.2 + 0.16 * len(rows) * len(panels) + 0.8 * len(panels)))
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"hspace": 0.6})[:, 0]
     image = None
-    for ax, (name, _), m in zip(axes, panels, mats):
+    for ax, panel, m in zip(axes, panels, mats):
         image = ax.imshow(m, aspect="auto", interpolation="nearest", cmap="magma", vmin=0.0, vmax=vmax)
-        ax.set_title(f"|t| per unit: {name}", loc="left", fontsize=9)
+        ax.set_title(f"|t| per unit: {panel.label}", loc="left", fontsize=9)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels(rows, fontsize=5 if len(rows) > 12 else 7)
         starts = [g[2] for g in groups]
@@ -117,31 +121,21 @@ def abs_t_heatmap(result: AnalysisResult, baselines: list[tuple[str, AnalysisRes
     return fig
 
 
-def controls_blocks(result: AnalysisResult, baselines: list[tuple[str, AnalysisResult]]) -> Figure:
+def controls_blocks(data: FigureData) -> Figure:
     """Per block (layout order), units with |t| > 3: main run and each baseline side by side."""
-    blocks = [b.name for b in result.layout.blocks]
+    blocks = [b.name for b in data.layout.blocks]
     x = np.arange(len(blocks))
-    panels = [("main run", result)] + list(baselines)
+    panels = data.panels
     width = 0.8 / len(panels)
     fig = Figure(figsize=(max(8, 0.35 * len(blocks) + 2), 4))
     fig.subplots_adjust(left=0.07, right=0.99, top=0.9, bottom=0.3)
     ax = fig.add_subplot()
-    for k, (name, r) in enumerate(panels):
-        counts = block_counts(r)
-        ax.bar(x + (k - (len(panels) - 1) / 2) * width, [counts[b] for b in blocks], width, label=name)
+    for k, panel in enumerate(panels):
+        counts = panel.block_counts
+        ax.bar(x + (k - (len(panels) - 1) / 2) * width, [counts[b] for b in blocks], width, label=panel.label)
     ax.set_xticks(x)
     ax.set_xticklabels(blocks, rotation=90, fontsize=7)
-    ax.set_ylabel(f"units with |t| > {BLOCK_T:g}")
-    ax.set_title(f"Units with |t| > {BLOCK_T:g} per block: main run vs baselines", loc="left", fontsize=10)
+    ax.set_ylabel(f"units with |t| > {data.block_t:g}")
+    ax.set_title(f"Units with |t| > {data.block_t:g} per block: main run vs baselines", loc="left", fontsize=10)
     ax.legend(fontsize=8)
     return fig
-
-
-def block_counts(result: AnalysisResult) -> dict[str, int]:
-    """Units over |t| > 3 per block name (the block summaries' ``n_t_gt3``)."""
-    return {b.block: int(b.n_t_gt3) for b in result.blocks}
-
-
-def baseline_panels(result: AnalysisResult) -> list[tuple[str, AnalysisResult]]:
-    records = result.controls.get("baselines") or []
-    return [(rec["label"], r) for rec, r in zip(records, result.baseline_results)]

@@ -7,13 +7,15 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dense_plantain.analysis import RESULTS_FORMAT, AnalysisResult
 from dense_plantain.errors import DensePlantainError
 from dense_plantain.report import direction as report_direction
+
+if TYPE_CHECKING:
+    from dense_plantain.analysis import AnalysisResult
 
 RESULTS_JSON = "results.json"
 UNITS_CSV = "units.csv"
@@ -91,7 +93,7 @@ def units_csv_text(result: AnalysisResult) -> str:
     numbers = [result.mean_diff, result.t, result.d, result.df, result.p, result.p_maxT, result.q]
     numbers += [result.intervals.get(c, nan) for c in INTERVAL_COLUMNS]
     numbers += [result.extra_columns[c] for c in extra]
-    columns = [range(result.n_units)]
+    columns: list[Any] = [range(result.n_units)]
     columns += [labels[k].tolist() for k in ("block", "name", "kind")]
     columns += [np.asarray(labels[k], dtype=np.int64).tolist() for k in ("head", "slice")]
     columns += [labels["region"].tolist(), np.asarray(labels["step"], dtype=np.int64).tolist()]
@@ -112,6 +114,8 @@ _G10 = "{:.10g}".format  # the same as format(x, ".10g"), a little faster throug
 
 def load_results(folder: str | Path) -> dict[str, Any]:
     """Read ``results.json`` from a results folder (or the file itself), checking it is ours."""
+    from dense_plantain.analysis.records import RESULTS_FORMAT  # the statistics' import, only when reading
+
     folder = Path(folder)
     path = folder if folder.is_file() else folder / RESULTS_JSON
     if not path.exists():

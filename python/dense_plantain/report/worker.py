@@ -1,0 +1,382 @@
+"""The figures drawn in a second process, beside the statistics and the text files.
+
+``analyze`` and ``compare`` start a `FigureWorker` before they import the statistics: a fresh
+Python process (``sys.executable``; not a fork, so no thread pool of the statistics engine or of
+BLAS is copied into it) that imports numpy, matplotlib and the drawing modules while this process
+imports the analysis and computes, then waits. When the results are ready, `figures.write_figures`
+sends it a `figures.FigureData` (numpy arrays, plain dicts and the unit layout, pickled through a
+pipe; the worker never imports the statistics) and the staging folder; the worker draws every
+figure into that folder while this process writes results.json, units.csv and results.md, and
+`FigureJob.wait` returns once it has answered. The results folder is published only after that
+(``folder.write_folder``), so the command still ends with every file written, or none:
+
+* a figure that fails in the worker comes back as `FigureWorkerError` (or, for a disk error, the
+  same ``OSError`` that drawing here would raise, which ``write_folder`` turns into its one-line
+  message), and the staging folder is removed;
+* a worker that dies (killed, out of memory) is a `FigureWorkerError` naming its exit status;
+* a failure in this process while the worker draws kills the worker before the staging folder is
+  removed.
+
+The engine's thread setting (``DENSE_PLANTAIN_NUM_THREADS``) is untouched: the engine runs only in
+this process. The worker runs BLAS single-threaded (it only draws). With fewer than two CPUs to run
+on, or ``DENSE_PLANTAIN_FIGURE_WORKER=0``, `start_figure_worker` returns None and the figures are
+drawn in this process after the text files, as before.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from dense_plantain.errors import DensePlantainError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from dense_plantain.report.figures import FigureData
+
+__all__ = ["FigureJob", "FigureWorker", "FigureWorkerError", "serve", "start_figure_worker"]
+
+#: Set to 0 to draw the figures in the command's own process.
+WORKER_ENV = "DENSE_PLANTAIN_FIGURE_WORKER"
+#: The worker's BLAS and OpenMP pools: one thread each (it only draws; the engine is not there).
+_SINGLE_THREADED = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_SERVE = (
+    "import sys\n"
+    "root = sys.argv[1]\n"
+    "if root not in sys.path:\n"
+    "    sys.path.insert(0, root)\n"
+    "from dense_plantain.report.worker import serve\n"
+    "serve()\n"
+)
+
+
+class FigureWorkerError(DensePlantainError):
+    """The figure process failed or ended before drawing every figure; nothing was written."""
+
+    def __init__(self, message: str, worker_traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.worker_traceback = worker_traceback  # the worker's traceback, for debugging
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def start_figure_worker() -> FigureWorker | None:
+    """A started `FigureWorker`, or None where the figures are better drawn here (one CPU,
+    ``DENSE_PLANTAIN_FIGURE_WORKER=0``, or no Python executable to start)."""
+    if os.environ.get(WORKER_ENV, "1").strip() in ("0", "no", "off", "false") or _cpus() < 2:
+        return None
+    if not sys.executable:
+        return None
+    try:
+        return FigureWorker().start()
+    except OSError:  # cannot start a process (limits, memory): draw here instead
+        return None
+
+
+class FigureJob:
+    """One drawing request sent to the worker; `wait` returns the paths written."""
+
+    def __init__(self, worker: FigureWorker, payload: bytes) -> None:
+        self._worker = worker
+        self._send_error: BaseException | None = None
+        # The worker may still be importing matplotlib and not reading yet: write from a thread
+        # so that this process goes on (the pipe holds far less than the request).
+        self._sender = threading.Thread(target=self._send, args=(payload,), daemon=True)
+        self._sender.start()
+
+    def _send(self, payload: bytes) -> None:
+        stdin = self._worker._stdin()
+        try:
+            stdin.write(payload)
+            stdin.flush()
+        except (OSError, ValueError) as err:  # the worker is gone; wait() says so
+            self._send_error = err
+
+    def wait(self) -> list[Path]:
+        """Block until the worker has drawn every figure; raise if it failed or died."""
+        self._sender.join()
+        return self._worker._reply()
+
+
+class FigureWorker:
+    """A process that draws figures on request (see the module docstring). Use as a context
+    manager: leaving it normally lets the process end; leaving by an exception kills it."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._job: FigureJob | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> FigureWorker:
+        import dense_plantain
+
+        root = str(Path(dense_plantain.__file__).resolve().parents[1])
+        env = dict(os.environ)
+        for name in _SINGLE_THREADED:
+            env[name] = "1"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVE, root],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+            process_group=0 if os.name == "posix" else None,  # its drawing forks share it: one kill ends all
+        )
+        return self
+
+    def _stdin(self) -> IO[bytes]:
+        assert self._proc is not None and self._proc.stdin is not None
+        return self._proc.stdin
+
+    def submit(self, data: FigureData, folder: Path, names: Sequence[str] | None = None) -> FigureJob:
+        """Send ``data`` to be drawn into ``folder`` (``names``: those figures only); returns at once."""
+        if self._proc is None:
+            raise RuntimeError("the figure worker was not started")
+        if self._job is not None:
+            raise RuntimeError("the figure worker is already drawing")
+        request = ("draw", data, str(folder), None if names is None else list(names))
+        self._job = FigureJob(self, pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+        return self._job
+
+    def draw(self, data: FigureData, folder: Path, names: Sequence[str] | None = None) -> list[Path]:
+        """`submit` and wait."""
+        return self.submit(data, folder, names).wait()
+
+    def _reply(self) -> list[Path]:
+        assert self._proc is not None and self._proc.stdout is not None
+        self._job = None
+        try:
+            reply: Any = pickle.load(self._proc.stdout)
+        except (EOFError, pickle.UnpicklingError, OSError):
+            self.kill()
+            raise FigureWorkerError(
+                f"the figure process ended (exit status {self._proc.returncode}) before it had drawn the "
+                "figures; nothing was written. Run the command again (set DENSE_PLANTAIN_FIGURE_WORKER=0 to "
+                "draw them in the command's own process)"
+            ) from None
+        if reply[0] == "ok":
+            return [Path(p) for p in reply[1]]
+        if reply[0] == "oserror":
+            _, code, message, filename = reply
+            raise OSError(code, message, filename)
+        _, figure, kind, message, tb = reply
+        raise FigureWorkerError(
+            f"drawing {figure} failed in the figure process: {kind}: {message}; nothing was written", tb
+        )
+
+    def close(self) -> None:
+        """Let the process end (it exits when its input closes); kill it if it does not."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._close_pipes()
+
+    def kill(self) -> None:
+        """End the process and its drawing forks now and reap it (a drawing in progress stops
+        where it is). SIGTERM first: the worker then kills and reaps its forks before it ends, so
+        none of them writes into the staging folder after this returns; SIGKILL to the whole
+        process group if it does not end within a few seconds."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (AttributeError, ProcessLookupError, PermissionError):
+                    proc.kill()
+                proc.wait()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        assert self._proc is not None
+        for pipe in (self._proc.stdin, self._proc.stdout):
+            try:
+                if pipe is not None:
+                    pipe.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> FigureWorker:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.kill()
+
+
+# --- the worker's side ---------------------------------------------------------------------
+
+#: Rough CPU seconds of each figure at probe scale (16,320 units), to share them out evenly.
+_COST = {
+    "null_counts.png": 0.17,
+    "abs_t_heatmap.png": 0.14,
+    "abs_t_by_block.png": 0.12,
+    "direction_vs_magnitude.png": 0.1,
+    "controls_blocks.png": 0.06,
+    "split_half_r.png": 0.05,
+}
+_children: set[int] = set()  # drawing processes forked by this worker and not yet reaped
+
+
+def serve() -> None:
+    """The worker's main loop: import the drawing code, then answer requests until stdin closes."""
+    signal.signal(signal.SIGTERM, _terminate)
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed while drawing goes to stderr, not into the replies
+    warm_error: BaseException | None = None
+    try:
+        _warm()
+    except BaseException as err:  # reported with the first request
+        warm_error = err
+    stdin = sys.stdin.buffer
+    while True:
+        try:
+            request = pickle.load(stdin)
+        except EOFError:  # the command is done with us: end without the interpreter's teardown
+            sys.stderr.flush()
+            os._exit(0)
+        _, data, folder, names = request
+        reply = _draw_shared(data, Path(folder), names, warm_error)
+        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
+        replies.flush()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (the command failed or was interrupted): stop the drawing processes, then end."""
+    for pid in list(_children):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in list(_children):
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+    os._exit(1)
+
+
+def _warm() -> None:
+    """Import what drawing needs, so that the first request only draws."""
+    import matplotlib.backends.backend_agg  # noqa: F401
+    import matplotlib.figure  # noqa: F401
+
+    from dense_plantain.report import direction, figures, heatmap  # noqa: F401
+
+
+def _parts(n_figures: int) -> int:
+    """How many processes draw: one per CPU this process may use, at most one per figure. The
+    others are forks of this one (single-threaded, matplotlib already imported), so only where
+    fork is the platform's way (Linux)."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return 1
+    return max(1, min(_cpus(), n_figures))
+
+
+def _share(names: Sequence[str], parts: int) -> list[list[str]]:
+    """``names`` in ``parts`` groups of about equal cost (largest first, each to the lightest group)."""
+    groups: list[list[str]] = [[] for _ in range(parts)]
+    load = [0.0] * parts
+    for name in sorted(names, key=lambda n: -_COST.get(n, 0.1)):
+        k = load.index(min(load))
+        groups[k].append(name)
+        load[k] += _COST.get(name, 0.1)
+    return [g for g in groups if g]
+
+
+def _draw_shared(
+    data: FigureData, folder: Path, names: Sequence[str] | None, warm_error: BaseException | None
+) -> tuple:
+    """Draw the figures, shared out between this process and forks of it; one reply for all.
+
+    Every fork is waited for before the reply, so nothing writes into ``folder`` after it."""
+    from dense_plantain.report import figures
+
+    if warm_error is not None:
+        return _draw(data, folder, ["the figures"], warm_error)
+    order = list(figures.figure_names(data) if names is None else names)
+    groups = _share(order, _parts(len(order)))
+    forks: list[tuple[int, int, list[str]]] = []
+    for group in groups[1:]:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the drawing process: draw its group, answer through the pipe, end
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.close(read_end)
+                drawn = _draw(data, folder, group, None)
+                with os.fdopen(write_end, "wb") as out:
+                    pickle.dump(drawn, out, protocol=pickle.HIGHEST_PROTOCOL)
+            finally:
+                os._exit(0)
+        _children.add(pid)
+        os.close(write_end)
+        forks.append((pid, read_end, group))
+    replies = [(groups[0], _draw(data, folder, groups[0], None))]
+    for pid, read_end, group in forks:
+        with os.fdopen(read_end, "rb") as answer:
+            try:
+                got: tuple | None = pickle.load(answer)
+            except (EOFError, pickle.UnpicklingError):
+                got = None
+        _, status = os.waitpid(pid, 0)
+        _children.discard(pid)
+        if got is None:
+            why = f"the drawing process ended with status {os.waitstatus_to_exitcode(status)} without an answer"
+            got = ("error", group[0], "ChildProcessError", why, "")
+        replies.append((group, got))
+    for _, reply in sorted(replies, key=lambda gr: order.index(gr[0][0])):
+        if reply[0] != "ok":
+            return reply  # the first failure in figure order
+    written = {Path(p).name: p for _, reply in replies for p in reply[1]}
+    return ("ok", [written[name] for name in order])
+
+
+def _draw(data: FigureData, folder: Path, names: Sequence[str], warm_error: BaseException | None) -> tuple:
+    """Draw ``names`` here; the reply tuple (``ok`` and the paths, or what failed)."""
+    import traceback
+
+    figure = names[0] if names else "the figures"
+    try:
+        if warm_error is not None:
+            raise warm_error
+        from dense_plantain.report import figures
+
+        paths = []
+        for figure in names:
+            paths += figures.draw(data, folder, [figure])
+        return ("ok", [str(p) for p in paths])
+    except OSError as err:
+        return ("oserror", err.errno, err.strerror or str(err), err.filename)
+    except Exception as err:
+        return ("error", figure, type(err).__name__, str(err), traceback.format_exc())
