@@ -6,10 +6,11 @@
 * the heatmap's grid (rows, column groups, each unit's cell), worked out per run of equal labels
   with integer keys, against a per-unit walk with tuple keys sorted by Python, on the bench's full
   Klein 4B layout, the small layouts, an unlabelled layout and attention units without heads.
-* the figure worker (``report.worker``): its figures pixel for pixel against the same figures
-  drawn in this process (main run, baselines, direction test); a figure failing in it, the worker
-  dying, and this process failing while it draws: each fails the write with a clear error and
-  leaves no results folder and no staging folder.
+* the figure worker (``report.worker``), forked and spawned: its figures pixel for pixel against
+  the same figures drawn in this process (main run, baselines, direction test); a figure failing
+  in it, the worker dying, and this process failing while it draws: each fails the write with a
+  clear error and leaves no results folder and no staging folder; a forked worker keeps no other
+  process's pipe open.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import errno
 import io
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,14 +184,18 @@ def _pixels(path):
         return np.asarray(image.convert("RGBA"))
 
 
+METHODS = ["fork", "spawn"] if hasattr(os, "fork") else ["spawn"]
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("which", ["small_result", "baseline_result", "direction_result"])
-def test_worker_figures_equal_this_process_pixel_for_pixel(which, request, tmp_path):
+def test_worker_figures_equal_this_process_pixel_for_pixel(which, method, request, tmp_path):
     result = request.getfixturevalue(which)
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir()
     there.mkdir()
     drawn_here = figures.write_figures(result, here)
-    with FigureWorker().start() as w:
+    with FigureWorker().start(method) as w:
         drawn_there = figures.write_figures(result, there, worker=w)
     assert [p.name for p in drawn_there] == [p.name for p in drawn_here]
     expected = {"abs_t_heatmap.png", *figures.FILES}
@@ -228,17 +234,19 @@ def _nothing_left(folder, out):
     return not out.exists() and not [p for p in folder.iterdir() if p.name.startswith(".")]
 
 
-def test_a_figure_failing_in_the_worker_fails_the_write_and_leaves_nothing(small_result, tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_a_figure_failing_in_the_worker_fails_the_write_and_leaves_nothing(small_result, method, tmp_path):
     out = tmp_path / "res"
-    with FigureWorker().start() as w:
+    with FigureWorker().start(method) as w:
         with pytest.raises(FigureWorkerError, match=r"null_counts\.png.*no null summary.*nothing was written"):
             report.write_results(_no_null_summary(small_result), out, worker=w)
     assert _nothing_left(tmp_path, out)
 
 
-def test_a_worker_that_dies_fails_the_write_and_leaves_nothing(small_result, tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_a_worker_that_dies_fails_the_write_and_leaves_nothing(small_result, method, tmp_path):
     out = tmp_path / "res"
-    w = FigureWorker().start()
+    w = FigureWorker().start(method)
     os.kill(w.pid, signal.SIGKILL)
     with pytest.raises(FigureWorkerError, match=r"figure process ended \(exit status -9\).*nothing was written"):
         report.write_results(small_result, out, worker=w)
@@ -246,22 +254,24 @@ def test_a_worker_that_dies_fails_the_write_and_leaves_nothing(small_result, tmp
     w.close()
 
 
-def test_a_failure_here_while_the_worker_draws_ends_it_and_leaves_nothing(small_result, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", METHODS)
+def test_a_failure_here_while_the_worker_draws_ends_it_and_leaves_nothing(small_result, method, tmp_path, monkeypatch):
     def full(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(records, "units_csv_text", full)
     out = tmp_path / "res"
-    w = FigureWorker().start()
+    w = FigureWorker().start(method)
     with pytest.raises(report.OutputFolderError, match="the disk is full.*nothing was written"):
         report.write_results(small_result, out, worker=w)
     assert w._proc is not None and w._proc.poll() is not None  # killed before the staging folder went
     assert _nothing_left(tmp_path, out)
 
 
-def test_a_disk_error_in_the_worker_is_the_same_oserror(small_result, tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_a_disk_error_in_the_worker_is_the_same_oserror(small_result, method, tmp_path):
     data = figures.FigureData.from_result(small_result)
-    with FigureWorker().start() as w, pytest.raises(FileNotFoundError):
+    with FigureWorker().start(method) as w, pytest.raises(FileNotFoundError):
         w.draw(data, tmp_path / "no such folder")
 
 
@@ -309,3 +319,60 @@ def test_cli_analyze_with_the_worker_writes_the_folder_and_a_failing_figure_exit
     assert bad.exit_code == 2 and "null_counts.png" in bad.output and "nothing was written" in bad.output
     assert "Traceback" not in bad.output
     assert not (tmp_path / "bad").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    from dense_plantain import cli
+
+    assert not cli._final_collection_skipped  # called in-process: this session's exit is left alone
+
+
+def test_the_program_ends_cleanly_as_a_process(tmp_path):
+    """``python -m dense_plantain analyze`` (the worker forked, gc.freeze at exit): exit 0, the
+    folder, nothing on stderr."""
+    import subprocess
+    import sys
+
+    layout = small_layout()
+    a, b = correlated_pairs(layout, 8, planted={"joint[0]": 1.2}, seed=9)
+    capture = write(tmp_path / "c.safetensors", a, b, layout, **probe_meta(8))
+    env = {**os.environ, "PYTHONPATH": str(Path(figures.__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "dense_plantain", "analyze", str(capture), "-q", "--out", str(tmp_path / "r")]
+    done = subprocess.run(cmd + ["--permutations", "64", "--splits", "4"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert {p.name for p in (tmp_path / "r").iterdir()} == RESULTS_FILES
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["/x/dense_plantain/__main__.py", "analyze"], True),
+        (["/usr/local/bin/dense-plantain"], True),
+        (["/x/pytest/__main__.py"], False),
+        (["ipython"], False),
+        ([""], False),
+        ([], False),
+    ],
+)
+def test_only_the_program_skips_the_final_collection(argv, expected, monkeypatch):
+    from dense_plantain import cli
+
+    monkeypatch.setattr("sys.argv", argv)
+    assert cli._is_the_program() is expected
+
+
+def test_a_forked_worker_holds_no_other_pipe_open(small_result, tmp_path):
+    import select
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    read_end, write_end = os.pipe()  # a pipe of this process, open when the worker forks
+    try:
+        with FigureWorker().start("fork") as w:
+            figures.write_figures(small_result, tmp_path, worker=w)  # it draws, then waits: still alive
+            os.close(write_end)
+            write_end = -1
+            ready, _, _ = select.select([read_end], [], [], 10)
+            assert ready and os.read(read_end, 1) == b""  # EOF: the worker does not hold the write end
+            assert w._proc is not None and w._proc.poll() is None
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)

@@ -1,26 +1,28 @@
 """The figures drawn in a second process, beside the statistics and the text files.
 
-``analyze`` and ``compare`` start a `FigureWorker` before they import the statistics: a fresh
-Python process (``sys.executable``; not a fork, so no thread pool of the statistics engine or of
-BLAS is copied into it) that imports numpy, matplotlib and the drawing modules while this process
-imports the analysis and computes, then waits. When the results are ready, `figures.write_figures`
-sends it a `figures.FigureData` (numpy arrays, plain dicts and the unit layout, pickled through a
-pipe; the worker never imports the statistics) and the staging folder; the worker draws every
-figure into that folder while this process writes results.json, units.csv and results.md, and
-`FigureJob.wait` returns once it has answered. The results folder is published only after that
+``analyze`` and ``compare`` start a `FigureWorker` before they import the statistics: on Linux a
+fork of the command taken while it runs a single thread (numpy and the command line imported, the
+statistics engine not yet loaded, so no thread pool of it is copied), elsewhere a fresh
+interpreter (``sys.executable``, BLAS single-threaded). It imports matplotlib and the drawing
+modules while the command imports the analysis and computes, then waits. When the results are
+ready, `figures.write_figures` sends it a `figures.FigureData` (numpy arrays, plain dicts and the
+unit layout, pickled through a pipe; the worker never imports the statistics) and the staging
+folder; the worker draws every figure into that folder, shared out with forks of itself (one per
+CPU, Linux), while the command writes results.json, units.csv and results.md, and `FigureJob.wait`
+returns once it has answered. The results folder is published only after that
 (``folder.write_folder``), so the command still ends with every file written, or none:
 
 * a figure that fails in the worker comes back as `FigureWorkerError` (or, for a disk error, the
   same ``OSError`` that drawing here would raise, which ``write_folder`` turns into its one-line
   message), and the staging folder is removed;
 * a worker that dies (killed, out of memory) is a `FigureWorkerError` naming its exit status;
-* a failure in this process while the worker draws kills the worker before the staging folder is
-  removed.
+* a failure in the command while the worker draws ends the worker (SIGTERM: it kills and reaps
+  its forks) before the staging folder is removed.
 
 The engine's thread setting (``DENSE_PLANTAIN_NUM_THREADS``) is untouched: the engine runs only in
-this process. The worker runs BLAS single-threaded (it only draws). With fewer than two CPUs to run
-on, or ``DENSE_PLANTAIN_FIGURE_WORKER=0``, `start_figure_worker` returns None and the figures are
-drawn in this process after the text files, as before.
+the command's process. With fewer than two CPUs to run on, or ``DENSE_PLANTAIN_FIGURE_WORKER=0``,
+`start_figure_worker` returns None and the figures are drawn in the command's process after the
+text files, as before.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -85,6 +88,91 @@ def start_figure_worker() -> FigureWorker | None:
         return None
 
 
+def _start_method() -> str:
+    """fork on Linux while this process runs one thread (before the engine's pool or any other
+    thread exists: a fork copies only the calling thread); spawn elsewhere."""
+    if sys.platform.startswith("linux") and hasattr(os, "fork") and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+class _Forked:
+    """A worker made by ``os.fork()``, with the part of ``subprocess.Popen`` the worker uses
+    (pid, stdin, stdout, returncode, poll, wait, terminate, kill).
+
+    The child keeps only the standard streams and its two pipes (every other inherited file
+    descriptor is closed, so it holds no other process's pipe open), gets a process group of its
+    own, serves, and always ends by ``os._exit``: it never returns into the command, runs no exit
+    handler and flushes none of this process's buffers."""
+
+    def __init__(self) -> None:
+        req_read, req_write = os.pipe()
+        rep_read, rep_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                keep = sorted((req_read, rep_write))
+                os.closerange(3, keep[0])
+                os.closerange(keep[0] + 1, keep[1])
+                os.closerange(keep[1] + 1, _max_fd())
+                os.setpgid(0, 0)
+                serve(req_read, rep_write)
+            finally:
+                os._exit(1)
+        os.close(req_read)
+        os.close(rep_write)
+        try:
+            os.setpgid(pid, pid)  # also here, so a kill of the group cannot come before the child's own call
+        except OSError:
+            pass
+        self.pid = pid
+        self.stdin: IO[bytes] | None = os.fdopen(req_write, "wb")
+        self.stdout: IO[bytes] | None = os.fdopen(rep_read, "rb")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            if self.returncode is None:
+                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("figure worker", timeout)
+            time.sleep(0.002)
+        return code
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _max_fd() -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = 4096
+    return soft if 0 < soft < (1 << 20) else 1 << 20
+
+
 class FigureJob:
     """One drawing request sent to the worker; `wait` returns the paths written."""
 
@@ -115,14 +203,23 @@ class FigureWorker:
     manager: leaving it normally lets the process end; leaving by an exception kills it."""
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | _Forked | None = None
         self._job: FigureJob | None = None
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def start(self) -> FigureWorker:
+    def start(self, method: str | None = None) -> FigureWorker:
+        """Start the process: ``"fork"`` (Linux, while this process runs no other thread: the
+        child begins with numpy and the command line already imported) or ``"spawn"`` (a fresh
+        interpreter); default: fork where it is safe, else spawn."""
+        method = method or _start_method()
+        if method == "fork":
+            self._proc = _Forked()
+            return self
+        if method != "spawn":
+            raise ValueError(f"method must be 'fork' or 'spawn', got {method!r}")
         import dense_plantain
 
         root = str(Path(dense_plantain.__file__).resolve().parents[1])
@@ -248,17 +345,18 @@ _COST = {
 _children: set[int] = set()  # drawing processes forked by this worker and not yet reaped
 
 
-def serve() -> None:
-    """The worker's main loop: import the drawing code, then answer requests until stdin closes."""
+def serve(requests_fd: int | None = None, replies_fd: int | None = None) -> None:
+    """The worker's main loop: import the drawing code, then answer requests until its input
+    closes (``requests_fd``/``replies_fd``: the pipes of a forked worker; default stdin/stdout)."""
     signal.signal(signal.SIGTERM, _terminate)
-    replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything printed while drawing goes to stderr, not into the replies
+    replies = os.fdopen(os.dup(1) if replies_fd is None else replies_fd, "wb")
+    os.dup2(2, 1)  # anything printed while drawing goes to stderr, not into the command's output
     warm_error: BaseException | None = None
     try:
         _warm()
     except BaseException as err:  # reported with the first request
         warm_error = err
-    stdin = sys.stdin.buffer
+    stdin = sys.stdin.buffer if requests_fd is None else os.fdopen(requests_fd, "rb")
     while True:
         try:
             request = pickle.load(stdin)
