@@ -91,6 +91,31 @@ def test_units_csv_equals_a_cell_by_cell_writer(small_result):
     np.testing.assert_allclose([float(r["t"]) for r in rows], small_result.t, rtol=1e-9)
 
 
+def test_units_csv_quotes_labels_as_the_csv_module(small_result):
+    """Labels with commas, quotes and line breaks (a foreign layout's block names) are quoted as
+    ``csv.writer`` quotes them; the file reads back to the same labels."""
+    odd = ["a,b", 'say "hi"', "line\nbreak", "cr\rhere", " spaced ", "plain", "ünï", ""]
+    result = copy.copy(small_result)
+    labels = dict(small_result.layout.labels())
+    n = small_result.n_units
+    for key in ("block", "name", "region"):
+        labels[key] = np.array([odd[(j + len(key)) % len(odd)] for j in range(n)], dtype=object)
+    result.layout = dataclasses.replace(small_result.layout, _labels=labels)
+    text = records.units_csv_text(result)
+    assert text == reference_units_csv(result)
+    # Read back (without the carriage return, which Python 3.11's csv leaves unquoted when the
+    # line terminator is "\n", so no reader can tell it from a line end).
+    odd.remove("cr\rhere")
+    for key in ("block", "name", "region"):
+        labels[key] = np.array([odd[(j + len(key)) % len(odd)] for j in range(n)], dtype=object)
+    result.layout = dataclasses.replace(small_result.layout, _labels=labels)
+    text = records.units_csv_text(result)
+    assert text == reference_units_csv(result)
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    assert [r["name"] for r in rows] == labels["name"].tolist()
+    assert [r["block"] for r in rows] == labels["block"].tolist()
+
+
 def test_units_csv_non_finite_numbers_extra_and_direction_columns(direction_result):
     r = direction_result
     odd = np.linspace(-1.0, 1.0, r.n_units)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,10 +80,12 @@ def results_json_text(record: dict[str, Any]) -> str:
 
 
 def units_csv_text(result: AnalysisResult) -> str:
-    """units.csv: one row per unit, numbers as ``format(x, ".10g")``.
+    """units.csv: one row per unit, numbers as ``format(x, ".10g")``, text cells quoted as the
+    ``csv`` module quotes them.
 
-    Built column by column (each array turned into Python numbers once, then formatted), not cell
-    by cell: indexing 16,320 numpy scalars per column was most of the time of writing the file."""
+    Built column by column (each array turned into Python numbers once, then formatted; each
+    distinct label quoted once) and joined, not written cell by cell: indexing 16,320 numpy
+    scalars per column, then ``csv.writer`` on every row, was most of the time of the file."""
     labels = result.layout.labels()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -93,15 +96,37 @@ def units_csv_text(result: AnalysisResult) -> str:
     numbers = [result.mean_diff, result.t, result.d, result.df, result.p, result.p_maxT, result.q]
     numbers += [result.intervals.get(c, nan) for c in INTERVAL_COLUMNS]
     numbers += [result.extra_columns[c] for c in extra]
-    columns: list[Any] = [range(result.n_units)]
-    columns += [labels[k].tolist() for k in ("block", "name", "kind")]
-    columns += [np.asarray(labels[k], dtype=np.int64).tolist() for k in ("head", "slice")]
-    columns += [labels["region"].tolist(), np.asarray(labels["step"], dtype=np.int64).tolist()]
+    columns: list[list[str]] = [list(map(str, range(result.n_units)))]
+    columns += [_text_cells(labels[k]) for k in ("block", "name", "kind")]
+    columns += [_int_cells(labels[k]) for k in ("head", "slice")]
+    columns += [_text_cells(labels["region"]), _int_cells(labels["step"])]
     columns += [number_cells(col) for col in numbers]
     if direction is not None:
         columns += report_direction.csv_columns(direction)
-    writer.writerows(zip(*columns, strict=True))
-    return buf.getvalue()
+    rows = zip(*columns, strict=True)
+    return buf.getvalue() + "".join(",".join(row) + "\n" for row in rows)
+
+
+def _int_cells(values: Any) -> list[str]:
+    return list(map(str, np.asarray(values, dtype=np.int64).tolist()))
+
+
+def _text_cells(values: Any) -> list[str]:
+    """Each label as ``csv.writer`` writes it inside a row: as it is, or, when it holds a comma, a
+    quote or a line break (the only characters that make the default dialect quote), as the csv
+    module itself writes it."""
+    out = []
+    for value in np.asarray(values, dtype=object).tolist():
+        text = str(value)
+        if _NEEDS_CSV.search(text):
+            probe = io.StringIO()
+            csv.writer(probe, lineterminator="\n").writerow([text, ""])
+            text = probe.getvalue()[: -len(",\n")]
+        out.append(text)
+    return out
+
+
+_NEEDS_CSV = re.compile(r'[,"\r\n]')
 
 
 def number_cells(values: Any) -> list[str]:
