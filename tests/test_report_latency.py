@@ -11,6 +11,9 @@
   in it, the worker dying, and this process failing while it draws: each fails the write with a
   clear error and leaves no results folder and no staging folder; a forked worker keeps no other
   process's pipe open.
+* drawing ahead (the |t| figures while the nulls run): used only when its inputs equal the final
+  ones, the folder then pixel for pixel the one drawn in this process; the analysis reports the
+  observed t-map once, before its nulls, for analyze and compare (not for baselines).
 """
 
 from __future__ import annotations
@@ -337,6 +340,11 @@ def test_cli_analyze_with_the_worker_writes_the_folder_and_a_failing_figure_exit
     assert ok.exit_code == 0, ok.output
     assert len(started) == 1 and started[0]._proc.poll() is not None  # it ran and has ended
     assert {p.name for p in (tmp_path / "ok").iterdir()} == RESULTS_FILES
+    assert sorted(started[0].drawn_ahead) == sorted(figures.AHEAD)  # drawn while the nulls ran
+    serial = CliRunner().invoke(main, args + ["--out", str(tmp_path / "serial")], env={figure_worker.WORKER_ENV: "0"})
+    assert serial.exit_code == 0 and len(started) == 1  # no worker this time
+    for name in RESULTS_FILES - {"results.json"}:
+        assert (tmp_path / "ok" / name).read_bytes() == (tmp_path / "serial" / name).read_bytes(), name
 
     real = figures.FigureData.from_result
     monkeypatch.setattr(figures.FigureData, "from_result", lambda result, res=None: real(_no_null_summary(result), res))
@@ -401,3 +409,98 @@ def test_a_forked_worker_holds_no_other_pipe_open(small_result, tmp_path):
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
+
+
+# --- drawing ahead ---------------------------------------------------------------------------
+
+
+def _observed(result):
+    res = result.to_json()
+    return {
+        "design": result.design,
+        "n_pairs": result.n_pairs,
+        "conditions": res["conditions"],
+        "layout": result.layout,
+        "t": result.t,
+    }
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_drawn_ahead_figures_are_used_when_their_inputs_are_equal(small_result, method, tmp_path):
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    figures.write_figures(small_result, here)
+    with FigureWorker().start(method) as w:
+        w.draw_ahead(figures.ahead_data(_observed(small_result), analysis.BLOCK_T), figures.AHEAD)
+        figures.write_figures(small_result, there, worker=w)
+        assert sorted(w.drawn_ahead) == sorted(figures.AHEAD)
+    for name in figures.figure_names(figures.FigureData.from_result(small_result)):
+        assert (here / name).read_bytes() == (there / name).read_bytes(), name
+
+
+def test_drawn_ahead_figures_of_other_inputs_are_drawn_again(small_result, tmp_path):
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    figures.write_figures(small_result, here)
+    other = dict(_observed(small_result), t=small_result.t * 1.5)
+    retitled = dict(_observed(small_result), n_pairs=small_result.n_pairs + 1)
+    with FigureWorker().start() as w:
+        w.draw_ahead(figures.ahead_data(other, analysis.BLOCK_T), [figures.HEATMAP])
+        w.draw_ahead(figures.ahead_data(retitled, analysis.BLOCK_T), [figures.FILES[0]])
+        figures.write_figures(small_result, there, worker=w)
+        assert w.drawn_ahead == []
+    for name in (figures.HEATMAP, figures.FILES[0]):
+        assert np.array_equal(_pixels(here / name), _pixels(there / name)), name
+
+
+def test_same_inputs_reads_every_input_of_the_ahead_figures(small_result, baseline_result):
+    full = figures.FigureData.from_result(small_result)
+    early = figures.ahead_data(_observed(small_result), analysis.BLOCK_T)
+    assert all(figures.same_inputs(name, early, full) for name in figures.AHEAD)
+    assert not figures.same_inputs("null_counts.png", early, full)  # never drawn ahead
+    t = small_result.t.copy()
+    t[3] = -t[3]  # the same |t|: the same figures
+    assert all(
+        figures.same_inputs(n, figures.ahead_data(dict(_observed(small_result), t=t), 3.0), full) for n in figures.AHEAD
+    )
+    t[3] += 1e-12
+    assert not any(
+        figures.same_inputs(n, figures.ahead_data(dict(_observed(small_result), t=t), 3.0), full) for n in figures.AHEAD
+    )
+    other_title = dict(_observed(small_result), conditions={**full.res["conditions"], "b": "something else"})
+    assert not figures.same_inputs(figures.FILES[0], figures.ahead_data(other_title, 3.0), full)
+    assert not figures.same_inputs(figures.HEATMAP, early, dataclasses.replace(full, block_t=2.0))
+    with_baseline = figures.FigureData.from_result(baseline_result)
+    early_b = figures.ahead_data(_observed(baseline_result), analysis.BLOCK_T)
+    assert not figures.same_inputs(figures.HEATMAP, early_b, with_baseline)  # the baseline's panel
+
+
+def test_the_analysis_reports_the_t_map_once_before_its_nulls(tmp_path, monkeypatch):
+    from dense_plantain.analysis.designs import PairedDesign
+
+    layout = small_layout()
+    a, b = correlated_pairs(layout, 8, seed=2)
+    one = write(tmp_path / "one.safetensors", a, b, layout, **probe_meta(8))
+    a2, b2 = correlated_pairs(layout, 8, seed=3)
+    two = write(tmp_path / "two.safetensors", a2, b2, layout, **probe_meta(8))
+    events = []
+    real_null = PairedDesign.null
+
+    def noting_null(self, *args, **kwargs):
+        events.append("null")
+        return real_null(self, *args, **kwargs)
+
+    monkeypatch.setattr(PairedDesign, "null", noting_null)
+    seen = []
+    kw = dict(permutations=64, splits=4, bootstrap=0)
+    result = analysis.analyze(one, on_statistic=lambda o: (seen.append(o), events.append("t")), baselines=[two], **kw)
+    (observed,) = seen  # once: not again for the baseline
+    assert events[:2] == ["t", "null"] and events.count("t") == 1
+    assert observed["t"] is result.t and observed["layout"] == result.layout
+    assert observed["design"] == "paired" and observed["n_pairs"] == 8 and observed["conditions"] == result.conditions
+    seen.clear()
+    contrast = analysis.compare(one, two, on_statistic=seen.append, **kw)
+    (observed,) = seen
+    assert np.array_equal(observed["t"], contrast.t) and observed["design"] == contrast.design

@@ -660,9 +660,16 @@ class _AnalysisRun:
         worker = start_figure_worker()
         return worker if worker is not None else contextlib.nullcontext()
 
-    def write(self, analysis: Callable[..., Any], *captures: Any, worker: Any = None, **options: Any) -> None:
+    def write(
+        self, analysis: Callable[..., Any], *captures: Any, worker: Any = None, ahead: bool = False, **options: Any
+    ) -> None:
         """Run ``analysis(*captures, **settings, **options)`` under a progress bar; write and show the
-        folder (the figures drawn by ``worker`` when there is one)."""
+        folder (the figures drawn by ``worker`` when there is one; ``ahead``: it draws the |t|
+        figures while the nulls run, for a run without baselines)."""
+        if worker is not None and ahead:
+            from dense_plantain.report import figures
+
+            options["on_statistic"] = figures.draw_ahead_with(worker)
         result = _run_with_progress(
             self.quiet, lambda progress: analysis(*captures, progress=progress, **self.settings, **options)
         )
@@ -795,7 +802,7 @@ def analyze(capture: str, by: str | None, baseline: tuple[str, ...], direction: 
 
         cap = read_capture(capture)
         bases = [read_capture(path) for path in baseline]
-        run.write(analysis.analyze, cap, by=by, baselines=bases, direction=direction, worker=worker)
+        run.write(analysis.analyze, cap, by=by, baselines=bases, direction=direction, worker=worker, ahead=not bases)
 
 
 @main.command()
@@ -856,6 +863,7 @@ def compare(
             allow_different_settings=allow_different_settings,
             baselines=bases,
             worker=worker,
+            ahead=not bases,
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata as _metadata
 from typing import Any, cast
 
@@ -57,14 +58,22 @@ def run_design(
     weights: dict[str, Any] | None = None,
     progress: Progress | None = None,
     vectors: tuple[np.ndarray, int] | None = None,
+    on_statistic: Callable[[dict[str, Any]], None] | None = None,
 ) -> AnalysisResult:
     """The whole analysis of one design over one unit layout.
+
+    ``on_statistic``: called once, before the nulls run, with the observed t-map and what is
+    known around it (``design``, ``n_pairs``, ``conditions``, ``layout``, ``t``), so that work
+    that needs only those (the command's figures of |t|) can start meanwhile.
 
     ``vectors``: ``(delta_vec [pairs x units * W], W)``, the signed vector differences of the same
     pairs; with them the direction test runs beside the magnitude test (``analysis.direction``,
     same permutations, exactness and seed) and fills ``AnalysisResult.direction``."""
     options = null_options(settings)
     st = design.statistic()
+    if on_statistic is not None:
+        n_pairs = int(design.n_pairs)
+        on_statistic({"design": design.name, "n_pairs": n_pairs, "conditions": conditions, "layout": layout, "t": st.t})
     p_tail = tail_p(st.t, st.df, options.tail)  # the parametric p of the alternative asked for
     partitions = unit_partitions(layout)
     labels = [_labels(parts, layout.n_units) for _, parts in partitions]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -155,6 +155,75 @@ def figure_maker(name: str) -> Callable[[FigureData], Figure]:
     return makers[name]
 
 
+#: The figures that need only the t-map, the layout and the run's title: drawn ahead, while the
+#: nulls run, when there are no baselines (`ahead_data`).
+AHEAD = (HEATMAP, FILES[0])
+
+
+def ahead_data(observed: Mapping[str, Any], block_t: float) -> FigureData:
+    """A `FigureData` with what the `AHEAD` figures read, from the observed statistic the analysis
+    reports before its nulls (``design``, ``n_pairs``, ``conditions``, ``layout``, ``t``); the
+    rest (nulls, split halves, baselines) empty."""
+    t = np.asarray(observed["t"], dtype=np.float64)
+    res = {"design": observed["design"], "n_pairs": int(observed["n_pairs"]), "conditions": observed["conditions"]}
+    return FigureData(
+        res=res,
+        layout=observed["layout"],
+        t=t,
+        null_exact=False,
+        null_permutations=0,
+        thresholds=(),
+        split_half_r=np.empty(0),
+        panels=(Panel("main run", np.abs(t), {}),),
+        block_t=float(block_t),
+    )
+
+
+def draw_ahead_with(worker: FigureWorker) -> Callable[[Mapping[str, Any]], None]:
+    """The ``on_statistic`` callback of `analysis.analyze` / `compare` that has ``worker`` draw
+    the `AHEAD` figures while the nulls run (for a run without baselines: with them the heatmap
+    has their panels too). Nothing is written here; `write_figures` later uses those drawings
+    only where their inputs are equal."""
+    from dense_plantain.analysis import BLOCK_T
+
+    def ahead(observed: Mapping[str, Any]) -> None:
+        worker.draw_ahead(ahead_data(observed, BLOCK_T), AHEAD)
+
+    return ahead
+
+
+def same_inputs(name: str, a: FigureData, b: FigureData) -> bool:
+    """True when figure ``name`` drawn from ``a`` is the figure ``b`` gives: every input it reads
+    is equal (only for the `AHEAD` figures; False for any other)."""
+
+    def same(x: np.ndarray, y: np.ndarray) -> bool:
+        return x.dtype == y.dtype and x.shape == y.shape and bool(np.array_equal(x, y, equal_nan=True))
+
+    la, lb = a.layout, b.layout
+    if (la.name, la.readouts, la.blocks, la.steps) != (lb.name, lb.readouts, lb.blocks, lb.steps):
+        return False
+    if name == FILES[0]:  # abs_t_by_block: the layout, |t|, the title and n
+        return (
+            same(a.abs_t, b.abs_t) and cells.title(a.res) == cells.title(b.res) and a.res["n_pairs"] == b.res["n_pairs"]
+        )
+    if name == HEATMAP:  # the layout, every panel's label and |t|, the colour scale's floor
+        return (
+            len(a.panels) == len(b.panels)
+            and all(p.label == q.label and same(p.abs_t, q.abs_t) for p, q in zip(a.panels, b.panels))
+            and a.block_t == b.block_t
+        )
+    return False
+
+
+def render(data: FigureData, name: str) -> bytes:
+    """The PNG bytes of figure ``name`` (what `draw` writes to its file)."""
+    import io
+
+    buf = io.BytesIO()
+    _save(figure_maker(name)(data), buf)
+    return buf.getvalue()
+
+
 def draw(data: FigureData, folder: Path, names: Sequence[str] | None = None) -> list[Path]:
     """Draw the figures ``names`` (default: all of `figure_names`) of ``data`` into ``folder``, here."""
     folder = Path(folder)
@@ -202,7 +271,7 @@ def _new_figure(**kwargs: Any) -> Figure:
     return Figure(**kwargs)
 
 
-def _save(fig: Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path | IO[bytes]) -> None:
     # Light zlib compression: the PNGs are a few hundred KB either way, and level 6 costs ~3x the time.
     fig.savefig(path, dpi=DPI, format="png", pil_kwargs={"compress_level": 1})
 

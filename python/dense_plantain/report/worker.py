@@ -176,21 +176,9 @@ def _max_fd() -> int:
 class FigureJob:
     """One drawing request sent to the worker; `wait` returns the paths written."""
 
-    def __init__(self, worker: FigureWorker, payload: bytes) -> None:
+    def __init__(self, worker: FigureWorker, sender: threading.Thread) -> None:
         self._worker = worker
-        self._send_error: BaseException | None = None
-        # The worker may still be importing matplotlib and not reading yet: write from a thread
-        # so that this process goes on (the pipe holds far less than the request).
-        self._sender = threading.Thread(target=self._send, args=(payload,), daemon=True)
-        self._sender.start()
-
-    def _send(self, payload: bytes) -> None:
-        stdin = self._worker._stdin()
-        try:
-            stdin.write(payload)
-            stdin.flush()
-        except (OSError, ValueError) as err:  # the worker is gone; wait() says so
-            self._send_error = err
+        self._sender = sender
 
     def wait(self) -> list[Path]:
         """Block until the worker has drawn every figure; raise if it failed or died."""
@@ -205,6 +193,9 @@ class FigureWorker:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | _Forked | None = None
         self._job: FigureJob | None = None
+        self._sender: threading.Thread | None = None  # the last request being written
+        #: The figures of the last reply that had been drawn ahead (`draw_ahead`) and were used.
+        self.drawn_ahead: list[str] = []
 
     @property
     def pid(self) -> int | None:
@@ -240,15 +231,45 @@ class FigureWorker:
         assert self._proc is not None and self._proc.stdin is not None
         return self._proc.stdin
 
+    def _send(self, request: tuple) -> threading.Thread:
+        """Write ``request`` to the worker from a thread, after any earlier one: the worker may
+        still be importing matplotlib, or drawing ahead, and not reading yet (a pipe holds far
+        less than a request), and this process goes on meanwhile. A worker that has gone makes
+        the write fail silently; the reply says so."""
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        previous = self._sender
+
+        def write() -> None:
+            if previous is not None:
+                previous.join()
+            try:
+                stdin = self._stdin()
+                stdin.write(payload)
+                stdin.flush()
+            except (OSError, ValueError, AssertionError):
+                pass
+
+        self._sender = threading.Thread(target=write, daemon=True)
+        self._sender.start()
+        return self._sender
+
     def submit(self, data: FigureData, folder: Path, names: Sequence[str] | None = None) -> FigureJob:
         """Send ``data`` to be drawn into ``folder`` (``names``: those figures only); returns at once."""
         if self._proc is None:
             raise RuntimeError("the figure worker was not started")
         if self._job is not None:
             raise RuntimeError("the figure worker is already drawing")
-        request = ("draw", data, str(folder), None if names is None else list(names))
-        self._job = FigureJob(self, pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+        self._job = FigureJob(self, self._send(("draw", data, str(folder), None if names is None else list(names))))
         return self._job
+
+    def draw_ahead(self, data: FigureData, names: Sequence[str]) -> None:
+        """Let the worker draw ``names`` from ``data`` now, into memory, while this process goes
+        on; returns at once, no answer. A later `submit` uses such a drawing only for a figure
+        whose inputs there are equal to these (`figures.same_inputs`) and draws it again
+        otherwise, so this changes no figure, only when it is drawn."""
+        if self._proc is None:
+            raise RuntimeError("the figure worker was not started")
+        self._send(("ahead", data, None, list(names)))
 
     def draw(self, data: FigureData, folder: Path, names: Sequence[str] | None = None) -> list[Path]:
         """`submit` and wait."""
@@ -267,6 +288,7 @@ class FigureWorker:
                 "draw them in the command's own process)"
             ) from None
         if reply[0] == "ok":
+            self.drawn_ahead = list(reply[2]) if len(reply) > 2 else []
             return [Path(p) for p in reply[1]]
         if reply[0] == "oserror":
             _, code, message, filename = reply
@@ -281,6 +303,8 @@ class FigureWorker:
         proc = self._proc
         if proc is None:
             return
+        if self._sender is not None:
+            self._sender.join(timeout=10)
         try:
             if proc.stdin is not None:
                 proc.stdin.close()
@@ -343,6 +367,7 @@ _COST = {
     "split_half_r.png": 0.05,
 }
 _children: set[int] = set()  # drawing processes forked by this worker and not yet reaped
+_ahead: dict[str, tuple[FigureData, bytes]] = {}  # figures drawn ahead: their inputs and PNG bytes
 
 
 def serve(requests_fd: int | None = None, replies_fd: int | None = None) -> None:
@@ -363,7 +388,10 @@ def serve(requests_fd: int | None = None, replies_fd: int | None = None) -> None
         except EOFError:  # the command is done with us: end without the interpreter's teardown
             sys.stderr.flush()
             os._exit(0)
-        _, data, folder, names = request
+        kind, data, folder, names = request
+        if kind == "ahead":
+            _draw_ahead(data, names, warm_error)
+            continue
         reply = _draw_shared(data, Path(folder), names, warm_error)
         pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
         replies.flush()
@@ -390,6 +418,32 @@ def _warm() -> None:
     import matplotlib.figure  # noqa: F401
 
     from dense_plantain.report import direction, figures, heatmap  # noqa: F401
+
+
+def _draw_ahead(data: FigureData, names: Sequence[str], warm_error: BaseException | None) -> None:
+    """Draw ``names`` into memory now (a failure is left to the real request, which draws again)."""
+    if warm_error is not None:
+        return
+    from dense_plantain.report import figures
+
+    for name in names:
+        try:
+            _ahead[name] = (data, figures.render(data, name))
+        except Exception:
+            _ahead.pop(name, None)
+
+
+def _write_ahead(data: FigureData, folder: Path, order: Sequence[str]) -> list[str]:
+    """Write the figures of ``order`` drawn ahead from the same inputs as ``data``; their names."""
+    from dense_plantain.report import figures
+
+    done = []
+    for name in order:
+        early = _ahead.get(name)
+        if early is not None and figures.same_inputs(name, early[0], data):
+            (folder / name).write_bytes(early[1])
+            done.append(name)
+    return done
 
 
 def _parts(n_figures: int) -> int:
@@ -423,7 +477,16 @@ def _draw_shared(
     if warm_error is not None:
         return _draw(data, folder, ["the figures"], warm_error)
     order = list(figures.figure_names(data) if names is None else names)
-    groups = _share(order, _parts(len(order)))
+    try:
+        ready = _write_ahead(data, folder, order)
+    except OSError as err:
+        return ("oserror", err.errno, err.strerror or str(err), err.filename)
+    finally:
+        _ahead.clear()
+    rest = [name for name in order if name not in ready]
+    if not rest:
+        return ("ok", [str(folder / name) for name in order], ready)
+    groups = _share(rest, _parts(len(rest)))
     forks: list[tuple[int, int, list[str]]] = []
     for group in groups[1:]:
         read_end, write_end = os.pipe()
@@ -457,7 +520,8 @@ def _draw_shared(
         if reply[0] != "ok":
             return reply  # the first failure in figure order
     written = {Path(p).name: p for _, reply in replies for p in reply[1]}
-    return ("ok", [written[name] for name in order])
+    written.update({name: str(folder / name) for name in ready})
+    return ("ok", [written[name] for name in order], ready)
 
 
 def _draw(data: FigureData, folder: Path, names: Sequence[str], warm_error: BaseException | None) -> tuple:
