@@ -11,9 +11,10 @@
   in it, the worker dying, and this process failing while it draws: each fails the write with a
   clear error and leaves no results folder and no staging folder; a forked worker keeps no other
   process's pipe open.
-* drawing ahead (the |t| figures while the nulls run): used only when its inputs equal the final
-  ones, the folder then pixel for pixel the one drawn in this process; the analysis reports the
-  observed t-map once, before its nulls, for analyze and compare (not for baselines).
+* drawing ahead (the |t| figures while the nulls run, the null counts and split halves while the
+  bootstrap runs): used only when every input equals the final one, the folder then byte for byte
+  the one drawn in this process; the analysis reports what it knows before its null and after it
+  (before the bootstrap), for analyze and compare, not for baselines.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from click.testing import CliRunner
 
 from dense_plantain import analysis, report, store, units
 from dense_plantain.cli import main
-from dense_plantain.report import figures, heatmap, records
+from dense_plantain.report import cells, figures, heatmap, records
 from dense_plantain.report import worker as figure_worker
 from dense_plantain.report.worker import FigureWorker, FigureWorkerError
 from synthetic_captures import RESULTS_FILES, correlated_pairs, probe_meta, small_layout, write
@@ -340,7 +341,7 @@ def test_cli_analyze_with_the_worker_writes_the_folder_and_a_failing_figure_exit
     assert ok.exit_code == 0, ok.output
     assert len(started) == 1 and started[0]._proc.poll() is not None  # it ran and has ended
     assert {p.name for p in (tmp_path / "ok").iterdir()} == RESULTS_FILES
-    assert sorted(started[0].drawn_ahead) == sorted(figures.AHEAD)  # drawn while the nulls ran
+    assert sorted(started[0].drawn_ahead) == sorted(ALL_AHEAD)  # drawn while the statistics ran
     serial = CliRunner().invoke(main, args + ["--out", str(tmp_path / "serial")], env={figure_worker.WORKER_ENV: "0"})
     assert serial.exit_code == 0 and len(started) == 1  # no worker this time
     for name in RESULTS_FILES - {"results.json"}:
@@ -413,16 +414,18 @@ def test_a_forked_worker_holds_no_other_pipe_open(small_result, tmp_path):
 
 # --- drawing ahead ---------------------------------------------------------------------------
 
+ALL_AHEAD = [name for names in figures.AHEAD.values() for name in names]
 
-def _observed(result):
+
+def _known(result, stage="null"):
+    """What ``on_partial`` reports of ``result`` at ``stage``."""
     res = result.to_json()
-    return {
-        "design": result.design,
-        "n_pairs": result.n_pairs,
-        "conditions": res["conditions"],
-        "layout": result.layout,
-        "t": result.t,
-    }
+    known = {"stage": stage, "design": result.design, "n_pairs": result.n_pairs, "conditions": res["conditions"]}
+    known |= {"layout": result.layout, "t": result.t}
+    if stage == "null":
+        known |= {"thresholds": result.thresholds, "split_half": result.split_half}
+        known |= {"null_exact": result.null_exact, "null_permutations": result.null_permutations}
+    return known
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -432,9 +435,10 @@ def test_drawn_ahead_figures_are_used_when_their_inputs_are_equal(small_result, 
     there.mkdir()
     figures.write_figures(small_result, here)
     with FigureWorker().start(method) as w:
-        w.draw_ahead(figures.ahead_data(_observed(small_result), analysis.BLOCK_T), figures.AHEAD)
+        for stage, names in figures.AHEAD.items():
+            w.draw_ahead(figures.ahead_data(_known(small_result, stage), analysis.BLOCK_T), names)
         figures.write_figures(small_result, there, worker=w)
-        assert sorted(w.drawn_ahead) == sorted(figures.AHEAD)
+        assert sorted(w.drawn_ahead) == sorted(ALL_AHEAD)
     for name in figures.figure_names(figures.FigureData.from_result(small_result)):
         assert (here / name).read_bytes() == (there / name).read_bytes(), name
 
@@ -444,40 +448,65 @@ def test_drawn_ahead_figures_of_other_inputs_are_drawn_again(small_result, tmp_p
     here.mkdir()
     there.mkdir()
     figures.write_figures(small_result, here)
-    other = dict(_observed(small_result), t=small_result.t * 1.5)
-    retitled = dict(_observed(small_result), n_pairs=small_result.n_pairs + 1)
+    other_t = dict(_known(small_result), t=small_result.t * 1.5)
+    other_n = dict(_known(small_result), n_pairs=small_result.n_pairs + 1)
+    th = small_result.thresholds
+    other_count = dict(_known(small_result), thresholds=[dataclasses.replace(th[0], count=th[0].count + 1), *th[1:]])
+    split = small_result.split_half
+    other_split = dict(_known(small_result), split_half=dataclasses.replace(split, r=split.r[::-1].copy() + 0.01))
     with FigureWorker().start() as w:
-        w.draw_ahead(figures.ahead_data(other, analysis.BLOCK_T), [figures.HEATMAP])
-        w.draw_ahead(figures.ahead_data(retitled, analysis.BLOCK_T), [figures.FILES[0]])
+        w.draw_ahead(figures.ahead_data(other_t, analysis.BLOCK_T), [figures.HEATMAP])
+        w.draw_ahead(figures.ahead_data(other_n, analysis.BLOCK_T), [figures.FILES[0]])
+        w.draw_ahead(figures.ahead_data(other_count, analysis.BLOCK_T), [figures.FILES[1]])
+        w.draw_ahead(figures.ahead_data(other_split, analysis.BLOCK_T), [figures.FILES[2]])
         figures.write_figures(small_result, there, worker=w)
         assert w.drawn_ahead == []
-    for name in (figures.HEATMAP, figures.FILES[0]):
+    for name in ALL_AHEAD:
         assert np.array_equal(_pixels(here / name), _pixels(there / name)), name
 
 
 def test_same_inputs_reads_every_input_of_the_ahead_figures(small_result, baseline_result):
     full = figures.FigureData.from_result(small_result)
-    early = figures.ahead_data(_observed(small_result), analysis.BLOCK_T)
-    assert all(figures.same_inputs(name, early, full) for name in figures.AHEAD)
-    assert not figures.same_inputs("null_counts.png", early, full)  # never drawn ahead
+    early = figures.ahead_data(_known(small_result), analysis.BLOCK_T)
+    assert all(figures.same_inputs(name, early, full) for name in ALL_AHEAD)
+    assert not figures.same_inputs("controls_blocks.png", early, full)  # never drawn ahead
+    before_null = figures.ahead_data(_known(small_result, "statistic"), analysis.BLOCK_T)
+    assert not any(figures.same_inputs(n, before_null, full) for n in figures.AHEAD["null"])  # not known yet
+
+    def ahead(**change):
+        return figures.ahead_data(dict(_known(small_result), **change), analysis.BLOCK_T)
+
     t = small_result.t.copy()
-    t[3] = -t[3]  # the same |t|: the same figures
-    assert all(
-        figures.same_inputs(n, figures.ahead_data(dict(_observed(small_result), t=t), 3.0), full) for n in figures.AHEAD
-    )
+    t[3] = -t[3]  # the same |t|: the same |t| figures
+    assert all(figures.same_inputs(n, ahead(t=t), full) for n in figures.AHEAD["statistic"])
     t[3] += 1e-12
-    assert not any(
-        figures.same_inputs(n, figures.ahead_data(dict(_observed(small_result), t=t), 3.0), full) for n in figures.AHEAD
-    )
-    other_title = dict(_observed(small_result), conditions={**full.res["conditions"], "b": "something else"})
-    assert not figures.same_inputs(figures.FILES[0], figures.ahead_data(other_title, 3.0), full)
+    assert not any(figures.same_inputs(n, ahead(t=t), full) for n in figures.AHEAD["statistic"])
+    retitled = ahead(conditions={**full.res["conditions"], "b": "something else"})
+    assert not figures.same_inputs(figures.FILES[0], retitled, full)
+    assert not figures.same_inputs(figures.FILES[1], retitled, full)
     assert not figures.same_inputs(figures.HEATMAP, early, dataclasses.replace(full, block_t=2.0))
+    th = small_result.thresholds
+    hist = th[1].null_histogram.copy()
+    hist[0] += 1
+    assert not figures.same_inputs(
+        figures.FILES[1], ahead(thresholds=[th[0], dataclasses.replace(th[1], null_histogram=hist), th[2]]), full
+    )
+    assert not figures.same_inputs(figures.FILES[1], ahead(null_permutations=small_result.null_permutations + 1), full)
+    assert not figures.same_inputs(figures.FILES[1], ahead(null_exact=not small_result.null_exact), full)
+    above = 1000 if (th[0].null_n_above_p99 or 0) < cells.FEW_ABOVE_P99 else 1  # the verdict's note comes or goes
+    few = dataclasses.replace(th[0], null_n_above_p99=above)
+    assert not figures.same_inputs(figures.FILES[1], ahead(thresholds=[few, *th[1:]]), full)
+    split = small_result.split_half
+    assert not figures.same_inputs(
+        figures.FILES[2], ahead(split_half=dataclasses.replace(split, n_splits=split.n_splits + 1)), full
+    )
     with_baseline = figures.FigureData.from_result(baseline_result)
-    early_b = figures.ahead_data(_observed(baseline_result), analysis.BLOCK_T)
+    early_b = figures.ahead_data(_known(baseline_result), analysis.BLOCK_T)
     assert not figures.same_inputs(figures.HEATMAP, early_b, with_baseline)  # the baseline's panel
 
 
-def test_the_analysis_reports_the_t_map_once_before_its_nulls(tmp_path, monkeypatch):
+def test_the_analysis_reports_what_it_knows_before_the_null_and_after(tmp_path, monkeypatch):
+    from dense_plantain.analysis import intervals
     from dense_plantain.analysis.designs import PairedDesign
 
     layout = small_layout()
@@ -486,21 +515,70 @@ def test_the_analysis_reports_the_t_map_once_before_its_nulls(tmp_path, monkeypa
     a2, b2 = correlated_pairs(layout, 8, seed=3)
     two = write(tmp_path / "two.safetensors", a2, b2, layout, **probe_meta(8))
     events = []
-    real_null = PairedDesign.null
+    real_null, real_boot = PairedDesign.null, intervals.bootstrap_record
 
     def noting_null(self, *args, **kwargs):
         events.append("null")
         return real_null(self, *args, **kwargs)
 
+    def noting_bootstrap(*args, **kwargs):
+        events.append("bootstrap")
+        return real_boot(*args, **kwargs)
+
     monkeypatch.setattr(PairedDesign, "null", noting_null)
+    monkeypatch.setattr(intervals, "bootstrap_record", noting_bootstrap)
     seen = []
-    kw = dict(permutations=64, splits=4, bootstrap=0)
-    result = analysis.analyze(one, on_statistic=lambda o: (seen.append(o), events.append("t")), baselines=[two], **kw)
-    (observed,) = seen  # once: not again for the baseline
-    assert events[:2] == ["t", "null"] and events.count("t") == 1
-    assert observed["t"] is result.t and observed["layout"] == result.layout
-    assert observed["design"] == "paired" and observed["n_pairs"] == 8 and observed["conditions"] == result.conditions
+
+    def note(known):
+        seen.append(known)
+        events.append(known["stage"])
+
+    kw = dict(permutations=64, splits=4, bootstrap=5)
+    result = analysis.analyze(one, on_partial=note, baselines=[two], **kw)
+    assert [k["stage"] for k in seen] == ["statistic", "null"]  # once each: not again for the baseline
+    assert events[:4] == ["statistic", "null", "null", "bootstrap"]
+    for known in seen:
+        assert known["t"] is result.t and known["layout"] == result.layout
+        assert known["design"] == "paired" and known["n_pairs"] == 8 and known["conditions"] == result.conditions
+    after = seen[1]
+    assert after["thresholds"] is result.thresholds and after["split_half"] is result.split_half
+    assert (after["null_exact"], after["null_permutations"]) == (result.null_exact, result.null_permutations)
+    data = figures.FigureData.from_result(result)
+    early = [figures.ahead_data(k, analysis.BLOCK_T) for k in seen]
+    assert figures.same_inputs(figures.FILES[0], early[0], data) and figures.same_inputs(
+        figures.FILES[1], early[1], data
+    )
     seen.clear()
-    contrast = analysis.compare(one, two, on_statistic=seen.append, **kw)
-    (observed,) = seen
-    assert np.array_equal(observed["t"], contrast.t) and observed["design"] == contrast.design
+    contrast = analysis.compare(one, two, on_partial=seen.append, **kw)
+    assert [k["stage"] for k in seen] == ["statistic", "null"]
+    assert np.array_equal(seen[0]["t"], contrast.t) and seen[1]["design"] == contrast.design
+
+
+def test_a_drawing_ahead_that_fails_is_drawn_again_and_fails_there(small_result, tmp_path):
+    broken = _no_null_summary(small_result)
+    out = tmp_path / "res"
+    with FigureWorker().start() as w:
+        w.draw_ahead(figures.ahead_data(_known(broken), analysis.BLOCK_T), figures.AHEAD["null"])
+        with pytest.raises(FigureWorkerError, match=r"null_counts\.png.*no null summary"):
+            report.write_results(broken, out, worker=w)
+    assert _nothing_left(tmp_path, out)
+
+
+def test_killing_the_worker_while_it_draws_ahead_ends_every_drawing_process(small_result):
+    import time
+
+    if not hasattr(os, "killpg"):
+        pytest.skip("no process groups here")
+    w = FigureWorker().start()
+    for stage, names in figures.AHEAD.items():
+        w.draw_ahead(figures.ahead_data(_known(small_result, stage), analysis.BLOCK_T), names)
+    time.sleep(1.0)  # the worker has forked its drawings ahead (each takes longer than this test waits below)
+    w.kill()
+    deadline = time.monotonic() + 0.1  # the worker reaps its forks before it ends: nothing may linger
+    while True:
+        try:
+            os.killpg(w.pid, 0)  # anyone left in the worker's process group?
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a drawing process outlived the worker"
+        time.sleep(0.05)

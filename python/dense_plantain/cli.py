@@ -669,7 +669,7 @@ class _AnalysisRun:
         if worker is not None and ahead:
             from dense_plantain.report import figures
 
-            options["on_statistic"] = figures.draw_ahead_with(worker)
+            options["on_partial"] = figures.draw_ahead_with(worker)
         result = _run_with_progress(
             self.quiet, lambda progress: analysis(*captures, progress=progress, **self.settings, **options)
         )

@@ -89,7 +89,7 @@ def analyze(
     by: str | None = None,
     baselines: Sequence[Capture | str | Path] = (),
     direction: str = "auto",
-    on_statistic: Callable[[dict[str, Any]], None] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> AnalysisResult:
     """Test every unit of one capture for a B - A difference over its pairs.
 
@@ -117,8 +117,8 @@ def analyze(
     it; the result's ``direction`` is then a ``direction.DirectionAnalysis`` (same permutations,
     exactness and seed as the magnitude null), else None.
 
-    ``on_statistic``: called once with the main run's observed t-map before its nulls run (see
-    `run_design`); not for baselines, seeds or factor levels.
+    ``on_partial``: called with what the main run knows so far, before its nulls and after them
+    (see `run_design`); not for baselines, seeds or factor levels.
     """
     from dense_plantain.analysis import direction as _direction
     from dense_plantain.analysis import factors, seeds
@@ -151,7 +151,7 @@ def analyze(
         weights=inputs.weights(cap),
         progress=progress,
         vectors=vectors,
-        on_statistic=on_statistic,
+        on_partial=on_partial,
     )
     seed_record = seeds.seeds_record(cap, cap.layout, settings, progress)
     if seed_record is not None:
@@ -223,7 +223,7 @@ def compare(
     bootstrap: int = DEFAULT_BOOTSTRAP,
     bootstrap_splits: int = 0,
     baselines: Sequence[tuple[Capture | str | Path, Capture | str | Path]] = (),
-    on_statistic: Callable[[dict[str, Any]], None] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> AnalysisResult:
     """Per unit, the contrast of contrasts ``(B1 - A1) - (B2 - A2)``.
 
@@ -239,7 +239,7 @@ def compare(
 
     ``baselines``: pairs of captures (baseline of capture 1, baseline of capture 2), e.g. both
     sets captured with ``--weights random``, compared the same way (``analysis.baselines``).
-    ``on_statistic`` as for `analyze`.
+    ``on_partial`` as for `analyze`.
     """
     if pairing not in ("auto", "matched", "unmatched"):
         raise ValueError(f"pairing must be auto, matched or unmatched, got {pairing!r}")
@@ -286,7 +286,7 @@ def compare(
         sources=sources,
         weights=weights,
         progress=progress,
-        on_statistic=on_statistic,
+        on_partial=on_partial,
     )
     options = {
         **_baseline_options(permutations, exact, seed, splits, group_nulls, tail, fwer_null),

@@ -106,16 +106,7 @@ class FigureData:
             t=np.asarray(result.t, dtype=np.float64),
             null_exact=bool(result.null_exact),
             null_permutations=int(result.null_permutations),
-            thresholds=tuple(
-                NullCounts(
-                    th.metric,
-                    float(th.threshold),
-                    int(th.count),
-                    None if th.null_p99 is None else float(th.null_p99),
-                    None if th.null_histogram is None else np.asarray(th.null_histogram, dtype=np.int64),
-                )
-                for th in result.thresholds
-            ),
+            thresholds=_null_counts(result.thresholds),
             split_half_r=np.asarray(result.split_half.r, dtype=np.float64),
             panels=tuple(Panel(name, np.abs(np.asarray(r.t, dtype=np.float64)), block_counts(r)) for name, r in runs),
             block_t=float(BLOCK_T),
@@ -123,6 +114,20 @@ class FigureData:
             if dirn is None
             else DirectionData(np.asarray(dirn.D_norm, dtype=np.float64), np.asarray(dirn.classes), float(dirn.alpha)),
         )
+
+
+def _null_counts(rows: Sequence[Any]) -> tuple[NullCounts, ...]:
+    """What the null-counts figure reads of each `analysis.records.Threshold`."""
+    return tuple(
+        NullCounts(
+            th.metric,
+            float(th.threshold),
+            int(th.count),
+            None if th.null_p99 is None else float(th.null_p99),
+            None if th.null_histogram is None else np.asarray(th.null_histogram, dtype=np.int64),
+        )
+        for th in rows
+    )
 
 
 def block_counts(result: AnalysisResult) -> dict[str, int]:
@@ -155,63 +160,98 @@ def figure_maker(name: str) -> Callable[[FigureData], Figure]:
     return makers[name]
 
 
-#: The figures that need only the t-map, the layout and the run's title: drawn ahead, while the
-#: nulls run, when there are no baselines (`ahead_data`).
-AHEAD = (HEATMAP, FILES[0])
+#: The figures that can be drawn from what the analysis reports before it is done
+#: (``on_partial``), by its stage: the |t| figures before the nulls, the null counts and the
+#: split halves after them (while the bootstrap runs). Only for a run without baselines (the
+#: heatmap would lack their panels); the direction figure waits for the end.
+AHEAD = {"statistic": (HEATMAP, FILES[0]), "null": (FILES[1], FILES[2])}
 
 
-def ahead_data(observed: Mapping[str, Any], block_t: float) -> FigureData:
-    """A `FigureData` with what the `AHEAD` figures read, from the observed statistic the analysis
-    reports before its nulls (``design``, ``n_pairs``, ``conditions``, ``layout``, ``t``); the
-    rest (nulls, split halves, baselines) empty."""
-    t = np.asarray(observed["t"], dtype=np.float64)
-    res = {"design": observed["design"], "n_pairs": int(observed["n_pairs"]), "conditions": observed["conditions"]}
+def ahead_data(known: Mapping[str, Any], block_t: float) -> FigureData:
+    """A `FigureData` of what the analysis reported at one stage (``on_partial``): the t-map, the
+    layout and the title's fields, and after the nulls their threshold rows and the split halves;
+    what is not known yet is empty."""
+    t = np.asarray(known["t"], dtype=np.float64)
+    res: dict[str, Any] = {"design": known["design"], "n_pairs": int(known["n_pairs"])}
+    res["conditions"] = known["conditions"]
+    rows = list(known.get("thresholds") or [])
+    res["thresholds"] = [th.to_json() for th in rows]
+    split = known.get("split_half")
+    if split is not None:
+        res["split_half"] = split.to_json()
     return FigureData(
         res=res,
-        layout=observed["layout"],
+        layout=known["layout"],
         t=t,
-        null_exact=False,
-        null_permutations=0,
-        thresholds=(),
-        split_half_r=np.empty(0),
+        null_exact=bool(known.get("null_exact", False)),
+        null_permutations=int(known.get("null_permutations", 0)),
+        thresholds=_null_counts(rows),
+        split_half_r=np.asarray(split.r, dtype=np.float64) if split is not None else np.empty(0),
         panels=(Panel("main run", np.abs(t), {}),),
         block_t=float(block_t),
     )
 
 
 def draw_ahead_with(worker: FigureWorker) -> Callable[[Mapping[str, Any]], None]:
-    """The ``on_statistic`` callback of `analysis.analyze` / `compare` that has ``worker`` draw
-    the `AHEAD` figures while the nulls run (for a run without baselines: with them the heatmap
-    has their panels too). Nothing is written here; `write_figures` later uses those drawings
-    only where their inputs are equal."""
+    """The ``on_partial`` callback of `analysis.analyze` / `compare` that has ``worker`` draw the
+    `AHEAD` figures of each stage as soon as the analysis reports it (for a run without
+    baselines). Nothing is written here; `write_figures` later uses those drawings only where
+    every input of the figure is equal (`same_inputs`), and draws the others again."""
     from dense_plantain.analysis import BLOCK_T
 
-    def ahead(observed: Mapping[str, Any]) -> None:
-        worker.draw_ahead(ahead_data(observed, BLOCK_T), AHEAD)
+    def ahead(known: Mapping[str, Any]) -> None:
+        names = AHEAD.get(str(known.get("stage")))
+        if names:
+            worker.draw_ahead(ahead_data(known, BLOCK_T), names)
 
     return ahead
 
 
 def same_inputs(name: str, a: FigureData, b: FigureData) -> bool:
     """True when figure ``name`` drawn from ``a`` is the figure ``b`` gives: every input it reads
-    is equal (only for the `AHEAD` figures; False for any other)."""
+    (or every string it writes from them) is equal. Only for the `AHEAD` figures; False for any
+    other."""
 
-    def same(x: np.ndarray, y: np.ndarray) -> bool:
+    def same(x: np.ndarray | None, y: np.ndarray | None) -> bool:
+        if x is None or y is None:
+            return x is y
         return x.dtype == y.dtype and x.shape == y.shape and bool(np.array_equal(x, y, equal_nan=True))
 
     la, lb = a.layout, b.layout
     if (la.name, la.readouts, la.blocks, la.steps) != (lb.name, lb.readouts, lb.blocks, lb.steps):
         return False
+    title = cells.title(a.res) == cells.title(b.res)
     if name == FILES[0]:  # abs_t_by_block: the layout, |t|, the title and n
-        return (
-            same(a.abs_t, b.abs_t) and cells.title(a.res) == cells.title(b.res) and a.res["n_pairs"] == b.res["n_pairs"]
-        )
+        return title and same(a.abs_t, b.abs_t) and a.res["n_pairs"] == b.res["n_pairs"]
     if name == HEATMAP:  # the layout, every panel's label and |t|, the colour scale's floor
         return (
             len(a.panels) == len(b.panels)
             and all(p.label == q.label and same(p.abs_t, q.abs_t) for p, q in zip(a.panels, b.panels))
             and a.block_t == b.block_t
         )
+    if name == FILES[1]:  # null_counts: each threshold's null and count, its label and verdict, the title
+
+        def words(d: FigureData) -> list[tuple[str, str]]:
+            return [(cells.threshold_label(r), cells.significance_cell(r)) for r in d.res.get("thresholds", [])]
+
+        return (
+            title
+            and (a.null_exact, a.null_permutations) == (b.null_exact, b.null_permutations)
+            and len(a.thresholds) == len(b.thresholds)
+            and all(
+                (x.metric, x.threshold, x.count, x.null_p99) == (y.metric, y.threshold, y.count, y.null_p99)
+                and same(x.histogram, y.histogram)
+                for x, y in zip(a.thresholds, b.thresholds)
+            )
+            and words(a) == words(b)
+        )
+    if name == FILES[2]:  # split_half_r: r and its summary
+
+        def summary(d: FigureData) -> tuple | None:
+            sh = d.res.get("split_half")
+            return None if sh is None else tuple(sh.get(k) for k in ("note", "median", "q25", "q75", "n_splits"))
+
+        return summary(a) is not None and summary(a) == summary(b) and same(a.split_half_r, b.split_half_r)
     return False
 
 

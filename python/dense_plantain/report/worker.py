@@ -367,7 +367,10 @@ _COST = {
     "split_half_r.png": 0.05,
 }
 _children: set[int] = set()  # drawing processes forked by this worker and not yet reaped
-_ahead: dict[str, tuple[FigureData, bytes]] = {}  # figures drawn ahead: their inputs and PNG bytes
+#: Figures drawn ahead, by name: the inputs they were drawn from and their PNG bytes.
+_ahead: dict[str, tuple[FigureData, bytes]] = {}
+#: Drawings ahead still running in a fork: (pid, the pipe it answers through, inputs, names).
+_pending: list[tuple[int, int, FigureData, list[str]]] = []
 
 
 def serve(requests_fd: int | None = None, replies_fd: int | None = None) -> None:
@@ -421,29 +424,65 @@ def _warm() -> None:
 
 
 def _draw_ahead(data: FigureData, names: Sequence[str], warm_error: BaseException | None) -> None:
-    """Draw ``names`` into memory now (a failure is left to the real request, which draws again)."""
+    """Draw ``names`` into memory, in a fork of this process where fork is the platform's way (so
+    this one goes on reading requests and a later request's other figures are not held up behind
+    it), else here. A failure is left to the real request, which draws the figure again."""
     if warm_error is not None:
         return
+    names = list(names)
+    if _parts(2) < 2:
+        _ahead.update(_render(data, names))
+        return
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the drawing process: render, answer through the pipe, end
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.close(read_end)
+            rendered = {name: png for name, (_, png) in _render(data, names).items()}
+            with os.fdopen(write_end, "wb") as out:
+                pickle.dump(rendered, out, protocol=pickle.HIGHEST_PROTOCOL)
+        finally:
+            os._exit(0)
+    _children.add(pid)
+    os.close(write_end)
+    _pending.append((pid, read_end, data, names))
+
+
+def _render(data: FigureData, names: Sequence[str]) -> dict[str, tuple[FigureData, bytes]]:
     from dense_plantain.report import figures
 
+    done = {}
     for name in names:
         try:
-            _ahead[name] = (data, figures.render(data, name))
+            done[name] = (data, figures.render(data, name))
         except Exception:
-            _ahead.pop(name, None)
+            pass
+    return done
 
 
-def _write_ahead(data: FigureData, folder: Path, order: Sequence[str]) -> list[str]:
-    """Write the figures of ``order`` drawn ahead from the same inputs as ``data``; their names."""
+def _collect_ahead() -> None:
+    """Wait for the drawings ahead still running and keep what they drew."""
+    while _pending:
+        pid, read_end, data, names = _pending.pop(0)
+        with os.fdopen(read_end, "rb") as answer:
+            try:
+                rendered: dict[str, bytes] = pickle.load(answer)
+            except (EOFError, pickle.UnpicklingError):
+                rendered = {}
+        os.waitpid(pid, 0)
+        _children.discard(pid)
+        _ahead.update({name: (data, png) for name, png in rendered.items() if name in names})
+
+
+def _ahead_for(name: str, data: FigureData) -> bool:
+    """Whether a drawing ahead of ``name``, done or running, has the same inputs as ``data``."""
     from dense_plantain.report import figures
 
-    done = []
-    for name in order:
-        early = _ahead.get(name)
-        if early is not None and figures.same_inputs(name, early[0], data):
-            (folder / name).write_bytes(early[1])
-            done.append(name)
-    return done
+    early = [d for _, _, d, names in _pending if name in names]
+    if name in _ahead:
+        early.append(_ahead[name][0])
+    return any(figures.same_inputs(name, d, data) for d in early)
 
 
 def _parts(n_figures: int) -> int:
@@ -469,7 +508,8 @@ def _share(names: Sequence[str], parts: int) -> list[list[str]]:
 def _draw_shared(
     data: FigureData, folder: Path, names: Sequence[str] | None, warm_error: BaseException | None
 ) -> tuple:
-    """Draw the figures, shared out between this process and forks of it; one reply for all.
+    """Draw the figures, shared out between this process and forks of it, and write those drawn
+    ahead from the same inputs; one reply for all.
 
     Every fork is waited for before the reply, so nothing writes into ``folder`` after it."""
     from dense_plantain.report import figures
@@ -477,16 +517,9 @@ def _draw_shared(
     if warm_error is not None:
         return _draw(data, folder, ["the figures"], warm_error)
     order = list(figures.figure_names(data) if names is None else names)
-    try:
-        ready = _write_ahead(data, folder, order)
-    except OSError as err:
-        return ("oserror", err.errno, err.strerror or str(err), err.filename)
-    finally:
-        _ahead.clear()
-    rest = [name for name in order if name not in ready]
-    if not rest:
-        return ("ok", [str(folder / name) for name in order], ready)
-    groups = _share(rest, _parts(len(rest)))
+    early = [name for name in order if _ahead_for(name, data)]
+    rest = [name for name in order if name not in early]
+    groups = _share(rest, _parts(len(rest))) if rest else []
     forks: list[tuple[int, int, list[str]]] = []
     for group in groups[1:]:
         read_end, write_end = os.pipe()
@@ -503,7 +536,25 @@ def _draw_shared(
         _children.add(pid)
         os.close(write_end)
         forks.append((pid, read_end, group))
-    replies = [(groups[0], _draw(data, folder, groups[0], None))]
+    replies = [(groups[0], _draw(data, folder, groups[0], None))] if groups else []
+    _collect_ahead()
+    used, late = [], []
+    for name in early:
+        kept = _ahead.get(name)
+        if kept is not None and figures.same_inputs(name, kept[0], data):
+            used.append(name)
+        else:  # its drawing ahead failed: draw it now
+            late.append(name)
+    try:
+        for name in used:
+            (folder / name).write_bytes(_ahead[name][1])
+        replies.append((used, ("ok", [str(folder / name) for name in used])))
+    except OSError as err:
+        replies.append((used, ("oserror", err.errno, err.strerror or str(err), err.filename)))
+    finally:
+        _ahead.clear()
+    if late:
+        replies.append((late, _draw(data, folder, late, None)))
     for pid, read_end, group in forks:
         with os.fdopen(read_end, "rb") as answer:
             try:
@@ -516,12 +567,12 @@ def _draw_shared(
             why = f"the drawing process ended with status {os.waitstatus_to_exitcode(status)} without an answer"
             got = ("error", group[0], "ChildProcessError", why, "")
         replies.append((group, got))
+    replies = [(group, reply) for group, reply in replies if group]
     for _, reply in sorted(replies, key=lambda gr: order.index(gr[0][0])):
         if reply[0] != "ok":
             return reply  # the first failure in figure order
     written = {Path(p).name: p for _, reply in replies for p in reply[1]}
-    written.update({name: str(folder / name) for name in ready})
-    return ("ok", [written[name] for name in order], ready)
+    return ("ok", [written[name] for name in order], used)
 
 
 def _draw(data: FigureData, folder: Path, names: Sequence[str], warm_error: BaseException | None) -> tuple:
