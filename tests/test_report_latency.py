@@ -24,6 +24,7 @@ import csv
 import dataclasses
 import errno
 import io
+import json
 import os
 import signal
 from pathlib import Path
@@ -358,20 +359,30 @@ def test_cli_analyze_with_the_worker_writes_the_folder_and_a_failing_figure_exit
     assert not cli._final_collection_skipped  # called in-process: this session's exit is left alone
 
 
-def test_the_program_ends_cleanly_as_a_process(tmp_path):
+def test_the_program_ends_cleanly_as_a_process_at_any_thread_count(tmp_path):
     """``python -m dense_plantain analyze`` (the worker forked, gc.freeze at exit): exit 0, the
-    folder, nothing on stderr."""
+    folder, nothing on stderr; with the engine on 1 thread and on 2 (DENSE_PLANTAIN_NUM_THREADS,
+    honoured by the command's process) the same numbers and the same figures."""
     import subprocess
     import sys
 
     layout = small_layout()
     a, b = correlated_pairs(layout, 8, planted={"joint[0]": 1.2}, seed=9)
     capture = write(tmp_path / "c.safetensors", a, b, layout, **probe_meta(8))
-    env = {**os.environ, "PYTHONPATH": str(Path(figures.__file__).resolve().parents[2])}
-    cmd = [sys.executable, "-m", "dense_plantain", "analyze", str(capture), "-q", "--out", str(tmp_path / "r")]
-    done = subprocess.run(cmd + ["--permutations", "64", "--splits", "4"], capture_output=True, text=True, env=env)
-    assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert {p.name for p in (tmp_path / "r").iterdir()} == RESULTS_FILES
+    folders = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "PYTHONPATH": str(Path(figures.__file__).resolve().parents[2])}
+        env["DENSE_PLANTAIN_NUM_THREADS"] = threads
+        out = tmp_path / f"r{threads}"
+        cmd = [sys.executable, "-m", "dense_plantain", "analyze", str(capture), "-q", "--out", str(out)]
+        done = subprocess.run(cmd + ["--permutations", "64", "--splits", "4"], capture_output=True, text=True, env=env)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        assert {p.name for p in out.iterdir()} == RESULTS_FILES
+        folders.append(out)
+    for name in RESULTS_FILES - {"results.json"}:
+        assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
+    one, two = (json.loads((f / "results.json").read_text()) for f in folders)
+    assert {k: v for k, v in one.items() if k != "created"} == {k: v for k, v in two.items() if k != "created"}
 
 
 @pytest.mark.parametrize(
