@@ -12,11 +12,12 @@ in one run:
 
 and prints both with the ratio MNE / analyze, then one in-process run split into its parts as the
 command runs them (imports, starting the figure worker, reading, the statistics without and with
-the pair bootstrap, writing the folder: text here while the worker draws; then the worker's own
-CPU, and for reference the same figures drawn in this process after importing matplotlib) with
-CPU seconds per part. ``--exact`` also times ``analyze --exact`` (all 2^24 sign
-patterns) on data where about half the units are strong (|t| > 3 for about 51 %), with its peak
-memory, against MNE's 10,000-permutation Monte Carlo on the same data. Run from the repository root:
+the pair bootstrap, the worker drawing the figures as the analysis reports its stages, writing
+the folder: text here while the worker finishes; then the worker's own CPU, and for reference the
+same figures drawn in this process after importing matplotlib) with CPU seconds per part.
+``--exact`` also times ``analyze --exact`` (all 2^24 sign patterns) on data where about half the
+units are strong (|t| > 3 for about 51 %), with its peak memory, against MNE's 10,000-permutation
+Monte Carlo on the same data. Run from the repository root:
 
     PYTHONPATH=python python3 benches/bench_analyze.py [--repeats 3] [--exact] [--json out.json]
 """
@@ -126,8 +127,12 @@ mark("reading the capture")
 kw = dict(permutations=int(sys.argv[2]), exact=False)
 analysis.analyze(cap, bootstrap=0, **kw)
 mark("statistics and nulls (bootstrap off)")
-result = analysis.analyze(cap, **kw)
-mark("statistics and nulls with the default bootstrap")
+ahead = {}
+if worker is not None:  # as the command does: the figures drawn as the analysis reports its stages
+    from dense_plantain.report import figures
+    ahead["on_partial"] = figures.draw_ahead_with(worker)
+result = analysis.analyze(cap, **kw, **ahead)
+mark("statistics and nulls with the default bootstrap (the worker drawing ahead)")
 report.write_results(result, os.path.join(sys.argv[3], "folder"), worker=worker)
 mark("writing the folder: text here, figures in the worker (until both done)")
 if worker is not None:
