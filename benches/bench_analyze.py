@@ -4,16 +4,20 @@ Writes a seeded synthetic capture of 25 pairs x 16,320 units (the Klein 4B plant
 in one run:
 
 * times the whole ``python -m dense_plantain analyze CAPTURE --out DIR -q --permutations 10000
-  --monte-carlo`` process (interpreter start, imports, reading, statistics, results.json, the
-  three figures), best and median of ``--repeats`` runs;
+  --monte-carlo`` process (interpreter start, imports, reading, statistics, results.json,
+  units.csv, results.md and the four figures, drawn by the figure worker beside the statistics),
+  best and median of ``--repeats`` runs, wall and CPU seconds (the worker's CPU included);
 * times ``mne.stats.permutation_t_test(diff, n_permutations=10000)`` on the same differences,
   inside this process after MNE is imported (MNE's import is not charged to it);
 
-and prints both with the ratio MNE / analyze, then one in-process run split into its parts
-(imports, reading, each null, the pair bootstrap, the JSON/CSV/markdown, matplotlib's import, the
-figures) with CPU seconds per part. ``--exact`` also times ``analyze --exact`` (all 2^24 sign
-patterns) on data where about half the units are strong (|t| > 3 for about 51 %), with its peak
-memory, against MNE's 10,000-permutation Monte Carlo on the same data. Run from the repository root:
+and prints both with the ratio MNE / analyze, then one in-process run split into its parts as the
+command runs them (imports, starting the figure worker, reading, the statistics without and with
+the pair bootstrap, the worker drawing the figures as the analysis reports its stages, writing
+the folder: text here while the worker finishes; then the worker's own CPU, and for reference the
+same figures drawn in this process after importing matplotlib) with CPU seconds per part.
+``--exact`` also times ``analyze --exact`` (all 2^24 sign patterns) on data where about half the
+units are strong (|t| > 3 for about 51 %), with its peak memory, against MNE's 10,000-permutation
+Monte Carlo on the same data. Run from the repository root:
 
     PYTHONPATH=python python3 benches/bench_analyze.py [--repeats 3] [--exact] [--json out.json]
 """
@@ -102,7 +106,7 @@ def time_analyze(capture: Path, folder: Path, repeats: int) -> tuple[list[float]
 
 # One analyze run in a fresh interpreter, the CLI's steps one by one, CPU and wall per step.
 BREAKDOWN = r"""
-import json, os, sys, time
+import json, os, resource, sys, time
 marks = []
 def mark(name):
     t = os.times()
@@ -110,26 +114,43 @@ def mark(name):
 mark("start")
 import numpy
 mark("importing numpy")
-from dense_plantain import analysis, cli, report  # what `python -m dense_plantain analyze` imports
-mark("imports (cli, analysis, report)")
+from dense_plantain import cli  # what `python -m dense_plantain` imports first
+mark("importing the CLI (click, capture defaults, units)")
+from dense_plantain.report.worker import start_figure_worker
+worker = start_figure_worker()  # as analyze does, before the statistics are imported
+mark(f"starting the figure worker ({'none: drawn here' if worker is None else 'its process runs on'})")
+from dense_plantain import analysis, report
+mark("importing the analysis (scipy.special) and report")
 from dense_plantain.store import read_capture
 cap = read_capture(sys.argv[1])
 mark("reading the capture")
 kw = dict(permutations=int(sys.argv[2]), exact=False)
 analysis.analyze(cap, bootstrap=0, **kw)
 mark("statistics and nulls (bootstrap off)")
-result = analysis.analyze(cap, **kw)
-mark("statistics and nulls with the default bootstrap")
-from dense_plantain.report import records, tables
-record = result.to_json()
-records.results_json_text(record); records.units_csv_text(result); tables.results_markdown(record)
-mark("results.json, units.csv, results.md (text)")
-from dense_plantain.report import figures
-mark("importing matplotlib (figures)")
-figures.write_figures(result, sys.argv[3], record)
-mark("drawing the figures")
+ahead = {}
+if worker is not None:  # as the command does: the figures drawn as the analysis reports its stages
+    from dense_plantain.report import figures
+    ahead["on_partial"] = figures.draw_ahead_with(worker)
+result = analysis.analyze(cap, **kw, **ahead)
+mark("statistics and nulls with the default bootstrap (the worker drawing ahead)")
+report.write_results(result, os.path.join(sys.argv[3], "folder"), worker=worker)
+mark("writing the folder: text here, figures in the worker (until both done)")
+if worker is not None:
+    worker.close()
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+worker_cpu = usage.ru_utime + usage.ru_stime
 steps = [("interpreter start (CPU before the first import; wall not known)", 0.0, marks[0][2])]
-print(json.dumps(steps + [(b[0], b[1] - a[1], b[2] - a[2]) for a, b in zip(marks, marks[1:])]))
+steps += [(b[0], b[1] - a[1], b[2] - a[2]) for a, b in zip(marks, marks[1:])]
+steps.append(("the figure worker's own CPU (matplotlib import, drawing; beside the above)", 0.0, worker_cpu))
+marks.clear()
+mark("start")
+from dense_plantain.report import figures
+import matplotlib.figure, matplotlib.backends.backend_agg
+mark("for reference, not in the command: importing matplotlib here")
+figures.write_figures(result, sys.argv[3])
+mark("for reference, not in the command: drawing the figures here, one after another")
+steps += [(b[0], b[1] - a[1], b[2] - a[2]) for a, b in zip(marks, marks[1:])]
+print(json.dumps(steps))
 """
 
 
@@ -220,9 +241,10 @@ def main() -> None:
         f"ratio {mne_cpu / cpu_med:.1f}x"
     )
     print("one in-process run, by step (wall s / CPU s):")
-    total_cpu = sum(c for _, _, c in steps)
+    total_cpu = sum(c for name, _, c in steps if not name.startswith("for reference"))
     for name, w, c in steps:
-        print(f"  {name:66s} {w:6.2f} / {c:5.2f}  ({100 * c / total_cpu:4.1f} % of CPU)")
+        share = "" if name.startswith("for reference") else f"  ({100 * c / total_cpu:4.1f} % of CPU)"
+        print(f"  {name:78s} {w:6.2f} / {c:5.2f}{share}")
     if exact_record is not None:
         r = exact_record
         print(

@@ -7,6 +7,7 @@ traceback. The work itself lives in prompts, capture, store, stats and report.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -629,12 +630,29 @@ class _AnalysisRun:
 
         report.check_out_dir(self.out, self.force)
 
-    def write(self, analysis: Callable[..., Any], *captures: Any, **options: Any) -> None:
-        """Run ``analysis(*captures, **settings, **options)`` under a progress bar; write and show the folder."""
+    def figure_worker(self) -> contextlib.AbstractContextManager[Any]:
+        """Start the process that will draw the figures (``report.worker``), before the statistics
+        are imported, so that its imports run beside them; a context giving the worker (None: the
+        figures are drawn in this process). Leaving it by an exception kills the worker."""
+        from dense_plantain.report.worker import start_figure_worker
+
+        worker = start_figure_worker()
+        return worker if worker is not None else contextlib.nullcontext()
+
+    def write(
+        self, analysis: Callable[..., Any], *captures: Any, worker: Any = None, ahead: bool = False, **options: Any
+    ) -> None:
+        """Run ``analysis(*captures, **settings, **options)`` under a progress bar; write and show the
+        folder (the figures drawn by ``worker`` when there is one; ``ahead``: it draws the |t|
+        figures while the nulls run, for a run without baselines)."""
+        if worker is not None and ahead:
+            from dense_plantain.report import figures
+
+            options["on_partial"] = figures.draw_ahead_with(worker)
         result = _run_with_progress(
             self.quiet, lambda progress: analysis(*captures, progress=progress, **self.settings, **options)
         )
-        _write_and_show(result, self.out, self.force, self.quiet)
+        _write_and_show(result, self.out, self.force, self.quiet, worker)
 
 
 def _analysis_command(fn: Callable[..., None]) -> Callable[..., None]:
@@ -680,14 +698,44 @@ def _run_with_progress(quiet: bool, work):
         return work(progress)
 
 
-def _write_and_show(result, out: str, force: bool, quiet: bool) -> None:
+def _write_and_show(result, out: str, force: bool, quiet: bool, worker: Any = None) -> None:
     from dense_plantain import report
     from dense_plantain.report.tables import print_results
 
-    paths = report.write_results(result, out, force=force)
+    paths = report.write_results(result, out, force=force, worker=worker)
     if not quiet:
         print_results(result.to_json())
     click.echo(f"wrote {paths[0].parent}: " + ", ".join(p.name for p in paths))
+    _skip_final_collection()
+
+
+_final_collection_skipped = False
+
+
+def _skip_final_collection() -> None:
+    """At interpreter exit, freeze the objects left (``gc.freeze``) so the collector's last passes
+    skip them: after an analysis that is about 35 ms of a command's wall time, for objects whose
+    memory goes back with the process anyway. Registered with atexit, so it runs only when the
+    process ends (after every file is written and closed; atexit handlers registered earlier, such
+    as logging's flush, still run after it); and only when this process is the dense-plantain
+    program itself, not a Python session or a test run that called the command (there, objects
+    of other libraries left to that last collection would never be finalised)."""
+    global _final_collection_skipped
+    if _final_collection_skipped or not _is_the_program():
+        return
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
+    _final_collection_skipped = True
+
+
+def _is_the_program() -> bool:
+    """True when the process runs ``dense-plantain`` or ``python -m dense_plantain``."""
+    import sys
+
+    first = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return first.name == "dense-plantain" or first.parts[-2:] == ("dense_plantain", "__main__.py")
 
 
 @main.command()
@@ -726,13 +774,14 @@ def analyze(capture: str, by: str | None, baseline: tuple[str, ...], direction: 
     |d| > 0.8 are set against the null's 99th percentile; where that percentile is 0
     the table says so and gives the null's largest count instead of a ratio.
     """
-    from dense_plantain import analysis
-    from dense_plantain.store import read_capture
+    with run.figure_worker() as worker:  # first: it imports matplotlib while this process works
+        run.check_out()
+        from dense_plantain import analysis
+        from dense_plantain.store import read_capture
 
-    run.check_out()
-    cap = read_capture(capture)
-    bases = [read_capture(path) for path in baseline]
-    run.write(analysis.analyze, cap, by=by, baselines=bases, direction=direction)
+        cap = read_capture(capture)
+        bases = [read_capture(path) for path in baseline]
+        run.write(analysis.analyze, cap, by=by, baselines=bases, direction=direction, worker=worker, ahead=not bases)
 
 
 @main.command()
@@ -778,20 +827,23 @@ def compare(
     the T-pose contrast beyond what a matched control contrast explains. Both captures
     must share a unit layout. Writes the same results folder as analyze.
     """
-    from dense_plantain import analysis
-    from dense_plantain.store import read_capture
+    with run.figure_worker() as worker:  # first: it imports matplotlib while this process works
+        run.check_out()
+        from dense_plantain import analysis
+        from dense_plantain.store import read_capture
 
-    run.check_out()
-    cap1, cap2 = read_capture(capture_1), read_capture(capture_2)
-    bases = [(read_capture(p1), read_capture(p2)) for p1, p2 in baseline]
-    run.write(
-        analysis.compare,
-        cap1,
-        cap2,
-        pairing=pairing,
-        allow_different_settings=allow_different_settings,
-        baselines=bases,
-    )
+        cap1, cap2 = read_capture(capture_1), read_capture(capture_2)
+        bases = [(read_capture(p1), read_capture(p2)) for p1, p2 in baseline]
+        run.write(
+            analysis.compare,
+            cap1,
+            cap2,
+            pairing=pairing,
+            allow_different_settings=allow_different_settings,
+            baselines=bases,
+            worker=worker,
+            ahead=not bases,
+        )
 
 
 @main.command()

@@ -89,6 +89,7 @@ def analyze(
     by: str | None = None,
     baselines: Sequence[Capture | str | Path] = (),
     direction: str = "auto",
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> AnalysisResult:
     """Test every unit of one capture for a B - A difference over its pairs.
 
@@ -115,6 +116,9 @@ def analyze(
     vectors when it holds them (``capture --vectors``), ``"on"`` requires them, ``"off"`` skips
     it; the result's ``direction`` is then a ``direction.DirectionAnalysis`` (same permutations,
     exactness and seed as the magnitude null), else None.
+
+    ``on_partial``: called with what the main run knows so far, before its nulls and after them
+    (see `run_design`); not for baselines, seeds or factor levels.
     """
     from dense_plantain.analysis import direction as _direction
     from dense_plantain.analysis import factors, seeds
@@ -147,6 +151,7 @@ def analyze(
         weights=inputs.weights(cap),
         progress=progress,
         vectors=vectors,
+        on_partial=on_partial,
     )
     seed_record = seeds.seeds_record(cap, cap.layout, settings, progress)
     if seed_record is not None:
@@ -218,6 +223,7 @@ def compare(
     bootstrap: int = DEFAULT_BOOTSTRAP,
     bootstrap_splits: int = 0,
     baselines: Sequence[tuple[Capture | str | Path, Capture | str | Path]] = (),
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> AnalysisResult:
     """Per unit, the contrast of contrasts ``(B1 - A1) - (B2 - A2)``.
 
@@ -233,6 +239,7 @@ def compare(
 
     ``baselines``: pairs of captures (baseline of capture 1, baseline of capture 2), e.g. both
     sets captured with ``--weights random``, compared the same way (``analysis.baselines``).
+    ``on_partial`` as for `analyze`.
     """
     if pairing not in ("auto", "matched", "unmatched"):
         raise ValueError(f"pairing must be auto, matched or unmatched, got {pairing!r}")
@@ -272,7 +279,14 @@ def compare(
     else:
         design = WelchDesign(diff1, diff2)
     result = run_design(
-        design, cap1.layout, settings, conditions=conditions, sources=sources, weights=weights, progress=progress
+        design,
+        cap1.layout,
+        settings,
+        conditions=conditions,
+        sources=sources,
+        weights=weights,
+        progress=progress,
+        on_partial=on_partial,
     )
     options = {
         **_baseline_options(permutations, exact, seed, splits, group_nulls, tail, fwer_null),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import sys
+from collections.abc import Callable
 from importlib import metadata as _metadata
 from typing import Any, cast
 
@@ -57,14 +58,31 @@ def run_design(
     weights: dict[str, Any] | None = None,
     progress: Progress | None = None,
     vectors: tuple[np.ndarray, int] | None = None,
+    on_partial: Callable[[dict[str, Any]], None] | None = None,
 ) -> AnalysisResult:
     """The whole analysis of one design over one unit layout.
+
+    ``on_partial``: called twice with what is known so far, so that work that needs only that
+    (the command's figures) can start while the rest is computed: before the nulls, with
+    ``stage="statistic"``, ``design``, ``n_pairs``, ``conditions``, ``layout`` and the observed
+    ``t``; after the null and the split halves (before the bootstrap, the intervals and the
+    direction test), with ``stage="null"``, the same and ``thresholds`` (the `Threshold` rows of
+    all units), ``null_exact``, ``null_permutations`` and ``split_half`` (as in the result).
 
     ``vectors``: ``(delta_vec [pairs x units * W], W)``, the signed vector differences of the same
     pairs; with them the direction test runs beside the magnitude test (``analysis.direction``,
     same permutations, exactness and seed) and fills ``AnalysisResult.direction``."""
     options = null_options(settings)
     st = design.statistic()
+    known = {
+        "design": design.name,
+        "n_pairs": int(design.n_pairs),
+        "conditions": conditions,
+        "layout": layout,
+        "t": st.t,
+    }
+    if on_partial is not None:
+        on_partial({"stage": "statistic", **known})
     p_tail = tail_p(st.t, st.df, options.tail)  # the parametric p of the alternative asked for
     partitions = unit_partitions(layout)
     labels = [_labels(parts, layout.n_units) for _, parts in partitions]
@@ -86,6 +104,10 @@ def run_design(
 
     max_q = getattr(null, "max_stat_percentile", None)
     split_half = design.split_half(int(settings["splits"]), int(settings["seed"]))
+    if on_partial is not None:
+        null_known = {"thresholds": thresholds, "split_half": split_half}
+        null_known |= {"null_exact": bool(null.exact), "null_permutations": int(null.n_permutations)}
+        on_partial({"stage": "null", **known, **null_known})
     robustness: dict[str, Any] = {}
     draws = int(settings.get("bootstrap", 0) or 0)
     if draws > 0:

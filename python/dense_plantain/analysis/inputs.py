@@ -17,8 +17,7 @@ from dense_plantain.analysis.driver import D_THRESHOLDS, T_THRESHOLDS
 from dense_plantain.capture.provenance import COMPARABLE_SETTINGS, MODEL_IDENTITY_KEYS
 from dense_plantain.capture.provenance import capture_identity as provenance_identity
 from dense_plantain.errors import AnalysisError
-from dense_plantain.prompts import MIN_PAIRS
-from dense_plantain.stats import StatsInputError
+from dense_plantain.stats import MIN_PAIRS, StatsInputError  # the engine's MIN_PAIRS, as prompts has it
 from dense_plantain.store import Capture, read_capture
 
 __all__ = [

@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dense_plantain.analysis import AnalysisResult
-from dense_plantain.report import card, records, tables
+from dense_plantain.report import records, tables
 from dense_plantain.report.folder import OutputFolderError, check_out_dir, current_umask, disk_error, write_folder
 from dense_plantain.report.records import ResultsFileError, load_results
+
+if TYPE_CHECKING:
+    from dense_plantain.analysis import AnalysisResult
+    from dense_plantain.report.worker import FigureWorker
 
 __all__ = [
     "OutputFolderError",
@@ -29,23 +32,33 @@ __all__ = [
 ]
 
 
-def write_results(result: AnalysisResult, out: str | Path, *, force: bool = False) -> list[Path]:
-    """Write results.json, units.csv, results.md and the figures into ``out``; return their paths."""
+def write_results(
+    result: AnalysisResult, out: str | Path, *, force: bool = False, worker: FigureWorker | None = None
+) -> list[Path]:
+    """Write results.json, units.csv, results.md and the figures into ``out``; return their paths.
+
+    ``worker``: a started `report.worker.FigureWorker`; the figures are then drawn in its process
+    while this one writes the text files, and this returns once both are done (a failure of
+    either leaves nothing written). Without it they are drawn here, after the text files."""
+    from dense_plantain.report import figures  # no matplotlib: that is loaded only by drawing
+
     record = result.to_json()
 
-    def fill(folder: Path) -> None:
+    def write_text(folder: Path) -> None:
         (folder / records.RESULTS_JSON).write_text(records.results_json_text(record), encoding="utf-8")
         (folder / records.UNITS_CSV).write_text(records.units_csv_text(result), encoding="utf-8")
         (folder / records.RESULTS_MD).write_text(tables.results_markdown(record), encoding="utf-8")
-        from dense_plantain.report import figures  # matplotlib is loaded only when drawing
 
-        figures.write_figures(result, folder, record)
+    def fill(folder: Path) -> None:
+        figures.write_figures(result, folder, record, worker=worker, meanwhile=lambda: write_text(folder))
 
     return write_folder(Path(out), fill, force=force)
 
 
 def check_card_path(out: str | Path, force: bool = False) -> None:
     """Refuse to replace a README that ``report`` did not write, unless ``force``."""
+    from dense_plantain.report import card  # yaml and the capture defaults, only for the card
+
     out = Path(out)
     if out.is_dir():
         raise OutputFolderError(f"{out} is a folder; --out takes the README file to write, e.g. {out / 'README.md'}")
@@ -74,6 +87,7 @@ def write_card(
 
     ``results_dir``: the results folder the record came from; its figures are embedded by a link
     relative to the card (None: the card says it has no figures)."""
+    from dense_plantain.report import card
     from dense_plantain.store import atomic_write_bytes
 
     out = Path(out)

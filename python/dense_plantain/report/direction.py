@@ -14,14 +14,26 @@ the units.csv columns and the figure need the per-unit arrays of ``AnalysisResul
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dense_plantain.report import cells
 
-__all__ = ["CSV_COLUMNS", "FIGURE", "console_lines", "csv_cells", "direction_figure", "direction_markdown"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from dense_plantain.report.figures import FigureData
+
+__all__ = [
+    "CSV_COLUMNS",
+    "FIGURE",
+    "console_lines",
+    "csv_cells",
+    "csv_columns",
+    "direction_vs_magnitude",
+    "direction_markdown",
+]
 
 #: units.csv columns added when the direction test ran.
 CSV_COLUMNS = ("D", "p_D", "p_maxD", "agree")
@@ -38,6 +50,13 @@ CLASS_COLOURS = {"both": "#9467bd", "magnitude": "#1f77b4", "direction": "#d6272
 def csv_cells(direction: Any, j: int) -> list[str]:
     """unit ``j``'s ``CSV_COLUMNS`` cells (same number format as the other units.csv columns)."""
     return [format(float(v), ".10g") for v in (direction.D[j], direction.p[j], direction.p_max[j], direction.agree[j])]
+
+
+def csv_columns(direction: Any) -> list[list[str]]:
+    """The ``CSV_COLUMNS`` cells of every unit, column by column (`csv_cells` for all units at once)."""
+    from dense_plantain.report.records import number_cells
+
+    return [number_cells(v) for v in (direction.D, direction.p, direction.p_max, direction.agree)]
 
 
 def _group_word(row: Mapping[str, Any]) -> str:
@@ -130,17 +149,18 @@ def console_lines(res: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def direction_figure(result: Any, folder: Path) -> Path:
-    """Draw ``FIGURE`` into ``folder``: |t| of the magnitude test against D_norm, by cross-table class."""
+def direction_vs_magnitude(data: FigureData) -> Figure:
+    """``FIGURE``: |t| of the magnitude test against D_norm, by cross-table class (``data.direction`` set)."""
     from matplotlib.figure import Figure
 
-    from dense_plantain.report.figures import _save
-
-    dirn = result.direction
-    x = np.nan_to_num(np.abs(result.t), nan=0.0, posinf=0.0)
-    finite = x[np.isfinite(np.abs(result.t))]
-    if np.isinf(result.t).any() and finite.size:
-        x[np.isinf(result.t)] = finite.max() * 1.1 if finite.max() > 0 else 1.0  # drawn at the right edge
+    dirn = data.direction
+    if dirn is None:
+        raise ValueError("the direction figure needs the direction test's results")
+    t = data.t
+    x = np.nan_to_num(np.abs(t), nan=0.0, posinf=0.0)
+    finite = x[np.isfinite(np.abs(t))]
+    if np.isinf(t).any() and finite.size:
+        x[np.isinf(t)] = finite.max() * 1.1 if finite.max() > 0 else 1.0  # drawn at the right edge
     y = dirn.D_norm
     fig = Figure(figsize=(7, 5.5))
     fig.subplots_adjust(left=0.11, right=0.97, top=0.9, bottom=0.11)
@@ -163,6 +183,4 @@ def direction_figure(result: Any, folder: Path) -> Path:
     ax.set_ylabel("D_norm of the signed vectors (direction test)")
     ax.set_title(f"Magnitude vs direction per unit (classes at family-wise {dirn.alpha:g})", fontsize=10)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
-    path = Path(folder) / FIGURE
-    _save(fig, path)
-    return path
+    return fig
