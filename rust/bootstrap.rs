@@ -463,8 +463,7 @@ mod tests {
     #[test]
     fn counts_match_a_direct_recount_for_every_tail() {
         let (n, m) = (9, 600);
-        let mut g = SplitMix64::new(4);
-        let mut data: Vec<f64> = (0..n * m).map(|_| g.next_f64() - 0.3).collect();
+        let mut data = crate::rng::uniform_data(n * m, 4, 0.3);
         // Ties: unit 0 constant 2, unit 1 zero but two pairs, unit 2 two values, unit 3 all zero,
         // unit 4 far from zero with a small spread (cancellation in Q - S^2 / n).
         for j in 0..n {

@@ -91,6 +91,13 @@ impl SplitMix64 {
     }
 }
 
+/// `len` uniform draws from `[-shift, 1 - shift)` of the generator seeded with `seed` (test data).
+#[cfg(test)]
+pub(crate) fn uniform_data(len: usize, seed: u64, shift: f64) -> Vec<f64> {
+    let mut g = SplitMix64::new(seed);
+    (0..len).map(|_| g.next_f64() - shift).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

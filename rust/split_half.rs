@@ -473,8 +473,7 @@ mod tests {
         // not, so t is infinite and the unit drops out (mean / sqrt(ss) alone would be 0.2).
         // Every other half is ordinary or all 0 (t = 0).
         let (n, m) = (10, 220);
-        let mut g = SplitMix64::new(12);
-        let mut data: Vec<f64> = (0..n * m).map(|_| g.next_f64() - 0.4).collect();
+        let mut data = crate::rng::uniform_data(n * m, 12, 0.4);
         for u in 100..m {
             for i in 0..n {
                 data[i * m + u] = 0.0;

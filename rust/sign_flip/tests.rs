@@ -37,6 +37,17 @@ fn exact_signs(n: usize, j: u64) -> Vec<i8> {
         .collect()
 }
 
+/// `data` (`[pairs x m]`) with every `step`-th unit shifted by `by` in every pair: strong units
+/// (most survive the exact kernel's filters) among weak ones.
+fn with_strong_units(mut data: Vec<f64>, m: usize, step: usize, by: f64) -> Vec<f64> {
+    for row in data.chunks_exact_mut(m) {
+        for u in (0..m).step_by(step) {
+            row[u] += by;
+        }
+    }
+    data
+}
+
 fn random_data(n: usize, m: usize, seed: u64) -> Vec<f64> {
     let mut g = rng::SplitMix64::new(seed);
     (0..n * m)
@@ -286,12 +297,7 @@ fn exact_tallies_with_cells_match_brute_force_histograms() {
     // weak ones (mostly skipped), two partitions. Run under each DENSE_PLANTAIN_SIMD value.
     use tallies::{tallies, unit_groups, Tail};
     let (n, m) = (13, 1100);
-    let mut data = random_data(n, m, 33);
-    for i in 0..n {
-        for u in (0..m).step_by(2) {
-            data[i * m + u] += 1.2;
-        }
-    }
+    let data = with_strong_units(random_data(n, m, 33), m, 2, 1.2);
     let diffs = PairDiffs::new(&data, n, m).unwrap();
     let kind: Vec<u32> = (0..m as u32).map(|u| u / 300 % 2).collect();
     let region: Vec<u32> = (0..m as u32).map(|u| u % 3).collect();
@@ -329,12 +335,7 @@ fn exact_with_three_high_groups_matches_brute_force_across_their_changes() {
     // values where the second and third high groups' bytes change (multiples of 2^16 and 2^24
     // patterns) and a task edge, starting inside a leaf; strong and weak units.
     let (n, m) = (30, 40);
-    let mut data = random_data(n, m, 17);
-    for i in 0..n {
-        for u in (0..m).step_by(3) {
-            data[i * m + u] += 1.0;
-        }
-    }
+    let data = with_strong_units(random_data(n, m, 17), m, 3, 1.0);
     let diffs = PairDiffs::new(&data, n, m).unwrap();
     for start in [(3u64 << 16) - 1500 + 7, (1u64 << 24) - 700] {
         let got = exact(&diffs, Thresholds { t: &T, d: &D }, start, start + 2500).unwrap();

@@ -27,6 +27,7 @@ text files, as before.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -445,20 +447,30 @@ def _draw_ahead(data: FigureData, names: Sequence[str], warm_error: BaseExceptio
     if _parts(2) < 2:
         _ahead.update(_render(data, names))
         return
+    pid, read_end = _fork_answer(lambda: {name: png for name, (_, png) in _render(data, names).items()})
+    _pending.append((pid, read_end, data, names))
+
+
+def _fork_answer(work: Callable[[], object]) -> tuple[int, int]:
+    """Run ``work`` in a forked drawing process that pickles its answer into a pipe and ends.
+
+    Returns the child's pid (in ``_children`` until reaped) and the pipe's read end. The child
+    takes SIGTERM's default action, so the worker's own handler does not run twice.
+    """
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the drawing process: render, answer through the pipe, end
+    if pid == 0:  # the drawing process: work, answer through the pipe, end
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.close(read_end)
-            rendered = {name: png for name, (_, png) in _render(data, names).items()}
+            answer = work()
             with os.fdopen(write_end, "wb") as out:
-                pickle.dump(rendered, out, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
         finally:
             os._exit(0)
     _children.add(pid)
     os.close(write_end)
-    _pending.append((pid, read_end, data, names))
+    return pid, read_end
 
 
 def _render(data: FigureData, names: Sequence[str]) -> dict[str, tuple[FigureData, bytes]]:
@@ -534,19 +546,7 @@ def _draw_shared(
     groups = _share(rest, _parts(len(rest))) if rest else []
     forks: list[tuple[int, int, list[str]]] = []
     for group in groups[1:]:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the drawing process: draw its group, answer through the pipe, end
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.close(read_end)
-                drawn = _draw(data, folder, group, None)
-                with os.fdopen(write_end, "wb") as out:
-                    pickle.dump(drawn, out, protocol=pickle.HIGHEST_PROTOCOL)
-            finally:
-                os._exit(0)
-        _children.add(pid)
-        os.close(write_end)
+        pid, read_end = _fork_answer(functools.partial(_draw, data, folder, group, None))
         forks.append((pid, read_end, group))
     replies = [(groups[0], _draw(data, folder, groups[0], None))] if groups else []
     _collect_ahead()
