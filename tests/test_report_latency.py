@@ -354,13 +354,10 @@ def test_cli_analyze_with_the_worker_writes_the_folder_and_a_failing_figure_exit
     assert bad.exit_code == 2 and "null_counts.png" in bad.output and "nothing was written" in bad.output
     assert "Traceback" not in bad.output
     assert not (tmp_path / "bad").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    from dense_plantain import cli
-
-    assert not cli._final_collection_skipped  # called in-process: this session's exit is left alone
 
 
 def test_the_program_ends_cleanly_as_a_process_at_any_thread_count(tmp_path):
-    """``python -m dense_plantain analyze`` (the worker forked, gc.freeze at exit): exit 0, the
+    """``python -m dense_plantain analyze`` (the worker forked): exit 0, the
     folder, nothing on stderr; with the engine on 1 thread and on 2 (DENSE_PLANTAIN_NUM_THREADS,
     honoured by the command's process) the same numbers and the same figures."""
     import subprocess
@@ -383,24 +380,6 @@ def test_the_program_ends_cleanly_as_a_process_at_any_thread_count(tmp_path):
         assert (folders[0] / name).read_bytes() == (folders[1] / name).read_bytes(), name
     one, two = (json.loads((f / "results.json").read_text()) for f in folders)
     assert {k: v for k, v in one.items() if k != "created"} == {k: v for k, v in two.items() if k != "created"}
-
-
-@pytest.mark.parametrize(
-    "argv,expected",
-    [
-        (["/x/dense_plantain/__main__.py", "analyze"], True),
-        (["/usr/local/bin/dense-plantain"], True),
-        (["/x/pytest/__main__.py"], False),
-        (["ipython"], False),
-        ([""], False),
-        ([], False),
-    ],
-)
-def test_only_the_program_skips_the_final_collection(argv, expected, monkeypatch):
-    from dense_plantain import cli
-
-    monkeypatch.setattr("sys.argv", argv)
-    assert cli._is_the_program() is expected
 
 
 def test_a_forked_worker_holds_no_other_pipe_open(small_result, tmp_path):

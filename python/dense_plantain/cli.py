@@ -706,36 +706,6 @@ def _write_and_show(result, out: str, force: bool, quiet: bool, worker: Any = No
     if not quiet:
         print_results(result.to_json())
     click.echo(f"wrote {paths[0].parent}: " + ", ".join(p.name for p in paths))
-    _skip_final_collection()
-
-
-_final_collection_skipped = False
-
-
-def _skip_final_collection() -> None:
-    """At interpreter exit, freeze the objects left (``gc.freeze``) so the collector's last passes
-    skip them: after an analysis that is about 35 ms of a command's wall time, for objects whose
-    memory goes back with the process anyway. Registered with atexit, so it runs only when the
-    process ends (after every file is written and closed; atexit handlers registered earlier, such
-    as logging's flush, still run after it); and only when this process is the dense-plantain
-    program itself, not a Python session or a test run that called the command (there, objects
-    of other libraries left to that last collection would never be finalised)."""
-    global _final_collection_skipped
-    if _final_collection_skipped or not _is_the_program():
-        return
-    import atexit
-    import gc
-
-    atexit.register(gc.freeze)
-    _final_collection_skipped = True
-
-
-def _is_the_program() -> bool:
-    """True when the process runs ``dense-plantain`` or ``python -m dense_plantain``."""
-    import sys
-
-    first = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
-    return first.name == "dense-plantain" or first.parts[-2:] == ("dense_plantain", "__main__.py")
 
 
 @main.command()

@@ -418,19 +418,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def _warm() -> None:
-    """Import what drawing needs, so that the first request only draws.
-
-    matplotlib writes, for every Artist class as it is defined, the signature and docstring of its
-    ``set()`` (``Artist._update_set_signature_and_docstring``): about a third of its import, for
-    ``help()`` text nobody reads in this process. Here that is skipped (``set()`` itself is
-    unchanged: the classes keep calling ``Artist.set``); the figures are the same bytes (the
-    worker tests compare them with figures drawn in the command's process, where nothing is
-    skipped). Where the method is not there (another matplotlib), nothing is changed."""
-    import matplotlib.artist
-
-    skip = "_update_set_signature_and_docstring"
-    if callable(getattr(matplotlib.artist.Artist, skip, None)):
-        setattr(matplotlib.artist.Artist, skip, classmethod(lambda cls: None))
+    """Import what drawing needs, so that the first request only draws."""
     import matplotlib.backends.backend_agg  # noqa: F401
     import matplotlib.figure  # noqa: F401
 
