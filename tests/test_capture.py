@@ -796,7 +796,7 @@ def test_cli_read_only_disk_is_one_message_and_exit_2(tmp_path, probe_file, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.toml"]
 
 
-def test_cli_ctrl_c_during_a_long_cpu_forward_stops_within_seconds(tmp_path, probe_file):
+def test_cli_ctrl_c_during_a_long_cpu_forward_stops_within_seconds(tmp_path, probe_file, python_sigint):
     """At 1024x1024 one forward of the tiny pipeline on the CPU is minutes of C++ (attention over 262k
     image tokens) in which Python runs no signal handler; the CLI must still stop at once."""
     import os

@@ -171,7 +171,9 @@ def test_instances_over_the_budget_are_kept_alone_in_batches(probe_file, tmp_pat
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_keeps_finished_pairs_and_resume_matches(sig, probe_file, tmp_path, monkeypatch, one_group, layout):
+def test_signal_keeps_finished_pairs_and_resume_matches(
+    sig, probe_file, tmp_path, monkeypatch, one_group, layout, python_sigint
+):
     run1, _ = one_group
     out = tmp_path / "out"
     real = run_mod.run_batch
