@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dense_plantain import __version__
+from dense_plantain import __version__, _startup  # noqa: F401  (_startup: before numpy loads)
 from dense_plantain.capture.model import DEFAULT_MODEL, DEVICES, DTYPES
 from dense_plantain.errors import DensePlantainError
 from dense_plantain.units import LAYOUTS
