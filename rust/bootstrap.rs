@@ -27,6 +27,7 @@ use crate::paired::ScaledDiffs;
 use crate::rng::{self, SplitMix64};
 use crate::sign_flip::tallies::Tail;
 use crate::sign_flip::Thresholds;
+use crate::simd::Isa;
 use crate::{PairDiffs, StatsError};
 use rayon::prelude::*;
 
@@ -193,24 +194,24 @@ impl Prepared {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             crate::simd::Isa::Avx2 => unsafe { self.block_avx2(u0, w, thresholds, tail) },
-            _ => self.block_impl(u0, w, thresholds, tail, false),
+            _ => self.block_impl(u0, w, thresholds, tail, Isa::Baseline),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
     unsafe fn block_avx512(&self, u0: usize, w: usize, thresholds: Thresholds, tail: Tail) -> Vec<i64> {
-        self.block_impl(u0, w, thresholds, tail, true)
+        self.block_impl(u0, w, thresholds, tail, Isa::Avx512)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn block_avx2(&self, u0: usize, w: usize, thresholds: Thresholds, tail: Tail) -> Vec<i64> {
-        self.block_impl(u0, w, thresholds, tail, false)
+        self.block_impl(u0, w, thresholds, tail, Isa::Avx2)
     }
 
     #[inline(always)]
-    fn block_impl(&self, u0: usize, w: usize, thresholds: Thresholds, tail: Tail, avx512: bool) -> Vec<i64> {
+    fn block_impl(&self, u0: usize, w: usize, thresholds: Thresholds, tail: Tail, isa: Isa) -> Vec<i64> {
         let k = thresholds.len();
         let draws = self.single.len();
         let mut out = vec![0i64; draws * k];
@@ -231,15 +232,15 @@ impl Prepared {
                     wb[j * DRAW_BLOCK + bi] = self.weights[(b0 + bi) * self.n + j];
                 }
             }
-            #[cfg(target_arch = "x86_64")]
-            if avx512 {
-                // SAFETY: `avx512` is only true when isa() found AVX-512 F (block_avx512).
-                unsafe { self.sums_avx512(u0, w, &wb, &mut s, &mut q) };
-            } else {
-                self.sums(u0, w, &wb, &mut s, &mut q);
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx512` is only passed when isa() found AVX-512 F (block_avx512).
+                Isa::Avx512 => unsafe { self.sums_avx512(u0, w, &wb, &mut s, &mut q) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` is only passed when isa() found AVX2 (block_avx2).
+                Isa::Avx2 => unsafe { self.sums_avx2(u0, w, &wb, &mut s, &mut q) },
+                _ => self.sums(u0, w, &wb, &mut s, &mut q),
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            self.sums(u0, w, &wb, &mut s, &mut q);
             for bi in 0..nb {
                 let b = b0 + bi;
                 let sb = &s[bi * UNIT_BLOCK..bi * UNIT_BLOCK + w];
@@ -313,6 +314,46 @@ impl Prepared {
                 }
                 s[bi * UNIT_BLOCK + v0..bi * UNIT_BLOCK + v0 + width].copy_from_slice(&lane_s[..width]);
                 q[bi * UNIT_BLOCK + v0..bi * UNIT_BLOCK + v0 + width].copy_from_slice(&lane_q[..width]);
+            }
+        }
+    }
+
+    /// [`Self::sums`] with AVX2: 4 units a register, so one tile's 2 x `DRAW_BLOCK` sums would
+    /// need 32 of the 16 registers; instead each half tile (4 units) sums S, then Q, with the
+    /// `DRAW_BLOCK` accumulators in registers over all pairs (the same multiplies and adds in the
+    /// same order per element, so the same bits).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn sums_avx2(&self, u0: usize, w: usize, wb: &[f64], s: &mut [f64], q: &mut [f64]) {
+        use std::arch::x86_64::*;
+        const HALF: usize = TILE / 2;
+        const _: () = assert!(TILE == 8 && DRAW_BLOCK == 8);
+        let stride = self.stride;
+        let n = self.n;
+        let mut lanes = [0.0f64; HALF];
+        for v0 in (0..w).step_by(TILE) {
+            let width = TILE.min(w - v0);
+            for h in (0..width).step_by(HALF) {
+                let part = HALF.min(width - h);
+                for (data, out) in [(&self.xc, &mut *s), (&self.x2, &mut *q)] {
+                    let mut acc = [_mm256_setzero_pd(); DRAW_BLOCK];
+                    for j in 0..n {
+                        let at = j * stride + u0 + v0 + h;
+                        debug_assert!(at + HALF <= data.len());
+                        // SAFETY: `at + HALF <= n * stride` (rows are padded to whole tiles).
+                        let x = unsafe { _mm256_loadu_pd(data.as_ptr().add(at)) };
+                        let wj = &wb[j * DRAW_BLOCK..(j + 1) * DRAW_BLOCK];
+                        for bi in 0..DRAW_BLOCK {
+                            acc[bi] = _mm256_add_pd(acc[bi], _mm256_mul_pd(_mm256_set1_pd(wj[bi]), x));
+                        }
+                    }
+                    for (bi, a) in acc.iter().enumerate() {
+                        // SAFETY: `lanes` holds HALF float64.
+                        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), *a) };
+                        let at = bi * UNIT_BLOCK + v0 + h;
+                        out[at..at + part].copy_from_slice(&lanes[..part]);
+                    }
+                }
             }
         }
     }
