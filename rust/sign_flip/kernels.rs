@@ -2,7 +2,7 @@
 //!
 //! Every `unsafe` block and every intrinsic of the sign-flip null lives in this file.
 
-use super::tables::{build_group_tables, BlockTables};
+use super::tables::{build_group_entries, build_group_tables, BlockTables};
 use super::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -622,6 +622,10 @@ unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]
     (mx_out, cnt_out)
 }
 
+/// At most this many patterns in a Monte Carlo task: only their table entries are built (about
+/// 8 operations each a group, against 256 for a whole table).
+const FEW_PATTERNS: usize = 16;
+
 /// Monte Carlo over the given patterns (one task): unit blocks outside, permutations inside,
 /// one lane per unit. `NG` is the number of groups (0: any, looped at run time).
 #[inline(always)]
@@ -646,7 +650,13 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(job: &mut Job) {
     for u0 in (0..prep.m_pad).step_by(ub) {
         let w = ub.min(prep.m_pad - u0);
         let lanes = w / LANES;
-        build_group_tables(prep, u0, w, plane, tables);
+        if patterns.len() <= FEW_PATTERNS * g {
+            for bytes in patterns.chunks_exact(g) {
+                build_group_entries(prep, u0, w, plane, tables, bytes);
+            }
+        } else {
+            build_group_tables(prep, u0, w, plane, tables);
+        }
         // The cells of this block: (cell, first and past-last vector of units).
         segs.clear();
         for (c, &(lo, hi)) in prep.cells.iter().enumerate() {

@@ -131,6 +131,36 @@ pub(super) fn build_group_tables(prep: &Prepared, u0: usize, w: usize, plane: us
     }
 }
 
+/// Only the entries `bytes` (one per group) of the tables [`build_group_tables`] builds, in the
+/// same places and with the same bits (the same operations in the same order, pair 0 folded
+/// into the same group): for a task of a few patterns (the observed one, say), instead of every
+/// group's 256 entries.
+#[inline(always)]
+pub(super) fn build_group_entries(
+    prep: &Prepared,
+    u0: usize,
+    w: usize,
+    plane: usize,
+    tables: &mut [f64],
+    bytes: &[u8],
+) {
+    let first = if prep.groups.len() > 1 { 1 } else { 0 };
+    for (gi, group) in prep.groups.iter().enumerate() {
+        let e = bytes[gi] as usize;
+        let out = &mut tables[gi * plane + e * w..gi * plane + (e + 1) * w];
+        if group.bits == 0 {
+            out.fill(0.0);
+        } else {
+            byte_major_entry(prep, group.first_pair, group.bits, e, u0, w, out);
+        }
+        if gi == first {
+            for (t, &x) in out.iter_mut().zip(&prep.pair(0)[u0..u0 + w]) {
+                *t += x; // as fold_pair0 and the last step of build_byte_major
+            }
+        }
+    }
+}
+
 /// Lookup tables of one block of units for exact mode.
 pub(super) struct BlockTables {
     /// Unit-major sums of the low group: `low[u * stride + a]`, zero past 2^bits.
