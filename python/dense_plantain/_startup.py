@@ -8,8 +8,9 @@ statistics engine's own threads, so that spinning only takes CPU from them: meas
 machine (benches/RESULTS.md), importing numpy and scipy.special used 0.78 s of CPU by default and
 0.41-0.55 s with 2^4. Threads that sleep at once are woken for the next BLAS call as before, so
 the BLAS work (the Welch null's products in ``compare``) keeps every thread; numbers do not change.
-A value the user set is kept. Set only for the command line: importing the package in a notebook
-changes nothing.
+A value the user set is kept. Set only when ``dense_plantain.cli`` is imported (the
+``dense-plantain`` command, ``python -m dense_plantain``) and only before numpy loads: importing
+the package's other modules in a notebook sets nothing.
 """
 
 from __future__ import annotations
