@@ -161,6 +161,36 @@ fn ranges_and_chunks_do_not_change_results() {
 }
 
 #[test]
+fn short_monte_carlo_ranges_equal_the_same_rows_of_a_long_run_bit_for_bit() {
+    // Ranges of at most 16 permutations build only their table entries (kernels::FEW_PATTERNS),
+    // longer ones whole tables: the rows must be the same bits. n covers groups of 1, 2, 3, 7 and 8
+    // pairs and one to five groups.
+    for &(n, m) in &[
+        (3usize, 9usize),
+        (4, 17),
+        (9, 24),
+        (10, 40),
+        (16, 8),
+        (25, 70),
+        (33, 19),
+        (41, 30),
+    ] {
+        let data = random_data(n, m, 40 + n as u64);
+        let diffs = PairDiffs::new(&data, n, m).unwrap();
+        let thr = Thresholds { t: &T, d: &D };
+        let long = monte_carlo(&diffs, thr, 5, 0, 600).unwrap();
+        for (lo, hi) in [(0u64, 1u64), (37, 38), (100, 116), (200, 217), (583, 600)] {
+            let short = monte_carlo(&diffs, thr, 5, lo, hi).unwrap();
+            let (a, b) = (lo as usize, hi as usize);
+            assert_eq!(&short.counts[..], &long.counts[a * 5..b * 5], "n={n} {lo}..{hi}");
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&short.max_abs_t), bits(&long.max_abs_t[a..b]), "n={n} {lo}..{hi}");
+            assert_eq!(bits(&short.max_ratio), bits(&long.max_ratio[a..b]), "n={n} {lo}..{hi}");
+        }
+    }
+}
+
+#[test]
 fn many_thresholds_take_several_passes() {
     let (n, m) = (9, 50);
     let data = random_data(n, m, 2);
