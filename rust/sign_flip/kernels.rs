@@ -304,6 +304,8 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
     let mut leaf_units = vec![0u32; leaf_row * ub];
     let mut leaf_len = vec![0usize; leaf_row];
     let (mut all_units, mut first_units) = (vec![0u32; ub], vec![0u32; ub]);
+    // One leaf's maxima and counts per pattern (see the sweeps), reused leaf after leaf.
+    let (mut mx, mut cnt) = ([0.0f64; A], [[0u64; A]; K]);
     // A unit whose |S| bound in a leaf is at most this is below the second threshold there.
     let second = thr.get(1).map_or(f64::INFINITY, |&r| r.sqrt() - SKIP_MARGIN);
     // Per (block, h): the largest bound on |S| among the units skipped there (-inf: none).
@@ -370,7 +372,10 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                     if to == from {
                         continue;
                     }
-                    let (mx, cnt) = if K >= 2 {
+                    // The leaf's maxima and counts (`mx`, `cnt`), one lane per pattern: the
+                    // first sweep writes them, a second adds to them; `live` threshold rows
+                    // hold this leaf's counts (later rows are stale, not read: they are zero).
+                    let live = if K >= 2 {
                         // Units that cannot reach the second threshold anywhere in the leaf
                         // (most of them) are swept for the first threshold only.
                         let (mut n_all, mut n_first) = (0, 0);
@@ -390,19 +395,20 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                             stride,
                             a0,
                         };
-                        let (mut mx, mut cnt) = if n_all > 0 {
-                            sweep::<V, K, A>(&leaf(&all_units[..n_all]), &thr)
-                        } else {
-                            ([0.0; A], [[0; A]; K])
-                        };
-                        if n_first > 0 {
-                            let (mx1, cnt1) = sweep::<V, 1, A>(&leaf(&first_units[..n_first]), &[thr[0]]);
-                            for ((m, &m1), (c, &c1)) in mx.iter_mut().zip(&mx1).zip(cnt[0].iter_mut().zip(&cnt1[0])) {
-                                *m = if m1 > *m { m1 } else { *m };
-                                *c += c1;
+                        let first_units = leaf(&first_units[..n_first]);
+                        if n_all > 0 {
+                            sweep::<V, K, A, false>(&leaf(&all_units[..n_all]), &thr, &mut mx, &mut cnt);
+                            if n_first > 0 {
+                                let first: &mut [[u64; A]; 1] = (&mut cnt[..1]).try_into().unwrap();
+                                sweep::<V, 1, A, true>(&first_units, &[thr[0]], &mut mx, first);
                             }
+                            K
+                        } else {
+                            // n_first = to - from > 0
+                            let first: &mut [[u64; A]; 1] = (&mut cnt[..1]).try_into().unwrap();
+                            sweep::<V, 1, A, false>(&first_units, &[thr[0]], &mut mx, first);
+                            1
                         }
-                        (mx, cnt)
                     } else {
                         let leaf = Leaf {
                             units: &units[from..to],
@@ -411,12 +417,13 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                             stride,
                             a0,
                         };
-                        sweep::<V, K, A>(&leaf, &thr)
+                        sweep::<V, K, A, false>(&leaf, &thr, &mut mx, &mut cnt);
+                        K
                     };
                     from = to;
                     // The task's first pattern can fall inside a leaf: index from its lanes.
                     let p_first = (j_base + (a0 + lanes.start) as u64 - start) as usize;
-                    for (k, cnt_k) in cnt.iter().enumerate() {
+                    for (k, cnt_k) in cnt.iter().enumerate().take(live) {
                         let row = &mut counts[(cell * k_stride + k) * len_task + p_first..];
                         for (r, &c) in row.iter_mut().zip(&cnt_k[lanes.clone()]) {
                             *r += c as u32;
@@ -501,22 +508,31 @@ impl<'a> Leaf<'a> {
     }
 }
 
-/// The `A` patterns of one leaf (from `a0`) over its units: max S^2 and counts above each
-/// ratio threshold, one lane per pattern.
+/// The `A` patterns of one leaf (from `a0`) over its units, one lane per pattern: the max S^2
+/// into `mx` and the counts above each ratio threshold into `cnt`, written (`ADD` false) or
+/// merged into what they hold (`ADD`: the max of both, the sum of the counts), so that two
+/// sweeps of one leaf share them and nothing is returned by copy.
 #[inline(always)]
-fn sweep<const V: u8, const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
+fn sweep<const V: u8, const K: usize, const A: usize, const ADD: bool>(
+    leaf: &Leaf,
+    thr: &[f64; K],
+    mx: &mut [f64; A],
+    cnt: &mut [[u64; A]; K],
+) {
     #[cfg(target_arch = "x86_64")]
     if V == AVX512 && A == 32 {
         // SAFETY: V == AVX512 only inside functions compiled for (and run on) AVX-512.
-        return unsafe { sweep_avx512::<K, A>(leaf, thr) };
+        return unsafe { sweep_avx512::<K, A, ADD>(leaf, thr, mx, cnt) };
     }
     #[cfg(target_arch = "x86_64")]
     if V == AVX2 && A.is_multiple_of(AVX2_SWEEP) {
         // SAFETY: V == AVX2 only inside functions compiled for (and run on) AVX2.
-        return unsafe { sweep_avx2::<K, A>(leaf, thr) };
+        return unsafe { sweep_avx2::<K, A, ADD>(leaf, thr, mx, cnt) };
     }
-    let mut mx = [0.0f64; A];
-    let mut cnt = [[0u64; A]; K];
+    if !ADD {
+        mx.fill(0.0);
+        cnt.iter_mut().for_each(|c| c.fill(0));
+    }
     for (row, b) in leaf.rows(0, A) {
         let row: &[f64; A] = row.try_into().unwrap();
         let mut sq = [0.0f64; A];
@@ -533,14 +549,18 @@ fn sweep<const V: u8, const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K
             }
         }
     }
-    (mx, cnt)
 }
 
 /// [`sweep`] for 32 patterns in four 512-bit registers, counting with masked adds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
 #[inline]
-unsafe fn sweep_avx512<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
+unsafe fn sweep_avx512<const K: usize, const A: usize, const ADD: bool>(
+    leaf: &Leaf,
+    thr: &[f64; K],
+    mx_out: &mut [f64; A],
+    cnt_out: &mut [[u64; A]; K],
+) {
     assert!(A == 32);
     let mut mx = [_mm512_setzero_pd(); 4];
     let mut cnt = [[_mm512_setzero_si512(); 4]; K];
@@ -559,18 +579,29 @@ unsafe fn sweep_avx512<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; 
             }
         }
     }
-    let mut mx_out = [0.0f64; A];
-    let mut cnt_out = [[0u64; A]; K];
     for v in 0..4 {
         // SAFETY: both outputs hold A = 32 values.
         unsafe {
-            _mm512_storeu_pd(mx_out.as_mut_ptr().add(8 * v), mx[v]);
+            let at = mx_out.as_mut_ptr().add(8 * v);
+            _mm512_storeu_pd(
+                at,
+                if ADD {
+                    _mm512_max_pd(mx[v], _mm512_loadu_pd(at))
+                } else {
+                    mx[v]
+                },
+            );
             for k in 0..K {
-                _mm512_storeu_si512(cnt_out[k].as_mut_ptr().add(8 * v).cast(), cnt[k][v]);
+                let at = cnt_out[k].as_mut_ptr().add(8 * v).cast();
+                let c = if ADD {
+                    _mm512_add_epi64(cnt[k][v], _mm512_loadu_si512(at))
+                } else {
+                    cnt[k][v]
+                };
+                _mm512_storeu_si512(at, c);
             }
         }
     }
-    (mx_out, cnt_out)
 }
 
 /// Patterns per pass of [`sweep_avx2`] with two or more thresholds: two 256-bit registers
@@ -584,12 +615,15 @@ const AVX2_SWEEP: usize = 8;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]) -> ([f64; A], [[u64; A]; K]) {
+unsafe fn sweep_avx2<const K: usize, const A: usize, const ADD: bool>(
+    leaf: &Leaf,
+    thr: &[f64; K],
+    mx_out: &mut [f64; A],
+    cnt_out: &mut [[u64; A]; K],
+) {
     let nv = if K <= 1 && A.is_multiple_of(16) { 4 } else { 2 };
     let width = 4 * nv;
     let t: [__m256d; K] = std::array::from_fn(|k| _mm256_set1_pd(thr[k]));
-    let mut mx_out = [0.0f64; A];
-    let mut cnt_out = [[0u64; A]; K];
     // A run-time pass count: unrolled passes would keep every pass's results in registers
     // and spill the next pass's state (measured: stores and reloads in the inner loop).
     let passes = std::hint::black_box(A / width);
@@ -612,14 +646,27 @@ unsafe fn sweep_avx2<const K: usize, const A: usize>(leaf: &Leaf, thr: &[f64; K]
         for v in 0..nv {
             // SAFETY: the outputs hold A values, pass + width <= A.
             unsafe {
-                _mm256_storeu_pd(mx_out.as_mut_ptr().add(pass + 4 * v), mx[v]);
+                let at = mx_out.as_mut_ptr().add(pass + 4 * v);
+                _mm256_storeu_pd(
+                    at,
+                    if ADD {
+                        _mm256_max_pd(mx[v], _mm256_loadu_pd(at))
+                    } else {
+                        mx[v]
+                    },
+                );
                 for k in 0..K {
-                    _mm256_storeu_si256(cnt_out[k].as_mut_ptr().add(pass + 4 * v).cast(), cnt[k][v]);
+                    let at = cnt_out[k].as_mut_ptr().add(pass + 4 * v).cast();
+                    let c = if ADD {
+                        _mm256_add_epi64(cnt[k][v], _mm256_loadu_si256(at))
+                    } else {
+                        cnt[k][v]
+                    };
+                    _mm256_storeu_si256(at, c);
                 }
             }
         }
     }
-    (mx_out, cnt_out)
 }
 
 /// At most this many patterns in a Monte Carlo task: only their table entries are built (about
