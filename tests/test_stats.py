@@ -687,6 +687,44 @@ def test_tallies_one_sided_counts_match_brute_force(tail):
     assert tal.observed(0) == int((t_side > T_THR[0]).sum())
 
 
+def _brute_max_t(diff, tail):
+    """Per pattern (all 2^n, pair 0 free) the max of t (of -t for less) over the units, float64,
+    with the project's convention for equal values: t = +-inf when every flipped value is the
+    same non-zero number (numpy's own sd of equal values need not be exactly 0)."""
+    n = diff.shape[0]
+    j = np.arange(2**n)[:, None]
+    signs = 1 - 2 * ((j >> np.arange(n)[None, :]) & 1)
+    y = signs[:, :, None].astype(np.float64) * diff[None, :, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = y.mean(axis=1) / (y.std(axis=1, ddof=1) / np.sqrt(n))
+    equal = (y == y[:, :1, :]).all(axis=1)
+    t = np.where(equal, np.where(y[:, 0, :] > 0, np.inf, np.where(y[:, 0, :] < 0, -np.inf, 0.0)), t)
+    return (t if tail == "greater" else -t).max(axis=1)
+
+
+@pytest.mark.parametrize("tail", ["greater", "less"])
+def test_tallies_one_sided_equal_magnitude_units_match_brute_force(tail):
+    # Unit 0's |differences| are all equal: it takes the closed form. Over these seeds its pair 0
+    # is sometimes in the minority (its S has the other sign than pair 0), sometimes balanced
+    # (t = 0), and some patterns have a negative max t, where a spurious S = 0 or a class left
+    # out of the max changes p_maxT of the units with a negative observed t.
+    n, m = 6, 4
+    negative_max = 0
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        diff = rng.normal(size=(n, m)) + rng.normal(0, 1.5, size=m)
+        diff[:, 0] = rng.choice([-1.0, 1.0], size=n) * 0.7
+        t = stats.paired(diff).t
+        tal = stats.sign_flip_tallies(diff, t_thresholds=(0.5, 3.0), d_thresholds=(), tail=tail, exact=True)
+        max_t = _brute_max_t(diff, tail)
+        negative_max += int((max_t < 0).any())
+        side = t if tail == "greater" else -t
+        want = (max_t[:, None] >= side[None, :] - 1e-9 * np.abs(side[None, :]) - 1e-12).mean(axis=0)
+        np.testing.assert_allclose(tal.fwer_p(t), want, rtol=0, atol=1e-15, err_msg=f"seed {seed}")
+        np.testing.assert_allclose(tal.fwer_p(), want, rtol=0, atol=1e-15, err_msg=f"seed {seed}")
+    assert negative_max >= 3  # the case this test is for
+
+
 def test_tallies_one_sided_monte_carlo_draws_pair_zero_too():
     n, m = 10, 20
     diff = probe_like(n, m, seed=4) + 0.5

@@ -101,7 +101,9 @@ pub fn unit_scores(diffs: &PairDiffs, tail: Tail) -> Result<Vec<f64>, StatsError
         if c != NO_CLASS {
             let class = &prep.classes[c as usize];
             let k = class.agreement(&zero, prep.n);
-            let sign = if class.positive { 1.0 } else { -1.0 };
+            // S has pair 0's sign when most pairs agree with it (k > 0), the other sign when
+            // most disagree: the sign the null's closed form gives it (`signed_range`).
+            let sign = if class.positive == (k > 0) { 1.0 } else { -1.0 };
             s[u] = sign * ((k * k) as f64 / nf).sqrt();
         }
     }
@@ -540,18 +542,19 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
                         out.neg[p * cols + c] = neg_raw[p * k_all + idx];
                     }
                     for class in &prep.classes {
+                        // The class's S (signed, in the normalised sums' units) can be the
+                        // pattern's max or its min, whatever its sign: with k = 0 it is 0 (t = 0,
+                        // over no threshold).
                         let k = class.agreement(bytes, prep.n);
-                        if k == 0 {
-                            continue; // t = 0
-                        }
                         let positive = class.positive == (k > 0);
-                        let t = closed_form_abs_t(k, prep.n);
                         let s = ((k * k) as f64 / nf).sqrt();
-                        if positive {
-                            out.max_s[p] = out.max_s[p].max(s);
-                        } else {
-                            out.min_s[p] = out.min_s[p].min(-s);
+                        let signed = if positive { s } else { -s };
+                        out.max_s[p] = out.max_s[p].max(signed);
+                        out.min_s[p] = out.min_s[p].min(signed);
+                        if k == 0 {
+                            continue;
                         }
+                        let t = closed_form_abs_t(k, prep.n);
                         for (c, &(_, threshold, is_d)) in prep.columns.iter().enumerate() {
                             let stat = if is_d { t / nf.sqrt() } else { t };
                             if stat > threshold {
@@ -583,7 +586,9 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
 /// Calls `visit(p, u0, s)` with the flipped sums `s` of units `u0 .. u0 + s.len()` under each
 /// pattern `p` of `patterns` (bytes, as the Monte Carlo kernel reads them), added in the
 /// kernels' order `((x_0 + G_1) + G_2 ...) + G_0`, so the values are those the two-sided
-/// kernels square. Padding units are left out.
+/// kernels square. Padding units are left out. The closed-form (equal-magnitude) units, whose
+/// normalised columns are 0, get NaN: their S is not that sum, and a NaN is never over a
+/// threshold, a max or a min (their closed form is the caller's).
 fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, usize, &[f64])) {
     let g = prep.groups.len();
     let m = prep.unit_class.len();
@@ -600,6 +605,7 @@ fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, us
         if real == 0 {
             continue;
         }
+        let closed: Vec<usize> = (0..real).filter(|&i| prep.unit_class[u0 + i] != NO_CLASS).collect();
         for (p, bytes) in patterns.chunks_exact(g).enumerate() {
             let row = |gi: usize| {
                 let at = gi * plane + bytes[gi] as usize * w;
@@ -617,6 +623,9 @@ fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, us
                 for (a, &b) in s[..real].iter_mut().zip(row(0)) {
                     *a += b;
                 }
+            }
+            for &i in &closed {
+                s[i] = f64::NAN;
             }
             visit(p, u0, &s[..real]);
         }
