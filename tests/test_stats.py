@@ -725,6 +725,36 @@ def test_tallies_one_sided_equal_magnitude_units_match_brute_force(tail):
     assert negative_max >= 3  # the case this test is for
 
 
+@pytest.mark.parametrize("tail", ["greater", "less"])
+@pytest.mark.parametrize("exact", [True, False])
+def test_tallies_one_sided_groups_in_one_run_equal_runs_over_each_group(tail, exact):
+    # The one-sided tallies count every group in one run over cells of units with the same
+    # labels, each cell padded with all-zero columns to a multiple of 8. Against runs over each
+    # group's units alone: the same histograms, and for all units the same max-t null (padding
+    # must stay out of the max and the min: these data have patterns with a negative max t).
+    n, m = 6, 4
+    rng = np.random.default_rng(6)
+    diff = rng.normal(size=(n, m)) + rng.normal(0, 1.5, size=m)
+    diff[:, 0] = rng.choice([-1.0, 1.0], size=n) * 0.7
+    assert (_brute_max_t(diff, tail) < 0).sum() >= 5
+    kind = np.array([0, 1, 0, 1])
+    region = np.array([2, 0, 0, 2])
+    kw = {"t_thresholds": (0.5, 3.0), "d_thresholds": (0.4,), "tail": tail, "exact": exact}
+    if not exact:
+        kw.update(permutations=3000, seed=7)
+    one = stats.sign_flip_tallies(diff, partitions=[kind, region], **kw)
+    alone = stats.sign_flip_tallies(diff, **kw)
+    t = stats.paired(diff).t
+    np.testing.assert_array_equal(one.fwer_p(t), alone.fwer_p(t))
+    np.testing.assert_array_equal(one.fwer_p(t, null="max_abs"), alone.fwer_p(t, null="max_abs"))
+    for k in range(3):
+        np.testing.assert_array_equal(one.histogram(k), alone.histogram(k))
+        for pi, labels in enumerate((kind, region)):
+            for g in np.unique(labels):
+                sub = stats.sign_flip_tallies(np.ascontiguousarray(diff[:, labels == g]), **kw)
+                np.testing.assert_array_equal(one.histogram(k, pi, int(g)), sub.histogram(k), err_msg=f"{pi} {g}")
+
+
 def test_tallies_one_sided_monte_carlo_draws_pair_zero_too():
     n, m = 10, 20
     diff = probe_like(n, m, seed=4) + 0.5

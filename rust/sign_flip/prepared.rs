@@ -38,6 +38,9 @@ pub(super) struct Prepared {
     pub(super) class_cells: Vec<i64>,
     /// Per cell, its label in each partition (set by the tallies; empty otherwise).
     pub(super) cell_labels: Vec<Vec<u32>>,
+    /// The all-zero units that only pad a cell (set by the tallies; empty otherwise): no unit's
+    /// S, so the signed sums leave them out of every max and min.
+    pub(super) padding: Vec<usize>,
 }
 
 impl Prepared {
@@ -147,6 +150,7 @@ impl Prepared {
             cells,
             class_cells,
             cell_labels: Vec::new(),
+            padding: Vec::new(),
             n,
             m_pad,
             xt,

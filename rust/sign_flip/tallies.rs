@@ -16,7 +16,10 @@
 //! count under a pattern is the sum of its cells' counts, so all groups of all partitions cost
 //! one sweep over the units. Each parallel task of that sweep adds its patterns straight into
 //! its own histograms (no per-pattern rows are kept), and the tasks' histograms are summed.
-//! One-sided tails still sweep each group's units apart.
+//! One-sided tails run over the same cells (one run for every group), in steps of rows of
+//! per-pattern signed counts, but without the exact kernel's skipping: every unit is summed under
+//! every pattern (`signed_range`), about 80x the two-sided time for an exact null of 25 pairs.
+//! The cells' padding columns are left out of the max and the min of S (`Prepared::padding`).
 //!
 //! # Tails
 //! `Two`: the statistic is |t|, on the 2^(n-1) patterns with pair 0 fixed, compared as `S^2`
@@ -147,7 +150,6 @@ pub fn tallies(
     }
     let mut negated = Vec::new();
     let diffs = oriented(diffs, tail, &mut negated)?;
-    let n = diffs.n_pairs();
     let m = diffs.n_units();
     let groups = unit_groups(m, partitions)?;
     let cols = thresholds.len();
@@ -179,64 +181,42 @@ pub fn tallies(
         )?;
         return Ok(out);
     }
-    for (gi, units) in groups.iter().enumerate() {
-        let hist = &mut out.hist[offsets[gi]..offsets[gi] + cols * (units.len() + 1)];
-        let stride = units.len() + 1;
-        if units.is_empty() {
-            for c in 0..cols {
-                hist[c * stride] += out.patterns as i64;
-            }
-            continue;
-        }
-        let mut sub = vec![0.0f64; n * units.len()];
-        for i in 0..n {
-            let row = diffs.pair(i);
-            for (k, &u) in units.iter().enumerate() {
-                sub[i * units.len() + k] = row[u];
-            }
-        }
-        let sub_diffs = PairDiffs::new(&sub, n, units.len())?;
-        let prep = Prepared::new(&sub_diffs, thresholds)?;
-        let mut lo = start;
-        while lo < end {
-            let hi = end.min(lo + STEP);
-            let place = |score: f64, bins: &mut [i64]| {
-                bins[bars.partition_point(|&b| b <= score)] += 1;
+    // One-sided: every group in one run over the cells, as two-sided, pattern rows of STEP.
+    let (prep, sums) = grouped(&diffs, thresholds, partitions, &offsets, &sizes)?;
+    let cc = prep.cells.len() * cols;
+    let place = |score: f64, bins: &mut [i64]| {
+        bins[bars.partition_point(|&b| b <= score)] += 1;
+    };
+    let mut lo = start;
+    while lo < end {
+        let hi = end.min(lo + STEP);
+        let s = signed_range(&prep, mode, lo, hi);
+        for p in 0..(hi - lo) as usize {
+            let take_pos = match mode {
+                Mode::MonteCarlo { key } => rng::counter_word(key, lo + p as u64, PAIR0_WORD) & 1 == 0,
+                _ => true,
             };
-            {
-                let s = signed_range(&prep, mode, lo, hi);
-                for p in 0..(hi - lo) as usize {
-                    let take_pos = match mode {
-                        Mode::MonteCarlo { key } => rng::counter_word(key, lo + p as u64, PAIR0_WORD) & 1 == 0,
-                        _ => true,
-                    };
-                    let both = exact;
-                    if gi == 0 {
-                        let abs_max = s.max_s[p].max(-s.min_s[p]);
-                        for _ in 0..(take_pos || both) as usize + (!take_pos || both) as usize {
-                            place(abs_max, &mut out.abs_bins);
-                        }
-                    }
-                    if take_pos || both {
-                        for c in 0..cols {
-                            hist[c * stride + s.pos[p * cols + c] as usize] += 1;
-                        }
-                        if gi == 0 {
-                            place(s.max_s[p], &mut out.max_bins);
-                        }
-                    }
-                    if !take_pos || both {
-                        for c in 0..cols {
-                            hist[c * stride + s.neg[p * cols + c] as usize] += 1;
-                        }
-                        if gi == 0 {
-                            place(-s.min_s[p], &mut out.max_bins);
-                        }
-                    }
-                }
+            let both = exact;
+            let abs_max = s.max_s[p].max(-s.min_s[p]);
+            for _ in 0..(take_pos || both) as usize + (!take_pos || both) as usize {
+                place(abs_max, &mut out.abs_bins);
             }
-            lo = hi;
+            for (side, max, on) in [
+                (&s.pos, s.max_s[p], take_pos || both),
+                (&s.neg, -s.min_s[p], !take_pos || both),
+            ] {
+                if !on {
+                    continue;
+                }
+                let row = &side[p * cc..(p + 1) * cc];
+                for (bin0, at) in &sums {
+                    let v: i64 = at.iter().map(|&i| row[i]).sum();
+                    out.hist[bin0 + v as usize] += 1;
+                }
+                place(max, &mut out.max_bins);
+            }
         }
+        lo = hi;
     }
     Ok(out)
 }
@@ -248,6 +228,8 @@ struct Cells {
     data: Vec<f64>,
     starts: Vec<usize>,
     labels: Vec<Vec<u32>>,
+    /// The columns that pad a cell (no unit).
+    padding: Vec<usize>,
 }
 
 fn cells_of(diffs: &PairDiffs, partitions: &[&[u32]]) -> Cells {
@@ -272,6 +254,7 @@ fn cells_of(diffs: &PairDiffs, partitions: &[&[u32]]) -> Cells {
         labels.push(vec![0; partitions.len()]);
     }
     let width = slots.len();
+    let padding = (0..width).filter(|&col| slots[col].is_none()).collect();
     let mut data = vec![0.0f64; n * width];
     for i in 0..n {
         let row = diffs.pair(i);
@@ -281,25 +264,25 @@ fn cells_of(diffs: &PairDiffs, partitions: &[&[u32]]) -> Cells {
             }
         }
     }
-    Cells { data, starts, labels }
+    Cells {
+        data,
+        starts,
+        labels,
+        padding,
+    }
 }
 
-/// Two-sided tallies: every group of every partition in one run over the units, counted per
-/// cell of units with the same labels, then summed per group (the same counts as a run over
-/// each group's units alone; the max over all units is order-free).
-#[allow(clippy::too_many_arguments)]
-fn two_sided(
+/// The units laid out in cells (one per distinct tuple of partition labels; one cell without
+/// partitions), and per (group, column): where its histogram's bin 0 is, and which of a
+/// pattern's `[cells x columns]` counts add up to its count.
+#[allow(clippy::type_complexity)]
+fn grouped(
     diffs: &PairDiffs,
     thresholds: Thresholds,
     partitions: &[&[u32]],
-    mode: Mode,
-    start: u64,
-    end: u64,
-    bars: &[f64],
     offsets: &[usize],
     sizes: &[usize],
-    out: &mut TallyRange,
-) -> Result<(), StatsError> {
+) -> Result<(Prepared, Vec<(usize, Vec<usize>)>), StatsError> {
     let cols = thresholds.len();
     let prep = if partitions.is_empty() {
         Prepared::new(diffs, thresholds)?
@@ -309,6 +292,7 @@ fn two_sided(
         let laid = PairDiffs::new(&cells.data, diffs.n_pairs(), width)?;
         let mut prep = Prepared::with_cells(&laid, thresholds, &cells.starts)?;
         prep.cell_labels = cells.labels;
+        prep.padding = cells.padding;
         prep
     };
     let n_cells = prep.cells.len();
@@ -335,6 +319,26 @@ fn two_sided(
             })
         })
         .collect();
+    Ok((prep, sums))
+}
+
+/// Two-sided tallies: every group of every partition in one run over the units, counted per
+/// cell of units with the same labels, then summed per group (the same counts as a run over
+/// each group's units alone; the max over all units is order-free).
+#[allow(clippy::too_many_arguments)]
+fn two_sided(
+    diffs: &PairDiffs,
+    thresholds: Thresholds,
+    partitions: &[&[u32]],
+    mode: Mode,
+    start: u64,
+    end: u64,
+    bars: &[f64],
+    offsets: &[usize],
+    sizes: &[usize],
+    out: &mut TallyRange,
+) -> Result<(), StatsError> {
+    let (prep, sums) = grouped(diffs, thresholds, partitions, offsets, sizes)?;
     let bar_index = BarIndex::new(bars);
     // Per task, its own histograms (every group's, then the max's bins), filled pattern by
     // pattern as the task finishes them; tasks' histograms are added up (integer sums: the
@@ -477,7 +481,8 @@ fn negate(diffs: &PairDiffs) -> Vec<f64> {
         .collect()
 }
 
-/// Per two-sided pattern: counts of units with t > c and with t < -c per column, max and min S.
+/// Per two-sided pattern: counts of units with t > c and with t < -c, `[cells x columns]`, and
+/// the max and min S over all units.
 struct Signed {
     pos: Vec<i64>,
     neg: Vec<i64>,
@@ -499,6 +504,8 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
     }
     let cols = prep.columns.len();
     let k_all = prep.ratios.len();
+    let n_cells = prep.cells.len();
+    let cc = n_cells * cols;
     let tasks = (2 * crate::threads::current_threads()).max(1);
     let per = len.div_ceil(tasks).max(256);
     let parts: Vec<Signed> = crate::threads::install(|| {
@@ -506,11 +513,11 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
             .par_chunks(per * g)
             .map(|chunk| {
                 let q = chunk.len() / g;
-                let mut pos_raw = vec![0i64; q * k_all];
-                let mut neg_raw = vec![0i64; q * k_all];
+                let mut pos_raw = vec![0i64; q * n_cells * k_all];
+                let mut neg_raw = vec![0i64; q * n_cells * k_all];
                 let mut max_s = vec![f64::NEG_INFINITY; q];
                 let mut min_s = vec![f64::INFINITY; q];
-                signed_sums(prep, chunk, |p, _, s| {
+                signed_sums(prep, chunk, |p, u0, s| {
                     let (mut hi, mut lo) = (max_s[p], min_s[p]);
                     for &v in s {
                         hi = if v > hi { v } else { hi };
@@ -518,30 +525,40 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
                     }
                     max_s[p] = hi;
                     min_s[p] = lo;
-                    for (k, &r) in prep.ratios.iter().enumerate() {
-                        let (mut a, mut b) = (0i64, 0i64);
-                        for &v in s {
-                            let above = v * v > r;
-                            a += (above & (v > 0.0)) as i64;
-                            b += (above & (v < 0.0)) as i64;
+                    for (cell, &(c_lo, c_hi)) in prep.cells.iter().enumerate() {
+                        let (a0, a1) = (c_lo.max(u0) - u0, c_hi.min(u0 + s.len()).saturating_sub(u0));
+                        if a0 >= a1 {
+                            continue;
                         }
-                        pos_raw[p * k_all + k] += a;
-                        neg_raw[p * k_all + k] += b;
+                        let seg = &s[a0..a1];
+                        let at = (p * n_cells + cell) * k_all;
+                        for (k, &r) in prep.ratios.iter().enumerate() {
+                            let (mut a, mut b) = (0i64, 0i64);
+                            for &v in seg {
+                                let above = v * v > r;
+                                a += (above & (v > 0.0)) as i64;
+                                b += (above & (v < 0.0)) as i64;
+                            }
+                            pos_raw[at + k] += a;
+                            neg_raw[at + k] += b;
+                        }
                     }
                 });
                 let nf = prep.n as f64;
                 let mut out = Signed {
-                    pos: vec![0; q * cols],
-                    neg: vec![0; q * cols],
+                    pos: vec![0; q * cc],
+                    neg: vec![0; q * cc],
                     max_s,
                     min_s,
                 };
                 for (p, bytes) in chunk.chunks_exact(g).enumerate() {
-                    for (c, &(idx, _, _)) in prep.columns.iter().enumerate() {
-                        out.pos[p * cols + c] = pos_raw[p * k_all + idx];
-                        out.neg[p * cols + c] = neg_raw[p * k_all + idx];
+                    for cell in 0..n_cells {
+                        for (c, &(idx, _, _)) in prep.columns.iter().enumerate() {
+                            out.pos[p * cc + cell * cols + c] = pos_raw[(p * n_cells + cell) * k_all + idx];
+                            out.neg[p * cc + cell * cols + c] = neg_raw[(p * n_cells + cell) * k_all + idx];
+                        }
                     }
-                    for class in &prep.classes {
+                    for (ci, class) in prep.classes.iter().enumerate() {
                         // The class's S (signed, in the normalised sums' units) can be the
                         // pattern's max or its min, whatever its sign: with k = 0 it is 0 (t = 0,
                         // over no threshold).
@@ -559,7 +576,9 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
                             let stat = if is_d { t / nf.sqrt() } else { t };
                             if stat > threshold {
                                 let side = if positive { &mut out.pos } else { &mut out.neg };
-                                side[p * cols + c] += class.count;
+                                for cell in 0..n_cells {
+                                    side[p * cc + cell * cols + c] += prep.class_cells[ci * n_cells + cell];
+                                }
                             }
                         }
                     }
@@ -586,9 +605,10 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
 /// Calls `visit(p, u0, s)` with the flipped sums `s` of units `u0 .. u0 + s.len()` under each
 /// pattern `p` of `patterns` (bytes, as the Monte Carlo kernel reads them), added in the
 /// kernels' order `((x_0 + G_1) + G_2 ...) + G_0`, so the values are those the two-sided
-/// kernels square. Padding units are left out. The closed-form (equal-magnitude) units, whose
-/// normalised columns are 0, get NaN: their S is not that sum, and a NaN is never over a
-/// threshold, a max or a min (their closed form is the caller's).
+/// kernels square. Padding units are left out (at the end) or NaN (the cells' own padding,
+/// `Prepared::padding`). The closed-form (equal-magnitude) units, whose normalised columns are
+/// 0, get NaN too: their S is not that sum, and a NaN is never over a threshold, a max or a min
+/// (their closed form is the caller's).
 fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, usize, &[f64])) {
     let g = prep.groups.len();
     let m = prep.unit_class.len();
@@ -605,7 +625,9 @@ fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, us
         if real == 0 {
             continue;
         }
-        let closed: Vec<usize> = (0..real).filter(|&i| prep.unit_class[u0 + i] != NO_CLASS).collect();
+        let closed: Vec<usize> = (0..real)
+            .filter(|&i| prep.unit_class[u0 + i] != NO_CLASS || prep.padding.contains(&(u0 + i)))
+            .collect();
         for (p, bytes) in patterns.chunks_exact(g).enumerate() {
             let row = |gi: usize| {
                 let at = gi * plane + bytes[gi] as usize * w;
@@ -613,6 +635,12 @@ fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, us
             };
             if g == 1 {
                 s[..real].copy_from_slice(row(0));
+            } else if g == 3 {
+                // 17 to 25 pairs: one pass, in the same order as below
+                let (r0, r1, r2) = (row(0), row(1), row(2));
+                for (i, a) in s[..real].iter_mut().enumerate() {
+                    *a = (r1[i] + r2[i]) + r0[i];
+                }
             } else {
                 s[..real].copy_from_slice(row(1));
                 for gi in 2..g {
