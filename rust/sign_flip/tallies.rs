@@ -18,7 +18,7 @@
 //! its own histograms (no per-pattern rows are kept), and the tasks' histograms are summed.
 //! One-sided tails run over the same cells (one run for every group), in steps of rows of
 //! per-pattern signed counts, but without the exact kernel's skipping: every unit is summed under
-//! every pattern (`signed_range`), about 80x the two-sided time for an exact null of 25 pairs.
+//! every pattern (`signed_range`), about 75x the two-sided time for an exact null of 25 pairs.
 //! The cells' padding columns are left out of the max and the min of S (`Prepared::padding`).
 //!
 //! # Tails
