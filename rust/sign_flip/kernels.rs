@@ -397,16 +397,16 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                         };
                         let first_units = leaf(&first_units[..n_first]);
                         if n_all > 0 {
-                            sweep::<V, K, A, false>(&leaf(&all_units[..n_all]), &thr, &mut mx, &mut cnt);
+                            sweep::<V, K, A, false>(&leaf(&all_units[..n_all]), &thr, (&mut mx, &mut cnt));
                             if n_first > 0 {
                                 let first: &mut [[u64; A]; 1] = (&mut cnt[..1]).try_into().unwrap();
-                                sweep::<V, 1, A, true>(&first_units, &[thr[0]], &mut mx, first);
+                                sweep::<V, 1, A, true>(&first_units, &[thr[0]], (&mut mx, first));
                             }
                             K
                         } else {
                             // n_first = to - from > 0
                             let first: &mut [[u64; A]; 1] = (&mut cnt[..1]).try_into().unwrap();
-                            sweep::<V, 1, A, false>(&first_units, &[thr[0]], &mut mx, first);
+                            sweep::<V, 1, A, false>(&first_units, &[thr[0]], (&mut mx, first));
                             1
                         }
                     } else {
@@ -417,7 +417,7 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                             stride,
                             a0,
                         };
-                        sweep::<V, K, A, false>(&leaf, &thr, &mut mx, &mut cnt);
+                        sweep::<V, K, A, false>(&leaf, &thr, (&mut mx, &mut cnt));
                         K
                     };
                     from = to;
@@ -508,26 +508,25 @@ impl<'a> Leaf<'a> {
     }
 }
 
+/// One leaf's outputs, one lane per pattern: the max S^2 and the counts above each threshold.
+type Out<'a, const A: usize, const K: usize> = (&'a mut [f64; A], &'a mut [[u64; A]; K]);
+
 /// The `A` patterns of one leaf (from `a0`) over its units, one lane per pattern: the max S^2
 /// into `mx` and the counts above each ratio threshold into `cnt`, written (`ADD` false) or
 /// merged into what they hold (`ADD`: the max of both, the sum of the counts), so that two
 /// sweeps of one leaf share them and nothing is returned by copy.
 #[inline(always)]
-fn sweep<const V: u8, const K: usize, const A: usize, const ADD: bool>(
-    leaf: &Leaf,
-    thr: &[f64; K],
-    mx: &mut [f64; A],
-    cnt: &mut [[u64; A]; K],
-) {
+fn sweep<const V: u8, const K: usize, const A: usize, const ADD: bool>(leaf: &Leaf, thr: &[f64; K], out: Out<A, K>) {
+    let (mx, cnt) = out;
     #[cfg(target_arch = "x86_64")]
     if V == AVX512 && A == 32 {
         // SAFETY: V == AVX512 only inside functions compiled for (and run on) AVX-512.
-        return unsafe { sweep_avx512::<K, A, ADD>(leaf, thr, mx, cnt) };
+        return unsafe { sweep_avx512::<K, A, ADD>(leaf, thr, (mx, cnt)) };
     }
     #[cfg(target_arch = "x86_64")]
     if V == AVX2 && A.is_multiple_of(AVX2_SWEEP) {
         // SAFETY: V == AVX2 only inside functions compiled for (and run on) AVX2.
-        return unsafe { sweep_avx2::<K, A, ADD>(leaf, thr, mx, cnt) };
+        return unsafe { sweep_avx2::<K, A, ADD>(leaf, thr, (mx, cnt)) };
     }
     if !ADD {
         mx.fill(0.0);
@@ -555,12 +554,8 @@ fn sweep<const V: u8, const K: usize, const A: usize, const ADD: bool>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
 #[inline]
-unsafe fn sweep_avx512<const K: usize, const A: usize, const ADD: bool>(
-    leaf: &Leaf,
-    thr: &[f64; K],
-    mx_out: &mut [f64; A],
-    cnt_out: &mut [[u64; A]; K],
-) {
+unsafe fn sweep_avx512<const K: usize, const A: usize, const ADD: bool>(leaf: &Leaf, thr: &[f64; K], out: Out<A, K>) {
+    let (mx_out, cnt_out) = out;
     assert!(A == 32);
     let mut mx = [_mm512_setzero_pd(); 4];
     let mut cnt = [[_mm512_setzero_si512(); 4]; K];
@@ -579,26 +574,20 @@ unsafe fn sweep_avx512<const K: usize, const A: usize, const ADD: bool>(
             }
         }
     }
+    // The outputs' own values are merged in (ADD) or not (a load under an empty mask reads
+    // nothing and gives 0: S^2 >= 0 keeps the max, and the counts add 0).
+    let keep: __mmask8 = if ADD { 0xff } else { 0 };
     for v in 0..4 {
         // SAFETY: both outputs hold A = 32 values.
         unsafe {
-            let at = mx_out.as_mut_ptr().add(8 * v);
-            _mm512_storeu_pd(
-                at,
-                if ADD {
-                    _mm512_max_pd(mx[v], _mm512_loadu_pd(at))
-                } else {
-                    mx[v]
-                },
-            );
-            for k in 0..K {
-                let at = cnt_out[k].as_mut_ptr().add(8 * v).cast();
-                let c = if ADD {
-                    _mm512_add_epi64(cnt[k][v], _mm512_loadu_si512(at))
-                } else {
-                    cnt[k][v]
-                };
-                _mm512_storeu_si512(at, c);
+            let m = mx_out.as_mut_ptr().add(8 * v);
+            _mm512_storeu_pd(m, _mm512_max_pd(mx[v], _mm512_maskz_loadu_pd(keep, m)));
+            for (c, cnt) in cnt_out.iter_mut().zip(&cnt) {
+                let c = c.as_mut_ptr().add(8 * v);
+                _mm512_storeu_si512(
+                    c.cast(),
+                    _mm512_add_epi64(cnt[v], _mm512_maskz_loadu_epi64(keep, c.cast())),
+                );
             }
         }
     }
@@ -615,14 +604,13 @@ const AVX2_SWEEP: usize = 8;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn sweep_avx2<const K: usize, const A: usize, const ADD: bool>(
-    leaf: &Leaf,
-    thr: &[f64; K],
-    mx_out: &mut [f64; A],
-    cnt_out: &mut [[u64; A]; K],
-) {
+unsafe fn sweep_avx2<const K: usize, const A: usize, const ADD: bool>(leaf: &Leaf, thr: &[f64; K], out: Out<A, K>) {
+    let (mx_out, cnt_out) = out;
     let nv = if K <= 1 && A.is_multiple_of(16) { 4 } else { 2 };
     let width = 4 * nv;
+    // The outputs' own values are merged in (ADD) or not (a load under a zero mask reads nothing
+    // and gives 0: S^2 >= 0 keeps the max, and the counts add 0).
+    let keep_i = _mm256_set1_epi64x(if ADD { -1 } else { 0 });
     let t: [__m256d; K] = std::array::from_fn(|k| _mm256_set1_pd(thr[k]));
     // A run-time pass count: unrolled passes would keep every pass's results in registers
     // and spill the next pass's state (measured: stores and reloads in the inner loop).
@@ -646,23 +634,12 @@ unsafe fn sweep_avx2<const K: usize, const A: usize, const ADD: bool>(
         for v in 0..nv {
             // SAFETY: the outputs hold A values, pass + width <= A.
             unsafe {
-                let at = mx_out.as_mut_ptr().add(pass + 4 * v);
-                _mm256_storeu_pd(
-                    at,
-                    if ADD {
-                        _mm256_max_pd(mx[v], _mm256_loadu_pd(at))
-                    } else {
-                        mx[v]
-                    },
-                );
+                let at = pass + 4 * v;
+                let m = mx_out.as_mut_ptr().add(at);
+                _mm256_storeu_pd(m, _mm256_max_pd(mx[v], _mm256_maskload_pd(m, keep_i)));
                 for k in 0..K {
-                    let at = cnt_out[k].as_mut_ptr().add(pass + 4 * v).cast();
-                    let c = if ADD {
-                        _mm256_add_epi64(cnt[k][v], _mm256_loadu_si256(at))
-                    } else {
-                        cnt[k][v]
-                    };
-                    _mm256_storeu_si256(at, c);
+                    let c = cnt_out[k][at..].as_mut_ptr().cast();
+                    _mm256_storeu_si256(c, _mm256_add_epi64(cnt[k][v], _mm256_maskload_epi64(c.cast(), keep_i)));
                 }
             }
         }
