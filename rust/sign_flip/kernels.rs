@@ -2,6 +2,7 @@
 //!
 //! Every `unsafe` block and every intrinsic of the sign-flip null lives in this file.
 
+use super::prepared::NO_CLASS;
 use super::tables::{build_group_entries, build_group_tables, BlockTables};
 use super::*;
 #[cfg(target_arch = "x86_64")]
@@ -50,9 +51,19 @@ pub(super) struct Job<'a> {
     /// the pass is row `k` of the `k_stride >= ratios.len()`, so that passes share one buffer.
     pub(super) counts: &'a mut [u32],
     pub(super) k_stride: usize,
-    /// Max S^2 over the units, per pattern, raised in place.
+    /// Max S^2 over the units, per pattern, raised in place (with `signed`: the max of S).
     pub(super) max_ratio: &'a mut [f64],
     pub(super) scratch: &'a mut Scratch,
+    /// Exact mode only: also the signed outputs of the one-sided tallies.
+    pub(super) signed: Option<SignedOut<'a>>,
+}
+
+/// What the exact kernel adds for the one-sided tallies: per cell and threshold the units with
+/// S > 0 over it (laid out as `Job::counts`; those with S < 0 are the rest), and per pattern
+/// the min of S (lowered in place). `Job::max_ratio` then holds the max of S, not of S^2.
+pub(super) struct SignedOut<'a> {
+    pub(super) pos: &'a mut [u32],
+    pub(super) min_s: &'a mut [f64],
 }
 
 /// Lookup-table memory that one thread's kernel calls reuse (megabytes a call).
@@ -93,9 +104,14 @@ unsafe fn run_avx2(job: &mut Job) {
 fn run_isa<const V: u8>(job: &mut Job) {
     let k = job.ratios.len();
     match (job.patterns, job.prep.groups.len()) {
-        (Patterns::Range { .. }, _) if V == AVX512 => with_k!(k, exact_impl::<V, 32>, (job)),
-        (Patterns::Range { .. }, _) if V == AVX2 => with_k!(k, exact_impl::<V, AVX2_LEAF>, (job)),
-        (Patterns::Range { .. }, _) => with_k!(k, exact_impl::<V, 8>, (job)),
+        (Patterns::Range { .. }, _) if job.signed.is_some() => match V {
+            AVX512 => with_k!(k, exact_impl::<V, 32, true>, (job)),
+            AVX2 => with_k!(k, exact_impl::<V, AVX2_LEAF, true>, (job)),
+            _ => with_k!(k, exact_impl::<V, 8, true>, (job)),
+        },
+        (Patterns::Range { .. }, _) if V == AVX512 => with_k!(k, exact_impl::<V, 32, false>, (job)),
+        (Patterns::Range { .. }, _) if V == AVX2 => with_k!(k, exact_impl::<V, AVX2_LEAF, false>, (job)),
+        (Patterns::Range { .. }, _) => with_k!(k, exact_impl::<V, 8, false>, (job)),
         (Patterns::Bytes(_), 1) => with_k!(k, mc_impl::<V, 1>, (job)),
         (Patterns::Bytes(_), 2) => with_k!(k, mc_impl::<V, 2>, (job)),
         (Patterns::Bytes(_), 3) => with_k!(k, mc_impl::<V, 3>, (job)),
@@ -279,12 +295,16 @@ fn max_if_skipped(bound: f64, reach: f64, skip: f64) -> f64 {
 /// over its own units, one lane per pattern. Round 2 revisits the (block, h) whose skipped
 /// units could hold a pattern's max (only when no unit reached the skip level there).
 #[inline(always)]
-fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
+fn exact_impl<const V: u8, const A: usize, const SIGNED: bool, const K: usize>(job: &mut Job) {
     let Patterns::Range { start, end } = job.patterns else {
         unreachable!("exact kernel on Monte Carlo patterns")
     };
     let (prep, k_stride) = (job.prep, job.k_stride);
     let (counts, max_ratio) = (&mut *job.counts, &mut *job.max_ratio);
+    let (pos_rows, min_rows): (&mut [u32], &mut [f64]) = match &mut job.signed {
+        Some(out) => (&mut *out.pos, &mut *out.min_s),
+        None => (&mut [], &mut []),
+    };
     let thr: [f64; K] = job.ratios.try_into().unwrap();
     let low = prep.groups[0];
     let n_low = 1usize << low.bits;
@@ -304,8 +324,14 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
     let mut leaf_units = vec![0u32; leaf_row * ub];
     let mut leaf_len = vec![0usize; leaf_row];
     let (mut all_units, mut first_units) = (vec![0u32; ub], vec![0u32; ub]);
-    // One leaf's maxima and counts per pattern (see the sweeps), reused leaf after leaf.
-    let (mut mx, mut cnt) = ([0.0f64; A], [[0u64; A]; K]);
+    // One leaf's maxima and counts per pattern (see the sweeps), reused leaf after leaf; signed:
+    // also its minima and counts of S > 0.
+    let mut out = LeafOut::<A, K> {
+        mx: [0.0; A],
+        cnt: [[0; A]; K],
+        mn: [0.0; A],
+        cpos: [[0; A]; K],
+    };
     // A unit whose |S| bound in a leaf is at most this is below the second threshold there.
     let second = thr.get(1).map_or(f64::INFINITY, |&r| r.sqrt() - SKIP_MARGIN);
     // Per (block, h): the largest bound on |S| among the units skipped there (-inf: none).
@@ -397,16 +423,14 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                         };
                         let first_units = leaf(&first_units[..n_first]);
                         if n_all > 0 {
-                            sweep::<V, K, A, false>(&leaf(&all_units[..n_all]), &thr, (&mut mx, &mut cnt));
+                            sweep_leaf::<V, K, K, A, SIGNED, false>(&leaf(&all_units[..n_all]), &thr, &mut out);
                             if n_first > 0 {
-                                let first: &mut [[u64; A]; 1] = (&mut cnt[..1]).try_into().unwrap();
-                                sweep::<V, 1, A, true>(&first_units, &[thr[0]], (&mut mx, first));
+                                sweep_leaf::<V, K, 1, A, SIGNED, true>(&first_units, &[thr[0]], &mut out);
                             }
                             K
                         } else {
                             // n_first = to - from > 0
-                            let first: &mut [[u64; A]; 1] = (&mut cnt[..1]).try_into().unwrap();
-                            sweep::<V, 1, A, false>(&first_units, &[thr[0]], (&mut mx, first));
+                            sweep_leaf::<V, K, 1, A, SIGNED, false>(&first_units, &[thr[0]], &mut out);
                             1
                         }
                     } else {
@@ -417,26 +441,41 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                             stride,
                             a0,
                         };
-                        sweep::<V, K, A, false>(&leaf, &thr, (&mut mx, &mut cnt));
+                        sweep_leaf::<V, K, K, A, SIGNED, false>(&leaf, &thr, &mut out);
                         K
                     };
                     from = to;
                     // The task's first pattern can fall inside a leaf: index from its lanes.
                     let p_first = (j_base + (a0 + lanes.start) as u64 - start) as usize;
-                    for (k, cnt_k) in cnt.iter().enumerate().take(live) {
+                    for (k, cnt_k) in out.cnt.iter().enumerate().take(live) {
                         let row = &mut counts[(cell * k_stride + k) * len_task + p_first..];
                         for (r, &c) in row.iter_mut().zip(&cnt_k[lanes.clone()]) {
                             *r += c as u32;
                         }
                     }
-                    for (m, &v) in max_ratio[p_first..].iter_mut().zip(&mx[lanes.clone()]) {
+                    for (m, &v) in max_ratio[p_first..].iter_mut().zip(&out.mx[lanes.clone()]) {
                         *m = if v > *m { v } else { *m }; // branch-free
+                    }
+                    if SIGNED {
+                        for (k, cnt_k) in out.cpos.iter().enumerate().take(live) {
+                            let row = &mut pos_rows[(cell * k_stride + k) * len_task + p_first..];
+                            for (r, &c) in row.iter_mut().zip(&cnt_k[lanes.clone()]) {
+                                *r += c as u32;
+                            }
+                        }
+                        for (m, &v) in min_rows[p_first..].iter_mut().zip(&out.mn[lanes.clone()]) {
+                            *m = if v < *m { v } else { *m };
+                        }
                     }
                 }
             }
         }
     }
 
+    if SIGNED {
+        signed_round2(prep, tables, &skipped, (start, end), (max_ratio, min_rows), &mut base);
+        return;
+    }
     // Round 2: the lowest max over each h's patterns, against each block's skipped bound.
     let mut floor = vec![f64::INFINITY; n_h];
     for (p, &r) in max_ratio.iter().enumerate() {
@@ -449,19 +488,17 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
         let lim = bound + SKIP_MARGIN;
         lim * lim
     };
-    for (bi, u0) in (0..prep.m_pad).step_by(ub).enumerate() {
-        let needs = |hi: usize| {
-            let bound = skipped[bi * n_h + hi];
-            bound >= 0.0 && reach_sq(bound) > floor[hi]
-        };
-        if !(0..n_h).any(needs) {
-            continue;
-        }
-        let w = ub.min(prep.m_pad - u0);
-        tables.build(prep, u0, w);
-        for hi in (0..n_h).filter(|&hi| needs(hi)) {
-            let h = h_first + hi as u64;
-            tables.base(prep, u0, w, h, &mut base);
+    let needs = |bi: usize, hi: usize| {
+        let bound = skipped[bi * n_h + hi];
+        bound >= 0.0 && reach_sq(bound) > floor[hi]
+    };
+    round2_walk(
+        prep,
+        tables,
+        &mut base,
+        (h_first, n_h),
+        needs,
+        |bi, hi, w, h, tables, base| {
             let lim = reach_sq(skipped[bi * n_h + hi]);
             let (a_from, a_to) = a_range(h);
             for a in a_from..a_to {
@@ -481,6 +518,135 @@ fn exact_impl<const V: u8, const A: usize, const K: usize>(job: &mut Job) {
                     }
                 }
                 max_ratio[p] = best;
+            }
+        },
+    );
+}
+
+/// Round 2's walk: over the unit blocks and the task's high-byte values `h` where `needs(block,
+/// h index)`, builds each such block's tables once and each such h's fixed parts into `base`,
+/// and calls `visit(block, h index, block width, h, tables, base)`.
+fn round2_walk(
+    prep: &Prepared,
+    tables: &mut BlockTables,
+    base: &mut [f64],
+    (h_first, n_h): (u64, usize),
+    needs: impl Fn(usize, usize) -> bool,
+    mut visit: impl FnMut(usize, usize, usize, u64, &BlockTables, &[f64]),
+) {
+    let ub = EXACT_UNIT_BLOCK.min(prep.m_pad);
+    for (bi, u0) in (0..prep.m_pad).step_by(ub).enumerate() {
+        if !(0..n_h).any(|hi| needs(bi, hi)) {
+            continue;
+        }
+        let w = ub.min(prep.m_pad - u0);
+        tables.build(prep, u0, w);
+        for hi in (0..n_h).filter(|&hi| needs(bi, hi)) {
+            let h = h_first + hi as u64;
+            tables.base(prep, u0, w, h, base);
+            visit(bi, hi, w, h, tables, base);
+        }
+    }
+}
+
+/// Round 2 of the signed (one-sided) exact kernel: where the units skipped in a (block, h) could
+/// hold a pattern's max or min of S (their |S| is at most the bound), every unit whose S is its
+/// normalised sum is evaluated there (not the padding, whose S is no unit's, nor the closed-form
+/// units, which are the caller's; the all-zero units are, S = 0).
+fn signed_round2(
+    prep: &Prepared,
+    tables: &mut BlockTables,
+    skipped: &[f64],
+    (start, end): (u64, u64),
+    (max_s, min_s): (&mut [f64], &mut [f64]),
+    base: &mut [f64],
+) {
+    let low = prep.groups[0];
+    let n_low = 1usize << low.bits;
+    let h_first = start >> low.bits;
+    let n_h = ((((end - 1) >> low.bits) + 1) - h_first) as usize;
+    let stride = tables.stride;
+    let m = prep.unit_class.len();
+    let real: Vec<bool> = (0..prep.m_pad)
+        .map(|u| u < m && prep.unit_class[u] == NO_CLASS && !prep.padding.contains(&u))
+        .collect();
+    // Per h: the lowest max S and the lowest -min S of its patterns.
+    let (mut floor_hi, mut floor_lo) = (vec![f64::INFINITY; n_h], vec![f64::INFINITY; n_h]);
+    for (p, (&hi_s, &lo_s)) in max_s.iter().zip(min_s.iter()).enumerate() {
+        let hi = (((start + p as u64) >> low.bits) - h_first) as usize;
+        floor_hi[hi] = floor_hi[hi].min(hi_s);
+        floor_lo[hi] = floor_lo[hi].min(-lo_s);
+    }
+    let needs = |bi: usize, hi: usize| {
+        let lim = skipped[bi * n_h + hi] + SKIP_MARGIN;
+        skipped[bi * n_h + hi] >= 0.0 && (lim > floor_hi[hi] || lim > floor_lo[hi])
+    };
+    let ub = EXACT_UNIT_BLOCK.min(prep.m_pad);
+    round2_walk(
+        prep,
+        tables,
+        base,
+        (h_first, n_h),
+        needs,
+        |bi, hi, w, h, tables, base| {
+            let u0 = bi * ub;
+            let lim = skipped[bi * n_h + hi] + SKIP_MARGIN;
+            let j_base = h << low.bits;
+            let a_from = start.saturating_sub(j_base) as usize;
+            let a_to = ((end - j_base) as usize).min(n_low);
+            for a in a_from..a_to {
+                let p = (j_base + a as u64 - start) as usize;
+                let (mut hi_s, mut lo_s) = (max_s[p], min_s[p]);
+                if hi_s >= lim && -lo_s >= lim {
+                    continue;
+                }
+                for (u, (&b, &radius)) in base[..w].iter().zip(&tables.radius[..w]).enumerate() {
+                    let r = b.abs() + radius + SKIP_MARGIN;
+                    if !real[u0 + u] || (r <= hi_s && -r >= lo_s) {
+                        continue; // cannot raise the max or lower the min
+                    }
+                    let v = b + tables.low[u * stride + a];
+                    hi_s = if v > hi_s { v } else { hi_s };
+                    lo_s = if v < lo_s { v } else { lo_s };
+                }
+                max_s[p] = hi_s;
+                min_s[p] = lo_s;
+            }
+        },
+    );
+}
+
+/// [`sweep`] for the one-sided tallies: per lane the max of S into `mx` and its min into `mn`,
+/// the counts above each ratio threshold into `cnt` and those with S > 0 into `cpos`, written
+/// or (`ADD`) merged. Plain Rust over the lanes, vectorised by the compiler inside the kernel's
+/// instruction-set function; S is the two-sided sweeps' `b + low[a]`, bit for bit.
+#[inline(always)]
+fn sweep_signed<const K: usize, const A: usize, const ADD: bool>(
+    leaf: &Leaf,
+    thr: &[f64; K],
+    (mx, cnt): Out<A, K>,
+    (mn, cpos): Out<A, K>,
+) {
+    if !ADD {
+        mx.fill(f64::NEG_INFINITY);
+        mn.fill(f64::INFINITY);
+        cnt.iter_mut().chain(cpos.iter_mut()).for_each(|c| c.fill(0));
+    }
+    for (row, b) in leaf.rows(0, A) {
+        let row: &[f64; A] = row.try_into().unwrap();
+        let mut sv = [0.0f64; A];
+        for l in 0..A {
+            sv[l] = b + row[l];
+        }
+        for l in 0..A {
+            mx[l] = if sv[l] > mx[l] { sv[l] } else { mx[l] };
+            mn[l] = if sv[l] < mn[l] { sv[l] } else { mn[l] };
+        }
+        for k in 0..K {
+            for l in 0..A {
+                let above = sv[l] * sv[l] > thr[k];
+                cnt[k][l] += above as u64;
+                cpos[k][l] += (above & (sv[l] > 0.0)) as u64;
             }
         }
     }
@@ -505,6 +671,34 @@ impl<'a> Leaf<'a> {
             let at = u as usize * self.stride + at0;
             (&low[at..at + len], self.base[u as usize])
         })
+    }
+}
+
+/// One leaf's per-pattern outputs (a lane a pattern), reused leaf after leaf: the max (of S^2;
+/// signed: of S) and the counts above each threshold; signed also the min of S and the counts
+/// of S > 0.
+struct LeafOut<const A: usize, const K: usize> {
+    mx: [f64; A],
+    cnt: [[u64; A]; K],
+    mn: [f64; A],
+    cpos: [[u64; A]; K],
+}
+
+/// One sweep of a leaf into `out` for thresholds `thr`: all of the pass's (`K2 = K`) or its
+/// first alone (`K2 = 1`, rows past the first untouched), two-sided or signed, written or
+/// merged (`ADD`).
+#[inline(always)]
+fn sweep_leaf<const V: u8, const K: usize, const K2: usize, const A: usize, const SIGNED: bool, const ADD: bool>(
+    leaf: &Leaf,
+    thr: &[f64; K2],
+    out: &mut LeafOut<A, K>,
+) {
+    let cnt: &mut [[u64; A]; K2] = (&mut out.cnt[..K2]).try_into().unwrap();
+    if SIGNED {
+        let cpos: &mut [[u64; A]; K2] = (&mut out.cpos[..K2]).try_into().unwrap();
+        sweep_signed::<K2, A, ADD>(leaf, thr, (&mut out.mx, cnt), (&mut out.mn, cpos));
+    } else {
+        sweep::<V, K2, A, ADD>(leaf, thr, (&mut out.mx, cnt));
     }
 }
 

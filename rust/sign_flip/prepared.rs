@@ -256,26 +256,30 @@ impl Prepared {
         });
     }
 
-    fn task_in<const WITH_T: bool>(
-        &self,
-        buffers: &mut TaskBuffers,
-        mode: Mode,
-        start: u64,
-        end: u64,
-        mut sink: impl FnMut(usize, &[i64], f64, f64),
-    ) {
+    /// The kernels over one task's patterns, into `buffers`: counts `raw` and maxima (with
+    /// `signed`, exact only: also the counts of S > 0 `raw_pos` and the minima, and the maxima
+    /// are of S). Thresholds in passes of at most MAX_K into one buffer (rows of k_all); every
+    /// pass also takes the max and min (idempotent). Exact counts are [cells x k_all x
+    /// patterns], Monte Carlo counts [patterns x cells x k_all].
+    fn fill(&self, buffers: &mut TaskBuffers, mode: Mode, start: u64, end: u64, signed: bool) {
         let len = (end - start) as usize;
         let k_all = self.ratios.len();
-        let n_cells = self.cells.len();
         let g = self.groups.len();
         let TaskBuffers {
             raw,
             max_ratio,
             patterns,
             kernel,
+            raw_pos,
+            min_s,
         } = buffers;
-        refill(raw, len * n_cells * k_all, 0);
-        refill(max_ratio, len, 0.0);
+        let size = len * self.cells.len() * k_all;
+        refill(raw, size, 0);
+        refill(max_ratio, len, if signed { f64::NEG_INFINITY } else { 0.0 });
+        if signed {
+            refill(raw_pos, size, 0);
+            refill(min_s, len, f64::INFINITY);
+        }
         match mode {
             Mode::MonteCarlo { key } => {
                 refill(patterns, len * g, 0);
@@ -286,9 +290,6 @@ impl Prepared {
             Mode::Identity => refill(patterns, len * g, 0),
             Mode::Exact => patterns.clear(),
         }
-        // Thresholds in passes of at most MAX_K into one buffer (rows of k_all); every pass
-        // also takes the max (idempotent). Exact counts are [cells x k_all x patterns], Monte
-        // Carlo counts [patterns x cells x k_all].
         let mut first = 0;
         while first < k_all || first == 0 {
             let batch = (k_all - first).min(MAX_K);
@@ -305,9 +306,34 @@ impl Prepared {
                 k_stride: k_all,
                 max_ratio,
                 scratch: kernel,
+                signed: signed.then(|| kernels::SignedOut {
+                    pos: &mut raw_pos[offset..],
+                    min_s,
+                }),
             });
             first += batch.max(1);
         }
+    }
+
+    fn task_in<const WITH_T: bool>(
+        &self,
+        buffers: &mut TaskBuffers,
+        mode: Mode,
+        start: u64,
+        end: u64,
+        mut sink: impl FnMut(usize, &[i64], f64, f64),
+    ) {
+        let len = (end - start) as usize;
+        let k_all = self.ratios.len();
+        let n_cells = self.cells.len();
+        let g = self.groups.len();
+        self.fill(buffers, mode, start, end, false);
+        let TaskBuffers {
+            raw,
+            max_ratio,
+            patterns,
+            ..
+        } = buffers;
         let cols = self.columns.len();
         let nf = self.n as f64;
         let mut class_t = vec![0.0f64; self.classes.len()];
@@ -365,6 +391,90 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// The closed-form (equal-magnitude) units under one pattern (`bytes`), one-sided: each
+    /// class's S (signed, in the normalised sums' units; 0 when balanced, t = 0) lowers `min`
+    /// and raises `max` whatever its sign, and its units in each cell are added to `pos`
+    /// (t > c) or `neg` (t < -c), `[cells x columns]`.
+    pub(super) fn add_classes_signed(
+        &self,
+        bytes: &[u8],
+        (pos, neg): (&mut [i64], &mut [i64]),
+        (max, min): (&mut f64, &mut f64),
+    ) {
+        let nf = self.n as f64;
+        let (n_cells, cols) = (self.cells.len(), self.columns.len());
+        for (ci, class) in self.classes.iter().enumerate() {
+            let k = class.agreement(bytes, self.n);
+            let positive = class.positive == (k > 0);
+            let s = ((k * k) as f64 / nf).sqrt();
+            let signed = if positive { s } else { -s };
+            *max = max.max(signed);
+            *min = min.min(signed);
+            if k == 0 {
+                continue;
+            }
+            let t = closed_form_abs_t(k, self.n);
+            for (c, &(_, threshold, is_d)) in self.columns.iter().enumerate() {
+                let stat = if is_d { t / nf.sqrt() } else { t };
+                if stat > threshold {
+                    let side = if positive { &mut *pos } else { &mut *neg };
+                    for cell in 0..n_cells {
+                        side[cell * cols + c] += self.class_cells[ci * n_cells + cell];
+                    }
+                }
+            }
+        }
+    }
+
+    /// One exact one-sided task, patterns `start .. end` of the two-sided enumeration: hands
+    /// each pattern `p` (from 0) to `sink(p, pos, neg, max_s, min_s)`: the units with t > c and
+    /// with t < -c, `[cells x columns]`, and the max and min of S over the units, closed-form
+    /// units included (as `tallies::signed_range` gives them, bit for bit).
+    pub(super) fn task_signed(&self, start: u64, end: u64, sink: impl FnMut(usize, &[i64], &[i64], f64, f64)) {
+        TASK_BUFFERS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buffers) => self.task_signed_in(&mut buffers, start, end, sink),
+            Err(_) => self.task_signed_in(&mut TaskBuffers::default(), start, end, sink),
+        });
+    }
+
+    fn task_signed_in(
+        &self,
+        buffers: &mut TaskBuffers,
+        start: u64,
+        end: u64,
+        mut sink: impl FnMut(usize, &[i64], &[i64], f64, f64),
+    ) {
+        let len = (end - start) as usize;
+        let k_all = self.ratios.len();
+        let n_cells = self.cells.len();
+        let g = self.groups.len();
+        self.fill(buffers, Mode::Exact, start, end, true);
+        let TaskBuffers {
+            raw,
+            max_ratio,
+            raw_pos,
+            min_s,
+            ..
+        } = buffers;
+        let cols = self.columns.len();
+        let (mut pos, mut neg) = (vec![0i64; n_cells * cols], vec![0i64; n_cells * cols]);
+        let at: Vec<usize> = (0..n_cells)
+            .flat_map(|cell| self.columns.iter().map(move |&(idx, _, _)| (cell * k_all + idx) * len))
+            .collect();
+        for p in 0..len {
+            for ((pv, nv), &a) in pos.iter_mut().zip(neg.iter_mut()).zip(&at) {
+                *pv = raw_pos[a + p] as i64;
+                *nv = raw[a + p] as i64 - *pv;
+            }
+            let (mut hi_s, mut lo_s) = (max_ratio[p], min_s[p]);
+            let bytes = (start + p as u64).to_le_bytes();
+            self.add_classes_signed(&bytes[..g], (&mut pos, &mut neg), (&mut hi_s, &mut lo_s));
+            sink(p, &pos, &neg, hi_s, lo_s);
+        }
+    }
+}
+
 /// Buffers a thread's tasks reuse: megabytes of counts and tables, whose fresh pages cost a
 /// task more than filling them (page faults, zero-page copies).
 #[derive(Default)]
@@ -373,6 +483,9 @@ struct TaskBuffers {
     max_ratio: Vec<f64>,
     patterns: Vec<u8>,
     kernel: kernels::Scratch,
+    /// One-sided tasks only: counts of S > 0 and the min of S.
+    raw_pos: Vec<u32>,
+    min_s: Vec<f64>,
 }
 
 thread_local! {

@@ -16,10 +16,12 @@
 //! count under a pattern is the sum of its cells' counts, so all groups of all partitions cost
 //! one sweep over the units. Each parallel task of that sweep adds its patterns straight into
 //! its own histograms (no per-pattern rows are kept), and the tasks' histograms are summed.
-//! One-sided tails run over the same cells (one run for every group), in steps of rows of
-//! per-pattern signed counts, but without the exact kernel's skipping: every unit is summed under
-//! every pattern (`signed_range`), about 75x the two-sided time for an exact null of 25 pairs.
-//! The cells' padding columns are left out of the max and the min of S (`Prepared::padding`).
+//! One-sided tails run over the same cells (one run for every group). Exact ones go through the
+//! exact kernel with its skipping, in its signed form (`Prepared::task_signed`: counts of S > 0
+//! beside the two-sided counts, and the max and min of S); Monte Carlo ones through rows of
+//! per-pattern signed counts (`signed_range`, every unit under every permutation). Both give
+//! the same bits for the same pattern (tested). The cells' padding columns and the closed-form
+//! units' zero columns are left out of the max and the min of S.
 //!
 //! # Tails
 //! `Two`: the statistic is |t|, on the 2^(n-1) patterns with pair 0 fixed, compared as `S^2`
@@ -31,7 +33,7 @@
 //! statistic is compared as S. `Less` is `Greater` on the negated differences (exactly: float64
 //! negation commutes with every operation used).
 
-use super::prepared::{closed_form_abs_t, Prepared, NO_CLASS};
+use super::prepared::{Prepared, NO_CLASS};
 use super::tables::build_group_tables;
 use super::*;
 use rayon::prelude::*;
@@ -181,22 +183,43 @@ pub fn tallies(
         )?;
         return Ok(out);
     }
-    // One-sided: every group in one run over the cells, as two-sided, pattern rows of STEP.
+    // One-sided: every group in one run over the cells, as two-sided.
     let (prep, sums) = grouped(&diffs, thresholds, partitions, &offsets, &sizes)?;
-    let cc = prep.cells.len() * cols;
+    if exact {
+        one_sided_exact(&prep, &sums, start, end, bars, &mut out);
+        return Ok(out);
+    }
+    one_sided_rows(&prep, &sums, mode, start, end, bars, &mut out);
+    Ok(out)
+}
+
+/// One-sided tallies through rows of STEP patterns of signed counts (`signed_range`), every
+/// unit under every pattern: the Monte Carlo route (exact patterns too, the tests' reference for
+/// [`one_sided_exact`]). A Monte Carlo permutation takes S or -S by its pair-0 bit; an exact
+/// pattern stands for both.
+fn one_sided_rows(
+    prep: &Prepared,
+    sums: &[(usize, Vec<usize>)],
+    mode: Mode,
+    start: u64,
+    end: u64,
+    bars: &[f64],
+    out: &mut TallyRange,
+) {
+    let cc = prep.cells.len() * prep.columns.len();
     let place = |score: f64, bins: &mut [i64]| {
         bins[bars.partition_point(|&b| b <= score)] += 1;
     };
     let mut lo = start;
     while lo < end {
         let hi = end.min(lo + STEP);
-        let s = signed_range(&prep, mode, lo, hi);
+        let s = signed_range(prep, mode, lo, hi);
         for p in 0..(hi - lo) as usize {
             let take_pos = match mode {
                 Mode::MonteCarlo { key } => rng::counter_word(key, lo + p as u64, PAIR0_WORD) & 1 == 0,
                 _ => true,
             };
-            let both = exact;
+            let both = matches!(mode, Mode::Exact);
             let abs_max = s.max_s[p].max(-s.min_s[p]);
             for _ in 0..(take_pos || both) as usize + (!take_pos || both) as usize {
                 place(abs_max, &mut out.abs_bins);
@@ -209,7 +232,7 @@ pub fn tallies(
                     continue;
                 }
                 let row = &side[p * cc..(p + 1) * cc];
-                for (bin0, at) in &sums {
+                for (bin0, at) in sums {
                     let v: i64 = at.iter().map(|&i| row[i]).sum();
                     out.hist[bin0 + v as usize] += 1;
                 }
@@ -218,7 +241,46 @@ pub fn tallies(
         }
         lo = hi;
     }
-    Ok(out)
+}
+
+/// Exact one-sided tallies of two-sided patterns `start .. end` through the exact kernel's
+/// skipping (`Prepared::task_signed`): pattern `j` stands for S (its counts of t > c, its max
+/// S) and for -S (the counts of t < -c, minus the min S); each task adds into histograms of its
+/// own, summed at the end (integer sums: the same whatever the threads).
+fn one_sided_exact(
+    prep: &Prepared,
+    sums: &[(usize, Vec<usize>)],
+    start: u64,
+    end: u64,
+    bars: &[f64],
+    out: &mut TallyRange,
+) {
+    let n_hist = out.hist.len();
+    let nb = bars.len() + 1;
+    let bar_index = BarIndex::new(bars);
+    let sum = tasks_summed(prep, Mode::Exact, start, end, n_hist + 2 * nb, |acc, lo, hi| {
+        let (hist, bins) = acc.split_at_mut(n_hist);
+        let (max_bins, abs_bins) = bins.split_at_mut(nb);
+        prep.task_signed(lo, hi, |_, pos, neg, max_s, min_s| {
+            abs_bins[bar_index.at_or_below(max_s.max(-min_s))] += 2;
+            for (row, max) in [(pos, max_s), (neg, -min_s)] {
+                for (bin0, at) in sums {
+                    let v: i64 = at.iter().map(|&i| row[i]).sum();
+                    hist[bin0 + v as usize] += 1;
+                }
+                max_bins[bar_index.at_or_below(max)] += 1;
+            }
+        });
+    });
+    for (h, v) in out.hist.iter_mut().zip(&sum[..n_hist]) {
+        *h += v;
+    }
+    for (m, v) in out.max_bins.iter_mut().zip(&sum[n_hist..n_hist + nb]) {
+        *m += v;
+    }
+    for (a, v) in out.abs_bins.iter_mut().zip(&sum[n_hist + nb..]) {
+        *a += v;
+    }
 }
 
 /// Units grouped into cells (one per distinct tuple of partition labels), each cell padded
@@ -340,35 +402,16 @@ fn two_sided(
 ) -> Result<(), StatsError> {
     let (prep, sums) = grouped(diffs, thresholds, partitions, offsets, sizes)?;
     let bar_index = BarIndex::new(bars);
-    // Per task, its own histograms (every group's, then the max's bins), filled pattern by
-    // pattern as the task finishes them; tasks' histograms are added up (integer sums: the
-    // same whatever the number of threads or the order).
     let n_hist = out.hist.len();
-    let empty = || vec![0i64; n_hist + bars.len() + 1];
-    let bounds = if start < end {
-        prep.task_bounds(mode, start, end)
-    } else {
-        Vec::new()
-    };
-    let sum = crate::threads::install(|| {
-        bounds
-            .par_windows(2)
-            .fold(empty, |mut acc, w| {
-                let (hist, bins) = acc.split_at_mut(n_hist);
-                prep.task::<false>(mode, w[0], w[1], |_, row, ratio, _| {
-                    for (bin0, at) in &sums {
-                        let v: i64 = at.iter().map(|&i| row[i]).sum();
-                        hist[bin0 + v as usize] += 1;
-                    }
-                    bins[bar_index.at_or_below(ratio)] += 1;
-                });
-                acc
-            })
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            })
-            .unwrap_or_else(empty)
+    let sum = tasks_summed(&prep, mode, start, end, n_hist + bars.len() + 1, |acc, lo, hi| {
+        let (hist, bins) = acc.split_at_mut(n_hist);
+        prep.task::<false>(mode, lo, hi, |_, row, ratio, _| {
+            for (bin0, at) in &sums {
+                let v: i64 = at.iter().map(|&i| row[i]).sum();
+                hist[bin0 + v as usize] += 1;
+            }
+            bins[bar_index.at_or_below(ratio)] += 1;
+        });
     });
     for (h, v) in out.hist.iter_mut().zip(&sum[..n_hist]) {
         *h += v;
@@ -378,6 +421,38 @@ fn two_sided(
         *a += v;
     }
     Ok(())
+}
+
+/// Runs `task(acc, lo, hi)` over the tasks of `start .. end` on the pool, each adding into an
+/// accumulator of `width` integers of its thread's own, and returns their sum (integer sums:
+/// the same whatever the number of threads or the order).
+fn tasks_summed(
+    prep: &Prepared,
+    mode: Mode,
+    start: u64,
+    end: u64,
+    width: usize,
+    task: impl Fn(&mut [i64], u64, u64) + Sync,
+) -> Vec<i64> {
+    let empty = || vec![0i64; width];
+    let bounds = if start < end {
+        prep.task_bounds(mode, start, end)
+    } else {
+        Vec::new()
+    };
+    crate::threads::install(|| {
+        bounds
+            .par_windows(2)
+            .fold(empty, |mut acc, w| {
+                task(&mut acc, w[0], w[1]);
+                acc
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            })
+            .unwrap_or_else(empty)
+    })
 }
 
 /// The number of sorted bars at or below a value, in a few steps: a table of where each of
@@ -544,7 +619,6 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
                         }
                     }
                 });
-                let nf = prep.n as f64;
                 let mut out = Signed {
                     pos: vec![0; q * cc],
                     neg: vec![0; q * cc],
@@ -558,30 +632,8 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
                             out.neg[p * cc + cell * cols + c] = neg_raw[(p * n_cells + cell) * k_all + idx];
                         }
                     }
-                    for (ci, class) in prep.classes.iter().enumerate() {
-                        // The class's S (signed, in the normalised sums' units) can be the
-                        // pattern's max or its min, whatever its sign: with k = 0 it is 0 (t = 0,
-                        // over no threshold).
-                        let k = class.agreement(bytes, prep.n);
-                        let positive = class.positive == (k > 0);
-                        let s = ((k * k) as f64 / nf).sqrt();
-                        let signed = if positive { s } else { -s };
-                        out.max_s[p] = out.max_s[p].max(signed);
-                        out.min_s[p] = out.min_s[p].min(signed);
-                        if k == 0 {
-                            continue;
-                        }
-                        let t = closed_form_abs_t(k, prep.n);
-                        for (c, &(_, threshold, is_d)) in prep.columns.iter().enumerate() {
-                            let stat = if is_d { t / nf.sqrt() } else { t };
-                            if stat > threshold {
-                                let side = if positive { &mut out.pos } else { &mut out.neg };
-                                for cell in 0..n_cells {
-                                    side[p * cc + cell * cols + c] += prep.class_cells[ci * n_cells + cell];
-                                }
-                            }
-                        }
-                    }
+                    let (pos, neg) = (&mut out.pos[p * cc..(p + 1) * cc], &mut out.neg[p * cc..(p + 1) * cc]);
+                    prep.add_classes_signed(bytes, (pos, neg), (&mut out.max_s[p], &mut out.min_s[p]));
                 }
                 out
             })
@@ -656,6 +708,68 @@ fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, us
                 s[i] = f64::NAN;
             }
             visit(p, u0, &s[..real]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_one_sided_kernel_equals_every_unit_under_every_pattern_bit_for_bit() {
+        // 19 pairs: two high groups (8 + 2 bits) over the low byte, so the kernel's levels and
+        // round 2 run across h. Units shifted negative (near the identity the max S is below 0,
+        // where the skipped units' bound is checked against the max and the min), one
+        // equal-magnitude unit (negative), and cells with padding. (An all-zero unit, S = 0 in
+        // every pattern, would keep every max at 0 or above: the Python tests have one.)
+        let (n, m) = (19, 700);
+        let mut data = crate::sign_flip::tests::random_data(n, m, 33);
+        for (i, row) in data.chunks_exact_mut(m).enumerate() {
+            for v in row.iter_mut() {
+                *v -= 1.2;
+            }
+            row[5] = if i == 4 { 0.9 } else { -0.9 };
+        }
+        let diffs = PairDiffs::new(&data, n, m).unwrap();
+        let kind: Vec<u32> = (0..m as u32).map(|u| (u / 50) % 2).collect();
+        let region: Vec<u32> = (0..m as u32).map(|u| u % 3).collect();
+        let thr = Thresholds {
+            t: &[2.0, 3.0, 4.5],
+            d: &[0.8],
+        };
+        for tail in [Tail::Greater, Tail::Less] {
+            for parts in [vec![&kind[..], &region[..]], vec![]] {
+                let mut negated = Vec::new();
+                let oriented = oriented(&diffs, tail, &mut negated).unwrap();
+                // The units' own scores and a grid, so that the bins tell a negative max from 0.
+                let bars = {
+                    let mut b = unit_scores(&diffs, tail).unwrap();
+                    b.extend((-40..=40).map(|k| k as f64 / 10.0));
+                    b.sort_by(f64::total_cmp);
+                    b
+                };
+                let groups = unit_groups(m, &parts).unwrap();
+                let (mut offsets, mut total) = (Vec::new(), 0);
+                let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+                for &s in &sizes {
+                    offsets.push(total);
+                    total += thr.len() * (s + 1);
+                }
+                let (prep, sums) = grouped(&oriented, thr, &parts, &offsets, &sizes).unwrap();
+                for (start, end) in [(0u64, 1 << 16), (3, 70_001), (200_001, 1 << 18)] {
+                    let fresh = || TallyRange {
+                        hist: vec![0; total],
+                        max_bins: vec![0; bars.len() + 1],
+                        abs_bins: vec![0; bars.len() + 1],
+                        patterns: 0,
+                    };
+                    let (mut kernel, mut rows) = (fresh(), fresh());
+                    one_sided_exact(&prep, &sums, start, end, &bars, &mut kernel);
+                    one_sided_rows(&prep, &sums, Mode::Exact, start, end, &bars, &mut rows);
+                    assert_eq!(kernel, rows, "{tail:?}, {} partitions, {start}..{end}", parts.len());
+                }
+            }
         }
     }
 }

@@ -48,7 +48,7 @@ fn with_strong_units(mut data: Vec<f64>, m: usize, step: usize, by: f64) -> Vec<
     data
 }
 
-fn random_data(n: usize, m: usize, seed: u64) -> Vec<f64> {
+pub(super) fn random_data(n: usize, m: usize, seed: u64) -> Vec<f64> {
     let mut g = rng::SplitMix64::new(seed);
     (0..n * m)
         .map(|k| {
