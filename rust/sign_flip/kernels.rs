@@ -2,7 +2,6 @@
 //!
 //! Every `unsafe` block and every intrinsic of the sign-flip null lives in this file.
 
-use super::prepared::NO_CLASS;
 use super::tables::{build_group_entries, build_group_tables, BlockTables};
 use super::*;
 #[cfg(target_arch = "x86_64")]
@@ -400,7 +399,7 @@ fn exact_impl<const V: u8, const A: usize, const SIGNED: bool, const K: usize>(j
                     }
                     // The leaf's maxima and counts (`mx`, `cnt`), one lane per pattern: the
                     // first sweep writes them, a second adds to them; `live` threshold rows
-                    // hold this leaf's counts (later rows are stale, not read: they are zero).
+                    // hold this leaf's counts (later rows still hold an earlier leaf's: not read).
                     let live = if K >= 2 {
                         // Units that cannot reach the second threshold anywhere in the leaf
                         // (most of them) are swept for the first threshold only.
@@ -566,10 +565,7 @@ fn signed_round2(
     let h_first = start >> low.bits;
     let n_h = ((((end - 1) >> low.bits) + 1) - h_first) as usize;
     let stride = tables.stride;
-    let m = prep.unit_class.len();
-    let real: Vec<bool> = (0..prep.m_pad)
-        .map(|u| u < m && prep.unit_class[u] == NO_CLASS && !prep.padding.contains(&u))
-        .collect();
+    let real = &prep.sum_is_s;
     // Per h: the lowest max S and the lowest -min S of its patterns.
     let (mut floor_hi, mut floor_lo) = (vec![f64::INFINITY; n_h], vec![f64::INFINITY; n_h]);
     for (p, (&hi_s, &lo_s)) in max_s.iter().zip(min_s.iter()).enumerate() {

@@ -38,9 +38,10 @@ pub(super) struct Prepared {
     pub(super) class_cells: Vec<i64>,
     /// Per cell, its label in each partition (set by the tallies; empty otherwise).
     pub(super) cell_labels: Vec<Vec<u32>>,
-    /// The all-zero units that only pad a cell (set by the tallies; empty otherwise): no unit's
-    /// S, so the signed sums leave them out of every max and min.
-    pub(super) padding: Vec<usize>,
+    /// Per column (`m_pad`): whether its normalised sum is a unit's S. Not for the padding (no
+    /// unit; the tallies mark the cells' own with [`Prepared::mark_padding`]) nor the closed-form
+    /// units (zero columns, their S is in closed form): the signed maxima and minima skip those.
+    pub(super) sum_is_s: Vec<bool>,
 }
 
 impl Prepared {
@@ -150,7 +151,7 @@ impl Prepared {
             cells,
             class_cells,
             cell_labels: Vec::new(),
-            padding: Vec::new(),
+            sum_is_s: (0..m_pad).map(|u| u < m && unit_class[u] == NO_CLASS).collect(),
             n,
             m_pad,
             xt,
@@ -161,6 +162,13 @@ impl Prepared {
             columns,
             skip_below: skip_ratio.sqrt() - SKIP_MARGIN,
         })
+    }
+
+    /// Marks columns as padding (no unit): see `sum_is_s`.
+    pub(super) fn mark_padding(&mut self, columns: &[usize]) {
+        for &u in columns {
+            self.sum_is_s[u] = false;
+        }
     }
 
     pub(super) fn pair(&self, i: usize) -> &[f64] {

@@ -354,7 +354,7 @@ fn grouped(
         let laid = PairDiffs::new(&cells.data, diffs.n_pairs(), width)?;
         let mut prep = Prepared::with_cells(&laid, thresholds, &cells.starts)?;
         prep.cell_labels = cells.labels;
-        prep.padding = cells.padding;
+        prep.mark_padding(&cells.padding);
         prep
     };
     let n_cells = prep.cells.len();
@@ -658,7 +658,7 @@ fn signed_range(prep: &Prepared, mode: Mode, start: u64, end: u64) -> Signed {
 /// pattern `p` of `patterns` (bytes, as the Monte Carlo kernel reads them), added in the
 /// kernels' order `((x_0 + G_1) + G_2 ...) + G_0`, so the values are those the two-sided
 /// kernels square. Padding units are left out (at the end) or NaN (the cells' own padding,
-/// `Prepared::padding`). The closed-form (equal-magnitude) units, whose normalised columns are
+/// see `Prepared::sum_is_s`). The closed-form (equal-magnitude) units, whose normalised columns are
 /// 0, get NaN too: their S is not that sum, and a NaN is never over a threshold, a max or a min
 /// (their closed form is the caller's).
 fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, usize, &[f64])) {
@@ -677,9 +677,7 @@ fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, us
         if real == 0 {
             continue;
         }
-        let closed: Vec<usize> = (0..real)
-            .filter(|&i| prep.unit_class[u0 + i] != NO_CLASS || prep.padding.contains(&(u0 + i)))
-            .collect();
+        let closed: Vec<usize> = (0..real).filter(|&i| !prep.sum_is_s[u0 + i]).collect();
         for (p, bytes) in patterns.chunks_exact(g).enumerate() {
             let row = |gi: usize| {
                 let at = gi * plane + bytes[gi] as usize * w;
@@ -687,12 +685,6 @@ fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, us
             };
             if g == 1 {
                 s[..real].copy_from_slice(row(0));
-            } else if g == 3 {
-                // 17 to 25 pairs: one pass, in the same order as below
-                let (r0, r1, r2) = (row(0), row(1), row(2));
-                for (i, a) in s[..real].iter_mut().enumerate() {
-                    *a = (r1[i] + r2[i]) + r0[i];
-                }
             } else {
                 s[..real].copy_from_slice(row(1));
                 for gi in 2..g {
