@@ -9,10 +9,10 @@ in one run:
   best and median of ``--repeats`` runs, wall and CPU seconds (the worker's CPU included);
 * times ``mne.stats.permutation_t_test(diff, n_permutations=10000, n_jobs=1)`` on the same
   differences in ``--mne-processes`` fresh interpreters (MNE's import not charged to it), each
-  calling it twice: the first call ("cold", what a script that runs it once pays) spends most of
-  its time in the kernel mapping fresh memory for its [10,000 x 16,320] float64 temporaries and
-  varies from about 8 to 14 s between processes here; the second ("warm", a notebook calling it
-  again) took about 3-3.6 s. Both are printed, with both ratios;
+  calling it twice: the first call ("cold", what a script that runs it once pays) took 3.7 to
+  14 s between processes here, the slow ones mostly system time (the kernel mapping fresh memory
+  for its [10,000 x 16,320] float64 temporaries); the second ("warm", a notebook calling it
+  again) took 2.6-5.3 s. Both are printed, with both ratios (see ``mne_rival.py``);
 
 then one in-process run split into its parts as the
 command runs them (imports, starting the figure worker, reading, the statistics without and with

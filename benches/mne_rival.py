@@ -6,10 +6,11 @@ Each of ``processes`` interpreters imports MNE (not charged), loads the differen
 
 * ``cold``, the process's first call: what a script that runs it once pays. It builds several
   [P x units] float64 temporaries (1.3 GB each at 10,000 x 16,320), and the kernel's work to map
-  that fresh memory is most of its time: on this project's 2-core VM it took 3.7-4.2 s in most
-  processes and 8-14 s in some (user CPU about 2 s either way; the rest is system time, the
-  kernel finding huge pages for numpy's large arrays), so one figure says little;
-* ``warm``, the second call in the same process (a notebook calling it again): about 3.0-3.6 s.
+  that fresh memory is much of its time: on this project's 2-core VM it took 3.7-5.1 s in most
+  processes and 8-14 s in some, the first after other work. User CPU was about 2 s either way;
+  the rest is system time, the kernel finding huge pages for numpy's large arrays. So one
+  figure says little;
+* ``warm``, the second call in the same process (a notebook calling it again): 2.6-5.3 s here.
 
 Ratios should be taken against the median of each, with the range printed beside it.
 """
