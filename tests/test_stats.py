@@ -248,10 +248,17 @@ bs = [
     stats.bootstrap_counts(diff[:, :m], draws=203, seed=5, tail=tail).counts.tolist()
     for m, tail in ((1499, "two"), (1494, "less"), (1494, "two"))
 ]
+# exact one-sided tallies (the signed sweeps: one and several thresholds), three groups
+def tally(tail):
+    r = stats.sign_flip_tallies(diff[:14, :800], partitions=[np.arange(800) % 3], tail=tail, exact=True)
+    groups = ((None, None), (0, 0), (0, 1), (0, 2))
+    return [r.histogram(i, *g).tolist() for i in range(3) for g in groups] + [
+        r.fwer_p().tolist(), r.fwer_p(null="max_abs").tolist()]
+tl = [tally(tail) for tail in ("greater", "less")]
 print(json.dumps({
     "threads": stats.threads(), "simd": stats.simd_variant(),
     "mc": [mc.t_counts.tolist(), mc.d_counts.tolist(), mc.max_abs_t.tolist()],
-    "ex": [ex.t_counts.tolist(), ex.max_abs_t.tolist()], "sh": sh.r.tolist(), "bs": bs,
+    "ex": [ex.t_counts.tolist(), ex.max_abs_t.tolist()], "sh": sh.r.tolist(), "bs": bs, "tl": tl,
 }))
 """
 
@@ -268,7 +275,7 @@ def test_bit_identical_across_thread_counts_and_instruction_sets():
     assert runs["baseline"]["simd"] == "baseline"
     ref = runs["1"]
     for name, other in runs.items():
-        for key in ("mc", "ex", "sh", "bs"):
+        for key in ("mc", "ex", "sh", "bs", "tl"):
             assert other[key] == ref[key], (name, key)
 
 
