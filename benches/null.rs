@@ -107,9 +107,11 @@ fn benches(c: &mut Criterion) {
         )
         .unwrap()
     };
-    let one_len = 1u64 << 12;
+    // 2^18 two-sided patterns j, each counted with its negation: 2^19 one-sided patterns (up to
+    // the seventh session this case was 2^12 patterns, when it evaluated every unit under each).
+    let one_len = 1u64 << 18;
     group.throughput(Throughput::Elements(2 * one_len));
-    group.bench_function("tallies_exact_sample_one_sided_2x2p12", |b| {
+    group.bench_function("tallies_exact_sample_one_sided_2x2p18", |b| {
         b.iter(|| one_sided(true, start, start + one_len))
     });
     group.throughput(Throughput::Elements(10_000));
