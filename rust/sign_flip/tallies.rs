@@ -262,14 +262,19 @@ fn one_sided_exact(
         let (hist, bins) = acc.split_at_mut(n_hist);
         let (max_bins, abs_bins) = bins.split_at_mut(nb);
         prep.task_signed(lo, hi, |_, pos, neg, max_s, min_s| {
-            abs_bins[bar_index.at_or_below(max_s.max(-min_s))] += 2;
+            let mut abs_bin = 0;
             for (row, max) in [(pos, max_s), (neg, -min_s)] {
                 for (bin0, at) in sums {
                     let v: i64 = at.iter().map(|&i| row[i]).sum();
                     hist[bin0 + v as usize] += 1;
                 }
-                max_bins[bar_index.at_or_below(max)] += 1;
+                let bin = bar_index.at_or_below(max);
+                max_bins[bin] += 1;
+                // The bars at or below max(max_s, -min_s): the larger of the two counts, as
+                // the count is non-decreasing in the value (one search fewer a pattern).
+                abs_bin = abs_bin.max(bin);
             }
+            abs_bins[abs_bin] += 2;
         });
     });
     for (h, v) in out.hist.iter_mut().zip(&sum[..n_hist]) {
