@@ -197,7 +197,7 @@ def test_merged_capture_equals_one_process(probe, reference, tmp_path):
     out = tmp_path / "dist.safetensors"
     code, output = _run(_capture_cmd(probe, out))
     assert code == 0, output
-    assert f"wrote {out}: 5 pairs x 340 units" in output and "by 2 processes" in output
+    assert f"wrote {out}: 5 pairs x 340 units" in output and "by 2 processes" in output, output
     merged = read_capture(out)
     _assert_same_capture(merged, reference.capture())
     dist = merged.meta["distributed"]
@@ -212,9 +212,9 @@ def test_failed_rank_leaves_shards_names_missing_pairs_and_resume_finishes(probe
     out = tmp_path / "cap.safetensors"
     code, output = _run(_capture_cmd(probe, out), **{FAILURE_HOOK_ENV: "1:1"})
     assert code != 0
-    assert "is incomplete: 2 of 5 pairs are missing" in output
-    assert "rank 1 (pairs 3-5 of 5): 1 of 3 pairs kept" in output and "missing 'p4', 'p5'." in output
-    assert "simulated failure of rank 1" in output and "--resume" in output
+    assert "is incomplete: 2 of 5 pairs are missing" in output, output
+    assert "rank 1 (pairs 3-5 of 5): 1 of 3 pairs kept" in output and "missing 'p4', 'p5'." in output, output
+    assert "simulated failure of rank 1" in output and "--resume" in output, output
     assert not out.exists()
     # rank 0's shard is whole and says which pairs it holds; rank 1 kept its first pair
     shard0 = read_capture(shard_path(out, 0, 2))
@@ -231,7 +231,7 @@ def test_failed_rank_leaves_shards_names_missing_pairs_and_resume_finishes(probe
         )
     code, output = _run(_capture_cmd(probe, out, "--resume"))
     assert code == 0, output
-    assert "3 of them from the unfinished run" in output
+    assert "3 of them from the unfinished run" in output, output
     resumed = read_capture(out)
     _assert_same_capture(resumed, want)
     assert [run["pairs_before"] for run in resumed.meta["runs"] if run["rank"] == 1] == [0, 1]
@@ -243,7 +243,8 @@ def test_dead_rank_then_one_process_resume(probe, reference, tmp_path):
     out = tmp_path / "cap.safetensors"
     code, output = _run(_capture_cmd(probe, out), **{FAILURE_HOOK_ENV: "1:1:exit"})
     assert code != 0
-    assert "is incomplete" in output and "missing 'p4', 'p5'." in output and "--resume" in output
+    # The message names the output, so a failure shows it whole (pytest cuts the string short).
+    assert "is incomplete" in output and "missing 'p4', 'p5'." in output and "--resume" in output, output
     assert not out.exists()
     part1 = read_capture(partial_path(shard_path(out, 1, 2)), allow_partial=True)
     assert part1.pair_ids == IDS[2:3]
@@ -258,7 +259,7 @@ def test_dead_rank_then_one_process_resume(probe, reference, tmp_path):
     # one process (no torchrun) finishes both shards as their ranks would have, and merges
     code, output = _run(_capture_cmd(probe, out, "--resume", nproc=None))
     assert code == 0, output
-    assert "by 2 processes" in output
+    assert "by 2 processes" in output, output
     merged = read_capture(out)
     _assert_same_capture(merged, reference.capture())
     assert merged.meta["distributed"]["merged_by"] == "one process (--resume)"
