@@ -515,9 +515,11 @@ class _Signals:
         self._set(signal.SIGTERM, signal.SIG_IGN)
         self._set(signal.SIGINT, signal.SIG_IGN)
 
-    def restore(self) -> None:
+    def restore(self, *, hold_term: bool = False) -> None:
+        """The saved handlers back; with ``hold_term`` SIGTERM stays ignored (a rank about to report
+        a failure: torchrun's SIGTERM, sent when another rank died, must not cut the report off)."""
         for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if hold_term and sig == signal.SIGTERM else handler)
 
 
 def _first_line(err: BaseException) -> str:
@@ -634,8 +636,12 @@ def run_distributed_capture(
         if reports is not None:
             _announce(group, verdict if rank == 0 else None)
     finally:
-        signals.restore()
+        # The group is closed before the handlers come back, and SIGTERM stays ignored until this
+        # rank has nothing to report: closing can take a while after a rank died, and torchrun's
+        # SIGTERM for the dead rank can land then (a CI run lost rank 0's message that way; its
+        # SIGKILL 30 s later still ends a rank that hangs).
         dist.destroy_process_group()
+        signals.restore(hold_term=True)
 
     own = outcome.error
     if own is not None and not isinstance(own, DensePlantainError):  # a bug: keep its traceback
@@ -646,6 +652,7 @@ def run_distributed_capture(
         if verdict is not None:
             raise CaptureError(verdict)
         resumed = sum(r["resumed"] for r in reports.values()) if reports else outcome.resumed
+        signals.restore()
         return CaptureResult(out, len(probe.pairs), states[0].capture.n_units, resumed, time.monotonic() - t0, world)
     if own is not None:
         raise CaptureError(f"{launch.name}: {own}")
@@ -655,6 +662,7 @@ def run_distributed_capture(
             f"rank 0 to merge ({meet_error}). "
             + (verdict or "Every shard is complete on disk: run the same command with --resume to merge them.")
         )
+    signals.restore()
     return None
 
 
