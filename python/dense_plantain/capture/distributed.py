@@ -496,7 +496,8 @@ class _Signals:
 
     torchrun stops every rank with SIGTERM when one fails; a capturing rank then stops between
     batches (its finished pairs are on disk), and the short meeting that follows still happens,
-    so rank 0 can say what is missing. torchrun kills a rank 30 s after SIGTERM in any case.
+    so rank 0 can say what is missing; a rank that fails keeps ignoring SIGTERM while it reports
+    (``restore(hold_term=True)``). torchrun kills a rank 30 s after SIGTERM in any case.
     """
 
     def __init__(self) -> None:
