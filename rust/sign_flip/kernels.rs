@@ -619,8 +619,8 @@ fn signed_round2(
 /// counts stay in registers over the leaf's units (one pass over all `A` patterns holds 2 + 2K
 /// rows of `A` lanes, more than the registers: with it the exact one-sided tallies took 2.6x the
 /// two-sided ones, about 1.5x what they take now). S is the two-sided sweeps' `b + low[a]`, bit
-/// for bit; the max and min are the first
-/// extreme value in unit order, as one running max over both sweeps of a leaf would give.
+/// for bit; the max and min are the first extreme value in unit order, as one running max over
+/// both sweeps of a leaf would give.
 #[inline(always)]
 fn sweep_signed<const K: usize, const A: usize, const ADD: bool, const W: usize>(
     leaf: &Leaf,
