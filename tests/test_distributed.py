@@ -243,7 +243,7 @@ def test_dead_rank_then_one_process_resume(probe, reference, tmp_path):
     out = tmp_path / "cap.safetensors"
     code, output = _run(_capture_cmd(probe, out), **{FAILURE_HOOK_ENV: "1:1:exit"})
     assert code != 0
-    # The message names the output, so a failure shows it whole (pytest cuts the string short).
+    # On a failure the assertion prints the whole output (pytest's own report cuts it short).
     assert "is incomplete" in output and "missing 'p4', 'p5'." in output and "--resume" in output, output
     assert not out.exists()
     part1 = read_capture(partial_path(shard_path(out, 1, 2)), allow_partial=True)
@@ -327,3 +327,27 @@ def test_shards_of_another_process_count_are_not_mixed_in(probe, tmp_path):
             launch=Launch(0, 2, 0, "nowhere:1"),
         )
     assert sorted(shard_files(out)) == [3]
+
+
+def test_signal_states_of_a_rank():
+    """SIGTERM is Ctrl-C while capturing, ignored while meeting, still ignored while a failing rank
+    reports (``hold_term``), and both handlers are what they were before once the rank is done."""
+    import signal
+
+    from dense_plantain.capture.distributed import _Signals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signals = _Signals()
+    try:
+        signals.capturing()
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+        signals.meeting()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN == signal.getsignal(signal.SIGINT)
+        signals.restore(hold_term=True)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == before[signal.SIGINT]
+        signals.restore()
+        assert {sig: signal.getsignal(sig) for sig in before} == before
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
