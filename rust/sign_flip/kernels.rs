@@ -53,11 +53,11 @@ pub(super) struct Job<'a> {
     /// Max S^2 over the units, per pattern, raised in place (with `signed`: the max of S).
     pub(super) max_ratio: &'a mut [f64],
     pub(super) scratch: &'a mut Scratch,
-    /// Exact mode only: also the signed outputs of the one-sided tallies.
+    /// Also the signed outputs of the one-sided tallies (exact and Monte Carlo kernels).
     pub(super) signed: Option<SignedOut<'a>>,
 }
 
-/// What the exact kernel adds for the one-sided tallies: per cell and threshold the units with
+/// What the kernels add for the one-sided tallies (`SIGNED`): per cell and threshold the units with
 /// S > 0 over it (laid out as `Job::counts`; those with S < 0 are the rest), and per pattern
 /// the min of S (lowered in place). `Job::max_ratio` then holds the max of S, not of S^2.
 pub(super) struct SignedOut<'a> {
@@ -111,11 +111,13 @@ fn run_isa<const V: u8>(job: &mut Job) {
         (Patterns::Range { .. }, _) if V == AVX512 => with_k!(k, exact_impl::<V, 32, false>, (job)),
         (Patterns::Range { .. }, _) if V == AVX2 => with_k!(k, exact_impl::<V, AVX2_LEAF, false>, (job)),
         (Patterns::Range { .. }, _) => with_k!(k, exact_impl::<V, 8, false>, (job)),
-        (Patterns::Bytes(_), 1) => with_k!(k, mc_impl::<V, 1>, (job)),
-        (Patterns::Bytes(_), 2) => with_k!(k, mc_impl::<V, 2>, (job)),
-        (Patterns::Bytes(_), 3) => with_k!(k, mc_impl::<V, 3>, (job)),
-        (Patterns::Bytes(_), 4) => with_k!(k, mc_impl::<V, 4>, (job)),
-        (Patterns::Bytes(_), _) => with_k!(k, mc_impl::<V, 0>, (job)),
+        // Signed: the groups looped at run time (their number is not a type parameter).
+        (Patterns::Bytes(_), _) if job.signed.is_some() => with_k!(k, mc_impl::<V, 0, true>, (job)),
+        (Patterns::Bytes(_), 1) => with_k!(k, mc_impl::<V, 1, false>, (job)),
+        (Patterns::Bytes(_), 2) => with_k!(k, mc_impl::<V, 2, false>, (job)),
+        (Patterns::Bytes(_), 3) => with_k!(k, mc_impl::<V, 3, false>, (job)),
+        (Patterns::Bytes(_), 4) => with_k!(k, mc_impl::<V, 4, false>, (job)),
+        (Patterns::Bytes(_), _) => with_k!(k, mc_impl::<V, 0, false>, (job)),
     }
 }
 
@@ -880,14 +882,23 @@ unsafe fn sweep_avx2<const K: usize, const A: usize, const ADD: bool>(leaf: &Lea
 const FEW_PATTERNS: usize = 16;
 
 /// Monte Carlo over the given patterns (one task): unit blocks outside, permutations inside,
-/// one lane per unit. `NG` is the number of groups (0: any, looped at run time).
+/// one lane per unit. `NG` is the number of groups (0: any, looped at run time). `SIGNED` (the
+/// one-sided tallies): `max_ratio` takes the max of S, `job.signed` the min of S and the counts
+/// of S > 0 beside the counts of S^2 over each threshold; the columns whose sum is no unit's S
+/// (`Prepared::sum_is_s`: the cells' padding, the closed-form units) are left out of the max and
+/// the min (their S is 0, never over a threshold).
 #[inline(always)]
-fn mc_impl<const V: u8, const NG: usize, const K: usize>(job: &mut Job) {
+fn mc_impl<const V: u8, const NG: usize, const SIGNED: bool, const K: usize>(job: &mut Job) {
     let Patterns::Bytes(patterns) = job.patterns else {
         unreachable!("Monte Carlo kernel on an exact range")
     };
     let (prep, k_stride) = (job.prep, job.k_stride);
     let (counts, max_ratio) = (&mut *job.counts, &mut *job.max_ratio);
+    let (pos_counts, min_s): (&mut [u32], &mut [f64]) = match &mut job.signed {
+        Some(out) => (&mut *out.pos, &mut *out.min_s),
+        None => (&mut [], &mut []),
+    };
+    debug_assert!(!SIGNED || (pos_counts.len() >= counts.len() && min_s.len() >= max_ratio.len()));
     let thr: [f64; K] = job.ratios.try_into().unwrap();
     let g = prep.groups.len();
     debug_assert!(NG == 0 || NG == g);
@@ -900,9 +911,20 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(job: &mut Job) {
     let mut offsets = vec![0usize; g];
     let n_cells = prep.cells.len();
     let mut segs: Vec<(usize, usize, usize)> = Vec::with_capacity(n_cells);
+    // Signed: per column of the block, 0 where the sum is a unit's S, NaN where it is not (S +
+    // NaN is never a max or a min).
+    let mut not_s = vec![[0.0f64; LANES]; if SIGNED { ub / LANES } else { 0 }];
     for u0 in (0..prep.m_pad).step_by(ub) {
         let w = ub.min(prep.m_pad - u0);
         let lanes = w / LANES;
+        if SIGNED {
+            let flags = prep.sum_is_s[u0..u0 + lanes * LANES].chunks_exact(LANES);
+            for (mask, flags) in not_s.iter_mut().zip(flags) {
+                for (m, &is_s) in mask.iter_mut().zip(flags) {
+                    *m = if is_s { 0.0 } else { f64::NAN };
+                }
+            }
+        }
         if patterns.len() <= FEW_PATTERNS * g {
             for bytes in patterns.chunks_exact(g) {
                 build_group_entries(prep, u0, w, plane, tables, bytes);
@@ -923,10 +945,29 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(job: &mut Job) {
             }
             let row = |gi: usize| &tables[offsets[gi]..offsets[gi] + w].as_chunks::<LANES>().0[..lanes];
             let low = row(0);
-            let mut mx = [0.0f64; LANES];
+            let mut mx = [if SIGNED { f64::NEG_INFINITY } else { 0.0 }; LANES];
+            let mut mn = [f64::INFINITY; LANES];
             for &(cell, c_lo, c_hi) in &segs {
                 let mut cnt = [0u32; K];
-                if g == 1 {
+                let mut cpos = [0u32; K];
+                if SIGNED {
+                    // One loop over the cell's vectors (the sums in the two-sided order, below).
+                    for c in c_lo..c_hi {
+                        let mut s = if g == 1 { low[c] } else { row(1)[c] };
+                        if g > 1 {
+                            for gi in 2..g {
+                                let high = &row(gi)[c];
+                                for l in 0..LANES {
+                                    s[l] += high[l];
+                                }
+                            }
+                            for l in 0..LANES {
+                                s[l] += low[c][l];
+                            }
+                        }
+                        accumulate_signed::<V, K>(&s, &not_s[c], &thr, (&mut mx, &mut mn), (&mut cnt, &mut cpos));
+                    }
+                } else if g == 1 {
                     for s in &low[c_lo..c_hi] {
                         accumulate::<V, K>(s, &thr, &mut mx, &mut cnt);
                     }
@@ -964,13 +1005,111 @@ fn mc_impl<const V: u8, const NG: usize, const K: usize>(job: &mut Job) {
                 for k in 0..K {
                     counts[at + k] += cnt[k];
                 }
+                if SIGNED {
+                    for k in 0..K {
+                        pos_counts[at + k] += cpos[k];
+                    }
+                }
             }
             let mut best = max_ratio[p];
             for &v in &mx {
                 best = if v > best { v } else { best };
             }
             max_ratio[p] = best;
+            if SIGNED {
+                let mut least = min_s[p];
+                for &v in &mn {
+                    least = if v < least { v } else { least };
+                }
+                min_s[p] = least;
+            }
         }
+    }
+}
+
+/// [`accumulate`] for the signed Monte Carlo kernel: the running max and min of S (`e` is 0, or
+/// NaN where the column is no unit's S, which no compare lets in), the counts of S^2 over each
+/// threshold and of those with S > 0.
+#[inline(always)]
+fn accumulate_signed<const V: u8, const K: usize>(
+    s: &[f64; LANES],
+    e: &[f64; LANES],
+    thr: &[f64; K],
+    (mx, mn): (&mut [f64; LANES], &mut [f64; LANES]),
+    (cnt, cpos): (&mut [u32; K], &mut [u32; K]),
+) {
+    let mut sq = [0.0f64; LANES];
+    for l in 0..LANES {
+        sq[l] = s[l] * s[l];
+    }
+    for l in 0..LANES {
+        let v = s[l] + e[l];
+        mx[l] = if v > mx[l] { v } else { mx[l] };
+        mn[l] = if v < mn[l] { v } else { mn[l] };
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: V names the features of the function this is compiled (and run) in.
+        if V == AVX512 {
+            return unsafe { count_signed_avx512(s, &sq, thr, cnt, cpos) };
+        }
+        if V == AVX2 {
+            return unsafe { count_signed_avx2(s, &sq, thr, cnt, cpos) };
+        }
+    }
+    for k in 0..K {
+        for l in 0..LANES {
+            let above = sq[l] > thr[k];
+            cnt[k] += above as u32;
+            cpos[k] += (above & (s[l] > 0.0)) as u32;
+        }
+    }
+}
+
+/// [`count_avx512`] plus the lanes over each threshold with S > 0 (one more mask AND).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,popcnt")]
+#[inline]
+unsafe fn count_signed_avx512<const K: usize>(
+    s: &[f64; LANES],
+    sq: &[f64; LANES],
+    thr: &[f64; K],
+    cnt: &mut [u32; K],
+    cpos: &mut [u32; K],
+) {
+    // SAFETY: s and sq hold 8 values.
+    let (v, sv) = unsafe { (_mm512_loadu_pd(sq.as_ptr()), _mm512_loadu_pd(s.as_ptr())) };
+    let positive = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(sv, _mm512_setzero_pd());
+    for k in 0..K {
+        let above = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(v, _mm512_set1_pd(thr[k]));
+        cnt[k] += (above as u32).count_ones();
+        cpos[k] += ((above & positive) as u32).count_ones();
+    }
+}
+
+/// [`count_avx2`] plus the lanes over each threshold with S > 0.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+#[inline]
+unsafe fn count_signed_avx2<const K: usize>(
+    s: &[f64; LANES],
+    sq: &[f64; LANES],
+    thr: &[f64; K],
+    cnt: &mut [u32; K],
+    cpos: &mut [u32; K],
+) {
+    // SAFETY: s and sq hold 8 values.
+    let (lo, hi) = unsafe { (_mm256_loadu_pd(sq.as_ptr()), _mm256_loadu_pd(sq.as_ptr().add(4))) };
+    let (s_lo, s_hi) = unsafe { (_mm256_loadu_pd(s.as_ptr()), _mm256_loadu_pd(s.as_ptr().add(4))) };
+    let zero = _mm256_setzero_pd();
+    let positive = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(s_lo, zero))
+        | (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(s_hi, zero)) << 4);
+    for k in 0..K {
+        let t = _mm256_set1_pd(thr[k]);
+        let bits = _mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(lo, t))
+            | (_mm256_movemask_pd(_mm256_cmp_pd::<_CMP_GT_OQ>(hi, t)) << 4);
+        cnt[k] += (bits as u32).count_ones();
+        cpos[k] += ((bits & positive) as u32).count_ones();
     }
 }
 

@@ -265,8 +265,7 @@ impl Prepared {
     }
 
     /// The kernels over one task's patterns, into `buffers`: counts `raw` and maxima (with
-    /// `signed`, exact only: also the counts of S > 0 `raw_pos` and the minima, and the maxima
-    /// are of S). Thresholds in passes of at most MAX_K into one buffer (rows of k_all); every
+    /// `signed`: also the counts of S > 0 `raw_pos` and the minima, and the maxima are of S). Thresholds in passes of at most MAX_K into one buffer (rows of k_all); every
     /// pass also takes the max and min (idempotent). Exact counts are [cells x k_all x
     /// patterns], Monte Carlo counts [patterns x cells x k_all].
     fn fill(&self, buffers: &mut TaskBuffers, mode: Mode, start: u64, end: u64, signed: bool) {
@@ -435,20 +434,28 @@ impl Prepared {
         }
     }
 
-    /// One exact one-sided task, patterns `start .. end` of the two-sided enumeration: hands
-    /// each pattern `p` (from 0) to `sink(p, pos, neg, max_s, min_s)`: the units with t > c and
-    /// with t < -c, `[cells x columns]`, and the max and min of S over the units, closed-form
-    /// units included (as `tallies::signed_range` gives them, bit for bit).
-    pub(super) fn task_signed(&self, start: u64, end: u64, sink: impl FnMut(usize, &[i64], &[i64], f64, f64)) {
+    /// One one-sided task, exact patterns `start .. end` of the two-sided enumeration or Monte
+    /// Carlo permutations: hands each pattern `p` (from 0) to `sink(p, pos, neg, max_s, min_s)`:
+    /// the units with t > c and with t < -c, `[cells x columns]`, and the max and min of S over
+    /// the units, closed-form units included (as `tallies::signed_range` gives them, bit for
+    /// bit). A Monte Carlo permutation's pair-0 sign is the caller's (it picks S or -S).
+    pub(super) fn task_signed(
+        &self,
+        mode: Mode,
+        start: u64,
+        end: u64,
+        sink: impl FnMut(usize, &[i64], &[i64], f64, f64),
+    ) {
         TASK_BUFFERS.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buffers) => self.task_signed_in(&mut buffers, start, end, sink),
-            Err(_) => self.task_signed_in(&mut TaskBuffers::default(), start, end, sink),
+            Ok(mut buffers) => self.task_signed_in(&mut buffers, mode, start, end, sink),
+            Err(_) => self.task_signed_in(&mut TaskBuffers::default(), mode, start, end, sink),
         });
     }
 
     fn task_signed_in(
         &self,
         buffers: &mut TaskBuffers,
+        mode: Mode,
         start: u64,
         end: u64,
         mut sink: impl FnMut(usize, &[i64], &[i64], f64, f64),
@@ -457,27 +464,44 @@ impl Prepared {
         let k_all = self.ratios.len();
         let n_cells = self.cells.len();
         let g = self.groups.len();
-        self.fill(buffers, Mode::Exact, start, end, true);
+        self.fill(buffers, mode, start, end, true);
         let TaskBuffers {
             raw,
             max_ratio,
+            patterns,
             raw_pos,
             min_s,
             ..
         } = buffers;
         let cols = self.columns.len();
         let (mut pos, mut neg) = (vec![0i64; n_cells * cols], vec![0i64; n_cells * cols]);
+        // Where pattern p's count of each (cell, column) is: at[cell * cols + c] + p * step
+        // (exact counts are [cells x k_all x patterns], Monte Carlo [patterns x cells x k_all]).
+        let exact = matches!(mode, Mode::Exact);
+        let step = if exact { 1 } else { n_cells * k_all };
         let at: Vec<usize> = (0..n_cells)
-            .flat_map(|cell| self.columns.iter().map(move |&(idx, _, _)| (cell * k_all + idx) * len))
+            .flat_map(|cell| self.columns.iter().map(move |&(idx, _, _)| (cell, idx)))
+            .map(|(cell, idx)| {
+                if exact {
+                    (cell * k_all + idx) * len
+                } else {
+                    cell * k_all + idx
+                }
+            })
             .collect();
         for p in 0..len {
             for ((pv, nv), &a) in pos.iter_mut().zip(neg.iter_mut()).zip(&at) {
-                *pv = raw_pos[a + p] as i64;
-                *nv = raw[a + p] as i64 - *pv;
+                *pv = raw_pos[a + p * step] as i64;
+                *nv = raw[a + p * step] as i64 - *pv;
             }
             let (mut hi_s, mut lo_s) = (max_ratio[p], min_s[p]);
-            let bytes = (start + p as u64).to_le_bytes();
-            self.add_classes_signed(&bytes[..g], (&mut pos, &mut neg), (&mut hi_s, &mut lo_s));
+            let exact_bytes = (start + p as u64).to_le_bytes();
+            let bytes: &[u8] = if exact {
+                &exact_bytes[..g]
+            } else {
+                &patterns[p * g..(p + 1) * g]
+            };
+            self.add_classes_signed(bytes, (&mut pos, &mut neg), (&mut hi_s, &mut lo_s));
             sink(p, &pos, &neg, hi_s, lo_s);
         }
     }

@@ -16,11 +16,12 @@
 //! count under a pattern is the sum of its cells' counts, so all groups of all partitions cost
 //! one sweep over the units. Each parallel task of that sweep adds its patterns straight into
 //! its own histograms (no per-pattern rows are kept), and the tasks' histograms are summed.
-//! One-sided tails run over the same cells (one run for every group). Exact ones go through the
-//! exact kernel with its skipping, in its signed form (`Prepared::task_signed`: counts of S > 0
-//! beside the two-sided counts, and the max and min of S); Monte Carlo ones through rows of
-//! per-pattern signed counts (`signed_range`, every unit under every permutation). Both give
-//! the same bits for the same pattern (tested). The cells' padding columns and the closed-form
+//! One-sided tails run over the same cells (one run for every group), through the kernels'
+//! signed form (`Prepared::task_signed`: counts of S > 0 beside the two-sided counts, and the
+//! max and min of S): exact ones through the exact kernel with its skipping, Monte Carlo ones
+//! through the Monte Carlo kernel (every unit under every permutation). Both give the same bits
+//! for the same pattern as per-pattern signed counts written apart from the kernels
+//! (`signed_range`, the tests' reference). The cells' padding columns and the closed-form
 //! units' zero columns are left out of the max and the min of S.
 //!
 //! # Tails
@@ -63,8 +64,8 @@ pub struct TallyRange {
     pub patterns: u64,
 }
 
-/// One-sided permutations (or exact patterns) per internal step: bounds the per-step rows.
-/// (Two-sided tallies keep no rows: each task adds its patterns to its own histograms.)
+/// Patterns per step of the tests' one-sided reference (`one_sided_rows`): bounds its rows.
+#[cfg(test)]
 const STEP: u64 = 1 << 14;
 /// Bit word of a Monte Carlo permutation that holds pair 0's sign (one-sided only).
 const PAIR0_WORD: u64 = 1 << 40;
@@ -185,18 +186,15 @@ pub fn tallies(
     }
     // One-sided: every group in one run over the cells, as two-sided.
     let (prep, sums) = grouped(&diffs, thresholds, partitions, &offsets, &sizes)?;
-    if exact {
-        one_sided_exact(&prep, &sums, start, end, bars, &mut out);
-        return Ok(out);
-    }
-    one_sided_rows(&prep, &sums, mode, start, end, bars, &mut out);
+    one_sided(&prep, &sums, mode, start, end, bars, &mut out);
     Ok(out)
 }
 
 /// One-sided tallies through rows of STEP patterns of signed counts (`signed_range`), every
-/// unit under every pattern: the Monte Carlo route (exact patterns too, the tests' reference for
-/// [`one_sided_exact`]). A Monte Carlo permutation takes S or -S by its pair-0 bit; an exact
-/// pattern stands for both.
+/// unit under every pattern: the tests' reference for [`one_sided`], written apart from the
+/// kernels. A Monte Carlo permutation takes S or -S by its pair-0 bit; an exact pattern stands
+/// for both.
+#[cfg(test)]
 fn one_sided_rows(
     prep: &Prepared,
     sums: &[(usize, Vec<usize>)],
@@ -243,13 +241,16 @@ fn one_sided_rows(
     }
 }
 
-/// Exact one-sided tallies of two-sided patterns `start .. end` through the exact kernel's
-/// skipping (`Prepared::task_signed`): pattern `j` stands for S (its counts of t > c, its max
-/// S) and for -S (the counts of t < -c, minus the min S); each task adds into histograms of its
+/// One-sided tallies through the kernels' signed form (`Prepared::task_signed`). Exact: the
+/// two-sided patterns `start .. end`, through the exact kernel's skipping; pattern `j` stands
+/// for S (its counts of t > c, its max S) and for -S (the counts of t < -c, minus the min S).
+/// Monte Carlo: permutations `start .. end`, every unit under every permutation (the Monte
+/// Carlo kernel), each taking S or -S by its pair-0 bit. Each task adds into histograms of its
 /// own, summed at the end (integer sums: the same whatever the threads).
-fn one_sided_exact(
+fn one_sided(
     prep: &Prepared,
     sums: &[(usize, Vec<usize>)],
+    mode: Mode,
     start: u64,
     end: u64,
     bars: &[f64],
@@ -258,24 +259,34 @@ fn one_sided_exact(
     let n_hist = out.hist.len();
     let nb = bars.len() + 1;
     let bar_index = BarIndex::new(bars);
-    let sum = tasks_summed(prep, Mode::Exact, start, end, n_hist + 2 * nb, |acc, lo, hi| {
+    let sum = tasks_summed(prep, mode, start, end, n_hist + 2 * nb, |acc, lo, hi| {
         let (hist, bins) = acc.split_at_mut(n_hist);
         let (max_bins, abs_bins) = bins.split_at_mut(nb);
-        prep.task_signed(lo, hi, |_, pos, neg, max_s, min_s| {
-            let mut abs_bin = 0;
-            for (row, max) in [(pos, max_s), (neg, -min_s)] {
-                for (bin0, at) in sums {
-                    let v: i64 = at.iter().map(|&i| row[i]).sum();
-                    hist[bin0 + v as usize] += 1;
-                }
-                let bin = bar_index.at_or_below(max);
-                max_bins[bin] += 1;
-                // The bars at or below max(max_s, -min_s): the larger of the two counts, as
-                // the count is non-decreasing in the value (one search fewer a pattern).
-                abs_bin = abs_bin.max(bin);
+        let mut add = |row: &[i64], max: f64| {
+            for (bin0, at) in sums {
+                let v: i64 = at.iter().map(|&i| row[i]).sum();
+                hist[bin0 + v as usize] += 1;
             }
-            abs_bins[abs_bin] += 2;
-        });
+            let bin = bar_index.at_or_below(max);
+            max_bins[bin] += 1;
+            bin
+        };
+        match mode {
+            Mode::MonteCarlo { key } => prep.task_signed(mode, lo, hi, |p, pos, neg, max_s, min_s| {
+                if rng::counter_word(key, lo + p as u64, PAIR0_WORD) & 1 == 0 {
+                    add(pos, max_s);
+                } else {
+                    add(neg, -min_s);
+                }
+                abs_bins[bar_index.at_or_below(max_s.max(-min_s))] += 1;
+            }),
+            _ => prep.task_signed(mode, lo, hi, |_, pos, neg, max_s, min_s| {
+                // The bars at or below max(max_s, -min_s): the larger of the two counts, as the
+                // count is non-decreasing in the value (one search fewer a pattern).
+                let bin = add(pos, max_s).max(add(neg, -min_s));
+                abs_bins[bin] += 2;
+            }),
+        }
     });
     for (h, v) in out.hist.iter_mut().zip(&sum[..n_hist]) {
         *h += v;
@@ -714,6 +725,78 @@ mod tests {
     use super::*;
 
     #[test]
+    fn monte_carlo_one_sided_kernel_equals_every_unit_under_every_permutation_bit_for_bit() {
+        // The Monte Carlo kernel's signed form against the reference rows written apart from it
+        // (`signed_sums`): one to four groups of pair bits (5, 9, 12, 19 and 25 pairs), five
+        // ratio thresholds (two kernel passes), units alike (many permutations with a max S
+        // below 0), one equal-magnitude unit, cells with padding or none, both tails, and
+        // ranges that start anywhere.
+        let mut negative_max = 0;
+        for (n, m, seed) in [(5, 37, 1), (9, 200, 2), (12, 150, 3), (19, 300, 4), (25, 260, 5)] {
+            // Units close to one shared vector of differences, so that under about half of the
+            // permutations every unit's S is below 0 (a negative max S).
+            let mut data = crate::sign_flip::tests::random_data(n, m, seed);
+            let shared = crate::sign_flip::tests::random_data(n, 1, seed + 100);
+            for (i, row) in data.chunks_exact_mut(m).enumerate() {
+                for v in row.iter_mut() {
+                    *v = shared[i] - 0.5 + 0.2 * *v;
+                }
+                row[3] = if i % 4 == 1 { 0.7 } else { -0.7 };
+            }
+            let diffs = PairDiffs::new(&data, n, m).unwrap();
+            let kind: Vec<u32> = (0..m as u32).map(|u| (u / 20) % 2).collect();
+            let region: Vec<u32> = (0..m as u32).map(|u| u % 3).collect();
+            let thr = Thresholds {
+                t: &[0.5, 2.0, 3.0, 4.5],
+                d: &[0.8],
+            };
+            for tail in [Tail::Greater, Tail::Less] {
+                for parts in [vec![&kind[..], &region[..]], vec![]] {
+                    let mut negated = Vec::new();
+                    let oriented = oriented(&diffs, tail, &mut negated).unwrap();
+                    let bars = {
+                        let mut b = unit_scores(&diffs, tail).unwrap();
+                        b.extend((-40..=40).map(|k| k as f64 / 10.0));
+                        b.sort_by(f64::total_cmp);
+                        b
+                    };
+                    let groups = unit_groups(m, &parts).unwrap();
+                    let (mut offsets, mut total) = (Vec::new(), 0);
+                    let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+                    for &s in &sizes {
+                        offsets.push(total);
+                        total += thr.len() * (s + 1);
+                    }
+                    let (prep, sums) = grouped(&oriented, thr, &parts, &offsets, &sizes).unwrap();
+                    assert!(prep.ratios.len() > MAX_K, "the case of two kernel passes");
+                    let mode = Mode::MonteCarlo {
+                        key: rng::stream_key(seed, Stream::SignFlip),
+                    };
+                    for (start, end) in [(0u64, 3000), (17, 9_000), (1 << 40, (1 << 40) + 1500)] {
+                        let fresh = || TallyRange {
+                            hist: vec![0; total],
+                            max_bins: vec![0; bars.len() + 1],
+                            abs_bins: vec![0; bars.len() + 1],
+                            patterns: 0,
+                        };
+                        let (mut kernel, mut rows) = (fresh(), fresh());
+                        one_sided(&prep, &sums, mode, start, end, &bars, &mut kernel);
+                        one_sided_rows(&prep, &sums, mode, start, end, &bars, &mut rows);
+                        let label = format!("n {n}, {tail:?}, {} partitions, {start}..{end}", parts.len());
+                        assert_eq!(kernel, rows, "{label}");
+                        assert_eq!(kernel.max_bins.iter().sum::<i64>(), (end - start) as i64, "{label}");
+                        // Permutations whose max S is below 0 (bins at or below the negative bars).
+                        negative_max += kernel.max_bins[..=bars.partition_point(|&b| b < 0.0)]
+                            .iter()
+                            .sum::<i64>();
+                    }
+                }
+            }
+        }
+        assert!(negative_max > 10_000, "the case this test is for: {negative_max}");
+    }
+
+    #[test]
     fn exact_one_sided_kernel_equals_every_unit_under_every_pattern_bit_for_bit() {
         // 19 pairs: two high groups (8 + 2 bits) over the low byte, so the kernel's levels and
         // round 2 run across h. Units shifted negative (near the identity the max S is below 0,
@@ -762,7 +845,7 @@ mod tests {
                         patterns: 0,
                     };
                     let (mut kernel, mut rows) = (fresh(), fresh());
-                    one_sided_exact(&prep, &sums, start, end, &bars, &mut kernel);
+                    one_sided(&prep, &sums, Mode::Exact, start, end, &bars, &mut kernel);
                     one_sided_rows(&prep, &sums, Mode::Exact, start, end, &bars, &mut rows);
                     assert_eq!(kernel, rows, "{tail:?}, {} partitions, {start}..{end}", parts.len());
                 }
