@@ -724,6 +724,42 @@ fn signed_sums(prep: &Prepared, patterns: &[u8], mut visit: impl FnMut(usize, us
 mod tests {
     use super::*;
 
+    /// Per (group, column): its histogram's bin 0 and the cell counts that add up to it.
+    type GroupSums = Vec<(usize, Vec<usize>)>;
+
+    /// Both one-sided tests' setup: the oriented data grouped by `parts`, the bars (the units' own
+    /// scores and a grid, so that the bins tell a negative max from 0), and an empty tally.
+    fn one_sided_case(
+        diffs: &PairDiffs,
+        tail: Tail,
+        thr: Thresholds,
+        parts: &[&[u32]],
+    ) -> (Prepared, GroupSums, Vec<f64>, TallyRange) {
+        let mut negated = Vec::new();
+        let oriented = oriented(diffs, tail, &mut negated).unwrap();
+        let mut bars = unit_scores(diffs, tail).unwrap();
+        bars.extend((-40..=40).map(|k| k as f64 / 10.0));
+        bars.sort_by(f64::total_cmp);
+        let sizes: Vec<usize> = unit_groups(diffs.n_units(), parts)
+            .unwrap()
+            .iter()
+            .map(|g| g.len())
+            .collect();
+        let (mut offsets, mut total) = (Vec::new(), 0);
+        for &s in &sizes {
+            offsets.push(total);
+            total += thr.len() * (s + 1);
+        }
+        let (prep, sums) = grouped(&oriented, thr, parts, &offsets, &sizes).unwrap();
+        let empty = TallyRange {
+            hist: vec![0; total],
+            max_bins: vec![0; bars.len() + 1],
+            abs_bins: vec![0; bars.len() + 1],
+            patterns: 0,
+        };
+        (prep, sums, bars, empty)
+    }
+
     #[test]
     fn monte_carlo_one_sided_kernel_equals_every_unit_under_every_permutation_bit_for_bit() {
         // The Monte Carlo kernel's signed form against the reference rows written apart from it
@@ -752,34 +788,13 @@ mod tests {
             };
             for tail in [Tail::Greater, Tail::Less] {
                 for parts in [vec![&kind[..], &region[..]], vec![]] {
-                    let mut negated = Vec::new();
-                    let oriented = oriented(&diffs, tail, &mut negated).unwrap();
-                    let bars = {
-                        let mut b = unit_scores(&diffs, tail).unwrap();
-                        b.extend((-40..=40).map(|k| k as f64 / 10.0));
-                        b.sort_by(f64::total_cmp);
-                        b
-                    };
-                    let groups = unit_groups(m, &parts).unwrap();
-                    let (mut offsets, mut total) = (Vec::new(), 0);
-                    let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-                    for &s in &sizes {
-                        offsets.push(total);
-                        total += thr.len() * (s + 1);
-                    }
-                    let (prep, sums) = grouped(&oriented, thr, &parts, &offsets, &sizes).unwrap();
+                    let (prep, sums, bars, empty) = one_sided_case(&diffs, tail, thr, &parts);
                     assert!(prep.ratios.len() > MAX_K, "the case of two kernel passes");
                     let mode = Mode::MonteCarlo {
                         key: rng::stream_key(seed, Stream::SignFlip),
                     };
                     for (start, end) in [(0u64, 3000), (17, 9_000), (1 << 40, (1 << 40) + 1500)] {
-                        let fresh = || TallyRange {
-                            hist: vec![0; total],
-                            max_bins: vec![0; bars.len() + 1],
-                            abs_bins: vec![0; bars.len() + 1],
-                            patterns: 0,
-                        };
-                        let (mut kernel, mut rows) = (fresh(), fresh());
+                        let (mut kernel, mut rows) = (empty.clone(), empty.clone());
                         one_sided(&prep, &sums, mode, start, end, &bars, &mut kernel);
                         one_sided_rows(&prep, &sums, mode, start, end, &bars, &mut rows);
                         let label = format!("n {n}, {tail:?}, {} partitions, {start}..{end}", parts.len());
@@ -820,31 +835,9 @@ mod tests {
         };
         for tail in [Tail::Greater, Tail::Less] {
             for parts in [vec![&kind[..], &region[..]], vec![]] {
-                let mut negated = Vec::new();
-                let oriented = oriented(&diffs, tail, &mut negated).unwrap();
-                // The units' own scores and a grid, so that the bins tell a negative max from 0.
-                let bars = {
-                    let mut b = unit_scores(&diffs, tail).unwrap();
-                    b.extend((-40..=40).map(|k| k as f64 / 10.0));
-                    b.sort_by(f64::total_cmp);
-                    b
-                };
-                let groups = unit_groups(m, &parts).unwrap();
-                let (mut offsets, mut total) = (Vec::new(), 0);
-                let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-                for &s in &sizes {
-                    offsets.push(total);
-                    total += thr.len() * (s + 1);
-                }
-                let (prep, sums) = grouped(&oriented, thr, &parts, &offsets, &sizes).unwrap();
+                let (prep, sums, bars, empty) = one_sided_case(&diffs, tail, thr, &parts);
                 for (start, end) in [(0u64, 1 << 16), (3, 70_001), (200_001, 1 << 18)] {
-                    let fresh = || TallyRange {
-                        hist: vec![0; total],
-                        max_bins: vec![0; bars.len() + 1],
-                        abs_bins: vec![0; bars.len() + 1],
-                        patterns: 0,
-                    };
-                    let (mut kernel, mut rows) = (fresh(), fresh());
+                    let (mut kernel, mut rows) = (empty.clone(), empty.clone());
                     one_sided(&prep, &sums, Mode::Exact, start, end, &bars, &mut kernel);
                     one_sided_rows(&prep, &sums, Mode::Exact, start, end, &bars, &mut rows);
                     assert_eq!(kernel, rows, "{tail:?}, {} partitions, {start}..{end}", parts.len());
