@@ -265,9 +265,10 @@ impl Prepared {
     }
 
     /// The kernels over one task's patterns, into `buffers`: counts `raw` and maxima (with
-    /// `signed`: also the counts of S > 0 `raw_pos` and the minima, and the maxima are of S). Thresholds in passes of at most MAX_K into one buffer (rows of k_all); every
-    /// pass also takes the max and min (idempotent). Exact counts are [cells x k_all x
-    /// patterns], Monte Carlo counts [patterns x cells x k_all].
+    /// `signed`: also the counts of S > 0 `raw_pos` and the minima, and the maxima are of S).
+    /// Thresholds in passes of at most MAX_K into one buffer (rows of k_all); every pass also
+    /// takes the max and min (idempotent). Exact counts are [cells x k_all x patterns], Monte
+    /// Carlo counts [patterns x cells x k_all].
     fn fill(&self, buffers: &mut TaskBuffers, mode: Mode, start: u64, end: u64, signed: bool) {
         let len = (end - start) as usize;
         let k_all = self.ratios.len();
@@ -322,6 +323,25 @@ impl Prepared {
         }
     }
 
+    /// Where pattern `p`'s count of each (cell, column) is in the kernels' counts: `at[cell *
+    /// cols + c] + p * step` (exact counts are [cells x k_all x patterns], Monte Carlo and
+    /// identity counts [patterns x cells x k_all]).
+    fn count_layout(&self, mode: Mode, len: usize) -> (Vec<usize>, usize) {
+        let k_all = self.ratios.len();
+        let (per_cell_column, step) = match mode {
+            Mode::Exact => (len, 1),
+            Mode::MonteCarlo { .. } | Mode::Identity => (1, self.cells.len() * k_all),
+        };
+        let at = (0..self.cells.len())
+            .flat_map(|cell| {
+                self.columns
+                    .iter()
+                    .map(move |&(idx, _, _)| (cell * k_all + idx) * per_cell_column)
+            })
+            .collect();
+        (at, step)
+    }
+
     fn task_in<const WITH_T: bool>(
         &self,
         buffers: &mut TaskBuffers,
@@ -331,7 +351,6 @@ impl Prepared {
         mut sink: impl FnMut(usize, &[i64], f64, f64),
     ) {
         let len = (end - start) as usize;
-        let k_all = self.ratios.len();
         let n_cells = self.cells.len();
         let g = self.groups.len();
         self.fill(buffers, mode, start, end, false);
@@ -345,18 +364,7 @@ impl Prepared {
         let nf = self.n as f64;
         let mut class_t = vec![0.0f64; self.classes.len()];
         let mut row = vec![0i64; n_cells * cols];
-        // Where pattern p's count of each (cell, column) is: at[cell * cols + c] + p * step.
-        let step = match mode {
-            Mode::Exact => 1,
-            Mode::MonteCarlo { .. } | Mode::Identity => n_cells * k_all,
-        };
-        let at: Vec<usize> = (0..n_cells)
-            .flat_map(|cell| self.columns.iter().map(move |&(idx, _, _)| (cell, idx)))
-            .map(|(cell, idx)| match mode {
-                Mode::Exact => (cell * k_all + idx) * len,
-                Mode::MonteCarlo { .. } | Mode::Identity => cell * k_all + idx,
-            })
-            .collect();
+        let (at, step) = self.count_layout(mode, len);
         for p in 0..len {
             for (r, &a) in row.iter_mut().zip(&at) {
                 *r = raw[a + p * step] as i64;
@@ -368,11 +376,8 @@ impl Prepared {
                 f64::NAN
             };
             if !self.classes.is_empty() {
-                let exact_bytes = (start + p as u64).to_le_bytes();
-                let bytes: &[u8] = match mode {
-                    Mode::Exact => &exact_bytes[..g],
-                    Mode::MonteCarlo { .. } | Mode::Identity => &patterns[p * g..(p + 1) * g],
-                };
+                let mut word = [0u8; 8];
+                let bytes = pattern_bytes(mode, start, p, &patterns[..], g, &mut word);
                 for (class, t) in self.classes.iter().zip(class_t.iter_mut()) {
                     let k = class.agreement(bytes, self.n);
                     *t = closed_form_abs_t(k, self.n);
@@ -461,7 +466,6 @@ impl Prepared {
         mut sink: impl FnMut(usize, &[i64], &[i64], f64, f64),
     ) {
         let len = (end - start) as usize;
-        let k_all = self.ratios.len();
         let n_cells = self.cells.len();
         let g = self.groups.len();
         self.fill(buffers, mode, start, end, true);
@@ -475,35 +479,37 @@ impl Prepared {
         } = buffers;
         let cols = self.columns.len();
         let (mut pos, mut neg) = (vec![0i64; n_cells * cols], vec![0i64; n_cells * cols]);
-        // Where pattern p's count of each (cell, column) is: at[cell * cols + c] + p * step
-        // (exact counts are [cells x k_all x patterns], Monte Carlo [patterns x cells x k_all]).
-        let exact = matches!(mode, Mode::Exact);
-        let step = if exact { 1 } else { n_cells * k_all };
-        let at: Vec<usize> = (0..n_cells)
-            .flat_map(|cell| self.columns.iter().map(move |&(idx, _, _)| (cell, idx)))
-            .map(|(cell, idx)| {
-                if exact {
-                    (cell * k_all + idx) * len
-                } else {
-                    cell * k_all + idx
-                }
-            })
-            .collect();
+        let (at, step) = self.count_layout(mode, len);
         for p in 0..len {
             for ((pv, nv), &a) in pos.iter_mut().zip(neg.iter_mut()).zip(&at) {
                 *pv = raw_pos[a + p * step] as i64;
                 *nv = raw[a + p * step] as i64 - *pv;
             }
             let (mut hi_s, mut lo_s) = (max_ratio[p], min_s[p]);
-            let exact_bytes = (start + p as u64).to_le_bytes();
-            let bytes: &[u8] = if exact {
-                &exact_bytes[..g]
-            } else {
-                &patterns[p * g..(p + 1) * g]
-            };
+            let mut word = [0u8; 8];
+            let bytes = pattern_bytes(mode, start, p, &patterns[..], g, &mut word);
             self.add_classes_signed(bytes, (&mut pos, &mut neg), (&mut hi_s, &mut lo_s));
             sink(p, &pos, &neg, hi_s, lo_s);
         }
+    }
+}
+
+/// The group bytes of a task's pattern `p`: exact pattern `start + p` read little-endian (into
+/// `word`), or the Monte Carlo / identity patterns' row `p` of `g` bytes.
+fn pattern_bytes<'b>(
+    mode: Mode,
+    start: u64,
+    p: usize,
+    patterns: &'b [u8],
+    g: usize,
+    word: &'b mut [u8; 8],
+) -> &'b [u8] {
+    match mode {
+        Mode::Exact => {
+            *word = (start + p as u64).to_le_bytes();
+            &word[..g]
+        }
+        Mode::MonteCarlo { .. } | Mode::Identity => &patterns[p * g..(p + 1) * g],
     }
 }
 
